@@ -1,0 +1,63 @@
+# verticalft — every target installs what it needs first (`setup` is idempotent).
+#   make demo                      finance playbook, PROFILE=tiny, CPU, ~10 minutes
+#   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
+#   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
+#   make <domain>-plan|-status|-validate
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= full
+VFT := $(VENV)/bin/verticalft
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The stages a `make <domain>-<stage>` target can stop at, in order.
+STAGES := tiny_models cpt sft dpo
+
+.PHONY: setup setup-serve demo test lint format clean
+setup: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# vLLM for the serving stages: the CPU build without an NVIDIA GPU, the CUDA build with one.
+setup-serve: setup
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(VENV)/bin/python -m pip install -q -e '.[serve-gpu]'; \
+	else \
+	  $(VENV)/bin/python -m pip install -q -e '.[serve-cpu]' && \
+	  $(VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
+	fi
+
+demo: setup
+	$(VFT) run recipes/finance.yaml --profile tiny --until dpo
+	@$(VFT) status recipes/finance.yaml --profile tiny
+	@echo "manifest (metrics of every stage): runs/finance/tiny/manifest.json"
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks data_pipelines
+	$(VENV)/bin/ruff format --check src tests benchmarks data_pipelines
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks data_pipelines
+	$(VENV)/bin/ruff check --fix src tests benchmarks data_pipelines
+
+clean:
+	rm -rf runs
+
+# make <domain>-<stage>: run recipes/<domain>.yaml up to <stage>, skipping done stages.
+define stage_rule
+%-$(1): setup
+	$(VFT) run recipes/$$*.yaml --profile $(PROFILE) --until $(1)
+endef
+$(foreach s,$(STAGES),$(eval $(call stage_rule,$(s))))
+
+%-plan: setup
+	$(VFT) plan recipes/$*.yaml --profile $(PROFILE)
+%-status: setup
+	$(VFT) status recipes/$*.yaml --profile $(PROFILE)
+%-validate: setup
+	$(VFT) validate recipes/$*.yaml --profile $(PROFILE)

@@ -1,0 +1,169 @@
+"""The `verticalft` command. Thin: parse, call, print. Heavy imports live inside commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from verticalft.recipe import Recipe, RecipeError, load_recipe
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Wide enough for the plan/status tables when output is piped (CI logs, `| tee`).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+ProfileOpt = typer.Option("full", "--profile", "-p", envvar="PROFILE", help="full, tiny, or a recipes/profiles/*.yaml")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key: key.path=value (repeatable)")
+RunsOpt = typer.Option("runs", "--runs-dir", envvar="VERTICALFT_RUNS", help="Root of run directories")
+
+
+def _load(recipe: Path, profile: str, overrides: list[str] | None) -> Recipe:
+    try:
+        return load_recipe(recipe, profile, overrides or [])
+    except RecipeError as exc:
+        err_console.print(f"[bold red]{exc.source}[/]: {len(exc.problems)} problem(s)")
+        for p in exc.problems:
+            err_console.print(f"  - [bold]{p.path or '<root>'}[/]: {p.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt) -> None:
+    """Check a recipe (and its profile overlay); lists every problem, exit 2 if any."""
+    r = _load(recipe, profile, overrides)
+    stages = [s for s in ("cpt", "sft", "dpo") if getattr(r.stages, s) is not None]
+    console.print(f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
+                  f"{len(r.models.students)} student(s), stages: {', '.join(stages) or 'none'}")
+
+
+@app.command()
+def plan(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt) -> None:
+    """What each stage will cost (tokens, FLOPs, GPU-hours, $, GPU memory) before anything runs."""
+    from verticalft.plan import plan_recipe
+
+    r = _load(recipe, profile, overrides)
+    p = plan_recipe(r)
+    table = Table(title=f"plan: {r.name} ({profile}) on {p.gpu.name} × {r.compute.num_gpus}, MFU {r.compute.mfu:.0%}")
+    for col in ("stage", "model", "params", "method", "tokens", "FLOPs", "GPU-hours", "USD", "mem/GPU", "fits"):
+        table.add_column(col, justify="right" if col not in ("stage", "model", "method") else "left")
+    for s in p.stages:
+        table.add_row(s.stage, s.model, _human(s.params), s.method, _human(s.tokens), f"{s.flops:.2e}",
+                      f"{s.gpu_hours:,.3g}", f"${s.usd:,.2f}", f"{s.memory_gb_per_gpu:,.2f} GB",
+                      "[green]yes[/]" if s.fits else "[red]NO[/]")
+    console.print(table)
+    console.print(f"total: {p.total_gpu_hours:,.1f} GPU-hours, ${p.total_usd:,.2f} at ${p.usd_per_gpu_hour}/GPU-hour")
+    for note in p.notes:
+        console.print(f"  note: {note}")
+    for warning in p.warnings:
+        console.print(f"  [yellow]warning[/]: {warning}")
+
+
+@app.command()
+def run(
+    recipe: Path,
+    profile: str = ProfileOpt,
+    until: str = typer.Option(None, "--until", "-u", help="Run stages up to and including this one"),
+    only: list[str] = typer.Option(None, "--only", help="Run only these stages (inputs must be done)"),
+    force: bool = typer.Option(False, "--force", help="Rerun stages even when done and unchanged"),
+    overrides: list[str] = SetOpt,
+    runs_dir: Path = RunsOpt,
+) -> None:
+    """Run the recipe's stages in order, skipping done ones whose inputs did not change."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    r = _load(recipe, profile, overrides)
+    from verticalft.data import DataError
+    from verticalft.pipeline import StageFailed, run_dir_for, run_recipe
+
+    rd = run_dir_for(r, profile, runs_dir)
+    console.print(f"[bold]{r.name}[/] ({profile}) → {rd.root}")
+    try:
+        outcomes = run_recipe(r, rd, until=until, only=only, force=force, echo=console.print)
+    except (StageFailed, DataError) as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    done = sum(o.status == "done" for o in outcomes)
+    console.print(f"[green]finished[/]: {done} stage(s) ran, {len(outcomes) - done} skipped — "
+                  f"manifest: {rd.manifest_path}")
+
+
+@app.command()
+def status(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt, runs_dir: Path = RunsOpt) -> None:
+    """Which stages are done, with their key metrics."""
+    from verticalft.pipeline import enabled_stages, run_dir_for, stage_fingerprints
+
+    r = _load(recipe, profile, overrides)
+    rd = run_dir_for(r, profile, runs_dir)
+    stages = enabled_stages(r)
+    fps = stage_fingerprints(r, stages)
+    table = Table(title=f"{r.name} ({profile}) — {rd.root}")
+    for col in ("stage", "status", "wall time", "key metrics"):
+        table.add_column(col)
+    for s in stages:
+        rec = rd.record(s)
+        state = rec.status
+        if state == "done" and not rd.is_done(s, fps[s]):
+            state = "stale (inputs changed)"
+        table.add_row(s, state, f"{rec.wall_time_s:.1f}s" if rec.wall_time_s else "", _key_metrics(rec.metrics))
+    console.print(table)
+
+
+def _key_metrics(m: dict) -> str:
+    parts = []
+    if m.get("heldout_perplexity_before") is not None:
+        parts.append(f"ppl {m['heldout_perplexity_before']:.1f}→{m['heldout_perplexity_after']:.1f}")
+    for key in ("eval_before", "eval_after"):
+        if isinstance(m.get(key), dict):
+            parts.append(f"{key.replace('eval_', 'score ')} {m[key]['score']:.3f}")
+    if m.get("reward_accuracy") is not None:
+        parts.append(f"reward acc {m['reward_accuracy']:.3f}")
+    if m.get("last_loss") is not None:
+        parts.append(f"loss {m['first_loss']:.3f}→{m['last_loss']:.3f}")
+    return ", ".join(parts)
+
+
+@app.command("tiny-models")
+def tiny_models_cmd(recipe: Path = typer.Argument(Path("recipes/finance.yaml")), runs_dir: Path = RunsOpt) -> None:
+    """Build the tiny tokenizer + teacher + students for a recipe (what PROFILE=tiny does first)."""
+    from verticalft.pipeline import run_dir_for, run_recipe
+
+    r = _load(recipe, "tiny", [])
+    rd = run_dir_for(r, "tiny", runs_dir)
+    run_recipe(r, rd, until="tiny_models", echo=console.print)
+    for name, path in rd.record("tiny_models").outputs.items():
+        console.print(f"  {name}: {path}")
+
+
+@app.command()
+def new(domain: str, template: str = typer.Option("finance", help="Recipe to copy")) -> None:
+    """Scaffold recipes/<domain>.yaml and data_pipelines/<domain>/ from an existing vertical."""
+    from verticalft.scaffold import scaffold_vertical
+
+    try:
+        created = scaffold_vertical(domain, template, Path.cwd())
+    except ValueError as exc:
+        err_console.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    for path in created:
+        console.print(f"created {path}")
+    console.print(f"next: edit recipes/{domain}.yaml and data_pipelines/{domain}/build_sample.py, then "
+                  f"`make {domain}-dpo PROFILE=tiny`")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,191 @@
+"""Loading models the way users load real checkpoints, and building the tiny ones for CPU runs.
+
+`load_model` is the one place that knows about quantization (bitsandbytes 4-bit NF4/FP4) and
+dtypes; stages call it with an HF id or a local folder and never care which. Tiny models
+(`tiny://<name>` in a recipe) are ordinary HF folders built by `build_tiny_models`, so every
+stage loads them exactly as it would load Qwen3-32B.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TINY_SCHEME = "tiny://"
+HEAD_DIM = 64  # vLLM's CPU attention rejects smaller heads
+END_TOKEN = "<|end|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = [PAD_TOKEN, END_TOKEN, "<|system|>", "<|user|>", "<|assistant|>"]
+# ChatML-like; `{% generation %}` marks assistant tokens so TRL can train on them only,
+# and the end-of-turn token sits inside the marker so the model learns to stop.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|' + message['role'] + '|>\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] + '<|end|>' }}{% endgeneration %}{{- '\n' }}"
+    "{%- else %}{{- message['content'] + '<|end|>\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
+)
+DEFAULT_TINY_SPECS: dict[str, dict[str, int]] = {
+    "teacher": {"hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 768},
+    "student-m": {"hidden_size": 192, "num_hidden_layers": 3, "intermediate_size": 512},
+    "student-s": {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 384},
+}
+
+
+def is_tiny(ref: str) -> bool:
+    return ref.startswith(TINY_SCHEME)
+
+
+def tiny_name(ref: str) -> str:
+    return ref[len(TINY_SCHEME):]
+
+
+# --------------------------------------------------------------------------- tiny models
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer (the GPT-2/Llama-3 family's kind) trained on the sample corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=END_TOKEN, pad_token=PAD_TOKEN, padding_side="right",
+        model_max_length=4096,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_models(
+    out_dir: Path, texts: list[str], specs: dict[str, dict[str, Any]], vocab_size: int, seed: int
+) -> dict[str, str]:
+    """Train one shared tokenizer and build one Llama model per spec; returns name → folder.
+
+    Deterministic: the same texts, specs and seed give byte-identical weights.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_tiny_tokenizer(texts, vocab_size)
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    folders = {}
+    for i, (name, spec) in enumerate(sorted(specs.items())):
+        hidden = int(spec["hidden_size"])
+        if hidden % HEAD_DIM:
+            raise ValueError(f"tiny model '{name}': hidden_size {hidden} must be a multiple of {HEAD_DIM}")
+        heads = hidden // HEAD_DIM
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=int(spec["intermediate_size"]),
+            num_hidden_layers=int(spec["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(spec.get("num_key_value_heads") or heads),
+            head_dim=HEAD_DIM,
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+        )
+        torch.manual_seed(seed + i)
+        model = LlamaForCausalLM(config)
+        model.generation_config = GenerationConfig(
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+        )
+        folder = out_dir / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[name] = str(folder)
+    (out_dir / "models.json").write_text(json.dumps(folders, indent=2))
+    return folders
+
+
+# --------------------------------------------------------------------------- loading
+def quantization_config(kind: str) -> Any:
+    """bitsandbytes 4-bit config (QLoRA's NF4 + double quantization), or None for `none`."""
+    if kind == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=kind,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def training_dtype() -> Any:
+    """bf16 where the GPU supports it, fp32 otherwise (CPU runs)."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # many base checkpoints ship without one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, quantization: str = "none", trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a causal LM from an HF id or folder, optionally 4-bit quantized with bitsandbytes."""
+    from transformers import AutoModelForCausalLM
+
+    qconfig = quantization_config(quantization)
+    kwargs: dict[str, Any] = {"dtype": training_dtype(), "trust_remote_code": trust_remote_code}
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def lora_config(lora: Any, task_type: str = "CAUSAL_LM") -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type=task_type,
+    )
+
+
+def merge_adapter(base_path: str, adapter_path: str, out_dir: Path, trust_remote_code: bool = False) -> str:
+    """Merge a (Q)LoRA adapter into the *unquantized* base and save a full HF folder.
+
+    Merging into 4-bit weights would round the update away; QLoRA practice is to reload the
+    base in full precision and merge there.
+    """
+    from peft import PeftModel
+
+    base = load_model(base_path, "none", trust_remote_code)
+    merged = PeftModel.from_pretrained(base, adapter_path).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    load_tokenizer(adapter_path).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

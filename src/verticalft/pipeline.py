@@ -1,0 +1,209 @@
+"""Run a recipe's stages in order: fingerprint, skip what is done, launch the rest, record it.
+
+Training stages run in this process (`launcher: none`) or under `torchrun` / `accelerate launch`
+(`verticalft.worker` is the per-process entry point). Either way this process owns the manifest:
+it marks the stage running, waits, then writes outputs, metrics and the done-marker last.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from verticalft.data import source_files
+from verticalft.recipe import Recipe, recipe_to_yaml
+from verticalft.rundir import RunDir, StageRecord, atomic_write_json, fingerprint, hash_file
+from verticalft.stages.base import StageContext, StageResult
+
+STAGE_ORDER = ["tiny_models", "cpt", "sft", "dpo"]
+TRAINING_STAGES = {"cpt", "sft", "dpo"}
+RESULT_FILE = "result.json"
+ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
+VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"]
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # done | skipped | failed
+    seconds: float
+    summary: str = ""
+
+
+def run_dir_for(recipe: Recipe, profile: str, runs_root: str | Path = "runs") -> RunDir:
+    return RunDir(Path(runs_root) / recipe.name / profile)
+
+
+def enabled_stages(recipe: Recipe) -> list[str]:
+    from verticalft.stages import tiny_models
+
+    out = []
+    for stage in STAGE_ORDER:
+        if stage == "tiny_models":
+            if tiny_models.needed(recipe):
+                out.append(stage)
+        elif getattr(recipe.stages, stage, None) is not None:
+            out.append(stage)
+    return out
+
+
+def _data_for(recipe: Recipe, stage: str) -> list[Any]:
+    d = recipe.data
+    return {
+        "tiny_models": [*d.corpus, d.sft],
+        "cpt": [*d.corpus, d.replay, d.heldout, d.eval],
+        "sft": [d.sft, d.eval],
+        "dpo": [d.preferences, d.eval],
+    }.get(stage, [])
+
+
+def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
+    """Each stage's fingerprint: its recipe section + its input files' content + the previous stage's."""
+    fps: dict[str, str] = {}
+    prev = ""
+    for stage in stages:
+        sources = [s for s in _data_for(recipe, stage) if s is not None]
+        files = {str(p): hash_file(p) for s in sources for p in source_files(s) if p.exists()}
+        section = (recipe.tiny.model_dump() if stage == "tiny_models"
+                   else getattr(recipe.stages, stage).model_dump())
+        payload = {
+            "stage": stage, "section": section, "files": files,
+            "sources": [s.model_dump() for s in sources], "models": recipe.models.model_dump(),
+            "evaluation": recipe.evaluation.model_dump(), "seed": recipe.compute.seed, "prev": prev,
+        }
+        fps[stage] = prev = fingerprint(payload)
+    return fps
+
+
+def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
+    """Problems to fix before any work (missing input files), all at once."""
+    problems = []
+    for stage in stages:
+        for s in _data_for(recipe, stage):
+            if s is None:
+                if stage in ("sft", "dpo"):
+                    problems.append(f"stages.{stage}: needs data.{'sft' if stage == 'sft' else 'preferences'}")
+                continue
+            problems += [f"{p}: file not found (needed by {stage}; paths resolve from {Path.cwd()})"
+                         for p in source_files(s) if not p.exists()]
+    return sorted(set(problems))
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_stage_in_process(ctx: StageContext) -> StageResult:
+    module = importlib.import_module(f"verticalft.stages.{ctx.stage}")
+    return module.run(ctx)
+
+
+def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> list[str]:
+    """The torchrun / accelerate command that runs `verticalft.worker` for one stage."""
+    c = recipe.compute
+    worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (["--resume"] if resume else [])
+    if c.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(c.nproc_per_node), *worker]
+    config = c.accelerate_config
+    path = Path(config) if Path(config).suffix in {".yaml", ".yml"} else ACCELERATE_CONFIGS / f"{config}.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path),
+           "--num_processes", str(c.nproc_per_node * c.num_gpus)]
+    if not _has_gpu():
+        cmd.append("--cpu")
+    return [*cmd, *worker]
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> StageResult:
+    result_path = run.stage_dir(stage) / RESULT_FILE
+    result_path.unlink(missing_ok=True)
+    cmd = launch_command(recipe, run, stage, resume)
+    print(f"  launching: {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if proc.returncode != 0 or not result_path.exists():
+        raise StageFailed(f"{stage}: launched workers exited with code {proc.returncode}")
+    data = json.loads(result_path.read_text())
+    return StageResult(outputs=data["outputs"], metrics=data["metrics"], summary=data.get("summary", ""))
+
+
+def run_recipe(
+    recipe: Recipe,
+    run: RunDir,
+    until: str | None = None,
+    only: list[str] | None = None,
+    force: bool | list[str] = False,
+    echo: Callable[[str], None] = print,
+) -> list[StageOutcome]:
+    """Run enabled stages up to `until` (inclusive). Raises StageFailed on the first failure."""
+    stages = enabled_stages(recipe)
+    if until is not None:
+        if until not in STAGE_ORDER:
+            raise StageFailed(f"unknown stage '{until}'; stages: {', '.join(STAGE_ORDER)}")
+        stages = [s for s in stages if STAGE_ORDER.index(s) <= STAGE_ORDER.index(until)]
+    problems = preflight(recipe, stages)
+    if problems:
+        raise StageFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    fps = stage_fingerprints(recipe, stages)
+    (run.root / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe))
+    run.set_meta(recipe=recipe.name, stage_order=stages)
+    outcomes = []
+    for i, stage in enumerate(stages, start=1):
+        if only and stage not in only:
+            continue
+        forced = force is True or (isinstance(force, list) and stage in force)
+        head = f"[{i}/{len(stages)}] {stage}"
+        if run.is_done(stage, fps[stage]) and not forced:
+            echo(f"{head}: done, inputs unchanged (skipped)")
+            outcomes.append(StageOutcome(stage, "skipped", 0.0, run.record(stage).outputs.get("model", "")))
+            continue
+        if forced:
+            (run.stage_dir(stage) / "RUNNING.json").unlink(missing_ok=True)
+        record, resumable = run.begin(stage, fps[stage], inputs={"fingerprint": fps[stage]})
+        echo(f"{head}: running{' (resuming a killed attempt)' if resumable else ''} → {run.stage_dir(stage)}")
+        t0 = time.time()
+        try:
+            if stage in TRAINING_STAGES and recipe.compute.launcher != "none":
+                result = _run_launched(recipe, run, stage, resumable)
+            else:
+                result = run_stage_in_process(StageContext(recipe, run, stage, resume=resumable))
+        except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
+            run.fail(stage, record, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, Exception) and not isinstance(exc, StageFailed):
+                raise StageFailed(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        record.outputs, record.metrics = result.outputs, result.metrics
+        record.wall_time_s = round(time.time() - t0, 2)
+        record.versions = versions()
+        run.finish(stage, record)
+        echo(f"{head}: done in {record.wall_time_s:.1f}s — {result.summary}")
+        outcomes.append(StageOutcome(stage, "done", record.wall_time_s, result.summary))
+    return outcomes
+
+
+def write_worker_result(run: RunDir, stage: str, result: StageResult) -> None:
+    atomic_write_json(run.stage_dir(stage) / RESULT_FILE,
+                      {"outputs": result.outputs, "metrics": result.metrics, "summary": result.summary})

@@ -1,0 +1,256 @@
+"""What a recipe will cost before anything runs: tokens, FLOPs, GPU-hours, dollars, GPU memory.
+
+Pure functions, no torch import. The formulas, so a reader can check them:
+
+- Training FLOPs, dense transformer, per token: forward 2N, backward 4N (2N for activation
+  gradients + 2N for weight gradients) → **6·N·D** for full training (Kaplan et al.; the seed's
+  FLOPs table). **LoRA/QLoRA: 4·N·D** — the frozen base still runs forward (2N) and passes
+  activation gradients back (2N), but computes no weight gradients; the adapters' own FLOPs are
+  < 1 % and ignored. Gradient checkpointing recomputes the forward: **+2·N·D**.
+- DPO: policy forward+backward on chosen *and* rejected (D counts both) plus a reference forward
+  (2·N·D; with PEFT the reference is the base with the adapter off).
+- GPU-hours = FLOPs / (peak bf16 dense FLOP/s × MFU) / 3600; dollars = GPU-hours × $/GPU-hour.
+- Memory per GPU = weights (bf16 2 B/param; NF4 with double quantization 4.127 bit/param, QLoRA
+  paper) + trainable state (16 B/param: bf16 weight and grad, fp32 master, Adam m and v; sharded
+  over GPUs under FSDP/ZeRO-3) + activations (34·s·b·h bytes per layer with fused attention,
+  Korthikanti et al.; with checkpointing only one layer's plus 2·s·b·h per layer) + fp32 logits
+  (4·s·b·V bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NF4_BYTES_PER_PARAM = 4.127 / 8
+TRAINABLE_STATE_BYTES = 16
+CHINCHILLA_TOKENS_PER_PARAM = 20
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    vram_gb: float
+    bf16_tflops: float  # dense peak
+    usd_per_hour: float  # the seed's cloud price range, mid-point
+    mem_bandwidth_tbs: float
+
+
+# Cloud $/hr: the seed's GPU table (004_*.txt), mid-point of its range; L40S from its $1,620/month.
+GPUS: dict[str, Gpu] = {
+    "a100-80gb": Gpu("a100-80gb", 80, 312, 1.75, 2.0),
+    "h100-sxm": Gpu("h100-sxm", 80, 989, 2.5, 3.35),
+    "h200": Gpu("h200", 141, 989, 3.65, 4.8),
+    "b200": Gpu("b200", 192, 2250, 5.0, 8.0),
+    "l40s": Gpu("l40s", 48, 362, 2.25, 0.864),
+    "cpu": Gpu("cpu", 24, 0.2, 0.10, 0.05),  # a 2-core CI runner: say so, do not pretend
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The dimensions that decide parameters, FLOPs and memory."""
+
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool = False
+
+    @property
+    def params(self) -> int:
+        attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        mlp = 3 * self.hidden * self.intermediate
+        embed = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embed + self.layers * (attn + mlp + 2 * self.hidden) + self.hidden
+
+    def lora_params(self, r: int) -> int:
+        """LoRA on every linear layer of every block (`all-linear`): r·(in + out) each."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        per_layer = r * ((self.hidden + q) * 2 + (self.hidden + kv) * 2 + (self.hidden + self.intermediate) * 3)
+        return self.layers * per_layer
+
+
+# Known checkpoints (from their config.json), so planning works before anything is downloaded.
+KNOWN_ARCHS: dict[str, Arch] = {
+    "Qwen/Qwen3-32B": Arch(5120, 64, 25600, 64, 8, 128, 151936),
+    "Qwen/Qwen3-14B": Arch(5120, 40, 17408, 40, 8, 128, 151936),
+    "Qwen/Qwen3-8B": Arch(4096, 36, 12288, 32, 8, 128, 151936),
+    "Qwen/Qwen2.5-7B-Instruct": Arch(3584, 28, 18944, 28, 4, 128, 152064),
+    "Qwen/Qwen2.5-14B-Instruct": Arch(5120, 48, 13824, 40, 8, 128, 152064),
+    "Qwen/Qwen2.5-32B-Instruct": Arch(5120, 64, 27648, 40, 8, 128, 152064),
+    "meta-llama/Llama-3.1-8B-Instruct": Arch(4096, 32, 14336, 32, 8, 128, 128256),
+    "meta-llama/Llama-3.1-70B-Instruct": Arch(8192, 80, 28672, 64, 8, 128, 128256),
+}
+
+
+def arch_from_config(cfg: dict[str, Any]) -> Arch:
+    heads = cfg["num_attention_heads"]
+    return Arch(
+        hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], intermediate=cfg["intermediate_size"],
+        heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab=cfg["vocab_size"],
+        tied=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+# --------------------------------------------------------------------------- pure formulas
+def chinchilla_tokens(params: float) -> float:
+    return CHINCHILLA_TOKENS_PER_PARAM * params
+
+
+def training_flops(params: float, tokens: float, method: str = "full", checkpointing: bool = False) -> float:
+    """full: 6·N·D; lora/qlora: 4·N·D; +2·N·D when activations are recomputed."""
+    per_token = {"full": 6.0, "lora": 4.0, "qlora": 4.0}[method] + (2.0 if checkpointing else 0.0)
+    return per_token * params * tokens
+
+
+def dpo_flops(params: float, tokens: float, method: str = "lora", checkpointing: bool = False) -> float:
+    """Policy training on chosen+rejected tokens plus one reference forward (2·N·D)."""
+    return training_flops(params, tokens, method, checkpointing) + 2.0 * params * tokens
+
+
+def gpu_hours(flops: float, gpu: Gpu, mfu: float) -> float:
+    return flops / (gpu.bf16_tflops * 1e12 * mfu) / 3600.0
+
+
+def training_memory_gb(
+    arch: Arch, method: str, seq_len: int, micro_batch: int, checkpointing: bool,
+    lora_r: int = 16, shards: int = 1, sequences_per_example: int = 1,
+) -> dict[str, float]:
+    """GPU memory per device for one training stage, by component (GB = 1e9 bytes)."""
+    n = arch.params
+    if method == "full":
+        weights = 0.0  # counted in the trainable state (bf16 weight is part of the 16 B)
+        trainable = n * TRAINABLE_STATE_BYTES / shards
+    else:
+        weights = n * (NF4_BYTES_PER_PARAM if method == "qlora" else 2.0)
+        trainable = arch.lora_params(lora_r) * TRAINABLE_STATE_BYTES
+    tokens = seq_len * micro_batch * sequences_per_example
+    per_layer = 34.0 * tokens * arch.hidden
+    activations = (per_layer + 2.0 * tokens * arch.hidden * arch.layers) if checkpointing else per_layer * arch.layers
+    logits = 4.0 * tokens * arch.vocab
+    parts = {"weights": weights, "trainable_state": trainable, "activations": activations, "logits": logits}
+    out = {k: round(v / 1e9, 3) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / 1e9, 3)
+    return out
+
+
+# --------------------------------------------------------------------------- the recipe plan
+@dataclass
+class StagePlan:
+    stage: str
+    model: str
+    params: int
+    method: str
+    tokens: float
+    flops: float
+    gpu_hours: float
+    usd: float
+    memory: dict[str, float]
+    memory_gb_per_gpu: float
+    fits: bool
+
+
+@dataclass
+class Plan:
+    gpu: Gpu
+    usd_per_gpu_hour: float
+    stages: list[StagePlan] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_gpu_hours(self) -> float:
+        return sum(s.gpu_hours for s in self.stages)
+
+    @property
+    def total_usd(self) -> float:
+        return sum(s.usd for s in self.stages)
+
+
+def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | None = None) -> Arch | None:
+    """Architecture of a model reference: local folder, tiny spec, or the known-checkpoint table."""
+    from verticalft.models import DEFAULT_TINY_SPECS, HEAD_DIM, is_tiny, tiny_name
+
+    if is_tiny(ref):
+        spec = {**DEFAULT_TINY_SPECS, **(tiny_specs or {})}.get(tiny_name(ref))
+        if spec is None:
+            return None
+        h = spec["hidden_size"]
+        return Arch(h, spec["num_hidden_layers"], spec["intermediate_size"], h // HEAD_DIM,
+                    spec.get("num_key_value_heads") or h // HEAD_DIM, HEAD_DIM, tiny_vocab)
+    cfg = Path(ref) / "config.json"
+    if cfg.is_file():
+        return arch_from_config(json.loads(cfg.read_text()))
+    return KNOWN_ARCHS.get(ref)
+
+
+def source_tokens(source: Any) -> float:
+    """Declared `tokens`, else ~4 bytes per token of the local file, else 0."""
+    if source is None:
+        return 0.0
+    if source.tokens is not None:
+        return float(source.tokens)
+    path = Path(source.path)
+    return path.stat().st_size / 4.0 if path.is_file() else 0.0
+
+
+def plan_recipe(recipe: Any) -> Plan:
+    c = recipe.compute
+    gpu = GPUS.get(c.gpu)
+    if gpu is None:
+        raise ValueError(f"unknown GPU '{c.gpu}'; known: {', '.join(GPUS)}")
+    price = recipe.cost.usd_per_gpu_hour or gpu.usd_per_hour
+    plan = Plan(gpu=gpu, usd_per_gpu_hour=price)
+    specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
+    arch = resolve_arch(recipe.models.teacher, recipe.tiny.vocab_size, specs)
+    if arch is None:
+        plan.warnings.append(f"size of {recipe.models.teacher} unknown: give a local path or add it to plan.KNOWN_ARCHS")
+        return plan
+    sharded = c.launcher == "accelerate" and c.accelerate_config in ("fsdp2", "deepspeed-zero3")
+    shards = c.num_gpus if sharded else 1
+    plan.notes.append("FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
+                      "DPO adds a reference forward 2·N·D")
+    d = recipe.data
+    for stage in ("cpt", "sft", "dpo"):
+        cfg = getattr(recipe.stages, stage)
+        if cfg is None:
+            continue
+        t = cfg.trainer
+        epochs = float(t.get("num_train_epochs", 1))
+        ckpt = bool(t.get("gradient_checkpointing", False))
+        micro = int(t.get("per_device_train_batch_size", 8))
+        if stage == "cpt":
+            method = cfg.method
+            domain = sum(source_tokens(s) for s in d.corpus)
+            ratio = d.replay.ratio if d.replay else 0.0
+            tokens = domain / (1.0 - ratio) * epochs
+        else:
+            method = "qlora" if cfg.quantization != "none" else "lora"
+            tokens = source_tokens(d.sft if stage == "sft" else d.preferences) * epochs
+        lora_r = cfg.lora.r
+        if stage == "dpo":
+            flops = dpo_flops(arch.params, tokens, "lora" if method != "full" else "full", ckpt)
+        else:
+            flops = training_flops(arch.params, tokens, method, ckpt)
+        hours = gpu_hours(flops, gpu, c.mfu)
+        mem = training_memory_gb(arch, method, cfg.max_length, micro, ckpt, lora_r,
+                                 shards if method == "full" else 1, 2 if stage == "dpo" else 1)
+        fits = mem["total"] <= gpu.vram_gb * 0.95
+        plan.stages.append(StagePlan(stage, recipe.models.teacher, arch.params, method, tokens, flops, hours,
+                                     hours * price, mem, mem["total"], fits))
+        if not fits:
+            plan.warnings.append(
+                f"{stage}: needs ~{mem['total']:.1f} GB per GPU ({', '.join(f'{k} {v:.1f}' for k, v in mem.items() if k != 'total')}) "
+                f"but {gpu.name} has {gpu.vram_gb:.0f} GB — lower per_device_train_batch_size or max_length, "
+                f"enable gradient_checkpointing, use QLoRA, or shard with accelerate_config fsdp2 over more GPUs")
+        if tokens == 0:
+            plan.warnings.append(f"{stage}: no token count (declare `tokens:` on its data source)")
+    return plan

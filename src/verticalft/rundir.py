@@ -1,0 +1,189 @@
+"""The run directory: `runs/<recipe>/<profile>/`, its manifest and done-markers.
+
+Rules (DESIGN.md):
+- A stage is done only when `<stage>/DONE.json` exists and carries the stage's current
+  fingerprint. The marker is written last, atomically (write temp file, fsync, rename), so a
+  killed stage is never mistaken for a done one.
+- A stage's fingerprint hashes its own recipe section, the content of its input files and the
+  fingerprints of the stages it consumes; same fingerprint → skip, `--force` → rerun.
+- Stages find each other's outputs only through the manifest, never by globbing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+DONE = "DONE.json"
+RUNNING = "RUNNING.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def hash_file(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> str:  # noqa: B006 - memo
+    """sha256 of a file (or of every file under a folder, in sorted order)."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(p.relative_to(path)).encode())
+            h.update(hash_file(p).encode())
+        return h.hexdigest()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime, st.st_size)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+def fingerprint(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    status: str = "pending"  # pending | running | done | failed
+    fingerprint: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    started_at: str = ""
+    finished_at: str = ""
+    error: str = ""
+
+
+class RunDir:
+    """One run directory; all reads and writes of the manifest go through here."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- manifest
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        return json.loads(self.manifest_path.read_text())
+
+    def record(self, stage: str) -> StageRecord:
+        raw = self.manifest()["stages"].get(stage)
+        return StageRecord(**raw) if raw else StageRecord()
+
+    def update(self, stage: str, record: StageRecord) -> None:
+        # Read-modify-write under a lock file: a multi-process launcher's rank 0 and the
+        # orchestrator may both touch the manifest.
+        with self._lock():
+            data = self.manifest()
+            data["stages"][stage] = record.__dict__
+            data["updated_at"] = _now()
+            atomic_write_json(self.manifest_path, data)
+
+    def set_meta(self, **meta: Any) -> None:
+        with self._lock():
+            data = self.manifest()
+            data.update(meta)
+            atomic_write_json(self.manifest_path, data)
+
+    @contextmanager
+    def _lock(self):
+        import fcntl
+
+        with (self.root / ".manifest.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # ---- stage folders and markers
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def is_done(self, stage: str, fp: str | None = None) -> bool:
+        marker = self.stage_dir(stage) / DONE
+        if not marker.exists():
+            return False
+        try:
+            done_fp = json.loads(marker.read_text()).get("fingerprint")
+        except (json.JSONDecodeError, OSError):
+            return False
+        return (fp is None or done_fp == fp) and self.record(stage).status == "done"
+
+    def begin(self, stage: str, fp: str, inputs: dict[str, Any]) -> tuple[StageRecord, bool]:
+        """Mark a stage running. Returns (record, resumable): resumable when a killed attempt with
+        the same fingerprint left its folder behind; otherwise the folder is cleared."""
+        sdir = self.stage_dir(stage)
+        running = sdir / RUNNING
+        resumable = False
+        if running.exists():
+            try:
+                resumable = json.loads(running.read_text()).get("fingerprint") == fp
+            except (json.JSONDecodeError, OSError):
+                resumable = False
+        if not resumable and sdir.exists():
+            shutil.rmtree(sdir)
+        (sdir / DONE).unlink(missing_ok=True)
+        sdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(running, {"fingerprint": fp, "started_at": _now(), "pid": os.getpid()})
+        record = StageRecord(status="running", fingerprint=fp, inputs=inputs, started_at=_now())
+        self.update(stage, record)
+        return record, resumable
+
+    def finish(self, stage: str, record: StageRecord) -> None:
+        """Outputs are written; now the manifest, and the done-marker last of all."""
+        record.status = "done"
+        record.finished_at = _now()
+        record.error = ""
+        self.update(stage, record)
+        atomic_write_json(self.stage_dir(stage) / DONE, {"fingerprint": record.fingerprint, "finished_at": record.finished_at})
+        (self.stage_dir(stage) / RUNNING).unlink(missing_ok=True)
+
+    def fail(self, stage: str, record: StageRecord, error: str) -> None:
+        record.status = "failed"
+        record.error = error
+        record.finished_at = _now()
+        self.update(stage, record)
+
+    def output(self, stage: str, key: str) -> str | None:
+        """An output of a *completed* stage, from the manifest."""
+        rec = self.record(stage)
+        return rec.outputs.get(key) if rec.status == "done" else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

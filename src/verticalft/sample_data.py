@@ -1,0 +1,288 @@
+"""Shared machinery for the per-domain sample-data builders in `data_pipelines/<domain>/`.
+
+A domain builder supplies two generators — a raw document and a task item — and this module
+turns them into the five files every recipe expects:
+
+    corpus.jsonl        raw domain text, with *planted noise* (see `plant_noise`)
+    noise_labels.jsonl  ground truth of the planted noise, one row per noisy document
+    heldout.jsonl       clean domain text kept out of CPT, for perplexity before/after
+    sft.jsonl           chat `messages` (user prompt → assistant answer)
+    preferences.jsonl   conversational prompt / chosen / rejected (rejected = a wrong figure,
+                        a wrong label or a hallucinated addition)
+    eval.jsonl          held-out task items with `answer`, `kind` (label|number) and
+                        `difficulty` (1 easy … 3 hard) so no tiny model saturates it
+
+Everything is deterministic from a seed, so the committed sample can be rebuilt byte for byte
+(tests check that).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    task: str
+    prompt: str
+    answer: str
+    kind: str  # "label" or "number"
+    difficulty: int  # 1 easy, 2 medium, 3 hard
+    rejected: str  # a plausible wrong answer for the preference set
+
+
+DocFn = Callable[[random.Random], dict[str, Any]]
+TaskFn = Callable[[random.Random], TaskItem]
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def luhn_complete(prefix: str) -> str:
+    """Append the Luhn check digit to `prefix` (so planted card numbers are 'real-looking')."""
+    digits = [int(d) for d in prefix]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 0:
+            d *= 2
+            d -= 9 if d > 9 else 0
+        total += d
+    return prefix + str((10 - total % 10) % 10)
+
+
+# --------------------------------------------------------------------------- noise
+BOILERPLATE = [
+    "Home | About | Contact | Careers | Investor Relations | Privacy Policy",
+    "We use cookies to improve your experience. By continuing you accept our cookie policy.",
+    "Click here to subscribe to our newsletter.",
+    "Copyright 2024. All rights reserved.",
+    "Share this page: Facebook Twitter LinkedIn Email",
+    "Terms of Use | Sitemap | Accessibility | Do Not Sell My Information",
+]
+JUNK = ["N/A", "Page 3 of 7", "asdf asdf", "lorem ipsum", "TBD", "[image]", "null", "-- continued --", "click", "..."]
+NON_ENGLISH = [
+    "Der Umsatz des Unternehmens stieg im dritten Quartal deutlich an, während die Kosten stabil blieben. "
+    "Der Vorstand erwartet für das kommende Geschäftsjahr ein moderates Wachstum und eine stabile Dividende.",
+    "Los ingresos de la empresa aumentaron en el tercer trimestre, mientras que los costes se mantuvieron "
+    "estables. La dirección espera un crecimiento moderado para el próximo ejercicio fiscal.",
+    "Le chiffre d'affaires de la société a progressé au troisième trimestre, tandis que les coûts sont restés "
+    "stables. La direction prévoit une croissance modérée pour le prochain exercice.",
+    "Il fatturato della società è aumentato nel terzo trimestre, mentre i costi sono rimasti stabili. "
+    "Il consiglio di amministrazione prevede una crescita moderata per il prossimo esercizio.",
+    "Het bedrijf rapporteerde een hogere omzet in het derde kwartaal, terwijl de kosten stabiel bleven. "
+    "Het bestuur verwacht een gematigde groei in het komende boekjaar.",
+]
+PROPRIETARY_LICENSE = "proprietary-no-redistribution"
+
+
+def _pii_values(rng: random.Random) -> dict[str, str]:
+    card = luhn_complete("4" + "".join(str(rng.randint(0, 9)) for _ in range(14)))
+    return {
+        "email": f"{rng.choice(['j.smith', 'mgarcia', 'li.wei', 'a.khan', 'pat.obrien'])}{rng.randint(1, 99)}@"
+        f"{rng.choice(['examplebank.com', 'mail.example.org', 'corp-example.net'])}",
+        "phone": f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+        "ssn": f"{rng.randint(100, 665):03d}-{rng.randint(10, 99):02d}-{rng.randint(1000, 9999):04d}",
+        "card": " ".join(card[i : i + 4] for i in range(0, 16, 4)),
+        "iban": f"DE{rng.randint(10, 99)} {rng.randint(1000, 9999)} {rng.randint(1000, 9999)} "
+        f"{rng.randint(1000, 9999)} {rng.randint(1000, 9999)} {rng.randint(10, 99)}",
+        "account": f"{rng.randint(10**9, 10**10 - 1)}",
+        "ip": f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+    }
+
+
+PII_SENTENCES = {
+    "email": "For questions contact {v}.",
+    "phone": "Call the investor desk at {v}.",
+    "ssn": "Customer SSN on file: {v}.",
+    "card": "Card used for the payment: {v}.",
+    "iban": "Wire the funds to IBAN {v}.",
+    "account": "Settlement account number {v} was debited.",
+    "ip": "Login recorded from IP address {v}.",
+}
+
+
+def _near_duplicate(text: str, rng: random.Random) -> str:
+    """A light edit: a changed word or two and an extra line (a re-published copy, not a new doc)."""
+    words = text.split(" ")
+    for _ in range(2):
+        i = rng.randrange(len(words))
+        words[i] = words[i].upper() if rng.random() < 0.5 else words[i] + ","
+    return " ".join(words) + "\n(Reprinted with permission.)"
+
+
+def plant_noise(
+    clean: list[dict[str, Any]], rng: random.Random, prefix: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mix realistic noise into a clean corpus; return (corpus, labels).
+
+    Kinds (ratios of the clean count): exact_duplicate 3%, near_duplicate 3%, boilerplate 2%
+    (boilerplate-only pages), boilerplate_lines 2% (a clean doc with nav/cookie lines around it:
+    keep it, strip the lines), non_english 2%, pii 5% (a clean doc with PII sentences: keep it,
+    redact them; `detail` lists each planted value), too_short 2%, stale_date 2% (dated before
+    2008), license 2% (a non-redistributable licence). Every other document is clean.
+    """
+    n = len(clean)
+    docs = [dict(d) for d in clean]
+    labels: list[dict[str, Any]] = []
+    counter = [n]
+
+    def new_id() -> str:
+        counter[0] += 1
+        return f"{prefix}-{counter[0]:06d}"
+
+    def count(ratio: float) -> int:
+        return max(1, round(n * ratio))
+
+    extra: list[dict[str, Any]] = []
+    for _ in range(count(0.03)):
+        src = rng.choice(clean)
+        extra.append({**src, "id": new_id()})
+        labels.append({"id": extra[-1]["id"], "kind": "exact_duplicate", "detail": src["id"]})
+    for _ in range(count(0.03)):
+        src = rng.choice(clean)
+        extra.append({**src, "id": new_id(), "text": _near_duplicate(src["text"], rng)})
+        labels.append({"id": extra[-1]["id"], "kind": "near_duplicate", "detail": src["id"]})
+    for _ in range(count(0.02)):
+        lines = rng.sample(BOILERPLATE, k=4)
+        extra.append({**rng.choice(clean), "id": new_id(), "text": "\n".join(lines)})
+        labels.append({"id": extra[-1]["id"], "kind": "boilerplate", "detail": ""})
+    for _ in range(count(0.02)):
+        extra.append({**rng.choice(clean), "id": new_id(), "text": rng.choice(NON_ENGLISH)})
+        labels.append({"id": extra[-1]["id"], "kind": "non_english", "detail": ""})
+    for _ in range(count(0.02)):
+        extra.append({**rng.choice(clean), "id": new_id(), "text": rng.choice(JUNK)})
+        labels.append({"id": extra[-1]["id"], "kind": "too_short", "detail": ""})
+    for _ in range(count(0.02)):
+        src = rng.choice(clean)
+        year = rng.randint(1995, 2007)
+        extra.append({**src, "id": new_id(), "text": src["text"].replace("2024", str(year)).replace("2025", str(year)),
+                      "date": f"{year}-{rng.randint(1, 12):02d}-15"})
+        labels.append({"id": extra[-1]["id"], "kind": "stale_date", "detail": extra[-1]["date"]})
+    for _ in range(count(0.02)):
+        src = rng.choice(clean)
+        extra.append({**src, "id": new_id(), "text": src["text"] + " Licensed data; redistribution prohibited.",
+                      "license": PROPRIETARY_LICENSE})
+        labels.append({"id": extra[-1]["id"], "kind": "license", "detail": PROPRIETARY_LICENSE})
+
+    # In-place kinds on distinct clean documents.
+    targets = rng.sample(range(n), k=count(0.05) + count(0.02))
+    for j, idx in enumerate(targets):
+        doc = docs[idx]
+        if j < count(0.05):
+            values = _pii_values(rng)
+            kinds = rng.sample(sorted(values), k=2)
+            doc["text"] += " " + " ".join(PII_SENTENCES[k].format(v=values[k]) for k in kinds)
+            labels.append({"id": doc["id"], "kind": "pii", "detail": {k: values[k] for k in kinds}})
+        else:
+            doc["text"] = "\n".join(rng.sample(BOILERPLATE, 2)) + "\n" + doc["text"] + "\n" + rng.choice(BOILERPLATE)
+            labels.append({"id": doc["id"], "kind": "boilerplate_lines", "detail": ""})
+
+    # Interleave the extra documents at random places so order carries no signal.
+    for doc in extra:
+        docs.insert(rng.randrange(len(docs) + 1), doc)
+    labels.sort(key=lambda r: r["id"])
+    return docs, labels
+
+
+# --------------------------------------------------------------------------- general replay text
+_GENERAL_TOPICS = {
+    "weather": ["The morning was cool and bright", "Rain moved in from the west by noon",
+                "A light wind carried the smell of cut grass", "By evening the clouds had cleared"],
+    "cooking": ["Slice the onions thinly and let them soften in butter", "Add a pinch of salt and stir",
+                "Simmer the soup for twenty minutes", "Serve with fresh bread and a green salad"],
+    "history": ["The old bridge was built of local stone", "Travellers crossed the river here for centuries",
+                "The town grew around its weekly market", "Records from the period are incomplete"],
+    "nature": ["Birds nest in the hedges along the lane", "The forest floor is covered with ferns",
+               "Foxes hunt at the edge of the fields at dusk", "In spring the meadow turns yellow with flowers"],
+    "sport": ["The team trained hard through the winter", "The match was decided in the final minutes",
+              "Supporters filled the small stadium", "The coach praised the young players"],
+}
+
+
+def general_doc(rng: random.Random, i: int) -> dict[str, Any]:
+    topic = rng.choice(sorted(_GENERAL_TOPICS))
+    sentences = [rng.choice(_GENERAL_TOPICS[t]) for t in [topic] * 3 + [rng.choice(sorted(_GENERAL_TOPICS))]]
+    rng.shuffle(sentences)
+    return {"id": f"gen-{i:06d}", "text": ". ".join(sentences) + ".", "license": "cc0-1.0"}
+
+
+def build_general_replay(out_dir: Path, n: int = 400, seed: int = 7) -> int:
+    rng = random.Random(seed)
+    return write_jsonl(out_dir / "replay.jsonl", (general_doc(rng, i) for i in range(n)))
+
+
+# --------------------------------------------------------------------------- the whole sample
+def _unique_items(task_fn: TaskFn, rng: random.Random, n: int, seen: set[str]) -> list[TaskItem]:
+    items: list[TaskItem] = []
+    tries = 0
+    while len(items) < n and tries < n * 50:
+        tries += 1
+        item = task_fn(rng)
+        if item.prompt in seen:
+            continue
+        seen.add(item.prompt)
+        items.append(item)
+    return items
+
+
+def build_sample(
+    out_dir: Path,
+    prefix: str,
+    doc_fn: DocFn,
+    task_fn: TaskFn,
+    *,
+    seed: int,
+    n_docs: int = 1200,
+    n_heldout: int = 100,
+    n_sft: int = 3000,
+    n_pref: int = 800,
+    n_eval: int = 200,
+) -> dict[str, int]:
+    """Write the domain sample to `out_dir`; returns row counts per file."""
+    rng = random.Random(seed)
+    clean = []
+    for i in range(n_docs):
+        doc = doc_fn(rng)
+        clean.append({"id": f"{prefix}-{i:06d}", **doc})
+    corpus, labels = plant_noise(clean, rng, prefix)
+    heldout = [{"id": f"{prefix}-heldout-{i:05d}", **doc_fn(rng)} for i in range(n_heldout)]
+
+    seen: set[str] = set()
+    eval_items = _unique_items(task_fn, random.Random(seed + 1), n_eval, seen)  # eval first: never in training
+    sft_items = _unique_items(task_fn, random.Random(seed + 2), n_sft, seen)
+    pref_items = _unique_items(task_fn, random.Random(seed + 3), n_pref, seen)
+
+    counts = {
+        "corpus.jsonl": write_jsonl(out_dir / "corpus.jsonl", corpus),
+        "noise_labels.jsonl": write_jsonl(out_dir / "noise_labels.jsonl", labels),
+        "heldout.jsonl": write_jsonl(out_dir / "heldout.jsonl", heldout),
+        "sft.jsonl": write_jsonl(
+            out_dir / "sft.jsonl",
+            ({"messages": [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.answer}],
+              "task": t.task} for t in sft_items),
+        ),
+        "preferences.jsonl": write_jsonl(
+            out_dir / "preferences.jsonl",
+            ({"prompt": [{"role": "user", "content": t.prompt}],
+              "chosen": [{"role": "assistant", "content": t.answer}],
+              "rejected": [{"role": "assistant", "content": t.rejected}], "task": t.task} for t in pref_items),
+        ),
+        "eval.jsonl": write_jsonl(
+            out_dir / "eval.jsonl",
+            ({"id": f"{prefix}-eval-{i:04d}", "task": t.task, "prompt": t.prompt, "answer": t.answer,
+              "kind": t.kind, "difficulty": t.difficulty} for i, t in enumerate(eval_items)),
+        ),
+    }
+    return counts

@@ -1,0 +1,89 @@
+"""Quick domain eval: greedy answers to the recipe's eval set, scored by exact or numeric match.
+
+Kept small on purpose: training stages call it before and after training so the manifest shows
+what each stage bought. The full eval stage (vLLM generation, retention, gates) builds on the
+same matching rules (`score_answer`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+
+
+def normalise(text: str) -> str:
+    return text.strip().splitlines()[0].strip().strip(".").lower() if text.strip() else ""
+
+
+def parse_number(text: str) -> float | None:
+    m = _NUMBER.search(text.replace("$", ""))
+    if not m:
+        return None
+    try:
+        return float(m.group().replace(",", "").rstrip("."))
+    except ValueError:
+        return None
+
+
+def score_answer(prediction: str, answer: str, kind: str, tolerance: float = 0.01) -> bool:
+    """label: case-insensitive exact match of the first line; number: within `tolerance` (relative)."""
+    if kind == "number":
+        got, want = parse_number(normalise(prediction)), parse_number(answer)
+        if got is None or want is None:
+            return False
+        return abs(got - want) <= tolerance * max(1.0, abs(want))
+    return normalise(prediction) == normalise(answer)
+
+
+def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any]:
+    """Overall accuracy plus per task and per difficulty."""
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    by_diff: dict[str, list[bool]] = defaultdict(list)
+    for item, ok in zip(items, correct, strict=True):
+        by_task[item.get("task", "all")].append(ok)
+        by_diff[str(item.get("difficulty", 0))].append(ok)
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else 0.0  # noqa: E731
+    return {
+        "score": mean(correct),
+        "n": len(correct),
+        "by_task": {k: mean(v) for k, v in sorted(by_task.items())},
+        "by_difficulty": {k: mean(v) for k, v in sorted(by_diff.items())},
+    }
+
+
+def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers with HF generate (left padding, chat template)."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chats = [[{"role": "user", "content": p}] for p in prompts[i : i + batch_size]]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return outputs
+
+
+def evaluate_model(model: Any, tokenizer: Any, items: list[dict[str, Any]], max_new_tokens: int = 16,
+                   batch_size: int = 32, tolerance: float = 0.01) -> dict[str, Any]:
+    preds = generate_answers(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size)
+    correct = [score_answer(p, it["answer"], it.get("kind", "label"), tolerance) for p, it in zip(preds, items, strict=True)]
+    summary = summarise(items, correct)
+    summary["examples"] = [{"prompt": it["prompt"][-80:], "answer": it["answer"], "prediction": p.strip()[:40]}
+                           for it, p in list(zip(items, preds, strict=True))[:5]]
+    return summary

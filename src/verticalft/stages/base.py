@@ -1,0 +1,185 @@
+"""What every stage gets (`StageContext`) and returns (`StageResult`), plus shared trainer glue.
+
+Stages never call each other: they ask the context for "the latest completed model before me",
+which the context answers from the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verticalft.models import is_tiny, tiny_name
+from verticalft.recipe import Recipe, Source
+from verticalft.rundir import RunDir
+
+# Stages that produce a model, in pipeline order; the input of a stage is the newest of these.
+MODEL_STAGES = ["cpt", "sft", "dpo"]
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    run: RunDir
+    stage: str
+    resume: bool = False
+
+    @property
+    def dir(self) -> Path:
+        return self.run.stage_dir(self.stage)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def resolve_model(self, ref: str) -> str:
+        """An HF id/path as written in the recipe; `tiny://name` → the folder tiny_models built."""
+        if not is_tiny(ref):
+            return ref
+        path = self.run.output("tiny_models", tiny_name(ref))
+        if path is None:
+            raise RuntimeError(f"{ref}: the tiny_models stage has not completed in {self.run.root}")
+        return path
+
+    def input_model(self) -> str:
+        """The newest completed model before this stage (else the recipe's teacher)."""
+        order = MODEL_STAGES[: MODEL_STAGES.index(self.stage)] if self.stage in MODEL_STAGES else MODEL_STAGES
+        for prev in reversed(order):
+            path = self.run.output(prev, "model")
+            if path:
+                return path
+        return self.resolve_model(self.recipe.models.teacher)
+
+    def curated_corpus(self) -> list[Source] | None:
+        """The curated corpus when a curate stage completed in this run, else None."""
+        path = self.run.output("curate", "corpus")
+        return [Source(path=path, license="curated")] if path else None
+
+    def eval_items(self) -> list[dict[str, Any]]:
+        from verticalft.data import load_source
+
+        if self.recipe.data.eval is None:
+            return []
+        items = load_source(self.recipe.data.eval, ("prompt", "answer")).to_list()
+        return items[: self.recipe.evaluation.max_items] if self.recipe.evaluation.max_items else items
+
+
+# --------------------------------------------------------------------------- distributed helpers
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+# --------------------------------------------------------------------------- trainer glue
+def trainer_config(ctx: StageContext, config_cls: type, defaults: dict[str, Any], managed: dict[str, Any]) -> Any:
+    """Build a TRL config: toolkit defaults < the recipe's `trainer:` block < managed keys.
+
+    Managed keys (output dir, lengths, packing …) come from the stage's own recipe fields and
+    are rejected in `trainer:` at validation time, so nothing is silently overridden.
+    """
+    block = getattr(ctx.recipe.stages, ctx.stage).trainer
+    kwargs = {
+        "seed": ctx.recipe.compute.seed,
+        "save_strategy": "steps",
+        "save_steps": 50,
+        "save_total_limit": 2,
+        "logging_steps": 5,
+        "report_to": ["tensorboard"],
+        "include_num_input_tokens_seen": "non_padding",
+        "use_cpu": not _has_gpu(),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+        **defaults,
+        **block,
+        **managed,
+        "output_dir": str(ctx.checkpoints),
+    }
+    return config_cls(**kwargs)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def last_checkpoint(ctx: StageContext) -> str | None:
+    """The newest complete trainer checkpoint of a killed attempt (None on a fresh start)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ctx.resume or not ctx.checkpoints.is_dir():
+        return None
+    return get_last_checkpoint(str(ctx.checkpoints))
+
+
+def train_and_measure(trainer: Any, ctx: StageContext) -> dict[str, Any]:
+    """Run `trainer.train()` (resuming when a checkpoint exists) and return its metrics."""
+    resume_from = last_checkpoint(ctx)
+    t0 = time.time()
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    history = trainer.state.log_history
+    losses = [{"step": h["step"], "loss": round(h["loss"], 5)} for h in history if "loss" in h]
+    return {
+        "resumed_from": Path(resume_from).name if resume_from else None,
+        "train_loss": round(out.training_loss, 5),
+        "loss_curve": losses,
+        "first_loss": losses[0]["loss"] if losses else None,
+        "last_loss": losses[-1]["loss"] if losses else None,
+        "steps": trainer.state.global_step,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+        "train_seconds": round(time.time() - t0, 2),
+        "train_steps_per_second": out.metrics.get("train_steps_per_second"),
+    }
+
+
+def perplexity(eval_loss: float | None) -> float | None:
+    if eval_loss is None:
+        return None
+    return round(math.exp(min(eval_loss, 50.0)), 4)
+
+
+def quick_eval(ctx: StageContext, model: Any, tokenizer: Any) -> dict[str, Any] | None:
+    """Domain eval score of `model` on the recipe's eval set (rank 0 only)."""
+    from verticalft.scoring import evaluate_model
+
+    items = ctx.eval_items()
+    if not items or not is_main_process():
+        return None
+    ev = ctx.recipe.evaluation
+    return evaluate_model(model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance)
+
+
+def save_outputs(ctx: StageContext, trainer: Any, tokenizer: Any, base_model: str, is_peft: bool, merge: bool) -> dict[str, str]:
+    """Write the stage's HF/PEFT folders (rank 0) and return the manifest outputs."""
+    outputs: dict[str, str] = {"base_model": base_model}
+    if is_peft:
+        adapter = ctx.dir / "adapter"
+        trainer.save_model(str(adapter))
+        if is_main_process():
+            tokenizer.save_pretrained(adapter)
+        outputs["adapter"] = str(adapter)
+        if merge and is_main_process():
+            from verticalft.models import merge_adapter
+
+            outputs["model"] = merge_adapter(base_model, str(adapter), ctx.dir / "model",
+                                             ctx.recipe.models.trust_remote_code)
+    else:
+        trainer.save_model(str(ctx.dir / "model"))
+        if is_main_process():
+            tokenizer.save_pretrained(ctx.dir / "model")
+        outputs["model"] = str(ctx.dir / "model")
+    return outputs

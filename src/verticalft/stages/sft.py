@@ -1,0 +1,45 @@
+"""sft: QLoRA instruction tuning with TRL's SFTTrainer.
+
+The base loads in 4-bit NF4 through bitsandbytes (also on CPU), PEFT LoRA adapters train on top;
+the chat template marks assistant turns with `{% generation %}` so the loss covers assistant
+tokens only; sequences are packed (best-fit decreasing, padding-free). The adapter is saved as a
+PEFT folder and, with `merge: true`, merged into the full-precision base for later stages.
+"""
+
+from __future__ import annotations
+
+from verticalft.data import load_source
+from verticalft.models import load_model, load_tokenizer, lora_config
+from verticalft.stages.base import (
+    StageContext, StageResult, quick_eval, save_outputs, train_and_measure, trainer_config,
+)
+
+
+def run(ctx: StageContext) -> StageResult:
+    from trl import SFTConfig, SFTTrainer
+
+    recipe, cfg = ctx.recipe, ctx.recipe.stages.sft
+    base = ctx.input_model()
+    data = load_source(recipe.data.sft, ("messages",)).select_columns(["messages"])
+    split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
+
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
+    before = quick_eval(ctx, model, tokenizer)
+    args = trainer_config(
+        ctx, SFTConfig,
+        defaults={"learning_rate": 2e-4, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
+                  "warmup_steps": 0.03, "eval_strategy": "no"},
+        managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": True},
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=split["train"], eval_dataset=split["test"],
+                         processing_class=tokenizer, peft_config=lora_config(cfg.lora))
+    metrics = train_and_measure(trainer, ctx)
+    metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
+    after = quick_eval(ctx, trainer.model, tokenizer)
+    outputs = save_outputs(ctx, trainer, tokenizer, base, is_peft=True, merge=cfg.merge)
+    metrics.update({"eval_before": before, "eval_after": after, "quantization": cfg.quantization,
+                    "train_examples": len(split["train"])})
+    score = lambda e: f"{e['score']:.3f}" if e else "n/a"  # noqa: E731
+    summary = f"eval score {score(before)} → {score(after)}, eval loss {metrics['eval_loss']:.4f}"
+    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
