@@ -7,6 +7,7 @@ it marks the stage running, waits, then writes outputs, metrics and the done-mar
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 from verticalft.data import source_files
 from verticalft.recipe import Recipe, recipe_to_yaml
-from verticalft.rundir import RunDir, StageRecord, atomic_write_json, fingerprint, hash_file
+from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stages.base import StageContext, StageResult
 
 STAGE_ORDER = ["tiny_models", "cpt", "sft", "dpo"]
@@ -105,10 +106,8 @@ def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
 def versions() -> dict[str, str]:
     out = {}
     for pkg in VERSIONED:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -17,16 +17,33 @@ import copy
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 PROFILE_DIR_NAME = "profiles"
 # Keys the toolkit sets itself in every trainer config; a recipe setting them would be ignored
 # silently, so we reject them.
 MANAGED_TRAINER_KEYS = {"output_dir", "resume_from_checkpoint", "max_length", "packing", "beta"}
 STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig"}
+
+
+def as_number(value: Any) -> Any:
+    """YAML 1.1 reads `2e-4` as a string; where a number is meant, make it one."""
+    if isinstance(value, str):
+        try:
+            return int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce_numbers(block: dict[str, Any]) -> dict[str, Any]:
+    return {key: as_number(value) for key, value in block.items()}
+
+
+TrainerBlock = Annotated[dict[str, Any], AfterValidator(_coerce_numbers)]
 
 
 class Strict(BaseModel):
@@ -92,7 +109,7 @@ class CptStage(Strict):
     method: Literal["full", "lora"] = "full"
     lora: Lora = Field(default_factory=Lora)
     max_length: int = Field(default=2048, ge=16)
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerBlock = Field(default_factory=dict)
 
 
 class SftStage(Strict):
@@ -101,7 +118,7 @@ class SftStage(Strict):
     packing: bool = True
     max_length: int = Field(default=2048, ge=16)
     merge: bool = True  # merge the adapter into a full model folder for later stages
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerBlock = Field(default_factory=dict)
 
 
 class DpoStage(Strict):
@@ -111,7 +128,7 @@ class DpoStage(Strict):
     max_length: int = Field(default=1024, ge=16)
     merge: bool = True
     eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerBlock = Field(default_factory=dict)
 
 
 class Stages(Strict):
@@ -148,7 +165,7 @@ class Evaluation(Strict):
     max_items: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=16, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    numeric_tolerance: float = Field(default=0.01, ge=0)
+    numeric_tolerance: float = Field(default=0.001, ge=0)  # relative
 
 
 class Recipe(Strict):
@@ -185,8 +202,16 @@ class RecipeError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+# Names users bring from PEFT/TRL that the recipe spells differently.
+ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "quant": "quantization",
+           "load_in_4bit": "quantization", "lr": "learning_rate", "epochs": "num_train_epochs"}
+
+
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    options = list(options)
+    if ALIASES.get(word) in options:
+        return f" (did you mean '{ALIASES[word]}'?)"
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -285,7 +310,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override '{text}' has an empty key part")
-    return key.split("."), yaml.safe_load(value) if value != "" else None
+    return key.split("."), as_number(yaml.safe_load(value)) if value != "" else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -145,38 +145,7 @@ def plant_noise(
     def count(ratio: float) -> int:
         return max(1, round(n * ratio))
 
-    extra: list[dict[str, Any]] = []
-    for _ in range(count(0.03)):
-        src = rng.choice(clean)
-        extra.append({**src, "id": new_id()})
-        labels.append({"id": extra[-1]["id"], "kind": "exact_duplicate", "detail": src["id"]})
-    for _ in range(count(0.03)):
-        src = rng.choice(clean)
-        extra.append({**src, "id": new_id(), "text": _near_duplicate(src["text"], rng)})
-        labels.append({"id": extra[-1]["id"], "kind": "near_duplicate", "detail": src["id"]})
-    for _ in range(count(0.02)):
-        lines = rng.sample(BOILERPLATE, k=4)
-        extra.append({**rng.choice(clean), "id": new_id(), "text": "\n".join(lines)})
-        labels.append({"id": extra[-1]["id"], "kind": "boilerplate", "detail": ""})
-    for _ in range(count(0.02)):
-        extra.append({**rng.choice(clean), "id": new_id(), "text": rng.choice(NON_ENGLISH)})
-        labels.append({"id": extra[-1]["id"], "kind": "non_english", "detail": ""})
-    for _ in range(count(0.02)):
-        extra.append({**rng.choice(clean), "id": new_id(), "text": rng.choice(JUNK)})
-        labels.append({"id": extra[-1]["id"], "kind": "too_short", "detail": ""})
-    for _ in range(count(0.02)):
-        src = rng.choice(clean)
-        year = rng.randint(1995, 2007)
-        extra.append({**src, "id": new_id(), "text": src["text"].replace("2024", str(year)).replace("2025", str(year)),
-                      "date": f"{year}-{rng.randint(1, 12):02d}-15"})
-        labels.append({"id": extra[-1]["id"], "kind": "stale_date", "detail": extra[-1]["date"]})
-    for _ in range(count(0.02)):
-        src = rng.choice(clean)
-        extra.append({**src, "id": new_id(), "text": src["text"] + " Licensed data; redistribution prohibited.",
-                      "license": PROPRIETARY_LICENSE})
-        labels.append({"id": extra[-1]["id"], "kind": "license", "detail": PROPRIETARY_LICENSE})
-
-    # In-place kinds on distinct clean documents.
+    # In-place kinds first, on distinct clean documents, so copies below copy the final text.
     targets = rng.sample(range(n), k=count(0.05) + count(0.02))
     for j, idx in enumerate(targets):
         doc = docs[idx]
@@ -188,6 +157,37 @@ def plant_noise(
         else:
             doc["text"] = "\n".join(rng.sample(BOILERPLATE, 2)) + "\n" + doc["text"] + "\n" + rng.choice(BOILERPLATE)
             labels.append({"id": doc["id"], "kind": "boilerplate_lines", "detail": ""})
+
+    extra: list[dict[str, Any]] = []
+    for _ in range(count(0.03)):
+        src = rng.choice(docs[:n])
+        extra.append({**src, "id": new_id()})
+        labels.append({"id": extra[-1]["id"], "kind": "exact_duplicate", "detail": src["id"]})
+    for _ in range(count(0.03)):
+        src = rng.choice(docs[:n])
+        extra.append({**src, "id": new_id(), "text": _near_duplicate(src["text"], rng)})
+        labels.append({"id": extra[-1]["id"], "kind": "near_duplicate", "detail": src["id"]})
+    for _ in range(count(0.02)):
+        lines = rng.sample(BOILERPLATE, k=4)
+        extra.append({**rng.choice(docs[:n]), "id": new_id(), "text": "\n".join(lines)})
+        labels.append({"id": extra[-1]["id"], "kind": "boilerplate", "detail": ""})
+    for _ in range(count(0.02)):
+        extra.append({**rng.choice(docs[:n]), "id": new_id(), "text": rng.choice(NON_ENGLISH)})
+        labels.append({"id": extra[-1]["id"], "kind": "non_english", "detail": ""})
+    for _ in range(count(0.02)):
+        extra.append({**rng.choice(docs[:n]), "id": new_id(), "text": rng.choice(JUNK)})
+        labels.append({"id": extra[-1]["id"], "kind": "too_short", "detail": ""})
+    for _ in range(count(0.02)):
+        src = rng.choice(docs[:n])
+        year = rng.randint(1995, 2007)
+        extra.append({**src, "id": new_id(), "text": src["text"].replace("2024", str(year)).replace("2025", str(year)),
+                      "date": f"{year}-{rng.randint(1, 12):02d}-15"})
+        labels.append({"id": extra[-1]["id"], "kind": "stale_date", "detail": extra[-1]["date"]})
+    for _ in range(count(0.02)):
+        src = rng.choice(docs[:n])
+        extra.append({**src, "id": new_id(), "text": src["text"] + " Licensed data; redistribution prohibited.",
+                      "license": PROPRIETARY_LICENSE})
+        labels.append({"id": extra[-1]["id"], "kind": "license", "detail": PROPRIETARY_LICENSE})
 
     # Interleave the extra documents at random places so order carries no signal.
     for doc in extra:

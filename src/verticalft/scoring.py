@@ -28,7 +28,7 @@ def parse_number(text: str) -> float | None:
         return None
 
 
-def score_answer(prediction: str, answer: str, kind: str, tolerance: float = 0.01) -> bool:
+def score_answer(prediction: str, answer: str, kind: str, tolerance: float = 0.001) -> bool:
     """label: case-insensitive exact match of the first line; number: within `tolerance` (relative)."""
     if kind == "number":
         got, want = parse_number(normalise(prediction)), parse_number(answer)
@@ -80,7 +80,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
 
 
 def evaluate_model(model: Any, tokenizer: Any, items: list[dict[str, Any]], max_new_tokens: int = 16,
-                   batch_size: int = 32, tolerance: float = 0.01) -> dict[str, Any]:
+                   batch_size: int = 32, tolerance: float = 0.001) -> dict[str, Any]:
     preds = generate_answers(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size)
     correct = [score_answer(p, it["answer"], it.get("kind", "label"), tolerance) for p, it in zip(preds, items, strict=True)]
     summary = summarise(items, correct)

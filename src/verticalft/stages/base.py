@@ -118,12 +118,23 @@ def _has_gpu() -> bool:
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:
-    """The newest complete trainer checkpoint of a killed attempt (None on a fresh start)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* trainer checkpoint of a killed attempt (None on a fresh start).
+
+    The HF Trainer writes `trainer_state.json` last, so a checkpoint folder without it was cut
+    off mid-write: it is removed rather than resumed from.
+    """
+    import re
+    import shutil
 
     if not ctx.resume or not ctx.checkpoints.is_dir():
         return None
-    return get_last_checkpoint(str(ctx.checkpoints))
+    found = [(int(m.group(1)), p) for p in ctx.checkpoints.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def train_and_measure(trainer: Any, ctx: StageContext) -> dict[str, Any]:
@@ -140,6 +151,7 @@ def train_and_measure(trainer: Any, ctx: StageContext) -> dict[str, Any]:
         "first_loss": losses[0]["loss"] if losses else None,
         "last_loss": losses[-1]["loss"] if losses else None,
         "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
         "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
         "train_seconds": round(time.time() - t0, 2),
         "train_steps_per_second": out.metrics.get("train_steps_per_second"),

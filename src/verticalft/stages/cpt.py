@@ -11,7 +11,13 @@ from __future__ import annotations
 from verticalft.data import load_texts, mix_replay
 from verticalft.models import load_model, load_tokenizer, lora_config
 from verticalft.stages.base import (
-    StageContext, StageResult, perplexity, quick_eval, save_outputs, train_and_measure, trainer_config,
+    StageContext,
+    StageResult,
+    perplexity,
+    quick_eval,
+    save_outputs,
+    train_and_measure,
+    trainer_config,
 )
 
 

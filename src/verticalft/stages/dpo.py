@@ -10,7 +10,12 @@ from __future__ import annotations
 from verticalft.data import load_source
 from verticalft.models import load_model, load_tokenizer, lora_config
 from verticalft.stages.base import (
-    StageContext, StageResult, quick_eval, save_outputs, train_and_measure, trainer_config,
+    StageContext,
+    StageResult,
+    quick_eval,
+    save_outputs,
+    train_and_measure,
+    trainer_config,
 )
 
 

@@ -1,0 +1,111 @@
+"""Every recipe in recipes/ end to end with PROFILE=tiny, through the CLI as a user runs it.
+
+Slow (minutes on two CPU cores) and the point of CI: a recipe or stage that breaks fails here.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+pytestmark = pytest.mark.slow
+
+
+def vft(*args, check=True, **kw):
+    proc = subprocess.run([sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"verticalft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def manifest(runs: Path, recipe: str) -> dict:
+    return json.loads((runs / recipe / "tiny" / "manifest.json").read_text())["stages"]
+
+
+@pytest.fixture(scope="module", params=RECIPES)
+def tiny_run(request, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    vft("run", f"recipes/{request.param}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs))
+    return request.param, runs
+
+
+def test_recipe_end_to_end(tiny_run):
+    recipe, runs = tiny_run
+    m = manifest(runs, recipe)
+    assert [s for s in m if m[s]["status"] == "done"] == ["tiny_models", "cpt", "sft", "dpo"]
+    for stage in ("tiny_models", "cpt", "sft", "dpo"):
+        assert (runs / recipe / "tiny" / stage / "DONE.json").is_file()
+    cpt, sft, dpo = m["cpt"]["metrics"], m["sft"]["metrics"], m["dpo"]["metrics"]
+    # CPT lowers held-out domain perplexity; losses fall in every stage.
+    assert cpt["heldout_perplexity_after"] < cpt["heldout_perplexity_before"] / 2
+    for metrics in (cpt, sft, dpo):
+        assert metrics["last_loss"] < metrics["first_loss"]
+        assert metrics["tokens_seen"] > 0 and metrics["steps"] > 0
+    # The aligned teacher is clearly better on the domain eval than the base tiny model.
+    base = cpt["eval_base"]["score"]
+    assert sft["eval_after"]["score"] > base + 0.15
+    assert dpo["eval_after"]["score"] > base + 0.15
+    assert dpo["reward_accuracy"] > 0.5
+    # Outputs are normal HF / PEFT folders.
+    assert (Path(m["sft"]["outputs"]["adapter"]) / "adapter_config.json").is_file()
+    assert (Path(m["dpo"]["outputs"]["model"]) / "config.json").is_file()
+    assert m["sft"]["metrics"]["quantization"] == "nf4"
+
+
+def test_second_run_skips_every_done_stage(tiny_run):
+    recipe, runs = tiny_run
+    before = (runs / recipe / "tiny" / "manifest.json").read_text()
+    proc = vft("run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs))
+    assert proc.stdout.count("(skipped)") == 4 and "0 stage(s) ran" in proc.stdout
+    assert json.loads(before)["stages"] == manifest(runs, recipe)
+    status = vft("status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs)).stdout
+    assert status.count("done") >= 4
+
+
+def _fast(*extra):
+    return ["--set", "stages.cpt.trainer.max_steps=3", "--set", "evaluation.max_items=8", *extra]
+
+
+def test_kill_during_sft_resumes_from_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["run", "recipes/finance.yaml", "-p", "tiny", "--until", "sft", "--runs-dir", str(runs),
+            *_fast("--set", "stages.sft.trainer.max_steps=40", "--set", "stages.sft.trainer.save_steps=5")]
+    proc = subprocess.Popen([sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = runs / "finance/tiny/sft/checkpoints/checkpoint-10/trainer_state.json"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert ckpt.exists(), "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    m = manifest(runs, "finance")
+    assert m["sft"]["status"] == "running"
+    assert not (runs / "finance/tiny/sft/DONE.json").exists()
+
+    out = vft(*args).stdout
+    assert "resuming a killed attempt" in out
+    m = manifest(runs, "finance")
+    sft = m["sft"]["metrics"]
+    assert m["sft"]["status"] == "done" and (runs / "finance/tiny/sft/DONE.json").exists()
+    assert sft["resumed_from"] is not None and int(sft["resumed_from"].split("-")[1]) >= 10
+    assert sft["steps"] == 40
+
+
+def test_sft_runs_as_two_process_ddp_with_torchrun(tmp_path):
+    runs = tmp_path / "runs"
+    vft("run", "recipes/finance.yaml", "-p", "tiny", "--until", "sft", "--runs-dir", str(runs),
+        *_fast("--set", "stages.sft.trainer.max_steps=6", "--set", "compute.launcher=torchrun",
+               "--set", "compute.nproc_per_node=2"))
+    sft = manifest(runs, "finance")["sft"]
+    assert sft["status"] == "done" and sft["metrics"]["world_size"] == 2
+    assert sft["metrics"]["steps"] == 6
+    assert (Path(sft["outputs"]["adapter"]) / "adapter_model.safetensors").is_file()

@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+
+from verticalft.plan import (
+    GPUS,
+    KNOWN_ARCHS,
+    Arch,
+    chinchilla_tokens,
+    dpo_flops,
+    gpu_hours,
+    plan_recipe,
+    training_flops,
+    training_memory_gb,
+)
+from verticalft.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("params, tokens, expected", [
+    # The seed's "Training Compute (FLOPs)" table (004_*.txt): FLOPs ≈ 6·N·D.
+    (7e9, 8e12, 3.4e23), (32e9, 7e12, 1.3e24), (80e9, 12e12, 5.8e24), (130e9, 9e12, 7.0e24),
+    (37e9, 14.8e12, 3.3e24),  # DeepSeek V3, active parameters
+])
+def test_seed_flops_table(params, tokens, expected):
+    assert training_flops(params, tokens) == pytest.approx(expected, rel=0.05)  # the seed rounds to 2 digits
+
+
+@pytest.mark.parametrize("params, tokens", [(7e9, 140e9), (32e9, 640e9), (70e9, 1.4e12), (405e9, 8.1e12)])
+def test_seed_chinchilla_table(params, tokens):
+    assert chinchilla_tokens(params) == pytest.approx(tokens)
+
+
+def test_llama_405b_reference_point():
+    # Seed: Llama 3.1 405B ≈ 30.84M H100-hours × $2/hr ≈ $60M on 15.6T tokens; Meta reports ~38–41 % MFU.
+    hours = gpu_hours(training_flops(405e9, 15.6e12), GPUS["h100-sxm"], mfu=0.35)
+    assert hours == pytest.approx(30.84e6, rel=0.05)
+    assert hours * 2.0 == pytest.approx(60e6, rel=0.06)
+
+
+def test_lora_and_dpo_flops():
+    assert training_flops(1e9, 1e9, "qlora") == pytest.approx(4e18)
+    assert training_flops(1e9, 1e9, "full", checkpointing=True) == pytest.approx(8e18)
+    assert dpo_flops(1e9, 1e9, "lora") == pytest.approx(6e18)
+
+
+def test_known_architectures_match_their_names():
+    assert KNOWN_ARCHS["Qwen/Qwen3-32B"].params == pytest.approx(32.8e9, rel=0.02)
+    assert KNOWN_ARCHS["Qwen/Qwen2.5-7B-Instruct"].params == pytest.approx(7.6e9, rel=0.02)
+    assert KNOWN_ARCHS["Qwen/Qwen2.5-14B-Instruct"].params == pytest.approx(14.7e9, rel=0.02)
+
+
+def test_qlora_memory_is_far_below_full_and_32b_qlora_fits_one_h100():
+    arch = KNOWN_ARCHS["Qwen/Qwen3-32B"]
+    q = training_memory_gb(arch, "qlora", 2048, 1, checkpointing=True, lora_r=64)
+    full = training_memory_gb(arch, "full", 2048, 1, checkpointing=True)
+    assert q["weights"] == pytest.approx(arch.params * 4.127 / 8 / 1e9, rel=1e-3)
+    assert full["trainable_state"] == pytest.approx(arch.params * 16 / 1e9, rel=1e-3)
+    assert q["total"] < 80 < full["total"]
+    sharded = training_memory_gb(arch, "full", 2048, 1, checkpointing=True, shards=64)
+    assert sharded["trainable_state"] == pytest.approx(full["trainable_state"] / 64, rel=1e-3)
+
+
+def test_activation_memory_grows_with_batch_and_shrinks_with_checkpointing():
+    arch = Arch(4096, 32, 14336, 32, 8, 128, 128256)
+    a = training_memory_gb(arch, "qlora", 2048, 1, False)["activations"]
+    assert training_memory_gb(arch, "qlora", 2048, 2, False)["activations"] == pytest.approx(2 * a)
+    assert training_memory_gb(arch, "qlora", 2048, 1, True)["activations"] < a / 5
+
+
+def test_plan_of_the_finance_recipe():
+    plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
+    cpt, sft, dpo = plan.stages
+    assert (cpt.method, sft.method) == ("full", "qlora")
+    assert cpt.tokens == pytest.approx(2e12 / 0.9)  # 10 % replay on top of the domain corpus
+    assert cpt.flops == pytest.approx(8 * cpt.params * cpt.tokens)  # checkpointing on
+    # The seed prices CPT of a 32B–72B base at $100K–$2M.
+    assert 1e5 < cpt.usd < 2e6
+    assert sft.usd < 1000 and all(s.fits for s in plan.stages)
+
+
+def test_plan_warns_when_the_gpu_is_too_small():
+    r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["compute.gpu=l40s", "compute.launcher=none"])
+    plan = plan_recipe(r)
+    assert not plan.stages[0].fits
+    assert any(w.startswith("cpt: needs") and "l40s" in w for w in plan.warnings)

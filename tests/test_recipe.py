@@ -1,0 +1,86 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verticalft.recipe import RecipeError, load_recipe, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("profile", ["full", "tiny"])
+def test_shipped_recipes_validate(recipe, profile):
+    r = load_recipe(recipe, profile)
+    assert r.stages.sft is not None and r.stages.dpo is not None
+
+
+def test_full_recipes_follow_the_playbook():
+    r = load_recipe(ROOT / "recipes/finance.yaml")
+    assert r.models.teacher == "Qwen/Qwen3-32B"
+    assert any("7B" in s for s in r.models.students) and any("14B" in s for s in r.models.students)
+    assert r.stages.sft.quantization == "nf4"
+
+
+def test_tiny_profile_points_each_recipe_at_its_own_sample():
+    r = load_recipe(ROOT / "recipes/real_estate.yaml", "tiny")
+    assert r.models.teacher == "tiny://teacher"
+    assert r.data.corpus[0].path == "data_pipelines/real_estate/sample/corpus.jsonl"
+    assert r.data.sft.tokens is None  # the full recipe's planned size does not leak into tiny
+
+
+def _bad_recipe(tmp_path: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "recipes/finance.yaml").read_text())
+    raw["stages"]["sft"]["lora"]["rank"] = 8  # typo for r
+    raw["stages"]["sft"]["trainer"]["learning_rat"] = 1e-4  # typo for learning_rate
+    raw["stages"]["dpo"]["trainer"]["output_dir"] = "/tmp/x"  # managed by the toolkit
+    raw["compute"]["mfu"] = 1.5
+    raw["modles"] = {}
+    path = tmp_path / "recipes" / "bad.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_bad_recipe_lists_every_problem_with_paths_and_hints(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_bad_recipe(tmp_path))
+    problems = {p.path: p.message for p in exc.value.problems}
+    assert "did you mean 'r'" in problems["stages.sft.lora.rank"]
+    assert "did you mean 'learning_rate'" in problems["stages.sft.trainer.learning_rat"]
+    assert "set by verticalft" in problems["stages.dpo.trainer.output_dir"]
+    assert "compute.mfu" in problems
+    assert "did you mean 'models'" in problems["modles"]
+    assert len(problems) == 5
+
+
+def test_cli_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "verticalft.cli", "validate", str(_bad_recipe(tmp_path))],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for key in ("stages.sft.lora.rank", "stages.sft.trainer.learning_rat", "compute.mfu", "modles"):
+        assert key in proc.stderr
+
+
+def test_overrides_apply_and_are_validated():
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["stages.sft.lora.r=4", "compute.seed=7"])
+    assert r.stages.sft.lora.r == 4 and r.compute.seed == 7
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["stages.sft.lora.r=zero"])
+    assert exc.value.problems[0].path == "stages.sft.lora.r"
+
+
+def test_parse_override_rejects_garbage():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(ValueError):
+        parse_override("no-equals-sign")
+
+
+def test_unknown_profile_is_a_recipe_error():
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(ROOT / "recipes/finance.yaml", "tiyn")
+    assert "did you mean 'tiny'" in exc.value.problems[0].message

@@ -1,0 +1,67 @@
+import json
+
+from verticalft.pipeline import stage_fingerprints
+from verticalft.recipe import load_recipe
+from verticalft.rundir import RunDir, atomic_write_text, hash_file
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "a.json"
+    atomic_write_text(path, "x" * 10)
+    assert path.read_text() == "x" * 10
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_stage_is_done_only_with_marker_and_matching_fingerprint(tmp_path):
+    run = RunDir(tmp_path)
+    record, resumable = run.begin("sft", "fp1", {})
+    assert not resumable and not run.is_done("sft", "fp1")
+    assert run.record("sft").status == "running"
+    record.outputs = {"model": "m"}
+    run.finish("sft", record)
+    assert run.is_done("sft", "fp1") and not run.is_done("sft", "fp2")
+    assert json.loads((tmp_path / "sft" / "DONE.json").read_text())["fingerprint"] == "fp1"
+    assert run.output("sft", "model") == "m"
+
+
+def test_killed_attempt_is_resumable_only_with_the_same_fingerprint(tmp_path):
+    run = RunDir(tmp_path)
+    run.begin("sft", "fp1", {})
+    (tmp_path / "sft" / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    # "killed": no finish. Same fingerprint → the folder (and checkpoint) survives.
+    _, resumable = run.begin("sft", "fp1", {})
+    assert resumable and (tmp_path / "sft" / "checkpoints" / "checkpoint-10").exists()
+    assert not run.is_done("sft")
+    # Changed inputs → start clean.
+    _, resumable = run.begin("sft", "fp2", {})
+    assert not resumable and not (tmp_path / "sft" / "checkpoints").exists()
+
+
+def test_manifest_without_marker_is_not_done(tmp_path):
+    run = RunDir(tmp_path)
+    record, _ = run.begin("cpt", "fp", {})
+    record.status = "done"
+    run.update("cpt", record)  # killed between the manifest write and the marker
+    assert not run.is_done("cpt", "fp")
+
+
+def test_fingerprints_follow_data_and_config_and_chain(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    root = Path.cwd()
+    for d in ("finance", "general"):
+        shutil.copytree(root / "data_pipelines" / d / "sample", tmp_path / "data_pipelines" / d / "sample")
+    shutil.copytree(root / "recipes", tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+    stages = ["tiny_models", "cpt", "sft", "dpo"]
+    r = load_recipe("recipes/finance.yaml", "tiny")
+    base = stage_fingerprints(r, stages)
+    assert base == stage_fingerprints(r, stages)
+    lora = stage_fingerprints(load_recipe("recipes/finance.yaml", "tiny", ["stages.sft.lora.r=4"]), stages)
+    assert lora["cpt"] == base["cpt"] and lora["sft"] != base["sft"] and lora["dpo"] != base["dpo"]
+    prefs = tmp_path / "data_pipelines/finance/sample/preferences.jsonl"
+    prefs.write_text(prefs.read_text() + prefs.read_text().splitlines()[0] + "\n")
+    hash_file.__defaults__[0].clear()
+    changed = stage_fingerprints(r, stages)
+    assert changed["sft"] == base["sft"] and changed["dpo"] != base["dpo"]

@@ -1,0 +1,25 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from verticalft.recipe import load_recipe
+from verticalft.scaffold import scaffold_vertical
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_new_vertical_validates_and_points_at_its_own_data(tmp_path):
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(ROOT / "data_pipelines" / "finance", tmp_path / "data_pipelines" / "finance")
+    created = scaffold_vertical("legal", "finance", tmp_path)
+    assert created == [tmp_path / "recipes/legal.yaml", tmp_path / "data_pipelines/legal"]
+    r = load_recipe(tmp_path / "recipes/legal.yaml", "tiny")
+    assert r.name == "legal"
+    assert r.data.corpus[0].path == "data_pipelines/legal/sample/corpus.jsonl"
+    assert (tmp_path / "data_pipelines/legal/sample/corpus.jsonl").is_file()
+    assert "data_pipelines/legal/data/" in (tmp_path / "recipes/legal.yaml").read_text()
+    with pytest.raises(ValueError, match="already exists"):
+        scaffold_vertical("legal", "finance", tmp_path)
+    with pytest.raises(ValueError, match="not a valid vertical name"):
+        scaffold_vertical("Legal-Docs", "finance", tmp_path)
