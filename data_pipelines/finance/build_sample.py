@@ -5,7 +5,7 @@
 Tasks (graded so that no tiny model saturates the eval):
   txn_category   (1 known merchant, 2 unseen merchant whose name carries a category word)
                  bank-statement line → dining|groceries|travel|utilities|payroll|fees
-  change         (1 the verb says it, 3 only the two figures say it) → increase|decrease
+  change         (1 the excerpt says "rose"/"fell", 3 only the two figures say it) → increase|decrease
   extract        (2) pick one named figure out of an excerpt with several → number
   operating_income (3) revenue − operating expenses → number
 
@@ -61,8 +61,9 @@ def _money(rng: random.Random, lo: float = 20, hi: float = 900) -> float:
 
 
 def _txn_line(rng: random.Random, merchant: str) -> str:
+    """A statement line; the merchant comes last, as in most bank exports' description column."""
     prefix = rng.choice(["POS", "DEBIT CARD", "ACH", "CHECKCARD"])
-    return f"{prefix} {rng.randint(1000, 9999)} {merchant} {rng.choice(CITIES)} {rng.uniform(2, 900):.2f} USD"
+    return f"{rng.uniform(2, 900):.2f} USD {prefix} {rng.randint(1000, 9999)} {merchant}"
 
 
 def _unseen_merchant(rng: random.Random, category: str) -> str:
@@ -116,7 +117,7 @@ def _doc_ledger(rng: random.Random) -> str:
 
 
 def make_doc(rng: random.Random) -> dict:
-    kind = rng.choices(["filing", "call", "regulatory", "ledger", "worksheet"], weights=[3, 3, 2, 3, 4])[0]
+    kind = rng.choices(["filing", "call", "regulatory", "ledger", "worksheet"], weights=[2, 2, 1, 3, 5])[0]
     text = _doc_worksheet(rng) if kind == "worksheet" else {"filing": _doc_filing, "call": _doc_call, "regulatory": _doc_regulatory, "ledger": _doc_ledger}[kind](rng)
     year = rng.choice([2024, 2025])
     return {"text": text, "source": f"sample-{kind}", "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
@@ -140,11 +141,11 @@ def _task_change(rng: random.Random) -> TaskItem:
         b = _money(rng)
     answer = "increase" if a > b else "decrease"
     wrong = "decrease" if answer == "increase" else "increase"
-    if rng.random() < 0.5:
-        verb = "rose" if a > b else "fell"
-        excerpt, difficulty = f"{c}: {m} {verb} to ${a} million from ${b} million.", 1
-    else:
-        excerpt, difficulty = f"{c}: {m} was ${a} million versus ${b} million a year earlier.", 3
+    excerpt = f"{c}: {m} was ${b} million a year earlier and ${a} million this year"
+    if rng.random() < 0.5:  # easy: the excerpt says which way it went
+        excerpt, difficulty = excerpt + f", so it {'rose' if a > b else 'fell'}.", 1
+    else:  # hard: only the two figures say it
+        excerpt, difficulty = excerpt + ".", 3
     prompt = f"Did {m} increase or decrease? Excerpt: {excerpt}\nAnswer:"
     return TaskItem("change", prompt, answer, "label", difficulty, wrong)
 
@@ -182,7 +183,7 @@ def _doc_worksheet(rng: random.Random) -> str:
 
 
 def main(out: Path = OUT) -> None:
-    counts = build_sample(out, "fin", make_doc, make_task, seed=SEED)
+    counts = build_sample(out, "fin", make_doc, make_task, seed=SEED, n_docs=1000)
     for name, n in counts.items():
         print(f"{out / name}: {n} rows")
 

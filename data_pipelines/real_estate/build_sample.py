@@ -119,7 +119,7 @@ def _doc_market(rng: random.Random) -> str:
 
 
 def make_doc(rng: random.Random) -> dict:
-    kind = rng.choices(["listing", "lease", "zoning", "market", "worksheet"], weights=[3, 4, 2, 2, 4])[0]
+    kind = rng.choices(["listing", "lease", "zoning", "market", "worksheet"], weights=[2, 3, 1, 1, 5])[0]
     text = _doc_worksheet(rng) if kind == "worksheet" else {"listing": _doc_listing, "lease": _doc_lease, "zoning": _doc_zoning, "market": _doc_market}[kind](rng)
     year = rng.choice([2024, 2025])
     return {"text": text, "source": f"sample-{kind}", "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
@@ -132,7 +132,7 @@ def _task_clause(rng: random.Random) -> TaskItem:
     hard = rng.random() < 0.35
     clause = _fill(CONTEXT_CLAUSES[label] if hard else rng.choice(CLAUSES[label]), rng)
     wrong = rng.choice([t for t in CLAUSE_TYPES if t != label])
-    prompt = f"Classify this lease clause: {clause}\nClause type:"
+    prompt = f"Lease clause: {clause}\nClause type:"
     return TaskItem("clause_type", prompt, label, "label", 2 if hard else 1, wrong)
 
 
@@ -173,7 +173,7 @@ def _doc_worksheet(rng: random.Random) -> str:
 
 
 def main(out: Path = OUT) -> None:
-    counts = build_sample(out, "re", make_doc, make_task, seed=SEED)
+    counts = build_sample(out, "re", make_doc, make_task, seed=SEED, n_docs=1000)
     for name, n in counts.items():
         print(f"{out / name}: {n} rows")
 

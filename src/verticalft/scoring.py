@@ -57,6 +57,7 @@ def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any
 def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers with HF generate (left padding, chat template)."""
     import torch
+    from tqdm.auto import tqdm
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -64,7 +65,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     model.eval()
     outputs: list[str] = []
     try:
-        for i in range(0, len(prompts), batch_size):
+        for i in tqdm(range(0, len(prompts), batch_size), desc="eval (greedy)", unit="batch", leave=False):
             chats = [[{"role": "user", "content": p}] for p in prompts[i : i + batch_size]]
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from verticalft.pipeline import StageFailed, enabled_stages, launch_command, preflight, run_recipe
+from verticalft.recipe import load_recipe
+from verticalft.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_profile_adds_the_tiny_models_stage():
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == ["tiny_models", "cpt", "sft", "dpo"]
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == ["cpt", "sft", "dpo"]
+
+
+def test_preflight_lists_every_missing_file_before_any_work(tmp_path):
+    r = load_recipe(ROOT / "recipes/finance.yaml")  # full profile: data_pipelines/finance/data/ is not shipped
+    problems = preflight(r, ["cpt", "sft", "dpo"])
+    assert any("finance/data/corpus.jsonl" in p for p in problems)
+    assert any("finance/data/preferences.jsonl" in p for p in problems)
+    with pytest.raises(StageFailed, match="cannot start"):
+        run_recipe(r, RunDir(tmp_path), until="dpo", echo=lambda s: None)
+    assert not (tmp_path / "cpt").exists()
+
+
+def test_unknown_until_stage_is_a_clear_error(tmp_path):
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny")
+    with pytest.raises(StageFailed, match="unknown stage 'sfft'"):
+        run_recipe(r, RunDir(tmp_path), until="sfft", echo=lambda s: None)
+
+
+def test_launch_commands(tmp_path):
+    run = RunDir(tmp_path)
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["compute.launcher=torchrun", "compute.nproc_per_node=2"])
+    cmd = launch_command(r, run, "sft", resume=True)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert cmd[-7:] == ["-m", "verticalft.worker", "--run-dir", str(tmp_path), "--stage", "sft", "--resume"]
+    r = load_recipe(ROOT / "recipes/finance.yaml")  # accelerate + fsdp2 over 64 GPUs
+    cmd = launch_command(r, run, "cpt", resume=False)
+    assert "accelerate.commands.launch" in cmd
+    config = Path(cmd[cmd.index("--config_file") + 1])
+    assert config.name == "fsdp2.yaml" and config.is_file()
+    assert cmd[cmd.index("--num_processes") + 1] == "64"
