@@ -32,7 +32,7 @@ setup-serve: setup
 demo: setup
 	$(VFT) run recipes/finance.yaml --profile tiny --until dpo
 	@$(VFT) status recipes/finance.yaml --profile tiny
-	@echo "manifest (metrics of every stage): runs/finance/tiny/manifest.json"
+	@echo "report: runs/finance/tiny/report.md   (every number: runs/finance/tiny/manifest.json)"
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q

@@ -38,21 +38,48 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path) -> float:
     cfg = recipe.stages.sft
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.bfloat16,
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16))
+        model_path,
+        dtype=torch.bfloat16,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+    )
     ds = load_dataset("json", data_files=recipe.data.sft.path, split="train").select_columns(["messages"])
     ds = ds.train_test_split(test_size=min(0.05, 200 / len(ds)), seed=recipe.compute.seed)["train"]
     t = cfg.trainer
     args = SFTConfig(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=t["per_device_train_batch_size"],
-        learning_rate=t["learning_rate"], max_length=cfg.max_length, packing=True, assistant_only_loss=True,
-        logging_steps=5, save_strategy="no", report_to="none", use_cpu=True, seed=recipe.compute.seed,
-        lr_scheduler_type="cosine", warmup_steps=0.03, bf16=False,
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=t["per_device_train_batch_size"],
+        learning_rate=t["learning_rate"],
+        max_length=cfg.max_length,
+        packing=True,
+        assistant_only_loss=True,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=recipe.compute.seed,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        bf16=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                                target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
     t0 = time.perf_counter()
     trainer.train()
     return time.perf_counter() - t0
@@ -62,8 +89,11 @@ def ours(recipe_path: str, runs: Path, steps: int, round_: int) -> tuple[float, 
     from verticalft.pipeline import run_dir_for, run_recipe
     from verticalft.recipe import load_recipe
 
-    r = load_recipe(recipe_path, "tiny", [f"stages.sft.trainer.max_steps={steps}", "evaluation.max_items=1",
-                                          f"compute.seed={42 + round_}"])
+    r = load_recipe(
+        recipe_path,
+        "tiny",
+        [f"stages.sft.trainer.max_steps={steps}", "evaluation.max_items=1", f"compute.seed={42 + round_}"],
+    )
     rd = run_dir_for(r, "tiny", runs)
     run_recipe(r, rd, until="sft", only=["tiny_models", "sft"], echo=lambda s: None)
     m = rd.record("sft").metrics
@@ -83,9 +113,15 @@ def packing_stats(model_path: str, recipe, batches: int = 20) -> dict:
     out = {}
     model = load_model(model_path)
     for packed in (True, False):
-        args = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=recipe.stages.sft.max_length, packing=packed,
-                         per_device_train_batch_size=recipe.stages.sft.trainer["per_device_train_batch_size"],
-                         assistant_only_loss=True, report_to="none", use_cpu=True)
+        args = SFTConfig(
+            output_dir=tempfile.mkdtemp(),
+            max_length=recipe.stages.sft.max_length,
+            packing=packed,
+            per_device_train_batch_size=recipe.stages.sft.trainer["per_device_train_batch_size"],
+            assistant_only_loss=True,
+            report_to="none",
+            use_cpu=True,
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
         real = total = seqs = 0
         for i, batch in enumerate(trainer.get_train_dataloader()):
@@ -99,8 +135,10 @@ def packing_stats(model_path: str, recipe, batches: int = 20) -> dict:
                 real += int((ids != tok.pad_token_id).sum())
             seqs += args.per_device_train_batch_size
         key = "packed" if packed else "unpacked"
-        out[key] = {"non_padding_fraction": round(real / total, 4),
-                    "bin_fill": round(real / (seqs * args.max_length), 4)}
+        out[key] = {
+            "non_padding_fraction": round(real / total, 4),
+            "bin_fill": round(real / (seqs * args.max_length), 4),
+        }
     return out
 
 
@@ -127,8 +165,10 @@ def main() -> None:
         print(f"round {i}: bare {bare_s[-1]:.1f}s, ours {ours_s[-1]:.1f}s", file=sys.stderr)
     bare_med, ours_med = statistics.median(bare_s), statistics.median(ours_s)
     result = {
-        "steps": a.steps, "rounds": a.rounds,
-        "bare_trl_steps_per_s": round(a.steps / bare_med, 3), "ours_steps_per_s": round(a.steps / ours_med, 3),
+        "steps": a.steps,
+        "rounds": a.rounds,
+        "bare_trl_steps_per_s": round(a.steps / bare_med, 3),
+        "ours_steps_per_s": round(a.steps / ours_med, 3),
         "throughput_ratio_ours_over_bare": round(bare_med / ours_med, 3),
         "packing": packing_stats(model_path, recipe),
     }

@@ -19,10 +19,18 @@ pytestmark = pytest.mark.slow
 
 
 def vft(*args, check=True, **kw):
-    proc = subprocess.run([sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "verticalft.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        **kw,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"verticalft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"verticalft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -33,7 +41,9 @@ def manifest(runs: Path, recipe: str) -> dict:
 @pytest.fixture(scope="module", params=RECIPES)
 def tiny_run(request, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    vft("run", f"recipes/{request.param}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs))
+    vft(
+        "run", f"recipes/{request.param}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs)
+    )
     return request.param, runs
 
 
@@ -63,7 +73,9 @@ def test_recipe_end_to_end(tiny_run):
 def test_second_run_skips_every_done_stage(tiny_run):
     recipe, runs = tiny_run
     before = (runs / recipe / "tiny" / "manifest.json").read_text()
-    proc = vft("run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs))
+    proc = vft(
+        "run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs)
+    )
     assert proc.stdout.count("(skipped)") == 4 and "0 stage(s) ran" in proc.stdout
     assert json.loads(before)["stages"] == manifest(runs, recipe)
     status = vft("status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs)).stdout
@@ -76,10 +88,24 @@ def _fast(*extra):
 
 def test_kill_during_sft_resumes_from_checkpoint(tmp_path):
     runs = tmp_path / "runs"
-    args = ["run", "recipes/finance.yaml", "-p", "tiny", "--until", "sft", "--runs-dir", str(runs),
-            *_fast("--set", "stages.sft.trainer.max_steps=40", "--set", "stages.sft.trainer.save_steps=5")]
-    proc = subprocess.Popen([sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "run",
+        "recipes/finance.yaml",
+        "-p",
+        "tiny",
+        "--until",
+        "sft",
+        "--runs-dir",
+        str(runs),
+        *_fast("--set", "stages.sft.trainer.max_steps=40", "--set", "stages.sft.trainer.save_steps=5"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verticalft.cli", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = runs / "finance/tiny/sft/checkpoints/checkpoint-10/trainer_state.json"
     deadline = time.time() + 600
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -102,9 +128,24 @@ def test_kill_during_sft_resumes_from_checkpoint(tmp_path):
 
 def test_sft_runs_as_two_process_ddp_with_torchrun(tmp_path):
     runs = tmp_path / "runs"
-    vft("run", "recipes/finance.yaml", "-p", "tiny", "--until", "sft", "--runs-dir", str(runs),
-        *_fast("--set", "stages.sft.trainer.max_steps=6", "--set", "compute.launcher=torchrun",
-               "--set", "compute.nproc_per_node=2"))
+    vft(
+        "run",
+        "recipes/finance.yaml",
+        "-p",
+        "tiny",
+        "--until",
+        "sft",
+        "--runs-dir",
+        str(runs),
+        *_fast(
+            "--set",
+            "stages.sft.trainer.max_steps=6",
+            "--set",
+            "compute.launcher=torchrun",
+            "--set",
+            "compute.nproc_per_node=2",
+        ),
+    )
     sft = manifest(runs, "finance")["sft"]
     assert sft["status"] == "done" and sft["metrics"]["world_size"] == 2
     assert sft["metrics"]["steps"] == 6

@@ -10,12 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_profile_adds_the_tiny_models_stage():
-    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == ["tiny_models", "cpt", "sft", "dpo"]
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == [
+        "tiny_models",
+        "cpt",
+        "sft",
+        "dpo",
+    ]
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == ["cpt", "sft", "dpo"]
 
 
 def test_preflight_lists_every_missing_file_before_any_work(tmp_path):
-    r = load_recipe(ROOT / "recipes/finance.yaml")  # full profile: data_pipelines/finance/data/ is not shipped
+    r = load_recipe(
+        ROOT / "recipes/finance.yaml"
+    )  # full profile: data_pipelines/finance/data/ is not shipped
     problems = preflight(r, ["cpt", "sft", "dpo"])
     assert any("finance/data/corpus.jsonl" in p for p in problems)
     assert any("finance/data/preferences.jsonl" in p for p in problems)
@@ -32,7 +39,9 @@ def test_unknown_until_stage_is_a_clear_error(tmp_path):
 
 def test_launch_commands(tmp_path):
     run = RunDir(tmp_path)
-    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["compute.launcher=torchrun", "compute.nproc_per_node=2"])
+    r = load_recipe(
+        ROOT / "recipes/finance.yaml", "tiny", ["compute.launcher=torchrun", "compute.nproc_per_node=2"]
+    )
     cmd = launch_command(r, run, "sft", resume=True)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     assert cmd[-7:] == ["-m", "verticalft.worker", "--run-dir", str(tmp_path), "--stage", "sft", "--resume"]

@@ -18,11 +18,17 @@ from verticalft.recipe import load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("params, tokens, expected", [
-    # The seed's "Training Compute (FLOPs)" table (004_*.txt): FLOPs ≈ 6·N·D.
-    (7e9, 8e12, 3.4e23), (32e9, 7e12, 1.3e24), (80e9, 12e12, 5.8e24), (130e9, 9e12, 7.0e24),
-    (37e9, 14.8e12, 3.3e24),  # DeepSeek V3, active parameters
-])
+@pytest.mark.parametrize(
+    "params, tokens, expected",
+    [
+        # The seed's "Training Compute (FLOPs)" table (004_*.txt): FLOPs ≈ 6·N·D.
+        (7e9, 8e12, 3.4e23),
+        (32e9, 7e12, 1.3e24),
+        (80e9, 12e12, 5.8e24),
+        (130e9, 9e12, 7.0e24),
+        (37e9, 14.8e12, 3.3e24),  # DeepSeek V3, active parameters
+    ],
+)
 def test_seed_flops_table(params, tokens, expected):
     assert training_flops(params, tokens) == pytest.approx(expected, rel=0.05)  # the seed rounds to 2 digits
 

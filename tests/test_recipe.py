@@ -58,8 +58,12 @@ def test_bad_recipe_lists_every_problem_with_paths_and_hints(tmp_path):
 
 
 def test_cli_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "verticalft.cli", "validate", str(_bad_recipe(tmp_path))],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "verticalft.cli", "validate", str(_bad_recipe(tmp_path))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     for key in ("stages.sft.lora.rank", "stages.sft.trainer.learning_rat", "compute.mfu", "modles"):

@@ -12,7 +12,9 @@ DOMAINS = ["finance", "real_estate"]
 
 
 def _builder(domain):
-    spec = importlib.util.spec_from_file_location(f"build_{domain}", ROOT / "data_pipelines" / domain / "build_sample.py")
+    spec = importlib.util.spec_from_file_location(
+        f"build_{domain}", ROOT / "data_pipelines" / domain / "build_sample.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -34,8 +36,17 @@ def test_sample_shape_noise_and_no_eval_leak(domain):
     d = ROOT / "data_pipelines" / domain / "sample"
     corpus, labels = _rows(d / "corpus.jsonl"), _rows(d / "noise_labels.jsonl")
     kinds = Counter(r["kind"] for r in labels)
-    assert set(kinds) == {"exact_duplicate", "near_duplicate", "boilerplate", "boilerplate_lines", "non_english",
-                          "pii", "too_short", "stale_date", "license"}
+    assert set(kinds) == {
+        "exact_duplicate",
+        "near_duplicate",
+        "boilerplate",
+        "boilerplate_lines",
+        "non_english",
+        "pii",
+        "too_short",
+        "stale_date",
+        "license",
+    }
     ids = {r["id"] for r in corpus}
     assert len(ids) == len(corpus) and {r["id"] for r in labels} <= ids
     by_id = {r["id"]: r for r in corpus}

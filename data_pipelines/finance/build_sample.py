@@ -20,16 +20,32 @@ import random
 import sys
 from pathlib import Path
 
-from verticalft.sample_data import TaskItem, build_sample
+from verticalft.sample_data import TaskItem, build_and_report, worksheet_doc
 
 SEED = 1234
 OUT = Path(__file__).resolve().parent / "sample"
 
 COMPANIES = [
-    "Acme Holdings", "Northwind Capital", "Bluewater Bancorp", "Granite Industries", "Summit Financial",
-    "Redwood Insurance", "Harbor Logistics", "Keystone Energy", "Meridian Health", "Pinecrest Retail",
-    "Silverline Software", "Oakmont Realty Trust", "Cobalt Mining", "Lighthouse Media", "Evergreen Foods",
-    "Ironbridge Partners", "Crescent Pharma", "Falcon Aerospace", "Riverbend Utilities", "Tidewater Shipping",
+    "Acme Holdings",
+    "Northwind Capital",
+    "Bluewater Bancorp",
+    "Granite Industries",
+    "Summit Financial",
+    "Redwood Insurance",
+    "Harbor Logistics",
+    "Keystone Energy",
+    "Meridian Health",
+    "Pinecrest Retail",
+    "Silverline Software",
+    "Oakmont Realty Trust",
+    "Cobalt Mining",
+    "Lighthouse Media",
+    "Evergreen Foods",
+    "Ironbridge Partners",
+    "Crescent Pharma",
+    "Falcon Aerospace",
+    "Riverbend Utilities",
+    "Tidewater Shipping",
 ]
 METRICS = ["net revenue", "operating expenses", "net income", "free cash flow", "total deposits"]
 MERCHANTS = {
@@ -37,9 +53,22 @@ MERCHANTS = {
     "groceries": ["WHOLE FOODS", "TRADER JOES", "KROGER", "SAFEWAY", "ALDI", "PUBLIX"],
     "travel": ["DELTA AIR", "UNITED AIRLINES", "MARRIOTT", "HILTON HOTELS", "AMTRAK", "HERTZ RENTAL"],
     "utilities": ["CON EDISON", "PG&E", "COMCAST", "VERIZON WIRELESS", "DUKE ENERGY", "CITY WATER DEPT"],
-    "payroll": ["ADP PAYROLL", "GUSTO PAYROLL", "PAYCHEX", "DIRECT DEP SALARY", "INTUIT PAYROLL", "WORKDAY PAY"],
-    "fees": ["OVERDRAFT FEE", "ATM FEE", "WIRE TRANSFER FEE", "MONTHLY SERVICE FEE", "FOREIGN TXN FEE",
-             "LATE PAYMENT FEE"],
+    "payroll": [
+        "ADP PAYROLL",
+        "GUSTO PAYROLL",
+        "PAYCHEX",
+        "DIRECT DEP SALARY",
+        "INTUIT PAYROLL",
+        "WORKDAY PAY",
+    ],
+    "fees": [
+        "OVERDRAFT FEE",
+        "ATM FEE",
+        "WIRE TRANSFER FEE",
+        "MONTHLY SERVICE FEE",
+        "FOREIGN TXN FEE",
+        "LATE PAYMENT FEE",
+    ],
 }
 # Unseen merchants for the harder eval items: a made-up name plus a word that carries the category.
 CATEGORY_WORDS = {
@@ -50,8 +79,20 @@ CATEGORY_WORDS = {
     "payroll": ["PAYROLL", "SALARY", "WAGES", "PAYRUN"],
     "fees": ["SERVICE FEE", "MAINT FEE", "PENALTY FEE", "ADMIN FEE"],
 }
-NAME_PARTS = ["BLUE DOOR", "OLD TOWN", "LAKESIDE", "MAPLE", "SUNRISE", "HILLTOP", "RIVERSIDE", "GOLDEN GATE",
-              "NORTHSTAR", "CEDAR", "PARKVIEW", "HARBOR"]
+NAME_PARTS = [
+    "BLUE DOOR",
+    "OLD TOWN",
+    "LAKESIDE",
+    "MAPLE",
+    "SUNRISE",
+    "HILLTOP",
+    "RIVERSIDE",
+    "GOLDEN GATE",
+    "NORTHSTAR",
+    "CEDAR",
+    "PARKVIEW",
+    "HARBOR",
+]
 CITIES = ["NEW YORK NY", "SEATTLE WA", "AUSTIN TX", "CHICAGO IL", "DENVER CO", "BOSTON MA", "MIAMI FL"]
 CATEGORIES = sorted(MERCHANTS)
 
@@ -97,8 +138,16 @@ def _doc_call(rng: random.Random) -> str:
 
 
 def _doc_regulatory(rng: random.Random) -> str:
-    rule = rng.choice(["Regulation SHO", "Rule 10b-5", "Basel III capital requirements", "the liquidity coverage "
-                       "ratio", "Regulation Best Interest", "anti-money-laundering rules"])
+    rule = rng.choice(
+        [
+            "Regulation SHO",
+            "Rule 10b-5",
+            "Basel III capital requirements",
+            "the liquidity coverage ratio",
+            "Regulation Best Interest",
+            "anti-money-laundering rules",
+        ]
+    )
     return (
         f"Compliance bulletin {rng.randint(100, 999)}-{rng.choice([2024, 2025])}: Firms subject to {rule} must "
         f"document their controls, report exceptions to the compliance officer within {rng.randint(2, 30)} "
@@ -118,10 +167,20 @@ def _doc_ledger(rng: random.Random) -> str:
 
 def make_doc(rng: random.Random) -> dict:
     kind = rng.choices(["filing", "call", "regulatory", "ledger", "worksheet"], weights=[2, 2, 1, 3, 5])[0]
-    text = _doc_worksheet(rng) if kind == "worksheet" else {"filing": _doc_filing, "call": _doc_call, "regulatory": _doc_regulatory, "ledger": _doc_ledger}[kind](rng)
+    text = (
+        _doc_worksheet(rng)
+        if kind == "worksheet"
+        else {"filing": _doc_filing, "call": _doc_call, "regulatory": _doc_regulatory, "ledger": _doc_ledger}[
+            kind
+        ](rng)
+    )
     year = rng.choice([2024, 2025])
-    return {"text": text, "source": f"sample-{kind}", "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-            "license": "cc-by-4.0"}
+    return {
+        "text": text,
+        "source": f"sample-{kind}",
+        "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        "license": "cc-by-4.0",
+    }
 
 
 # --------------------------------------------------------------------------- tasks
@@ -166,26 +225,26 @@ def _task_operating_income(rng: random.Random) -> TaskItem:
     opex = rng.randint(10, rev - 1)
     answer = rev - opex
     wrong = str(rev + opex if rng.random() < 0.5 else answer + rng.choice([-10, -1, 1, 10]))
-    prompt = (f"Net revenue was ${rev} million and operating expenses were ${opex} million. "
-              f"What was operating income, in $ millions?\nAnswer:")
+    prompt = (
+        f"Net revenue was ${rev} million and operating expenses were ${opex} million. "
+        f"What was operating income, in $ millions?\nAnswer:"
+    )
     return TaskItem("operating_income", prompt, str(answer), "number", 3, wrong)
 
 
 def make_task(rng: random.Random) -> TaskItem:
-    fn = rng.choices([_task_category, _task_change, _task_extract, _task_operating_income], weights=[4, 3, 3, 2])[0]
+    fn = rng.choices(
+        [_task_category, _task_change, _task_extract, _task_operating_income], weights=[4, 3, 3, 2]
+    )[0]
     return fn(rng)
 
 
 def _doc_worksheet(rng: random.Random) -> str:
-    """Analyst training worksheets: worked questions in the corpus, as firms keep them."""
-    items = [make_task(rng) for _ in range(rng.randint(3, 6))]
-    return "Analyst practice worksheet, worked answers:\n" + "\n".join(f"{t.prompt} {t.answer}" for t in items)
+    return worksheet_doc(rng, make_task)
 
 
 def main(out: Path = OUT) -> None:
-    counts = build_sample(out, "fin", make_doc, make_task, seed=SEED, n_docs=1000)
-    for name, n in counts.items():
-        print(f"{out / name}: {n} rows")
+    build_and_report(out, "fin", make_doc, make_task, seed=SEED, n_docs=1000)
 
 
 if __name__ == "__main__":

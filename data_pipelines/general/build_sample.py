@@ -1,6 +1,6 @@
 """Build the general-text replay sample mixed into CPT against forgetting.
 
-    python data_pipelines/general/build_sample.py     # writes data_pipelines/general/sample/replay.jsonl
+python data_pipelines/general/build_sample.py     # writes data_pipelines/general/sample/replay.jsonl
 """
 
 from __future__ import annotations

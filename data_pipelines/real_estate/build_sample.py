@@ -19,51 +19,79 @@ import random
 import sys
 from pathlib import Path
 
-from verticalft.sample_data import TaskItem, build_sample
+from verticalft.sample_data import TaskItem, build_and_report, worksheet_doc
 
 SEED = 4321
 OUT = Path(__file__).resolve().parent / "sample"
 
-STREETS = ["Maple Ave", "Oak St", "Harbor Blvd", "Pine Rd", "Elm Ct", "Cedar Ln", "Lakeview Dr", "Main St",
-           "Sunset Blvd", "River Rd", "Hillcrest Way", "Park Pl"]
+STREETS = [
+    "Maple Ave",
+    "Oak St",
+    "Harbor Blvd",
+    "Pine Rd",
+    "Elm Ct",
+    "Cedar Ln",
+    "Lakeview Dr",
+    "Main St",
+    "Sunset Blvd",
+    "River Rd",
+    "Hillcrest Way",
+    "Park Pl",
+]
 CITIES = ["Austin", "Denver", "Portland", "Raleigh", "Tampa", "Columbus", "Phoenix", "Madison"]
 USES = ["general office", "retail sales", "medical office", "light manufacturing", "restaurant", "warehouse"]
 CLAUSES = {
-    "rent": ["Tenant shall pay base rent of ${x} per month, due on the first day of each month.",
-             "Monthly rent of ${x} is payable in advance without deduction or offset.",
-             "The base rent for the premises is ${x} per month, payable on the first business day."],
-    "security_deposit": ["Upon signing, Tenant shall deposit ${x} as a security deposit.",
-                         "A security deposit of ${x} shall be held by Landlord and returned within 30 days of move-out.",
-                         "Landlord acknowledges receipt of a ${x} security deposit."],
-    "maintenance": ["Landlord shall keep the roof, structure and HVAC system in good repair.",
-                    "Tenant is responsible for routine maintenance and minor repairs of the premises.",
-                    "All repairs to plumbing and electrical systems shall be made by Landlord."],
-    "termination": ["Either party may terminate this lease upon {n} days written notice.",
-                    "This lease shall terminate automatically if the premises are destroyed by fire.",
-                    "Landlord may end this lease early upon a material default by Tenant."],
-    "renewal": ["Tenant has the option to renew this lease for {n} additional years.",
-                "This lease may be extended for a further term of {n} years at market rent.",
-                "Tenant may exercise its renewal option by notice given {n} months before expiry."],
-    "assignment": ["Tenant shall not assign this lease or sublet the premises without Landlord's consent.",
-                   "Any sublease or transfer of this lease requires the prior written approval of Landlord.",
-                   "Tenant may assign this lease to an affiliate without consent."],
-    "insurance": ["Tenant shall carry general liability insurance of at least ${x}.",
-                  "Landlord shall insure the building against fire and casualty at full replacement cost.",
-                  "Tenant shall name Landlord as additional insured on its liability policy."],
-    "use": ["The premises shall be used solely for {use} purposes.",
-            "Tenant may use the premises only for {use} and related lawful activities.",
-            "No use other than {use} is permitted without Landlord's consent."],
+    "rent": [
+        "Tenant shall pay base rent of ${x} per month, due on the first day of each month.",
+        "Monthly rent of ${x} is payable in advance without deduction or offset.",
+        "The base rent for the premises is ${x} per month, payable on the first business day.",
+    ],
+    "security_deposit": [
+        "Upon signing, Tenant shall deposit ${x} as a security deposit.",
+        "A security deposit of ${x} shall be held by Landlord and returned within 30 days of move-out.",
+        "Landlord acknowledges receipt of a ${x} security deposit.",
+    ],
+    "maintenance": [
+        "Landlord shall keep the roof, structure and HVAC system in good repair.",
+        "Tenant is responsible for routine maintenance and minor repairs of the premises.",
+        "All repairs to plumbing and electrical systems shall be made by Landlord.",
+    ],
+    "termination": [
+        "Either party may terminate this lease upon {n} days written notice.",
+        "This lease shall terminate automatically if the premises are destroyed by fire.",
+        "Landlord may end this lease early upon a material default by Tenant.",
+    ],
+    "renewal": [
+        "Tenant has the option to renew this lease for {n} additional years.",
+        "This lease may be extended for a further term of {n} years at market rent.",
+        "Tenant may exercise its renewal option by notice given {n} months before expiry.",
+    ],
+    "assignment": [
+        "Tenant shall not assign this lease or sublet the premises without Landlord's consent.",
+        "Any sublease or transfer of this lease requires the prior written approval of Landlord.",
+        "Tenant may assign this lease to an affiliate without consent.",
+    ],
+    "insurance": [
+        "Tenant shall carry general liability insurance of at least ${x}.",
+        "Landlord shall insure the building against fire and casualty at full replacement cost.",
+        "Tenant shall name Landlord as additional insured on its liability policy.",
+    ],
+    "use": [
+        "The premises shall be used solely for {use} purposes.",
+        "Tenant may use the premises only for {use} and related lawful activities.",
+        "No use other than {use} is permitted without Landlord's consent.",
+    ],
 }
 # Harder clauses: they mention another clause's subject; the label is what the clause *does*.
 CONTEXT_CLAUSES = {
     "termination": "If Tenant fails to pay rent for {n} days after notice, Landlord may terminate this lease.",
     "security_deposit": "Landlord may apply the security deposit to unpaid rent, and Tenant shall restore it.",
     "maintenance": "Tenant shall repair any damage to the premises at its own cost, and insurance proceeds "
-                   "shall be used for such repairs.",
+    "shall be used for such repairs.",
     "renewal": "If Tenant renews, the rent for the renewal term shall be {n} percent above the current rent.",
     "assignment": "Upon any permitted sublease, Tenant remains liable for rent and all other obligations.",
     "insurance": "Tenant's insurance shall cover the full value of its fixtures, and Landlord shall not be "
-                 "liable for any loss covered by such insurance.",
+    "liable for any loss covered by such insurance.",
     "use": "Tenant shall not use the premises for any purpose that would increase Landlord's insurance premium.",
     "rent": "Rent shall increase by {n} percent on each anniversary, and late rent bears a fee of 5 percent.",
 }
@@ -72,58 +100,85 @@ LISTING_FIELDS = ["monthly rent", "HOA fee", "square footage", "year built"]
 
 
 def _fill(template: str, rng: random.Random) -> str:
-    return template.format(x=f"{rng.randint(5, 95) * 100:,}", n=rng.choice([2, 3, 5, 10, 30, 60, 90]),
-                           use=rng.choice(USES))
+    return template.format(
+        x=f"{rng.randint(5, 95) * 100:,}", n=rng.choice([2, 3, 5, 10, 30, 60, 90]), use=rng.choice(USES)
+    )
 
 
 def _listing_values(rng: random.Random) -> dict[str, int]:
-    return {"monthly rent": rng.randint(9, 60) * 50, "HOA fee": rng.randint(5, 60) * 10,
-            "square footage": rng.randint(45, 400) * 10, "year built": rng.randint(1950, 2023)}
+    return {
+        "monthly rent": rng.randint(9, 60) * 50,
+        "HOA fee": rng.randint(5, 60) * 10,
+        "square footage": rng.randint(45, 400) * 10,
+        "year built": rng.randint(1950, 2023),
+    }
 
 
 def _listing_text(rng: random.Random, v: dict[str, int]) -> str:
     beds = rng.randint(1, 5)
-    return (f"{rng.randint(10, 9999)} {rng.choice(STREETS)}, {rng.choice(CITIES)}: {beds} bed "
-            f"{rng.randint(1, beds)} bath, {v['square footage']} sq ft, built {v['year built']}. "
-            f"Rent ${v['monthly rent']}/month, HOA ${v['HOA fee']}/month.")
+    return (
+        f"{rng.randint(10, 9999)} {rng.choice(STREETS)}, {rng.choice(CITIES)}: {beds} bed "
+        f"{rng.randint(1, beds)} bath, {v['square footage']} sq ft, built {v['year built']}. "
+        f"Rent ${v['monthly rent']}/month, HOA ${v['HOA fee']}/month."
+    )
 
 
 # --------------------------------------------------------------------------- raw documents
 def _doc_listing(rng: random.Random) -> str:
     v = _listing_values(rng)
-    return (_listing_text(rng, v) + f" Annual rent is ${v['monthly rent'] * 12}. Close to schools, parks and transit; "
-            "pets considered; parking included. Contact the leasing office to schedule a showing.")
+    return (
+        _listing_text(rng, v)
+        + f" Annual rent is ${v['monthly rent'] * 12}. Close to schools, parks and transit; "
+        "pets considered; parking included. Contact the leasing office to schedule a showing."
+    )
 
 
 def _doc_lease(rng: random.Random) -> str:
     types = rng.sample(CLAUSE_TYPES, 4)
-    parts = [f"{i + 1}. {t.replace('_', ' ').title()}. {_fill(rng.choice(CLAUSES[t]), rng)}" for i, t in enumerate(types)]
+    parts = [
+        f"{i + 1}. {t.replace('_', ' ').title()}. {_fill(rng.choice(CLAUSES[t]), rng)}"
+        for i, t in enumerate(types)
+    ]
     return "COMMERCIAL LEASE AGREEMENT (excerpt)\n" + "\n".join(parts)
 
 
 def _doc_zoning(rng: random.Random) -> str:
     zone = rng.choice(["R-1", "R-2", "R-3", "C-1", "C-2", "M-1"])
     limit = rng.choice([30, 35, 40, 45, 60, 85])
-    return (f"Zoning code section {rng.randint(10, 99)}.{rng.randint(1, 20)}: In the {zone} district the maximum "
-            f"building height is {limit} feet, the minimum front setback is {rng.choice([10, 15, 20, 25])} feet, "
-            f"and lot coverage may not exceed {rng.choice([35, 40, 50, 60])} percent. A building of {limit + 5} feet "
-            f"is non-compliant; a building of {limit - 5} feet is compliant.")
+    return (
+        f"Zoning code section {rng.randint(10, 99)}.{rng.randint(1, 20)}: In the {zone} district the maximum "
+        f"building height is {limit} feet, the minimum front setback is {rng.choice([10, 15, 20, 25])} feet, "
+        f"and lot coverage may not exceed {rng.choice([35, 40, 50, 60])} percent. A building of {limit + 5} feet "
+        f"is non-compliant; a building of {limit - 5} feet is compliant."
+    )
 
 
 def _doc_market(rng: random.Random) -> str:
     city = rng.choice(CITIES)
     a, b = rng.randint(900, 3500), rng.randint(900, 3500)
-    return (f"{city} market report: the median asking rent was ${a} per month this quarter, compared with ${b} a "
-            f"year ago. Vacancy stood at {rng.uniform(2, 12):.1f} percent and {rng.randint(50, 900)} new units were "
-            f"delivered. Cap rates were roughly {rng.uniform(4, 8):.1f} percent for stabilised assets.")
+    return (
+        f"{city} market report: the median asking rent was ${a} per month this quarter, compared with ${b} a "
+        f"year ago. Vacancy stood at {rng.uniform(2, 12):.1f} percent and {rng.randint(50, 900)} new units were "
+        f"delivered. Cap rates were roughly {rng.uniform(4, 8):.1f} percent for stabilised assets."
+    )
 
 
 def make_doc(rng: random.Random) -> dict:
     kind = rng.choices(["listing", "lease", "zoning", "market", "worksheet"], weights=[2, 3, 1, 1, 5])[0]
-    text = _doc_worksheet(rng) if kind == "worksheet" else {"listing": _doc_listing, "lease": _doc_lease, "zoning": _doc_zoning, "market": _doc_market}[kind](rng)
+    text = (
+        _doc_worksheet(rng)
+        if kind == "worksheet"
+        else {"listing": _doc_listing, "lease": _doc_lease, "zoning": _doc_zoning, "market": _doc_market}[
+            kind
+        ](rng)
+    )
     year = rng.choice([2024, 2025])
-    return {"text": text, "source": f"sample-{kind}", "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-            "license": "cc-by-4.0"}
+    return {
+        "text": text,
+        "source": f"sample-{kind}",
+        "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        "license": "cc-by-4.0",
+    }
 
 
 # --------------------------------------------------------------------------- tasks
@@ -149,8 +204,10 @@ def _task_zoning(rng: random.Random) -> TaskItem:
     height = limit + rng.choice([-15, -10, -5, -2, 2, 5, 10, 15])
     answer = "compliant" if height <= limit else "non-compliant"
     wrong = "non-compliant" if answer == "compliant" else "compliant"
-    prompt = (f"The zone allows a maximum height of {limit} feet. The proposed building is {height} feet. "
-              f"Is it compliant?\nAnswer:")
+    prompt = (
+        f"The zone allows a maximum height of {limit} feet. The proposed building is {height} feet. "
+        f"Is it compliant?\nAnswer:"
+    )
     return TaskItem("zoning", prompt, answer, "label", 3, wrong)
 
 
@@ -167,15 +224,11 @@ def make_task(rng: random.Random) -> TaskItem:
 
 
 def _doc_worksheet(rng: random.Random) -> str:
-    """Analyst training worksheets: worked questions in the corpus, as firms keep them."""
-    items = [make_task(rng) for _ in range(rng.randint(3, 6))]
-    return "Analyst practice worksheet, worked answers:\n" + "\n".join(f"{t.prompt} {t.answer}" for t in items)
+    return worksheet_doc(rng, make_task)
 
 
 def main(out: Path = OUT) -> None:
-    counts = build_sample(out, "re", make_doc, make_task, seed=SEED, n_docs=1000)
-    for name, n in counts.items():
-        print(f"{out / name}: {n} rows")
+    build_and_report(out, "re", make_doc, make_task, seed=SEED, n_docs=1000)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def _human(n: float) -> str:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.3g}"
 
-ProfileOpt = typer.Option("full", "--profile", "-p", envvar="PROFILE", help="full, tiny, or a recipes/profiles/*.yaml")
+
+ProfileOpt = typer.Option(
+    "full", "--profile", "-p", envvar="PROFILE", help="full, tiny, or a recipes/profiles/*.yaml"
+)
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key: key.path=value (repeatable)")
 RunsOpt = typer.Option("runs", "--runs-dir", envvar="VERTICALFT_RUNS", help="Root of run directories")
 
@@ -44,8 +47,10 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     """Check a recipe (and its profile overlay); lists every problem, exit 2 if any."""
     r = _load(recipe, profile, overrides)
     stages = [s for s in ("cpt", "sft", "dpo") if getattr(r.stages, s) is not None]
-    console.print(f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
-                  f"{len(r.models.students)} student(s), stages: {', '.join(stages) or 'none'}")
+    console.print(
+        f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
+        f"{len(r.models.students)} student(s), stages: {', '.join(stages) or 'none'}"
+    )
 
 
 @app.command()
@@ -55,15 +60,39 @@ def plan(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt)
 
     r = _load(recipe, profile, overrides)
     p = plan_recipe(r)
-    table = Table(title=f"plan: {r.name} ({profile}) on {p.gpu.name} × {r.compute.num_gpus}, MFU {r.compute.mfu:.0%}")
-    for col in ("stage", "model", "params", "method", "tokens", "FLOPs", "GPU-hours", "USD", "mem/GPU", "fits"):
+    table = Table(
+        title=f"plan: {r.name} ({profile}) on {p.gpu.name} × {r.compute.num_gpus}, MFU {r.compute.mfu:.0%}"
+    )
+    for col in (
+        "stage",
+        "model",
+        "params",
+        "method",
+        "tokens",
+        "FLOPs",
+        "GPU-hours",
+        "USD",
+        "mem/GPU",
+        "fits",
+    ):
         table.add_column(col, justify="right" if col not in ("stage", "model", "method") else "left")
     for s in p.stages:
-        table.add_row(s.stage, s.model, _human(s.params), s.method, _human(s.tokens), f"{s.flops:.2e}",
-                      f"{s.gpu_hours:,.3g}", f"${s.usd:,.2f}", f"{s.memory_gb_per_gpu:,.2f} GB",
-                      "[green]yes[/]" if s.fits else "[red]NO[/]")
+        table.add_row(
+            s.stage,
+            s.model,
+            _human(s.params),
+            s.method,
+            _human(s.tokens),
+            f"{s.flops:.2e}",
+            f"{s.gpu_hours:,.3g}",
+            f"${s.usd:,.2f}",
+            f"{s.memory_gb_per_gpu:,.2f} GB",
+            "[green]yes[/]" if s.fits else "[red]NO[/]",
+        )
     console.print(table)
-    console.print(f"total: {p.total_gpu_hours:,.1f} GPU-hours, ${p.total_usd:,.2f} at ${p.usd_per_gpu_hour}/GPU-hour")
+    console.print(
+        f"total: {p.total_gpu_hours:,.1f} GPU-hours, ${p.total_usd:,.2f} at ${p.usd_per_gpu_hour}/GPU-hour"
+    )
     for note in p.notes:
         console.print(f"  note: {note}")
     for warning in p.warnings:
@@ -93,13 +122,21 @@ def run(
     except (StageFailed, DataError) as exc:
         err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
         raise typer.Exit(1) from None
+    from verticalft.report import write_report
+
     done = sum(o.status == "done" for o in outcomes)
-    console.print(f"[green]finished[/]: {done} stage(s) ran, {len(outcomes) - done} skipped — "
-                  f"manifest: {rd.manifest_path}")
+    report = write_report(rd, f"{r.name} ({profile})")
+    console.print(
+        f"[green]finished[/]: {done} stage(s) ran, {len(outcomes) - done} skipped — "
+        f"manifest: {rd.manifest_path}"
+    )
+    console.print(f"report: {report}")
 
 
 @app.command()
-def status(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt, runs_dir: Path = RunsOpt) -> None:
+def status(
+    recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt, runs_dir: Path = RunsOpt
+) -> None:
     """Which stages are done, with their key metrics."""
     from verticalft.pipeline import enabled_stages, run_dir_for, stage_fingerprints
 
@@ -115,7 +152,9 @@ def status(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOp
         state = rec.status
         if state == "done" and not rd.is_done(s, fps[s]):
             state = "stale (inputs changed)"
-        table.add_row(s, state, f"{rec.wall_time_s:.1f}s" if rec.wall_time_s else "", _key_metrics(rec.metrics))
+        table.add_row(
+            s, state, f"{rec.wall_time_s:.1f}s" if rec.wall_time_s else "", _key_metrics(rec.metrics)
+        )
     console.print(table)
 
 
@@ -134,7 +173,9 @@ def _key_metrics(m: dict) -> str:
 
 
 @app.command("tiny-models")
-def tiny_models_cmd(recipe: Path = typer.Argument(Path("recipes/finance.yaml")), runs_dir: Path = RunsOpt) -> None:
+def tiny_models_cmd(
+    recipe: Path = typer.Argument(Path("recipes/finance.yaml")), runs_dir: Path = RunsOpt
+) -> None:
     """Build the tiny tokenizer + teacher + students for a recipe (what PROFILE=tiny does first)."""
     from verticalft.pipeline import run_dir_for, run_recipe
 
@@ -157,8 +198,10 @@ def new(domain: str, template: str = typer.Option("finance", help="Recipe to cop
         raise typer.Exit(2) from None
     for path in created:
         console.print(f"created {path}")
-    console.print(f"next: edit recipes/{domain}.yaml and data_pipelines/{domain}/build_sample.py, then "
-                  f"`make {domain}-dpo PROFILE=tiny`")
+    console.print(
+        f"next: edit recipes/{domain}.yaml and data_pipelines/{domain}/build_sample.py, then "
+        f"`make {domain}-dpo PROFILE=tiny`"
+    )
 
 
 def main() -> None:  # pragma: no cover

@@ -57,7 +57,7 @@ def load_source(source: Source, required: tuple[str, ...] = ()) -> Dataset:
     import datasets
 
     if source.path.startswith(HF_SCHEME):
-        ds = datasets.load_dataset(source.path[len(HF_SCHEME):], split=source.split)
+        ds = datasets.load_dataset(source.path[len(HF_SCHEME) :], split=source.split)
     else:
         path = Path(source.path)
         if not path.exists():
@@ -71,7 +71,9 @@ def load_source(source: Source, required: tuple[str, ...] = ()) -> Dataset:
         ds = datasets.load_dataset(loader, data_files=str(path), split="train")
     missing = [k for k in required if k not in ds.column_names]
     if missing:
-        raise DataError(f"{source.path}: missing column(s) {', '.join(missing)}; has {', '.join(ds.column_names)}")
+        raise DataError(
+            f"{source.path}: missing column(s) {', '.join(missing)}; has {', '.join(ds.column_names)}"
+        )
     return ds
 
 

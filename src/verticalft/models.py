@@ -44,7 +44,7 @@ def is_tiny(ref: str) -> bool:
 
 
 def tiny_name(ref: str) -> str:
-    return ref[len(TINY_SCHEME):]
+    return ref[len(TINY_SCHEME) :]
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -64,7 +64,10 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTok
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=END_TOKEN, pad_token=PAD_TOKEN, padding_side="right",
+        tokenizer_object=tok,
+        eos_token=END_TOKEN,
+        pad_token=PAD_TOKEN,
+        padding_side="right",
         model_max_length=4096,
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -164,8 +167,11 @@ def lora_config(lora: Any, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type=task_type,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
     )
 
 

@@ -78,12 +78,18 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     for stage in stages:
         sources = [s for s in _data_for(recipe, stage) if s is not None]
         files = {str(p): hash_file(p) for s in sources for p in source_files(s) if p.exists()}
-        section = (recipe.tiny.model_dump() if stage == "tiny_models"
-                   else getattr(recipe.stages, stage).model_dump())
+        section = (
+            recipe.tiny.model_dump() if stage == "tiny_models" else getattr(recipe.stages, stage).model_dump()
+        )
         payload = {
-            "stage": stage, "section": section, "files": files,
-            "sources": [s.model_dump() for s in sources], "models": recipe.models.model_dump(),
-            "evaluation": recipe.evaluation.model_dump(), "seed": recipe.compute.seed, "prev": prev,
+            "stage": stage,
+            "section": section,
+            "files": files,
+            "sources": [s.model_dump() for s in sources],
+            "models": recipe.models.model_dump(),
+            "evaluation": recipe.evaluation.model_dump(),
+            "seed": recipe.compute.seed,
+            "prev": prev,
         }
         fps[stage] = prev = fingerprint(payload)
     return fps
@@ -96,10 +102,15 @@ def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
         for s in _data_for(recipe, stage):
             if s is None:
                 if stage in ("sft", "dpo"):
-                    problems.append(f"stages.{stage}: needs data.{'sft' if stage == 'sft' else 'preferences'}")
+                    problems.append(
+                        f"stages.{stage}: needs data.{'sft' if stage == 'sft' else 'preferences'}"
+                    )
                 continue
-            problems += [f"{p}: file not found (needed by {stage}; paths resolve from {Path.cwd()})"
-                         for p in source_files(s) if not p.exists()]
+            problems += [
+                f"{p}: file not found (needed by {stage}; paths resolve from {Path.cwd()})"
+                for p in source_files(s)
+                if not p.exists()
+            ]
     return sorted(set(problems))
 
 
@@ -119,13 +130,29 @@ def run_stage_in_process(ctx: StageContext) -> StageResult:
 def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> list[str]:
     """The torchrun / accelerate command that runs `verticalft.worker` for one stage."""
     c = recipe.compute
-    worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (["--resume"] if resume else [])
+    worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (
+        ["--resume"] if resume else []
+    )
     if c.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(c.nproc_per_node), *worker]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(c.nproc_per_node),
+            *worker,
+        ]
     config = c.accelerate_config
     path = Path(config) if Path(config).suffix in {".yaml", ".yml"} else ACCELERATE_CONFIGS / f"{config}.yaml"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path),
-           "--num_processes", str(c.nproc_per_node * c.num_gpus)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(path),
+        "--num_processes",
+        str(c.nproc_per_node * c.num_gpus),
+    ]
     if not _has_gpu():
         cmd.append("--cpu")
     return [*cmd, *worker]
@@ -204,5 +231,7 @@ def run_recipe(
 
 
 def write_worker_result(run: RunDir, stage: str, result: StageResult) -> None:
-    atomic_write_json(run.stage_dir(stage) / RESULT_FILE,
-                      {"outputs": result.outputs, "metrics": result.metrics, "summary": result.summary})
+    atomic_write_json(
+        run.stage_dir(stage) / RESULT_FILE,
+        {"outputs": result.outputs, "metrics": result.metrics, "summary": result.summary},
+    )

@@ -73,7 +73,9 @@ class Arch:
         """LoRA on every linear layer of every block (`all-linear`): r·(in + out) each."""
         q = self.heads * self.head_dim
         kv = self.kv_heads * self.head_dim
-        per_layer = r * ((self.hidden + q) * 2 + (self.hidden + kv) * 2 + (self.hidden + self.intermediate) * 3)
+        per_layer = r * (
+            (self.hidden + q) * 2 + (self.hidden + kv) * 2 + (self.hidden + self.intermediate) * 3
+        )
         return self.layers * per_layer
 
 
@@ -93,9 +95,13 @@ KNOWN_ARCHS: dict[str, Arch] = {
 def arch_from_config(cfg: dict[str, Any]) -> Arch:
     heads = cfg["num_attention_heads"]
     return Arch(
-        hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], intermediate=cfg["intermediate_size"],
-        heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab=cfg["vocab_size"],
+        hidden=cfg["hidden_size"],
+        layers=cfg["num_hidden_layers"],
+        intermediate=cfg["intermediate_size"],
+        heads=heads,
+        kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        vocab=cfg["vocab_size"],
         tied=bool(cfg.get("tie_word_embeddings", False)),
     )
 
@@ -121,8 +127,14 @@ def gpu_hours(flops: float, gpu: Gpu, mfu: float) -> float:
 
 
 def training_memory_gb(
-    arch: Arch, method: str, seq_len: int, micro_batch: int, checkpointing: bool,
-    lora_r: int = 16, shards: int = 1, sequences_per_example: int = 1,
+    arch: Arch,
+    method: str,
+    seq_len: int,
+    micro_batch: int,
+    checkpointing: bool,
+    lora_r: int = 16,
+    shards: int = 1,
+    sequences_per_example: int = 1,
 ) -> dict[str, float]:
     """GPU memory per device for one training stage, by component (GB = 1e9 bytes)."""
     n = arch.params
@@ -134,7 +146,9 @@ def training_memory_gb(
         trainable = arch.lora_params(lora_r) * TRAINABLE_STATE_BYTES
     tokens = seq_len * micro_batch * sequences_per_example
     per_layer = 34.0 * tokens * arch.hidden
-    activations = (per_layer + 2.0 * tokens * arch.hidden * arch.layers) if checkpointing else per_layer * arch.layers
+    activations = (
+        (per_layer + 2.0 * tokens * arch.hidden * arch.layers) if checkpointing else per_layer * arch.layers
+    )
     logits = 4.0 * tokens * arch.vocab
     parts = {"weights": weights, "trainable_state": trainable, "activations": activations, "logits": logits}
     out = {k: round(v / 1e9, 3) for k, v in parts.items()}
@@ -184,8 +198,15 @@ def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | 
         if spec is None:
             return None
         h = spec["hidden_size"]
-        return Arch(h, spec["num_hidden_layers"], spec["intermediate_size"], h // HEAD_DIM,
-                    spec.get("num_key_value_heads") or h // HEAD_DIM, HEAD_DIM, tiny_vocab)
+        return Arch(
+            h,
+            spec["num_hidden_layers"],
+            spec["intermediate_size"],
+            h // HEAD_DIM,
+            spec.get("num_key_value_heads") or h // HEAD_DIM,
+            HEAD_DIM,
+            tiny_vocab,
+        )
     cfg = Path(ref) / "config.json"
     if cfg.is_file():
         return arch_from_config(json.loads(cfg.read_text()))
@@ -212,12 +233,16 @@ def plan_recipe(recipe: Any) -> Plan:
     specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
     arch = resolve_arch(recipe.models.teacher, recipe.tiny.vocab_size, specs)
     if arch is None:
-        plan.warnings.append(f"size of {recipe.models.teacher} unknown: give a local path or add it to plan.KNOWN_ARCHS")
+        plan.warnings.append(
+            f"size of {recipe.models.teacher} unknown: give a local path or add it to plan.KNOWN_ARCHS"
+        )
         return plan
     sharded = c.launcher == "accelerate" and c.accelerate_config in ("fsdp2", "deepspeed-zero3")
     shards = c.num_gpus if sharded else 1
-    plan.notes.append("FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
-                      "DPO adds a reference forward 2·N·D")
+    plan.notes.append(
+        "FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
+        "DPO adds a reference forward 2·N·D"
+    )
     d = recipe.data
     for stage in ("cpt", "sft", "dpo"):
         cfg = getattr(recipe.stages, stage)
@@ -241,16 +266,38 @@ def plan_recipe(recipe: Any) -> Plan:
         else:
             flops = training_flops(arch.params, tokens, method, ckpt)
         hours = gpu_hours(flops, gpu, c.mfu)
-        mem = training_memory_gb(arch, method, cfg.max_length, micro, ckpt, lora_r,
-                                 shards if method == "full" else 1, 2 if stage == "dpo" else 1)
+        mem = training_memory_gb(
+            arch,
+            method,
+            cfg.max_length,
+            micro,
+            ckpt,
+            lora_r,
+            shards if method == "full" else 1,
+            2 if stage == "dpo" else 1,
+        )
         fits = mem["total"] <= gpu.vram_gb * 0.95
-        plan.stages.append(StagePlan(stage, recipe.models.teacher, arch.params, method, tokens, flops, hours,
-                                     hours * price, mem, mem["total"], fits))
+        plan.stages.append(
+            StagePlan(
+                stage,
+                recipe.models.teacher,
+                arch.params,
+                method,
+                tokens,
+                flops,
+                hours,
+                hours * price,
+                mem,
+                mem["total"],
+                fits,
+            )
+        )
         if not fits:
             plan.warnings.append(
                 f"{stage}: needs ~{mem['total']:.1f} GB per GPU ({', '.join(f'{k} {v:.1f}' for k, v in mem.items() if k != 'total')}) "
                 f"but {gpu.name} has {gpu.vram_gb:.0f} GB — lower per_device_train_batch_size or max_length, "
-                f"enable gradient_checkpointing, use QLoRA, or shard with accelerate_config fsdp2 over more GPUs")
+                f"enable gradient_checkpointing, use QLoRA, or shard with accelerate_config fsdp2 over more GPUs"
+            )
         if tokens == 0:
             plan.warnings.append(f"{stage}: no token count (declare `tokens:` on its data source)")
     return plan

@@ -203,8 +203,16 @@ class RecipeError(Exception):
 
 
 # Names users bring from PEFT/TRL that the recipe spells differently.
-ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "quant": "quantization",
-           "load_in_4bit": "quantization", "lr": "learning_rate", "epochs": "num_train_epochs"}
+ALIASES = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "quant": "quantization",
+    "load_in_4bit": "quantization",
+    "lr": "learning_rate",
+    "epochs": "num_train_epochs",
+}
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -275,9 +283,15 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
         for key in trainer:
             path = f"stages.{stage}.trainer.{key}"
             if key in MANAGED_TRAINER_KEYS:
-                problems.append(Problem(path=path, message=f"set by verticalft; use stages.{stage}.{key} if it exists there"))
+                problems.append(
+                    Problem(
+                        path=path, message=f"set by verticalft; use stages.{stage}.{key} if it exists there"
+                    )
+                )
             elif key not in fields:
-                problems.append(Problem(path=path, message=f"not a field of trl.{cls}{_did_you_mean(key, fields)}"))
+                problems.append(
+                    Problem(path=path, message=f"not a field of trl.{cls}{_did_you_mean(key, fields)}")
+                )
     return problems
 
 
@@ -350,8 +364,13 @@ def resolve_raw(path: str | Path, profile: str = "full", overrides: Iterable[str
             available = sorted(p.stem for p in (path.parent / PROFILE_DIR_NAME).glob("*.yaml"))
             raise RecipeError(
                 str(path),
-                [Problem(path="profile", message=f"no profile '{profile}'{_did_you_mean(profile, available)}; "
-                         f"have: full, {', '.join(available)}")],
+                [
+                    Problem(
+                        path="profile",
+                        message=f"no profile '{profile}'{_did_you_mean(profile, available)}; "
+                        f"have: full, {', '.join(available)}",
+                    )
+                ],
             )
         if shared.is_file():
             raw = deep_merge(raw, _substitute(_read_yaml(shared), name))

@@ -170,7 +170,10 @@ class RunDir:
         record.finished_at = _now()
         record.error = ""
         self.update(stage, record)
-        atomic_write_json(self.stage_dir(stage) / DONE, {"fingerprint": record.fingerprint, "finished_at": record.finished_at})
+        atomic_write_json(
+            self.stage_dir(stage) / DONE,
+            {"fingerprint": record.fingerprint, "finished_at": record.finished_at},
+        )
         (self.stage_dir(stage) / RUNNING).unlink(missing_ok=True)
 
     def fail(self, stage: str, record: StageRecord, error: str) -> None:

@@ -71,7 +71,18 @@ BOILERPLATE = [
     "Share this page: Facebook Twitter LinkedIn Email",
     "Terms of Use | Sitemap | Accessibility | Do Not Sell My Information",
 ]
-JUNK = ["N/A", "Page 3 of 7", "asdf asdf", "lorem ipsum", "TBD", "[image]", "null", "-- continued --", "click", "..."]
+JUNK = [
+    "N/A",
+    "Page 3 of 7",
+    "asdf asdf",
+    "lorem ipsum",
+    "TBD",
+    "[image]",
+    "null",
+    "-- continued --",
+    "click",
+    "...",
+]
 NON_ENGLISH = [
     "Der Umsatz des Unternehmens stieg im dritten Quartal deutlich an, während die Kosten stabil blieben. "
     "Der Vorstand erwartet für das kommende Geschäftsjahr ein moderates Wachstum und eine stabile Dividende.",
@@ -155,7 +166,9 @@ def plant_noise(
             doc["text"] += " " + " ".join(PII_SENTENCES[k].format(v=values[k]) for k in kinds)
             labels.append({"id": doc["id"], "kind": "pii", "detail": {k: values[k] for k in kinds}})
         else:
-            doc["text"] = "\n".join(rng.sample(BOILERPLATE, 2)) + "\n" + doc["text"] + "\n" + rng.choice(BOILERPLATE)
+            doc["text"] = (
+                "\n".join(rng.sample(BOILERPLATE, 2)) + "\n" + doc["text"] + "\n" + rng.choice(BOILERPLATE)
+            )
             labels.append({"id": doc["id"], "kind": "boilerplate_lines", "detail": ""})
 
     extra: list[dict[str, Any]] = []
@@ -180,13 +193,25 @@ def plant_noise(
     for _ in range(count(0.02)):
         src = rng.choice(docs[:n])
         year = rng.randint(1995, 2007)
-        extra.append({**src, "id": new_id(), "text": src["text"].replace("2024", str(year)).replace("2025", str(year)),
-                      "date": f"{year}-{rng.randint(1, 12):02d}-15"})
+        extra.append(
+            {
+                **src,
+                "id": new_id(),
+                "text": src["text"].replace("2024", str(year)).replace("2025", str(year)),
+                "date": f"{year}-{rng.randint(1, 12):02d}-15",
+            }
+        )
         labels.append({"id": extra[-1]["id"], "kind": "stale_date", "detail": extra[-1]["date"]})
     for _ in range(count(0.02)):
         src = rng.choice(docs[:n])
-        extra.append({**src, "id": new_id(), "text": src["text"] + " Licensed data; redistribution prohibited.",
-                      "license": PROPRIETARY_LICENSE})
+        extra.append(
+            {
+                **src,
+                "id": new_id(),
+                "text": src["text"] + " Licensed data; redistribution prohibited.",
+                "license": PROPRIETARY_LICENSE,
+            }
+        )
         labels.append({"id": extra[-1]["id"], "kind": "license", "detail": PROPRIETARY_LICENSE})
 
     # Interleave the extra documents at random places so order carries no signal.
@@ -198,16 +223,36 @@ def plant_noise(
 
 # --------------------------------------------------------------------------- general replay text
 _GENERAL_TOPICS = {
-    "weather": ["The morning was cool and bright", "Rain moved in from the west by noon",
-                "A light wind carried the smell of cut grass", "By evening the clouds had cleared"],
-    "cooking": ["Slice the onions thinly and let them soften in butter", "Add a pinch of salt and stir",
-                "Simmer the soup for twenty minutes", "Serve with fresh bread and a green salad"],
-    "history": ["The old bridge was built of local stone", "Travellers crossed the river here for centuries",
-                "The town grew around its weekly market", "Records from the period are incomplete"],
-    "nature": ["Birds nest in the hedges along the lane", "The forest floor is covered with ferns",
-               "Foxes hunt at the edge of the fields at dusk", "In spring the meadow turns yellow with flowers"],
-    "sport": ["The team trained hard through the winter", "The match was decided in the final minutes",
-              "Supporters filled the small stadium", "The coach praised the young players"],
+    "weather": [
+        "The morning was cool and bright",
+        "Rain moved in from the west by noon",
+        "A light wind carried the smell of cut grass",
+        "By evening the clouds had cleared",
+    ],
+    "cooking": [
+        "Slice the onions thinly and let them soften in butter",
+        "Add a pinch of salt and stir",
+        "Simmer the soup for twenty minutes",
+        "Serve with fresh bread and a green salad",
+    ],
+    "history": [
+        "The old bridge was built of local stone",
+        "Travellers crossed the river here for centuries",
+        "The town grew around its weekly market",
+        "Records from the period are incomplete",
+    ],
+    "nature": [
+        "Birds nest in the hedges along the lane",
+        "The forest floor is covered with ferns",
+        "Foxes hunt at the edge of the fields at dusk",
+        "In spring the meadow turns yellow with flowers",
+    ],
+    "sport": [
+        "The team trained hard through the winter",
+        "The match was decided in the final minutes",
+        "Supporters filled the small stadium",
+        "The coach praised the young players",
+    ],
 }
 
 
@@ -221,6 +266,14 @@ def general_doc(rng: random.Random, i: int) -> dict[str, Any]:
 def build_general_replay(out_dir: Path, n: int = 400, seed: int = 7) -> int:
     rng = random.Random(seed)
     return write_jsonl(out_dir / "replay.jsonl", (general_doc(rng, i) for i in range(n)))
+
+
+def worksheet_doc(rng: random.Random, task_fn: TaskFn) -> str:
+    """Analyst training worksheets: worked questions in the corpus, as firms keep them."""
+    items = [task_fn(rng) for _ in range(rng.randint(3, 6))]
+    return "Analyst practice worksheet, worked answers:\n" + "\n".join(
+        f"{t.prompt} {t.answer}" for t in items
+    )
 
 
 # --------------------------------------------------------------------------- the whole sample
@@ -260,7 +313,9 @@ def build_sample(
     heldout = [{"id": f"{prefix}-heldout-{i:05d}", **doc_fn(rng)} for i in range(n_heldout)]
 
     seen: set[str] = set()
-    eval_items = _unique_items(task_fn, random.Random(seed + 1), n_eval, seen)  # eval first: never in training
+    eval_items = _unique_items(
+        task_fn, random.Random(seed + 1), n_eval, seen
+    )  # eval first: never in training
     sft_items = _unique_items(task_fn, random.Random(seed + 2), n_sft, seen)
     pref_items = _unique_items(task_fn, random.Random(seed + 3), n_pref, seen)
 
@@ -270,19 +325,48 @@ def build_sample(
         "heldout.jsonl": write_jsonl(out_dir / "heldout.jsonl", heldout),
         "sft.jsonl": write_jsonl(
             out_dir / "sft.jsonl",
-            ({"messages": [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.answer}],
-              "task": t.task} for t in sft_items),
+            (
+                {
+                    "messages": [
+                        {"role": "user", "content": t.prompt},
+                        {"role": "assistant", "content": t.answer},
+                    ],
+                    "task": t.task,
+                }
+                for t in sft_items
+            ),
         ),
         "preferences.jsonl": write_jsonl(
             out_dir / "preferences.jsonl",
-            ({"prompt": [{"role": "user", "content": t.prompt}],
-              "chosen": [{"role": "assistant", "content": t.answer}],
-              "rejected": [{"role": "assistant", "content": t.rejected}], "task": t.task} for t in pref_items),
+            (
+                {
+                    "prompt": [{"role": "user", "content": t.prompt}],
+                    "chosen": [{"role": "assistant", "content": t.answer}],
+                    "rejected": [{"role": "assistant", "content": t.rejected}],
+                    "task": t.task,
+                }
+                for t in pref_items
+            ),
         ),
         "eval.jsonl": write_jsonl(
             out_dir / "eval.jsonl",
-            ({"id": f"{prefix}-eval-{i:04d}", "task": t.task, "prompt": t.prompt, "answer": t.answer,
-              "kind": t.kind, "difficulty": t.difficulty} for i, t in enumerate(eval_items)),
+            (
+                {
+                    "id": f"{prefix}-eval-{i:04d}",
+                    "task": t.task,
+                    "prompt": t.prompt,
+                    "answer": t.answer,
+                    "kind": t.kind,
+                    "difficulty": t.difficulty,
+                }
+                for i, t in enumerate(eval_items)
+            ),
         ),
     }
     return counts
+
+
+def build_and_report(out_dir: Path, prefix: str, doc_fn: DocFn, task_fn: TaskFn, **kwargs: Any) -> None:
+    """`build_sample` for a builder's `main()`: write the files and print what was written."""
+    for name, n in build_sample(out_dir, prefix, doc_fn, task_fn, **kwargs).items():
+        print(f"{out_dir / name}: {n} rows")

@@ -16,12 +16,16 @@ NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
     if not NAME.match(domain):
-        raise ValueError(f"'{domain}' is not a valid vertical name: use lower-case letters, digits and _ "
-                         f"(it becomes recipes/{domain}.yaml and `make {domain}-<stage>`)")
+        raise ValueError(
+            f"'{domain}' is not a valid vertical name: use lower-case letters, digits and _ "
+            f"(it becomes recipes/{domain}.yaml and `make {domain}-<stage>`)"
+        )
     src_recipe = root / "recipes" / f"{template}.yaml"
     src_data = root / "data_pipelines" / template
     if not src_recipe.is_file() or not src_data.is_dir():
-        raise ValueError(f"template '{template}' needs recipes/{template}.yaml and data_pipelines/{template}/")
+        raise ValueError(
+            f"template '{template}' needs recipes/{template}.yaml and data_pipelines/{template}/"
+        )
     dst_recipe = root / "recipes" / f"{domain}.yaml"
     dst_data = root / "data_pipelines" / domain
     for path in (dst_recipe, dst_data):

@@ -54,7 +54,9 @@ def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any
     }
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate_answers(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
     """Greedy answers with HF generate (left padding, chat template)."""
     import torch
     from tqdm.auto import tqdm
@@ -67,12 +69,21 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="eval (greedy)", unit="batch", leave=False):
             chats = [[{"role": "user", "content": p}] for p in prompts[i : i + batch_size]]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            texts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                model.device
+            )
             with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :]
             outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side
@@ -80,11 +91,22 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     return outputs
 
 
-def evaluate_model(model: Any, tokenizer: Any, items: list[dict[str, Any]], max_new_tokens: int = 16,
-                   batch_size: int = 32, tolerance: float = 0.001) -> dict[str, Any]:
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    items: list[dict[str, Any]],
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+    tolerance: float = 0.001,
+) -> dict[str, Any]:
     preds = generate_answers(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size)
-    correct = [score_answer(p, it["answer"], it.get("kind", "label"), tolerance) for p, it in zip(preds, items, strict=True)]
+    correct = [
+        score_answer(p, it["answer"], it.get("kind", "label"), tolerance)
+        for p, it in zip(preds, items, strict=True)
+    ]
     summary = summarise(items, correct)
-    summary["examples"] = [{"prompt": it["prompt"][-80:], "answer": it["answer"], "prediction": p.strip()[:40]}
-                           for it, p in list(zip(items, preds, strict=True))[:5]]
+    summary["examples"] = [
+        {"prompt": it["prompt"][-80:], "answer": it["answer"], "prediction": p.strip()[:40]}
+        for it, p in list(zip(items, preds, strict=True))[:5]
+    ]
     return summary

@@ -85,7 +85,9 @@ def is_main_process() -> bool:
 
 
 # --------------------------------------------------------------------------- trainer glue
-def trainer_config(ctx: StageContext, config_cls: type, defaults: dict[str, Any], managed: dict[str, Any]) -> Any:
+def trainer_config(
+    ctx: StageContext, config_cls: type, defaults: dict[str, Any], managed: dict[str, Any]
+) -> Any:
     """Build a TRL config: toolkit defaults < the recipe's `trainer:` block < managed keys.
 
     Managed keys (output dir, lengths, packing …) come from the stage's own recipe fields and
@@ -128,8 +130,11 @@ def last_checkpoint(ctx: StageContext) -> str | None:
 
     if not ctx.resume or not ctx.checkpoints.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in ctx.checkpoints.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in ctx.checkpoints.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
     for _, path in sorted(found, reverse=True):
         if (path / "trainer_state.json").is_file():
             return str(path)
@@ -175,7 +180,13 @@ def quick_eval(ctx: StageContext, model: Any, tokenizer: Any) -> dict[str, Any] 
     return evaluate_model(model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance)
 
 
-def save_outputs(ctx: StageContext, trainer: Any, tokenizer: Any, base_model: str, is_peft: bool, merge: bool) -> dict[str, str]:
+def fmt_score(summary: dict[str, Any] | None) -> str:
+    return f"{summary['score']:.3f}" if summary else "n/a"
+
+
+def save_outputs(
+    ctx: StageContext, trainer: Any, tokenizer: Any, base_model: str, is_peft: bool, merge: bool
+) -> dict[str, str]:
     """Write the stage's HF/PEFT folders (rank 0) and return the manifest outputs."""
     outputs: dict[str, str] = {"base_model": base_model}
     if is_peft:
@@ -187,8 +198,9 @@ def save_outputs(ctx: StageContext, trainer: Any, tokenizer: Any, base_model: st
         if merge and is_main_process():
             from verticalft.models import merge_adapter
 
-            outputs["model"] = merge_adapter(base_model, str(adapter), ctx.dir / "model",
-                                             ctx.recipe.models.trust_remote_code)
+            outputs["model"] = merge_adapter(
+                base_model, str(adapter), ctx.dir / "model", ctx.recipe.models.trust_remote_code
+            )
     else:
         trainer.save_model(str(ctx.dir / "model"))
         if is_main_process():

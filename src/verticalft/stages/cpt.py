@@ -30,31 +30,52 @@ def run(ctx: StageContext) -> StageResult:
     train = load_texts(corpus_sources)
     n_domain = len(train)
     if recipe.data.replay is not None:
-        train = mix_replay(train, load_texts([recipe.data.replay]), recipe.data.replay.ratio, recipe.compute.seed)
+        train = mix_replay(
+            train, load_texts([recipe.data.replay]), recipe.data.replay.ratio, recipe.compute.seed
+        )
     heldout = load_texts([recipe.data.heldout]) if recipe.data.heldout else None
 
     tokenizer = load_tokenizer(base)
     model = load_model(base, "none", recipe.models.trust_remote_code)
     base_eval = quick_eval(ctx, model, tokenizer)
     args = trainer_config(
-        ctx, SFTConfig,
-        defaults={"learning_rate": 2e-4 if cfg.method == "lora" else 5e-5, "num_train_epochs": 1,
-                  "eval_strategy": "no", "lr_scheduler_type": "cosine", "warmup_steps": 0.03},
-        managed={"max_length": cfg.max_length, "packing": True, "packing_strategy": "wrapped",
-                 "dataset_text_field": "text", "completion_only_loss": False},
+        ctx,
+        SFTConfig,
+        defaults={
+            "learning_rate": 2e-4 if cfg.method == "lora" else 5e-5,
+            "num_train_epochs": 1,
+            "eval_strategy": "no",
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.03,
+        },
+        managed={
+            "max_length": cfg.max_length,
+            "packing": True,
+            "packing_strategy": "wrapped",
+            "dataset_text_field": "text",
+            "completion_only_loss": False,
+        },
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=heldout,
+        processing_class=tokenizer,
         peft_config=lora_config(cfg.lora) if cfg.method == "lora" else None,
     )
     ppl_before = perplexity(trainer.evaluate().get("eval_loss")) if heldout is not None else None
     metrics = train_and_measure(trainer, ctx)
     ppl_after = perplexity(trainer.evaluate().get("eval_loss")) if heldout is not None else None
     outputs = save_outputs(ctx, trainer, tokenizer, base, cfg.method == "lora", merge=True)
-    metrics.update({
-        "domain_docs": n_domain, "replay_docs": len(train) - n_domain,
-        "heldout_perplexity_before": ppl_before, "heldout_perplexity_after": ppl_after,
-        "eval_base": base_eval,
-    })
+    metrics.update(
+        {
+            "domain_docs": n_domain,
+            "replay_docs": len(train) - n_domain,
+            "heldout_perplexity_before": ppl_before,
+            "heldout_perplexity_after": ppl_after,
+            "eval_base": base_eval,
+        }
+    )
     summary = f"held-out perplexity {ppl_before} → {ppl_after}, {metrics['tokens_seen']:,} tokens"
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)

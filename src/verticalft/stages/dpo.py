@@ -12,6 +12,7 @@ from verticalft.models import load_model, load_tokenizer, lora_config
 from verticalft.stages.base import (
     StageContext,
     StageResult,
+    fmt_score,
     quick_eval,
     save_outputs,
     train_and_measure,
@@ -20,8 +21,11 @@ from verticalft.stages.base import (
 
 
 def _rewards(metrics: dict) -> dict:
-    return {k.removeprefix("eval_"): round(v, 5) for k, v in metrics.items()
-            if k.startswith("eval_rewards/") or k == "eval_loss"}
+    return {
+        k.removeprefix("eval_"): round(v, 5)
+        for k, v in metrics.items()
+        if k.startswith("eval_rewards/") or k == "eval_loss"
+    }
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -37,23 +41,42 @@ def run(ctx: StageContext) -> StageResult:
     model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
     before = quick_eval(ctx, model, tokenizer)
     args = trainer_config(
-        ctx, DPOConfig,
-        defaults={"learning_rate": 5e-5, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
-                  "warmup_steps": 0.03, "eval_strategy": "no"},
+        ctx,
+        DPOConfig,
+        defaults={
+            "learning_rate": 5e-5,
+            "num_train_epochs": 1,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.03,
+            "eval_strategy": "no",
+        },
         managed={"beta": cfg.beta, "max_length": cfg.max_length},
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=split["train"], eval_dataset=split["test"],
-                         processing_class=tokenizer, peft_config=lora_config(cfg.lora))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=split["train"],
+        eval_dataset=split["test"],
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+    )
     rewards_before = _rewards(trainer.evaluate())
     metrics = train_and_measure(trainer, ctx)
     rewards_after = _rewards(trainer.evaluate())
     after = quick_eval(ctx, trainer.model, tokenizer)
     outputs = save_outputs(ctx, trainer, tokenizer, base, is_peft=True, merge=cfg.merge)
-    metrics.update({"preference_eval_before": rewards_before, "preference_eval_after": rewards_after,
-                    "reward_accuracy": rewards_after.get("rewards/accuracies"),
-                    "reward_margin": rewards_after.get("rewards/margins"),
-                    "eval_before": before, "eval_after": after})
-    score = lambda e: f"{e['score']:.3f}" if e else "n/a"  # noqa: E731
-    summary = (f"reward accuracy {metrics['reward_accuracy']}, margin {metrics['reward_margin']}, "
-               f"eval score {score(before)} → {score(after)}")
+    metrics.update(
+        {
+            "preference_eval_before": rewards_before,
+            "preference_eval_after": rewards_after,
+            "reward_accuracy": rewards_after.get("rewards/accuracies"),
+            "reward_margin": rewards_after.get("rewards/margins"),
+            "eval_before": before,
+            "eval_after": after,
+        }
+    )
+    summary = (
+        f"reward accuracy {metrics['reward_accuracy']}, margin {metrics['reward_margin']}, "
+        f"eval score {fmt_score(before)} → {fmt_score(after)}"
+    )
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)

@@ -13,6 +13,7 @@ from verticalft.models import load_model, load_tokenizer, lora_config
 from verticalft.stages.base import (
     StageContext,
     StageResult,
+    fmt_score,
     quick_eval,
     save_outputs,
     train_and_measure,
@@ -32,19 +33,36 @@ def run(ctx: StageContext) -> StageResult:
     model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
     before = quick_eval(ctx, model, tokenizer)
     args = trainer_config(
-        ctx, SFTConfig,
-        defaults={"learning_rate": 2e-4, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
-                  "warmup_steps": 0.03, "eval_strategy": "no"},
+        ctx,
+        SFTConfig,
+        defaults={
+            "learning_rate": 2e-4,
+            "num_train_epochs": 1,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.03,
+            "eval_strategy": "no",
+        },
         managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": True},
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=split["train"], eval_dataset=split["test"],
-                         processing_class=tokenizer, peft_config=lora_config(cfg.lora))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=split["train"],
+        eval_dataset=split["test"],
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+    )
     metrics = train_and_measure(trainer, ctx)
     metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
     after = quick_eval(ctx, trainer.model, tokenizer)
     outputs = save_outputs(ctx, trainer, tokenizer, base, is_peft=True, merge=cfg.merge)
-    metrics.update({"eval_before": before, "eval_after": after, "quantization": cfg.quantization,
-                    "train_examples": len(split["train"])})
-    score = lambda e: f"{e['score']:.3f}" if e else "n/a"  # noqa: E731
-    summary = f"eval score {score(before)} → {score(after)}, eval loss {metrics['eval_loss']:.4f}"
+    metrics.update(
+        {
+            "eval_before": before,
+            "eval_after": after,
+            "quantization": cfg.quantization,
+            "train_examples": len(split["train"]),
+        }
+    )
+    summary = f"eval score {fmt_score(before)} → {fmt_score(after)}, eval loss {metrics['eval_loss']:.4f}"
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)

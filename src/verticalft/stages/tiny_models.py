@@ -22,8 +22,10 @@ def specs_for(recipe) -> dict[str, dict]:
     wanted = {tiny_name(r) for r in [recipe.models.teacher, *recipe.models.students] if is_tiny(r)}
     unknown = wanted - specs.keys()
     if unknown:
-        raise ValueError(f"tiny model(s) {sorted(unknown)} have no spec; known: {sorted(specs)} "
-                         f"(add them under tiny.specs)")
+        raise ValueError(
+            f"tiny model(s) {sorted(unknown)} have no spec; known: {sorted(specs)} "
+            f"(add them under tiny.specs)"
+        )
     return {name: specs[name] for name in sorted(wanted)}
 
 
@@ -40,7 +42,14 @@ def run(ctx: StageContext) -> StageResult:
 
     for name, folder in folders.items():
         cfg = AutoConfig.from_pretrained(folder)
-        h, layers, inter, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+        h, layers, inter, vocab = (
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        )
         metrics[f"{name}_parameters"] = 2 * vocab * h + layers * (4 * h * h + 3 * h * inter + 2 * h) + h
     summary = ", ".join(f"{n} {metrics[f'{n}_parameters'] / 1e6:.2f}M params" for n in folders)
-    return StageResult(outputs={**folders, "tokenizer": str(ctx.dir / "tokenizer")}, metrics=metrics, summary=summary)
+    return StageResult(
+        outputs={**folders, "tokenizer": str(ctx.dir / "tokenizer")}, metrics=metrics, summary=summary
+    )
