@@ -95,6 +95,15 @@ NAME_PARTS = [
 ]
 CITIES = ["NEW YORK NY", "SEATTLE WA", "AUSTIN TX", "CHICAGO IL", "DENVER CO", "BOSTON MA", "MIAMI FL"]
 CATEGORIES = sorted(MERCHANTS)
+# Unsupported additions for the DPO set's rejected answers (numbers and claims not in the prompt).
+HALLUCINATIONS = (
+    "up 40% after an undisclosed acquisition",
+    "as confirmed by the SEC in 2019",
+    "per the CFO's private guidance",
+    "which triggers a covenant breach",
+    "according to a leaked analyst memo",
+    "flagged as fraud by the bank",
+)
 
 
 def _money(rng: random.Random, lo: float = 20, hi: float = 900) -> float:
@@ -244,7 +253,7 @@ def _doc_worksheet(rng: random.Random) -> str:
 
 
 def main(out: Path = OUT) -> None:
-    build_and_report(out, "fin", make_doc, make_task, seed=SEED, n_docs=1000)
+    build_and_report(out, "fin", make_doc, make_task, seed=SEED, n_docs=1000, hallucinations=HALLUCINATIONS)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,15 @@ CONTEXT_CLAUSES = {
     "rent": "Rent shall increase by {n} percent on each anniversary, and late rent bears a fee of 5 percent.",
 }
 CLAUSE_TYPES = sorted(CLAUSES)
+# Unsupported additions for the DPO set's rejected answers (clauses and figures not in the prompt).
+HALLUCINATIONS = (
+    "and the tenant may sublet freely",
+    "plus a rent-free period of 12 months",
+    "as approved by the city council in 1998",
+    "with an option to buy at 50% of market value",
+    "subject to a 30% vacancy penalty",
+    "and the landlord waives all repairs",
+)
 LISTING_FIELDS = ["monthly rent", "HOA fee", "square footage", "year built"]
 
 
@@ -228,7 +237,7 @@ def _doc_worksheet(rng: random.Random) -> str:
 
 
 def main(out: Path = OUT) -> None:
-    build_and_report(out, "re", make_doc, make_task, seed=SEED, n_docs=1000)
+    build_and_report(out, "re", make_doc, make_task, seed=SEED, n_docs=1000, hallucinations=HALLUCINATIONS)
 
 
 if __name__ == "__main__":

@@ -163,14 +163,31 @@ def load_model(path: str, quantization: str = "none", trust_remote_code: bool = 
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def lora_config(lora: Any, task_type: str = "CAUSAL_LM") -> Any:
+def chat_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the special/added tokens the chat template writes (e.g. <|im_start|>, <|end|>)."""
+    template = tokenizer.chat_template or ""
+    tokens = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    return sorted({tokenizer.convert_tokens_to_ids(t) for t in tokens if t and t in template})
+
+
+def lora_config(lora: Any, tokenizer: Any = None, task_type: str = "CAUSAL_LM") -> Any:
+    """PEFT LoraConfig from the recipe's `lora:` block.
+
+    With `train_chat_tokens` (default) the chat template's special-token embedding rows train
+    too (PEFT trainable tokens), unless the whole embedding is in `modules_to_save` already.
+    """
     from peft import LoraConfig
 
+    trainable_tokens = None
+    if lora.train_chat_tokens and tokenizer is not None and "embed_tokens" not in lora.modules_to_save:
+        trainable_tokens = chat_token_ids(tokenizer) or None
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
+        modules_to_save=list(lora.modules_to_save) or None,
+        trainable_token_indices=trainable_tokens,
         task_type=task_type,
     )
 

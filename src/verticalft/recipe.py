@@ -103,6 +103,12 @@ class Lora(Strict):
     alpha: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # Whole modules trained and saved next to the adapter (PEFT's `modules_to_save`), e.g.
+    # [embed_tokens, lm_head] when the base never saw the chat format.
+    modules_to_save: list[str] = Field(default_factory=list)
+    # Train the embedding rows of the chat template's special tokens (PEFT trainable tokens):
+    # a base model may never have seen <|user|>/<|assistant|>-style tokens in pretraining.
+    train_chat_tokens: bool = True
 
 
 class CptStage(Strict):

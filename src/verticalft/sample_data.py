@@ -7,8 +7,9 @@ turns them into the five files every recipe expects:
     noise_labels.jsonl  ground truth of the planted noise, one row per noisy document
     heldout.jsonl       clean domain text kept out of CPT, for perplexity before/after
     sft.jsonl           chat `messages` (user prompt → assistant answer)
-    preferences.jsonl   conversational prompt / chosen / rejected (rejected = a wrong figure,
-                        a wrong label or a hallucinated addition)
+    preferences.jsonl   conversational prompt / chosen / rejected; `rejected_kind` says which:
+                        `wrong` (a wrong figure or label) or `hallucination` (the right answer
+                        plus an unsupported claim)
     eval.jsonl          held-out task items with `answer`, `kind` (label|number) and
                         `difficulty` (1 easy … 3 hard) so no tiny model saturates it
 
@@ -302,6 +303,7 @@ def build_sample(
     n_sft: int = 3000,
     n_pref: int = 800,
     n_eval: int = 200,
+    hallucinations: tuple[str, ...] = ("as confirmed in a 2019 filing", "according to unnamed sources"),
 ) -> dict[str, int]:
     """Write the domain sample to `out_dir`; returns row counts per file."""
     rng = random.Random(seed)
@@ -319,6 +321,15 @@ def build_sample(
     sft_items = _unique_items(task_fn, random.Random(seed + 2), n_sft, seen)
     pref_items = _unique_items(task_fn, random.Random(seed + 3), n_pref, seen)
 
+    # Half the rejected answers are wrong (a wrong figure or label), half are the right answer
+    # with a hallucinated, unsupported addition — what DPO is meant to train away.
+    rej_rng = random.Random(seed + 4)
+    rejections = [
+        (t.rejected, "wrong")
+        if rej_rng.random() < 0.5
+        else (f"{t.answer}, {rej_rng.choice(hallucinations)}", "hallucination")
+        for t in pref_items
+    ]
     counts = {
         "corpus.jsonl": write_jsonl(out_dir / "corpus.jsonl", corpus),
         "noise_labels.jsonl": write_jsonl(out_dir / "noise_labels.jsonl", labels),
@@ -342,10 +353,11 @@ def build_sample(
                 {
                     "prompt": [{"role": "user", "content": t.prompt}],
                     "chosen": [{"role": "assistant", "content": t.answer}],
-                    "rejected": [{"role": "assistant", "content": t.rejected}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
                     "task": t.task,
+                    "rejected_kind": kind,
                 }
-                for t in pref_items
+                for t, (rejected, kind) in zip(pref_items, rejections, strict=True)
             ),
         ),
         "eval.jsonl": write_jsonl(

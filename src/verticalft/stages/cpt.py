@@ -62,7 +62,7 @@ def run(ctx: StageContext) -> StageResult:
         train_dataset=train,
         eval_dataset=heldout,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora) if cfg.method == "lora" else None,
+        peft_config=lora_config(cfg.lora, tokenizer) if cfg.method == "lora" else None,
     )
     ppl_before = perplexity(trainer.evaluate().get("eval_loss")) if heldout is not None else None
     metrics = train_and_measure(trainer, ctx)

@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> StageResult:
         train_dataset=split["train"],
         eval_dataset=split["test"],
         processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora),
+        peft_config=lora_config(cfg.lora, tokenizer),
     )
     rewards_before = _rewards(trainer.evaluate())
     metrics = train_and_measure(trainer, ctx)

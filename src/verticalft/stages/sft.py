@@ -50,7 +50,7 @@ def run(ctx: StageContext) -> StageResult:
         train_dataset=split["train"],
         eval_dataset=split["test"],
         processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora),
+        peft_config=lora_config(cfg.lora, tokenizer),
     )
     metrics = train_and_measure(trainer, ctx)
     metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
