@@ -20,7 +20,7 @@ import random
 import sys
 from pathlib import Path
 
-from verticalft.sample_data import TaskItem, build_and_report, worksheet_doc
+from verticalft.sample_data import TaskItem, build_and_report, pick_doc, worksheet_doc
 
 SEED = 1234
 OUT = Path(__file__).resolve().parent / "sample"
@@ -175,21 +175,16 @@ def _doc_ledger(rng: random.Random) -> str:
 
 
 def make_doc(rng: random.Random) -> dict:
-    kind = rng.choices(["filing", "call", "regulatory", "ledger", "worksheet"], weights=[2, 2, 1, 3, 5])[0]
-    text = (
-        _doc_worksheet(rng)
-        if kind == "worksheet"
-        else {"filing": _doc_filing, "call": _doc_call, "regulatory": _doc_regulatory, "ledger": _doc_ledger}[
-            kind
-        ](rng)
+    return pick_doc(
+        rng,
+        {
+            "filing": (_doc_filing, 2),
+            "call": (_doc_call, 2),
+            "regulatory": (_doc_regulatory, 1),
+            "ledger": (_doc_ledger, 3),
+            "worksheet": (_doc_worksheet, 5),
+        },
     )
-    year = rng.choice([2024, 2025])
-    return {
-        "text": text,
-        "source": f"sample-{kind}",
-        "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        "license": "cc-by-4.0",
-    }
 
 
 # --------------------------------------------------------------------------- tasks

@@ -19,7 +19,7 @@ import random
 import sys
 from pathlib import Path
 
-from verticalft.sample_data import TaskItem, build_and_report, worksheet_doc
+from verticalft.sample_data import TaskItem, build_and_report, pick_doc, worksheet_doc
 
 SEED = 4321
 OUT = Path(__file__).resolve().parent / "sample"
@@ -173,21 +173,16 @@ def _doc_market(rng: random.Random) -> str:
 
 
 def make_doc(rng: random.Random) -> dict:
-    kind = rng.choices(["listing", "lease", "zoning", "market", "worksheet"], weights=[2, 3, 1, 1, 5])[0]
-    text = (
-        _doc_worksheet(rng)
-        if kind == "worksheet"
-        else {"listing": _doc_listing, "lease": _doc_lease, "zoning": _doc_zoning, "market": _doc_market}[
-            kind
-        ](rng)
+    return pick_doc(
+        rng,
+        {
+            "listing": (_doc_listing, 2),
+            "lease": (_doc_lease, 3),
+            "zoning": (_doc_zoning, 1),
+            "market": (_doc_market, 1),
+            "worksheet": (_doc_worksheet, 5),
+        },
     )
-    year = rng.choice([2024, 2025])
-    return {
-        "text": text,
-        "source": f"sample-{kind}",
-        "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        "license": "cc-by-4.0",
-    }
 
 
 # --------------------------------------------------------------------------- tasks

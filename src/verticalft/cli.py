@@ -51,6 +51,10 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
         f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
         f"{len(r.models.students)} student(s), stages: {', '.join(stages) or 'none'}"
     )
+    from verticalft.pipeline import enabled_stages, preflight
+
+    for problem in preflight(r, enabled_stages(r)):
+        console.print(f"  [yellow]not runnable here yet[/]: {problem}", highlight=False)
 
 
 @app.command()

@@ -98,6 +98,7 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
 def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
     """Problems to fix before any work (missing input files), all at once."""
     problems = []
+    needed_by: dict[str, list[str]] = {}
     for stage in stages:
         for s in _data_for(recipe, stage):
             if s is None:
@@ -106,12 +107,14 @@ def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
                         f"stages.{stage}: needs data.{'sft' if stage == 'sft' else 'preferences'}"
                     )
                 continue
-            problems += [
-                f"{p}: file not found (needed by {stage}; paths resolve from {Path.cwd()})"
-                for p in source_files(s)
-                if not p.exists()
-            ]
-    return sorted(set(problems))
+            for p in source_files(s):
+                if not p.exists() and stage not in needed_by.setdefault(str(p), []):
+                    needed_by[str(p)].append(stage)
+    problems += [
+        f"{path}: file not found (needed by {', '.join(who)}; paths resolve from {Path.cwd()})"
+        for path, who in sorted(needed_by.items())
+    ]
+    return problems
 
 
 def versions() -> dict[str, str]:
@@ -168,6 +171,12 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
     result_path = run.stage_dir(stage) / RESULT_FILE
     result_path.unlink(missing_ok=True)
     cmd = launch_command(recipe, run, stage, resume)
+    if recipe.compute.launcher == "accelerate" and not _has_gpu() and recipe.compute.nproc_per_node > 1:
+        print(
+            "  note: `accelerate launch --cpu` starts one process unless MPI is set up; for multi-process "
+            "CPU training use compute.launcher=torchrun",
+            flush=True,
+        )
     print(f"  launching: {' '.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if proc.returncode != 0 or not result_path.exists():

@@ -269,6 +269,22 @@ def build_general_replay(out_dir: Path, n: int = 400, seed: int = 7) -> int:
     return write_jsonl(out_dir / "replay.jsonl", (general_doc(rng, i) for i in range(n)))
 
 
+def pick_doc(
+    rng: random.Random, kinds: dict[str, tuple[Callable[[random.Random], str], int]]
+) -> dict[str, Any]:
+    """One raw document: a kind drawn by weight, its text, a recent date and an open licence."""
+    names = list(kinds)
+    kind = rng.choices(names, weights=[kinds[k][1] for k in names])[0]
+    text = kinds[kind][0](rng)
+    year = rng.choice([2024, 2025])
+    return {
+        "text": text,
+        "source": f"sample-{kind}",
+        "date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        "license": "cc-by-4.0",
+    }
+
+
 def worksheet_doc(rng: random.Random, task_fn: TaskFn) -> str:
     """Analyst training worksheets: worked questions in the corpus, as firms keep them."""
     items = [task_fn(rng) for _ in range(rng.randint(3, 6))]

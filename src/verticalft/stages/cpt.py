@@ -43,10 +43,6 @@ def run(ctx: StageContext) -> StageResult:
         SFTConfig,
         defaults={
             "learning_rate": 2e-4 if cfg.method == "lora" else 5e-5,
-            "num_train_epochs": 1,
-            "eval_strategy": "no",
-            "lr_scheduler_type": "cosine",
-            "warmup_steps": 0.03,
         },
         managed={
             "max_length": cfg.max_length,

@@ -45,10 +45,6 @@ def run(ctx: StageContext) -> StageResult:
         DPOConfig,
         defaults={
             "learning_rate": 5e-5,
-            "num_train_epochs": 1,
-            "lr_scheduler_type": "cosine",
-            "warmup_steps": 0.03,
-            "eval_strategy": "no",
         },
         managed={"beta": cfg.beta, "max_length": cfg.max_length},
     )

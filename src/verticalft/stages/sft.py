@@ -37,10 +37,6 @@ def run(ctx: StageContext) -> StageResult:
         SFTConfig,
         defaults={
             "learning_rate": 2e-4,
-            "num_train_epochs": 1,
-            "lr_scheduler_type": "cosine",
-            "warmup_steps": 0.03,
-            "eval_strategy": "no",
         },
         managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": True},
     )
