@@ -77,6 +77,7 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path) -> float:
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
             target_modules="all-linear",
+            modules_to_save=list(cfg.lora.modules_to_save) or None,  # the same adapter as ours
             task_type="CAUSAL_LM",
         ),
     )
@@ -146,7 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", default="recipes/finance.yaml")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results/sft_overhead.json")
     a = parser.parse_args()
     from verticalft.pipeline import run_dir_for, run_recipe
     from verticalft.recipe import load_recipe
@@ -172,7 +174,9 @@ def main() -> None:
         "throughput_ratio_ours_over_bare": round(bare_med / ours_med, 3),
         "packing": packing_stats(model_path, recipe),
     }
-    print(json.dumps(result, indent=2))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2), file=sys.stderr)
 
 
 if __name__ == "__main__":
