@@ -63,6 +63,13 @@ def luhn_complete(prefix: str) -> str:
     return prefix + str((10 - total % 10) % 10)
 
 
+def iban_de(bban: str) -> str:
+    """A German IBAN with valid ISO 13616 check digits, grouped in fours as printed."""
+    check = 98 - int("".join(str(int(c, 36)) for c in bban + "DE00")) % 97
+    raw = f"DE{check:02d}{bban}"
+    return " ".join(raw[i : i + 4] for i in range(0, len(raw), 4))
+
+
 # --------------------------------------------------------------------------- noise
 BOILERPLATE = [
     "Home | About | Contact | Careers | Investor Relations | Privacy Policy",
@@ -107,8 +114,7 @@ def _pii_values(rng: random.Random) -> dict[str, str]:
         "phone": f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
         "ssn": f"{rng.randint(100, 665):03d}-{rng.randint(10, 99):02d}-{rng.randint(1000, 9999):04d}",
         "card": " ".join(card[i : i + 4] for i in range(0, 16, 4)),
-        "iban": f"DE{rng.randint(10, 99)} {rng.randint(1000, 9999)} {rng.randint(1000, 9999)} "
-        f"{rng.randint(1000, 9999)} {rng.randint(1000, 9999)} {rng.randint(10, 99)}",
+        "iban": iban_de("".join(str(rng.randint(0, 9)) for _ in range(18))),
         "account": f"{rng.randint(10**9, 10**10 - 1)}",
         "ip": f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
     }
