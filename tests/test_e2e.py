@@ -68,6 +68,9 @@ def test_recipe_end_to_end(tiny_run):
     assert (Path(m["sft"]["outputs"]["adapter"]) / "adapter_config.json").is_file()
     assert (Path(m["dpo"]["outputs"]["model"]) / "config.json").is_file()
     assert m["sft"]["metrics"]["quantization"] == "nf4"
+    # TensorBoard events land in the stage folder (report_to), not in the working directory.
+    for stage in ("cpt", "sft", "dpo"):
+        assert list((runs / recipe / "tiny" / stage / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_second_run_skips_every_done_stage(tiny_run):

@@ -94,6 +94,9 @@ def trainer_config(
     are rejected in `trainer:` at validation time, so nothing is silently overridden.
     """
     block = getattr(ctx.recipe.stages, ctx.stage).trainer
+    # transformers 5 reads the TensorBoard folder from the environment only; without it an
+    # evaluate() before train() would log into ./runs/<date> in the working directory.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.dir / "tensorboard")
     kwargs = {
         "seed": ctx.recipe.compute.seed,
         "save_strategy": "steps",
