@@ -60,14 +60,17 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora, tokenizer) if cfg.method == "lora" else None,
     )
-    ppl_before = perplexity(trainer.evaluate().get("eval_loss")) if heldout is not None else None
+    loss_before = trainer.evaluate().get("eval_loss") if heldout is not None else None
     metrics = train_and_measure(trainer, ctx)
-    ppl_after = perplexity(trainer.evaluate().get("eval_loss")) if heldout is not None else None
+    loss_after = trainer.evaluate().get("eval_loss") if heldout is not None else None
+    ppl_before, ppl_after = perplexity(loss_before), perplexity(loss_after)
     outputs = save_outputs(ctx, trainer, tokenizer, base, cfg.method == "lora", merge=True)
     metrics.update(
         {
             "domain_docs": n_domain,
             "replay_docs": len(train) - n_domain,
+            "eval_loss_before": loss_before,
+            "eval_loss": loss_after,
             "heldout_perplexity_before": ppl_before,
             "heldout_perplexity_after": ppl_after,
             "eval_base": base_eval,
