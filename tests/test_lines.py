@@ -1,0 +1,38 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from verticalft.curation.lines import FINANCE_LINE_RULES, LineRules, c4_lines
+from verticalft.sample_data import BOILERPLATE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("domain", ["finance", "real_estate"])
+def test_boilerplate_removed_and_clean_text_untouched(domain):
+    d = ROOT / "data_pipelines" / domain / "sample"
+    kinds = {
+        json.loads(x)["id"]: json.loads(x)["kind"]
+        for x in (d / "noise_labels.jsonl").read_text().splitlines()
+    }
+    for doc in (json.loads(x) for x in (d / "corpus.jsonl").read_text().splitlines()):
+        kind = kinds.get(doc["id"], "clean")
+        res = c4_lines(doc["text"], FINANCE_LINE_RULES)
+        if kind == "clean":
+            assert res.text == doc["text"].strip()
+        elif kind == "boilerplate":
+            assert res.text is None and res.reason == "too_few_sentences"
+        elif kind == "boilerplate_lines":
+            assert res.text and not any(b in res.text for b in BOILERPLATE)
+            assert res.dropped_lines["boilerplate"] + res.dropped_lines["policy"] == 3
+
+
+def test_c4_web_defaults():
+    prose = "\n".join(f"This is sentence number {i} of the page." for i in range(6))
+    assert c4_lines(prose).text == prose
+    assert c4_lines(prose + "\nmenu item without punctuation").dropped_lines["no_terminal_punc"] == 1
+    assert c4_lines(prose + "\nLorem ipsum dolor sit amet.").reason == "lorem_ipsum"
+    assert c4_lines(prose + "\nThe template uses {name} here.").reason == "curly_bracket"
+    assert c4_lines("One sentence only.").reason == "too_few_sentences"
+    assert c4_lines(prose, LineRules(min_num_sentences=7)).reason == "too_few_sentences"
