@@ -1,24 +1,16 @@
-import json
 import random
-from pathlib import Path
 
 import pytest
+from sample_helpers import DOMAINS, rows
 
 from verticalft.curation.dedup import exact_duplicates, normalise
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.mark.parametrize("domain", ["finance", "real_estate"])
+@pytest.mark.parametrize("domain", DOMAINS)
 def test_every_planted_exact_duplicate_is_dropped_and_the_original_kept(domain):
-    d = ROOT / "data_pipelines" / domain / "sample"
-    corpus = _rows(d / "corpus.jsonl")
+    corpus = rows(domain, "corpus.jsonl")
     planted = {
-        r["id"]: r["detail"] for r in _rows(d / "noise_labels.jsonl") if r["kind"] == "exact_duplicate"
+        r["id"]: r["detail"] for r in rows(domain, "noise_labels.jsonl") if r["kind"] == "exact_duplicate"
     }
     dropped = {dup.id: dup.kept for dup in exact_duplicates((r["id"], r["text"]) for r in corpus)}
     for dup_id, original in planted.items():

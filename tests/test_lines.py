@@ -1,22 +1,14 @@
-import json
-from pathlib import Path
-
 import pytest
+from sample_helpers import DOMAINS, noise_kinds, rows
 
 from verticalft.curation.lines import FINANCE_LINE_RULES, LineRules, c4_lines
 from verticalft.sample_data import BOILERPLATE
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.mark.parametrize("domain", ["finance", "real_estate"])
+@pytest.mark.parametrize("domain", DOMAINS)
 def test_boilerplate_removed_and_clean_text_untouched(domain):
-    d = ROOT / "data_pipelines" / domain / "sample"
-    kinds = {
-        json.loads(x)["id"]: json.loads(x)["kind"]
-        for x in (d / "noise_labels.jsonl").read_text().splitlines()
-    }
-    for doc in (json.loads(x) for x in (d / "corpus.jsonl").read_text().splitlines()):
+    kinds = noise_kinds(domain)
+    for doc in rows(domain, "corpus.jsonl"):
         kind = kinds.get(doc["id"], "clean")
         res = c4_lines(doc["text"], FINANCE_LINE_RULES)
         if kind == "clean":

@@ -1,22 +1,13 @@
-import json
-from pathlib import Path
-
 import pytest
+from sample_helpers import DOMAINS, rows
 
 from verticalft.curation.pii import iban_valid, luhn_valid, redact
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.mark.parametrize("domain", ["finance", "real_estate"])
+@pytest.mark.parametrize("domain", DOMAINS)
 def test_every_planted_pii_value_is_redacted_and_clean_docs_are_untouched(domain):
-    d = ROOT / "data_pipelines" / domain / "sample"
-    corpus = {r["id"]: r for r in _rows(d / "corpus.jsonl")}
-    labels = _rows(d / "noise_labels.jsonl")
+    corpus = {r["id"]: r for r in rows(domain, "corpus.jsonl")}
+    labels = rows(domain, "noise_labels.jsonl")
     noisy = {r["id"] for r in labels}
     for lab in (r for r in labels if r["kind"] == "pii"):
         red = redact(corpus[lab["id"]]["text"])

@@ -1,23 +1,17 @@
 import datetime as dt
-import json
-from pathlib import Path
 
 import pytest
+from sample_helpers import DOMAINS, noise_kinds, rows
 
 from verticalft.curation.provenance import license_reason, recency_reason
 
-ROOT = Path(__file__).resolve().parents[1]
 CUTOFF = dt.date(2008, 1, 1)
 
 
-@pytest.mark.parametrize("domain", ["finance", "real_estate"])
+@pytest.mark.parametrize("domain", DOMAINS)
 def test_planted_licence_and_stale_docs_are_caught_and_nothing_clean(domain):
-    d = ROOT / "data_pipelines" / domain / "sample"
-    kinds = {
-        json.loads(x)["id"]: json.loads(x)["kind"]
-        for x in (d / "noise_labels.jsonl").read_text().splitlines()
-    }
-    for doc in (json.loads(x) for x in (d / "corpus.jsonl").read_text().splitlines()):
+    kinds = noise_kinds(domain)
+    for doc in rows(domain, "corpus.jsonl"):
         kind = kinds.get(doc["id"], "clean")
         lic, stale = license_reason(doc["license"]), recency_reason(doc["date"], CUTOFF)
         assert (lic is not None) == (kind == "license"), doc["id"]

@@ -1,11 +1,8 @@
-import json
-from pathlib import Path
-
 import pytest
+from sample_helpers import DOMAINS, noise_kinds, rows
 
 from verticalft.curation.quality import FINANCE_RULES, GopherRules, gopher_quality
 
-ROOT = Path(__file__).resolve().parents[1]
 PROSE = (
     "The company reported that revenue of the group rose, and management said that the outlook "
     "for the year remains stable with the balance sheet strong. "
@@ -13,18 +10,11 @@ PROSE = (
 
 
 def _corpus(domain):
-    d = ROOT / "data_pipelines" / domain / "sample"
-    kinds = {
-        json.loads(x)["id"]: json.loads(x)["kind"]
-        for x in (d / "noise_labels.jsonl").read_text().splitlines()
-    }
-    return [
-        (json.loads(x), kinds.get(json.loads(x)["id"], "clean"))
-        for x in (d / "corpus.jsonl").read_text().splitlines()
-    ]
+    kinds = noise_kinds(domain)
+    return [(doc, kinds.get(doc["id"], "clean")) for doc in rows(domain, "corpus.jsonl")]
 
 
-@pytest.mark.parametrize("domain", ["finance", "real_estate"])
+@pytest.mark.parametrize("domain", DOMAINS)
 def test_domain_preset_keeps_clean_filings_and_drops_junk(domain):
     corpus = _corpus(domain)
     clean = [doc for doc, kind in corpus if kind == "clean"]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verticalft.curation.pii import luhn_valid
+
 
 @dataclass(frozen=True)
 class TaskItem:
@@ -53,14 +55,7 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def luhn_complete(prefix: str) -> str:
     """Append the Luhn check digit to `prefix` (so planted card numbers are 'real-looking')."""
-    digits = [int(d) for d in prefix]
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2 == 0:
-            d *= 2
-            d -= 9 if d > 9 else 0
-        total += d
-    return prefix + str((10 - total % 10) % 10)
+    return next(prefix + d for d in "0123456789" if luhn_valid(prefix + d))
 
 
 def iban_de(bban: str) -> str:
