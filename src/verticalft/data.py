@@ -7,6 +7,7 @@ instead of an opaque Arrow error deep inside `datasets`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +32,12 @@ def missing_files(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths if not p.exists()]
 
 
-def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    rows = []
+def parse_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | str, bytes]]:
+    """(line number, row or error message, raw line) for every non-blank line of a JSONL file.
+
+    The one place JSONL lines are parsed: `read_jsonl` stops at the first error, curation
+    (`curation.sources`) quarantines the row and goes on.
+    """
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -40,16 +45,49 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any
             try:
                 row = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from None
+                yield lineno, f"not UTF-8 ({exc.reason})", raw
+                continue
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                yield lineno, f"not valid JSON ({exc.msg})", raw
+                continue
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+                yield lineno, f"expected a JSON object, got {type(row).__name__}", raw
+                continue
+            yield lineno, row, raw
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every row of a JSONL file; `DataError` naming file:line on the first bad one."""
+    rows = []
+    for lineno, row, _ in parse_jsonl(path):
+        if isinstance(row, str):
+            raise DataError(f"{path}:{lineno}: {row}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
     return rows
+
+
+def load_hf(source: Source) -> Dataset:
+    """`hf://name` → `datasets.load_dataset(name, split=source.split)`; a local folder works too."""
+    import datasets
+
+    name = source.path[len(HF_SCHEME) :]
+    try:
+        return datasets.load_dataset(name, split=source.split)
+    except Exception as exc:  # not found, offline, no such split: a recipe problem, said plainly
+        raise DataError(f"{source.path}: cannot load split '{source.split}' ({exc})") from exc
+
+
+def load_parquet_folder(path: Path) -> Dataset:
+    """A folder of Parquet shards (`part-*.parquet`, what the curate stage writes) as one dataset."""
+    import datasets
+
+    files = sorted(str(p) for p in path.glob("*.parquet"))
+    if not files:
+        raise DataError(f"{path}: a folder source must hold .parquet shards; found none")
+    return datasets.load_dataset("parquet", data_files=files, split="train")
 
 
 def load_source(source: Source, required: tuple[str, ...] = ()) -> Dataset:
@@ -57,11 +95,19 @@ def load_source(source: Source, required: tuple[str, ...] = ()) -> Dataset:
     import datasets
 
     if source.path.startswith(HF_SCHEME):
-        ds = datasets.load_dataset(source.path[len(HF_SCHEME) :], split=source.split)
+        ds = load_hf(source)
     else:
         path = Path(source.path)
         if not path.exists():
             raise DataError(f"{path}: file not found (relative paths resolve from {Path.cwd()})")
+        if path.is_dir():
+            ds = load_parquet_folder(path)
+            missing = [k for k in required if k not in ds.column_names]
+            if missing:
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(missing)}; has {', '.join(ds.column_names)}"
+                )
+            return ds
         suffix = path.suffix.lower()
         if suffix in {".jsonl", ".ndjson"}:
             return datasets.Dataset.from_list(read_jsonl(path, required))

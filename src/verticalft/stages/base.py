@@ -61,10 +61,15 @@ class StageContext:
                 return path
         return self.resolve_model(self.recipe.models.teacher)
 
+    def curated(self, name: str) -> Source | None:
+        """A curated set (`corpus`, `sft`, `preferences`: a folder of Parquet shards) when a curate
+        stage completed in this run, else None (the stage then reads the recipe's raw source)."""
+        path = self.run.output("curate", name)
+        return Source(path=path, license="curated") if path else None
+
     def curated_corpus(self) -> list[Source] | None:
-        """The curated corpus when a curate stage completed in this run, else None."""
-        path = self.run.output("curate", "corpus")
-        return [Source(path=path, license="curated")] if path else None
+        source = self.curated("corpus")
+        return [source] if source else None
 
     def eval_items(self) -> list[dict[str, Any]]:
         from verticalft.data import load_source

@@ -8,7 +8,7 @@ margins on held-out pairs before and after, and the domain eval score.
 from __future__ import annotations
 
 from verticalft.data import load_source
-from verticalft.models import load_model, load_tokenizer, lora_config
+from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config
 from verticalft.stages.base import (
     StageContext,
     StageResult,
@@ -33,7 +33,9 @@ def run(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.dpo
     base = ctx.input_model()
-    data = load_source(recipe.data.preferences, ("prompt", "chosen", "rejected"))
+    data = load_source(
+        ctx.curated("preferences") or recipe.data.preferences, ("prompt", "chosen", "rejected")
+    )
     data = data.select_columns(["prompt", "chosen", "rejected"])
     split = data.train_test_split(test_size=cfg.eval_fraction, seed=recipe.compute.seed)
 
@@ -56,6 +58,7 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora, tokenizer),
     )
+    fit_trainable_dtype(trainer.model)
     rewards_before = _rewards(trainer.evaluate())
     metrics = train_and_measure(trainer, ctx)
     rewards_after = _rewards(trainer.evaluate())

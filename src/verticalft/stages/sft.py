@@ -9,7 +9,7 @@ PEFT folder and, with `merge: true`, merged into the full-precision base for lat
 from __future__ import annotations
 
 from verticalft.data import load_source
-from verticalft.models import load_model, load_tokenizer, lora_config
+from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config
 from verticalft.stages.base import (
     StageContext,
     StageResult,
@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.sft
     base = ctx.input_model()
-    data = load_source(recipe.data.sft, ("messages",)).select_columns(["messages"])
+    data = load_source(ctx.curated("sft") or recipe.data.sft, ("messages",)).select_columns(["messages"])
     split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
 
     tokenizer = load_tokenizer(base)
@@ -48,6 +48,7 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora, tokenizer),
     )
+    fit_trainable_dtype(trainer.model)
     metrics = train_and_measure(trainer, ctx)
     metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
     after = quick_eval(ctx, trainer.model, tokenizer)
