@@ -14,13 +14,24 @@ the recipe's own `profiles.<profile>` block → command-line overrides (`key.pat
 from __future__ import annotations
 
 import copy
+import dataclasses
+import datetime
 import difflib
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 PROFILE_DIR_NAME = "profiles"
 # Keys the toolkit sets itself in every trainer config; a recipe setting them would be ignored
@@ -139,7 +150,139 @@ class DpoStage(Strict):
     trainer: TrainerBlock = Field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------- curate
+def _rules_model(name: str, rules_cls: type, presets: tuple[str, ...]) -> type[BaseModel]:
+    """A strict recipe block for a rule dataclass: `preset` plus any of its thresholds.
+
+    Generated from the dataclass so the curation module stays the one place a threshold is
+    defined; only the keys a recipe sets override the preset (an explicit null turns a rule off).
+    """
+    hints = typing.get_type_hints(rules_cls)
+    fields: dict[str, Any] = {"preset": (Literal[presets], presets[0])}  # type: ignore[valid-type]
+    for f in dataclasses.fields(rules_cls):
+        fields[f.name] = (hints[f.name] | None, None)
+    return create_model(name, __base__=Strict, **fields)
+
+
+def _curation_rule_models() -> dict[str, type[BaseModel]]:
+    from verticalft.curation import fineweb, lines, quality, repetition
+
+    return {
+        "gopher_quality": _rules_model("GopherQualityFilter", quality.GopherRules, ("web", "finance")),
+        "gopher_repetition": _rules_model(
+            "GopherRepetitionFilter", repetition.RepetitionRules, ("web", "finance")
+        ),
+        "fineweb_quality": _rules_model("FineWebQualityFilter", fineweb.FineWebRules, ("web", "finance")),
+        "c4_lines": _rules_model("C4LinesFilter", lines.LineRules, ("web", "finance")),
+    }
+
+
+_RULES = _curation_rule_models()
+GopherQualityFilter = _RULES["gopher_quality"]
+GopherRepetitionFilter = _RULES["gopher_repetition"]
+FineWebQualityFilter = _RULES["fineweb_quality"]
+C4LinesFilter = _RULES["c4_lines"]
+
+
+class LicenseFilter(Strict):
+    allow: list[str] = Field(default_factory=list)  # accepted on top of the redistributable list
+
+
+class RecencyFilter(Strict):
+    not_before: datetime.date
+
+
+class LengthFilter(Strict):
+    min_words: int = Field(default=20, ge=0)
+    max_words: int | None = Field(default=100_000, ge=1)
+
+
+class LanguageFilter(Strict):
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    # drop a document when the model is at least this sure it is in another language
+    min_score: float = Field(default=0.65, ge=0.0, le=1.0)
+
+
+class RelevanceFilter(Strict):
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)  # regular expressions
+    min_hits_per_1k_words: float = Field(default=2.0, ge=0.0)
+
+
+class FilterStep(Strict):
+    """One document filter; exactly one key, e.g. `- gopher_quality: {preset: finance}`."""
+
+    license: LicenseFilter | None = None
+    recency: RecencyFilter | None = None
+    length: LengthFilter | None = None
+    language: LanguageFilter | None = None
+    c4_lines: C4LinesFilter | None = None  # type: ignore[valid-type]
+    gopher_quality: GopherQualityFilter | None = None  # type: ignore[valid-type]
+    gopher_repetition: GopherRepetitionFilter | None = None  # type: ignore[valid-type]
+    fineweb_quality: FineWebQualityFilter | None = None  # type: ignore[valid-type]
+    relevance: RelevanceFilter | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FilterStep:
+        if len(self.model_fields_set) != 1:
+            raise ValueError(
+                f"give exactly one filter per list item, one of: {', '.join(type(self).model_fields)}"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        return next(iter(self.model_fields_set))
+
+    @property
+    def config(self) -> BaseModel:
+        return getattr(self, self.name)
+
+
+class NearDedup(Strict):
+    threshold: float = Field(default=0.8, gt=0.0, lt=1.0)
+    num_perm: int = Field(default=128, ge=16)
+    ngram: int = Field(default=5, ge=1)
+    verify: bool = True  # check candidate pairs' true Jaccard
+
+
+class Dedup(Strict):
+    exact: bool = True
+    near: NearDedup | None = Field(default_factory=NearDedup)
+
+
+class Decontaminate(Strict):
+    ngram: int = Field(default=13, ge=1)
+    min_overlap: float = Field(default=0.5, ge=0.0, le=1.0)  # share of an eval item's n-grams
+    # n-grams found in more training documents than this are the domain's standard wording
+    # (a clause template, a filing heading), not a leaked item; they do not count as evidence.
+    max_train_docs: int | None = Field(default=10, ge=1)
+    corpus: Literal["drop", "flag", "off"] = "drop"
+    sft: Literal["drop", "flag", "off"] = "drop"
+    preferences: Literal["drop", "flag", "off"] = "drop"
+
+
+class RecordFilters(Strict):
+    dedup_prompt: bool = True
+    min_response_chars: int = Field(default=1, ge=0)
+    max_prompt_chars: int | None = Field(default=32_000, ge=1)
+    max_response_chars: int | None = Field(default=32_000, ge=1)
+
+
+class CurateStage(Strict):
+    executor: Literal["local", "ray"] = "local"
+    num_workers: int | None = Field(default=None, ge=1)  # default: every core
+    shard_size: int = Field(default=5_000, ge=1)  # documents per shard (the unit of resume)
+    filters: list[FilterStep] = Field(default_factory=list)
+    pii: bool = True  # redact e-mails, phones, IPs, cards, IBANs, SSNs, account numbers
+    dedup: Dedup = Field(default_factory=Dedup)
+    decontaminate: Decontaminate = Field(default_factory=Decontaminate)
+    records: RecordFilters = Field(default_factory=RecordFilters)
+    max_dropped_per_reason: int | None = Field(default=None, ge=0)  # audit sample size; None: all
+
+
 class Stages(Strict):
+    curate: CurateStage | None = None
     cpt: CptStage | None = None
     sft: SftStage | None = None
     dpo: DpoStage | None = None
@@ -235,6 +378,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at `loc` (to suggest its field names)."""
     model: Any = Recipe
     for part in loc:
+        if isinstance(part, int):  # a list index: the element model is already unwrapped
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(str(part))

@@ -8,6 +8,13 @@ in a training text when at least `min_overlap` of *its* n-grams occur there (0.5
 overlap-ratio rule of open-instruct's decontamination); `min_overlap=0` gives the strict
 any-shared-n-gram rule. Items shorter than n words are matched as one whole n-gram.
 
+Templated domains need one more rule: an n-gram that occurs in many training documents is the
+domain's standard wording (a lease-clause template, a filing heading), not a leaked test item.
+`without_common(doc_freq, max_docs)` removes such n-grams from the index (the doc frequencies
+come from a counting pass over the training data, `doc_frequency`), so an item is matched on
+its own distinctive n-grams; an item made only of standard wording cannot be matched at all and
+is reported as such (`unmatchable`).
+
 The eval side is indexed once (`EvalIndex`); each training text is then one pass of dict lookups,
 so the check is pure and cheap enough to run inside every worker.
 """
@@ -67,3 +74,26 @@ class EvalIndex:
             if overlap >= self.min_overlap and overlap > 0 and (best is None or overlap > best.overlap):
                 best = Contamination(item_id, overlap, example[item_id])
         return best
+
+    def doc_frequency(self, texts: Iterable[str]) -> Counter[str]:
+        """In how many of `texts` each indexed n-gram occurs (counted once per text)."""
+        freq: Counter[str] = Counter()
+        for text in texts:
+            freq.update(g for g in ngrams(text, self.n) if g in self.grams)
+        return freq
+
+    def without_common(self, doc_freq: Counter[str], max_docs: int | None) -> EvalIndex:
+        """The index minus n-grams found in more than `max_docs` training documents."""
+        if max_docs is None:
+            return self
+        grams = {g: ids for g, ids in self.grams.items() if doc_freq.get(g, 0) <= max_docs}
+        sizes = dict.fromkeys(self.sizes, 0)
+        for ids in grams.values():
+            for item_id in ids:
+                sizes[item_id] += 1
+        return EvalIndex(self.n, self.min_overlap, grams, sizes)
+
+    @property
+    def unmatchable(self) -> list[str]:
+        """Eval items with no distinctive n-gram left (entirely standard wording)."""
+        return sorted(i for i, size in self.sizes.items() if size == 0)

@@ -1,0 +1,70 @@
+"""Where the per-shard work runs: a local process pool (every core) or Ray.
+
+Both executors call the same top-level function on the same shards and hand results back in
+shard order, so the output cannot depend on which one ran or how tasks were scheduled. Ray
+joins the cluster named by `RAY_ADDRESS` when set, else starts a local instance with
+`num_workers` CPUs (and shuts down only what it started).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def map_shards(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple[Any, ...]],
+    executor: str = "local",
+    num_workers: int | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """Yield (job index, fn(*job)) as jobs finish; callers order by index."""
+    if not jobs:
+        return
+    workers = min(num_workers or default_workers(), len(jobs))
+    if executor == "ray":
+        yield from _ray_map(fn, jobs, workers)
+    elif workers == 1:
+        for i, job in enumerate(jobs):
+            yield i, fn(*job)
+    else:
+        # spawn: workers start clean, whatever the parent imported (torch, CUDA) before.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+
+
+def _ray_map(
+    fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int
+) -> Iterator[tuple[int, Any]]:
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError(
+            "stages.curate.executor=ray needs Ray: pip install 'verticalft[ray]' (or use executor=local)"
+        ) from exc
+    started = False
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kwargs)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(fn)
+        refs = {remote.remote(*job): i for i, job in enumerate(jobs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield refs[ref], ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()

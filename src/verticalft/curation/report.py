@@ -1,0 +1,109 @@
+"""The curation report: `curate/report.md` and `curate/funnel.png` from the stage's metrics.
+
+Markdown so it reads in any browser or PR; one PNG of the drop funnel (records left after each
+step) so the biggest cut is visible at a glance. Built only from the metrics the stage records,
+so `make <domain>-report` can rebuild it without re-running curation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from verticalft.rundir import atomic_write_text
+
+
+def plot_funnel(funnel: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["read"] + [s["step"] for s in funnel]
+    left = [funnel[0]["in"] if funnel else 0] + [s["kept"] for s in funnel]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    bars = ax.barh(names[::-1], left[::-1], color="#3b7dd8")
+    for bar, n in zip(bars, left[::-1], strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {n:,}", va="center", fontsize=8)
+    ax.set_xlabel("documents left after the step")
+    ax.set_title(title)
+    ax.set_xlim(0, max(left + [1]) * 1.15)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render(name: str, m: dict[str, Any]) -> str:
+    lines = [
+        f"# Curation report — {name}",
+        "",
+        f"{m['read']:,} documents read ({m['quarantined']} malformed rows quarantined), "
+        f"**{m['kept']:,} kept**, {m['dropped']:,} dropped; executor `{m['executor']}`, "
+        f"{m['shards']} shard(s) ({m['shards_resumed']} reused from a killed run).",
+        "",
+        "![drop funnel](funnel.png)",
+        "",
+        "| step | in | kept | dropped | reasons |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for s in m["funnel"]:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items(), key=lambda x: -x[1])[:6])
+        lines.append(f"| {s['step']} | {s['in']:,} | {s['kept']:,} | {s['in'] - s['kept']:,} | {reasons} |")
+    details = m.get("details", {})
+    pii = {k[4:]: v for k, v in details.items() if k.startswith("pii_")}
+    removed = {k[6:]: v for k, v in details.items() if k.startswith("lines_")}
+    lines += ["", "## Repairs (documents kept)", ""]
+    lines.append("PII redacted: " + (", ".join(f"{k} {v}" for k, v in pii.items()) or "none"))
+    lines.append("")
+    lines.append("Lines removed: " + (", ".join(f"{k} {v}" for k, v in removed.items()) or "none"))
+    lines += [
+        "",
+        f"Eval-set contamination: {m['flagged_contamination']} corpus document(s) contain an eval item "
+        f"(`flagged.jsonl`); {m['eval_items_unmatchable']} eval item(s) consist only of wording common in "
+        "the training data and cannot be matched.",
+    ]
+    noise = m.get("planted_noise")
+    if noise:
+        lines += [
+            "",
+            "## Planted noise caught (sample data labels)",
+            "",
+            "| kind | planted | caught | rate |",
+        ]
+        lines.append("|---|---:|---:|---:|")
+        for kind, k in noise["kinds"].items():
+            lines.append(f"| {kind} | {k['planted']} | {k['caught']} | {k['rate']:.0%} |")
+        c = noise["clean"]
+        lines += [
+            "",
+            f"Clean documents dropped: {c['dropped']} of {c['total']} ({c['rate']:.1%})"
+            + (": " + ", ".join(f"{r} {n}" for r, n in c["reasons"].items()) if c["reasons"] else "."),
+        ]
+    if m.get("records"):
+        lines += ["", "## Training records", ""]
+    for set_name, s in m.get("records", {}).items():
+        drops = {r: n for step in s["funnel"] for r, n in step["dropped"].items()}
+        lines.append(
+            f"- `{set_name}`: {s['in']:,} in → {s['kept']:,} kept; dropped: "
+            + (", ".join(f"{r} {n}" for r, n in drops.items()) or "none")
+            + f"; PII redacted {sum(s['pii'].values())}"
+        )
+    if m.get("quarantine"):
+        lines += ["", "## Quarantined rows (`quarantine.jsonl`)", ""]
+        lines += [f"- `{q['file']}:{q['line']}` — {q['error']}" for q in m["quarantine"][:20]]
+    lines += [
+        "",
+        "Every dropped record is in `dropped/*.parquet` with its step, reason and detail "
+        "(the kept copy for duplicates, the eval item for contamination).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, name: str, metrics: dict[str, Any]) -> Path:
+    plot_funnel(metrics["funnel"], folder / "funnel.png", f"{name}: curation funnel")
+    path = folder / "report.md"
+    atomic_write_text(path, render(name, metrics))
+    return path

@@ -1,0 +1,334 @@
+"""The curation stage's readers: every recipe source as a stream of records or quarantined rows.
+
+Why not `data.load_source`: training stages want a clean `Dataset` and stop on the first bad row
+(`DataError` naming file:line). Curation reads raw, messy domain data, so it must never stop on a
+bad row, and must lose nothing silently: a row it cannot use is yielded as `Quarantined` (file,
+line, reason, the raw text) for the stage to write to `quarantine.jsonl` and count in the report.
+Only a recipe problem (a path that does not exist, an unsupported file type, a column the whole
+file lacks) raises `DataError`, since no row of such a source could ever be read.
+
+Every record is a dict with the row's own fields plus `id`, `license` and `source`; a text record
+also has `text`. Order is deterministic (files sorted), so curated output is reproducible.
+
+Formats: .jsonl/.ndjson (line by line, in binary), .json (a list of objects), .parquet (batch by
+batch), .csv, a folder of .txt/.html/.htm pages (HTML → text with trafilatura, tables kept), and
+`hf://name` (`datasets.load_dataset`, which also accepts a local folder or script path).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from verticalft.data import HF_SCHEME, DataError, load_hf, parse_jsonl
+from verticalft.recipe import Source
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+RAW_CHARS = 500  # how much of an offending row a quarantine entry keeps
+PAGE_SUFFIXES = (".txt", ".html", ".htm")
+FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", *PAGE_SUFFIXES)
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A row (or whole file, `line` 0) curation could not use, with why and what it held."""
+
+    file: str  # path, or `hf://name`
+    line: int  # 1-based: line for jsonl/csv, row (item) number for parquet/json/hf, 0 for a whole file
+    error: str
+    raw: str  # the offending row, truncated to RAW_CHARS
+
+
+def iter_records(source: Source, required: tuple[str, ...] = ()) -> Iterator[dict[str, Any] | Quarantined]:
+    """Every row of `source` as a record dict, or as `Quarantined` when it cannot be used.
+
+    With no `required` fields the text contract applies: `source.text_field` must be a non-empty
+    string, stored as `text`. Otherwise (e.g. `("messages",)` for SFT, `("prompt", "chosen",
+    "rejected")` for preferences) those fields must be present and not null, and no text is needed.
+    Raises `DataError` at once (not on first iteration) when the path does not exist or has an
+    unsupported type.
+    """
+    if source.path.startswith(HF_SCHEME):
+        ds = load_hf(source)  # loaded now: a bad name fails here, not on first iteration
+        _check_columns(source.path, ds.column_names, source, required)
+        return _hf_records(source, ds, required)
+    path = Path(source.path)
+    if not path.exists():
+        raise DataError(f"{path}: not found (relative paths resolve from {Path.cwd()})")
+    if path.is_dir():
+        return _folder_records(source, path, required)
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported format '{path.suffix}' (use .jsonl, .json, .parquet, .csv, "
+            ".txt, .html or a folder of .txt/.html pages)"
+        )
+    return _file_records(source, path, required)
+
+
+# --------------------------------------------------------------------------- one record
+def _raw(value: bytes | str) -> str:
+    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    text = text.rstrip("\r\n")
+    return text if len(text) <= RAW_CHARS else text[:RAW_CHARS] + "…"
+
+
+def _dump(row: Any) -> str:
+    return json.dumps(row, ensure_ascii=False, default=str)[: RAW_CHARS + 1]
+
+
+def _fields(names: list[str]) -> str:
+    quoted = ", ".join(repr(n) for n in names)
+    return f"field {quoted}" if len(names) == 1 else f"fields {quoted}"
+
+
+def _problem(row: dict[str, Any], field: str, required: tuple[str, ...]) -> str | None:
+    """Why `row` breaks the record contract (text in `field`, or the `required` fields), or None."""
+    if required:
+        missing = [k for k in required if k not in row]
+        if missing:
+            return f"missing {_fields(missing)}"
+        null = [k for k in required if row[k] is None]
+        return f"{_fields(null)} null" if null else None
+    if field not in row:
+        return f"missing field '{field}'"
+    value = row[field]
+    if not isinstance(value, str) or not value.strip():
+        return f"field '{field}' is not a non-empty string"
+    return None
+
+
+def _record(
+    row: dict[str, Any],
+    source: Source,
+    required: tuple[str, ...],
+    file: str,
+    line: int,
+    stem: str,
+    raw: bytes | str | None = None,
+    page_id: str | None = None,
+) -> dict[str, Any] | Quarantined:
+    """The record of one parsed row: contract checked, `id`/`license`/`source` filled in.
+
+    `raw` is the row as read (a JSONL or CSV line), else the row is dumped as JSON. A page (from a
+    folder) has its text in `text` whatever the source's `text_field`, and its path as `page_id`.
+    """
+    field = "text" if page_id is not None else source.text_field
+    problem = _problem(row, field, required)
+    if problem:
+        return Quarantined(file, line, problem, _raw(_dump(row) if raw is None else raw))
+    rec = dict(row)
+    if not required and field != "text":
+        rec["text"] = rec.pop(field)
+    own_id = page_id if page_id is not None else row.get(source.id_field)
+    rec["id"] = str(own_id) if own_id is not None and own_id != "" else f"{stem}:{line}"
+    own_license = row.get("license")
+    rec["license"] = own_license if isinstance(own_license, str) and own_license.strip() else source.license
+    rec["source"] = row["source"] if row.get("source") is not None else source.path
+    return rec
+
+
+def _check_columns(where: str, columns: Iterable[str], source: Source, required: tuple[str, ...]) -> None:
+    """A column no row of a table has is the recipe's mistake (wrong `text_field`?), not the rows'."""
+    columns = list(columns)
+    missing = [k for k in (required or (source.text_field,)) if k not in columns]
+    if missing:
+        hint = "" if required else " (set the source's text_field)"
+        raise DataError(f"{where}: no column(s) {', '.join(missing)}{hint}; has {', '.join(columns)}")
+
+
+# --------------------------------------------------------------------------- files
+def _file_records(
+    source: Source, path: Path, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson"}:
+        yield from _jsonl_records(source, path, required)
+    elif suffix == ".json":
+        yield from _json_records(source, path, required)
+    elif suffix == ".parquet":
+        yield from _parquet_records(source, path, required)
+    elif suffix == ".csv":
+        yield from _csv_records(source, path, required)
+    else:
+        yield _page_record(source, path, path.name, required)
+
+
+def _jsonl_records(
+    source: Source, path: Path, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    for line, row, raw in parse_jsonl(path):
+        if isinstance(row, str):
+            yield Quarantined(str(path), line, row, _raw(raw))
+        else:
+            yield _record(row, source, required, str(path), line, path.stem, raw)
+
+
+def _json_records(
+    source: Source, path: Path, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    data = path.read_bytes()
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        yield Quarantined(str(path), 0, f"not UTF-8 ({exc.reason})", _raw(data[: 4 * RAW_CHARS]))
+        return
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines under a .json name, as `datasets` accepts too
+            yield from _jsonl_records(source, path, required)
+        else:
+            msg = f"not valid JSON ({exc.msg}, line {exc.lineno})"
+            yield Quarantined(str(path), 0, msg, _raw(data[: 4 * RAW_CHARS]))
+        return
+    if not isinstance(items, list):
+        msg = f"expected a JSON list of objects, got {type(items).__name__}"
+        yield Quarantined(str(path), 0, msg, _raw(data[: 4 * RAW_CHARS]))
+        return
+    for n, row in enumerate(items, start=1):
+        if not isinstance(row, dict):
+            yield Quarantined(
+                str(path), n, f"expected a JSON object, got {type(row).__name__}", _raw(_dump(row))
+            )
+        else:
+            yield _record(row, source, required, str(path), n, path.stem)
+
+
+def _parquet_records(
+    source: Source, path: Path, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        yield Quarantined(str(path), 0, f"not a readable Parquet file ({exc})", "")
+        return
+    _check_columns(str(path), pf.schema_arrow.names, source, required)
+    n = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):  # never the whole file in memory
+        for row in batch.to_pylist():
+            n += 1
+            yield _record(row, source, required, str(path), n, path.stem)
+
+
+def _csv_records(
+    source: Source, path: Path, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    # Long documents exceed csv's default 128 KiB field limit; the limit is process-wide.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    # surrogateescape: a non-UTF-8 row decodes to lone surrogates we can spot, instead of an
+    # exception that would end the whole file.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f)
+        header: list[str] | None = None
+        end = 0  # last physical line consumed so far
+        while True:
+            start = end + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                end = reader.line_num
+                yield Quarantined(str(path), start, f"not valid CSV ({exc})", "")
+                continue
+            end = reader.line_num
+            if not cells:
+                continue  # blank line
+            raw = ",".join(cells)
+            if not _is_utf8(raw):
+                bad = raw.encode("utf-8", errors="surrogateescape")
+                if header is None:
+                    yield Quarantined(str(path), start, "header not UTF-8", _raw(bad))
+                    return
+                yield Quarantined(str(path), start, "not UTF-8", _raw(bad))
+                continue
+            if header is None:
+                header = cells
+                _check_columns(str(path), header, source, required)
+                continue
+            if len(cells) != len(header):
+                yield Quarantined(
+                    str(path), start, f"row has {len(cells)} field(s), header has {len(header)}", _raw(raw)
+                )
+                continue
+            yield _record(
+                dict(zip(header, cells, strict=True)), source, required, str(path), start, path.stem, raw
+            )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- folders of pages
+def _folder_records(
+    source: Source, folder: Path, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    for rel, path in files:
+        if path.suffix.lower() in PAGE_SUFFIXES:
+            yield _page_record(source, path, rel, required)
+        elif not any(part.startswith(".") for part in Path(rel).parts):  # hidden files: not data
+            yield Quarantined(
+                str(path),
+                0,
+                f"unsupported file type '{path.suffix}' in a folder source (only .txt/.html/.htm; list "
+                "data files as sources of their own, or use hf://<folder>)",
+                "",
+            )
+
+
+def _page_record(
+    source: Source, path: Path, rel: str, required: tuple[str, ...]
+) -> dict[str, Any] | Quarantined:
+    """One .txt or .html page → one record, `id` its path relative to the source folder."""
+    data = path.read_bytes()
+    row: dict[str, Any]
+    if path.suffix.lower() == ".txt":
+        try:
+            row = {"text": data.decode("utf-8-sig")}
+        except UnicodeDecodeError as exc:
+            return Quarantined(str(path), 0, f"not UTF-8 ({exc.reason})", _raw(data[:RAW_CHARS]))
+    else:
+        row = _html_row(data)
+        if row is None:
+            return Quarantined(str(path), 0, "no text extracted from HTML", _raw(data[:RAW_CHARS]))
+    if not required and not row["text"].strip():
+        return Quarantined(str(path), 0, "no text (empty page)", _raw(data[:RAW_CHARS]))
+    return _record(row, source, required, str(path), 0, path.stem, data[: 4 * RAW_CHARS], page_id=rel)
+
+
+def _html_row(data: bytes) -> dict[str, Any] | None:
+    """Main text of an HTML page (navigation, menus, footers dropped; tables kept) and its date."""
+    import trafilatura
+
+    doc = trafilatura.bare_extraction(
+        data, with_metadata=True, include_tables=True, include_comments=False, include_images=False
+    )
+    if doc is None or not (doc.text or "").strip():
+        return None
+    row: dict[str, Any] = {"text": doc.text}
+    if doc.date:
+        row["date"] = doc.date
+    return row
+
+
+# --------------------------------------------------------------------------- hf://
+def _hf_records(
+    source: Source, ds: Dataset, required: tuple[str, ...]
+) -> Iterator[dict[str, Any] | Quarantined]:
+    stem = Path(source.path[len(HF_SCHEME) :].rstrip("/")).name or "hf"
+    for n, row in enumerate(ds, start=1):
+        yield _record(row, source, required, source.path, n, stem)
