@@ -50,9 +50,13 @@ def tiny_run(request, tmp_path_factory):
 def test_recipe_end_to_end(tiny_run):
     recipe, runs = tiny_run
     m = manifest(runs, recipe)
-    assert {s for s in m if m[s]["status"] == "done"} == {"tiny_models", "cpt", "sft", "dpo"}
-    for stage in ("tiny_models", "cpt", "sft", "dpo"):
+    assert {s for s in m if m[s]["status"] == "done"} == {"tiny_models", "curate", "cpt", "sft", "dpo"}
+    for stage in ("tiny_models", "curate", "cpt", "sft", "dpo"):
         assert (runs / recipe / "tiny" / stage / "DONE.json").is_file()
+    # Training reads what curation kept, not the raw sample (which holds duplicates and PII).
+    curated = m["curate"]["metrics"]
+    assert m["cpt"]["metrics"]["domain_docs"] == curated["kept"] < curated["read"]
+    assert m["sft"]["metrics"]["train_examples"] < curated["records"]["sft"]["kept"]
     cpt, sft, dpo = m["cpt"]["metrics"], m["sft"]["metrics"], m["dpo"]["metrics"]
     # CPT lowers held-out domain perplexity; losses fall in every stage.
     assert cpt["heldout_perplexity_after"] < cpt["heldout_perplexity_before"] / 2
@@ -79,10 +83,10 @@ def test_second_run_skips_every_done_stage(tiny_run):
     proc = vft(
         "run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs)
     )
-    assert proc.stdout.count("(skipped)") == 4 and "0 stage(s) ran" in proc.stdout
+    assert proc.stdout.count("(skipped)") == 5 and "0 stage(s) ran" in proc.stdout
     assert json.loads(before)["stages"] == manifest(runs, recipe)
     status = vft("status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs)).stdout
-    assert status.count("done") >= 4
+    assert status.count("done") >= 5
 
 
 def _fast(*extra):

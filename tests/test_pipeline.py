@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_profile_adds_the_tiny_models_stage():
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == [
         "tiny_models",
+        "curate",
         "cpt",
         "sft",
         "dpo",
     ]
-    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == ["cpt", "sft", "dpo"]
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == ["curate", "cpt", "sft", "dpo"]
 
 
 def test_preflight_lists_every_missing_file_before_any_work(tmp_path):

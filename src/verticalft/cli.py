@@ -176,6 +176,41 @@ def _key_metrics(m: dict) -> str:
     return ", ".join(parts)
 
 
+@app.command()
+def curate(
+    recipe: Path,
+    profile: str = ProfileOpt,
+    executor: str = typer.Option(
+        None, "--executor", help="local (process pool) or ray; default: the recipe's"
+    ),
+    workers: int = typer.Option(None, "--workers", help="Parallel workers (default: every core)"),
+    force: bool = typer.Option(False, "--force", help="Curate again even when done and unchanged"),
+    overrides: list[str] = SetOpt,
+    runs_dir: Path = RunsOpt,
+) -> None:
+    """Run only the curate stage: raw sources → curated corpus + SFT/DPO sets + report.
+
+    The executor does not change the result (local and Ray write identical bytes), so switching it
+    does not invalidate the stages after curate.
+    """
+    extra = [f"stages.curate.executor={executor}"] if executor else []
+    extra += [f"stages.curate.num_workers={workers}"] if workers else []
+    r = _load(recipe, profile, [*(overrides or []), *extra])
+    if r.stages.curate is None:
+        err_console.print(f"[bold red]error[/]: {recipe} has no stages.curate section")
+        raise typer.Exit(2)
+    from verticalft.data import DataError
+    from verticalft.pipeline import StageFailed, run_dir_for, run_recipe
+
+    rd = run_dir_for(r, profile, runs_dir)
+    try:
+        run_recipe(r, rd, only=["curate"], until="curate", force=force, echo=console.print)
+    except (StageFailed, DataError) as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"report: {rd.output('curate', 'report')}")
+
+
 @app.command("tiny-models")
 def tiny_models_cmd(
     recipe: Path = typer.Argument(Path("recipes/finance.yaml")), runs_dir: Path = RunsOpt

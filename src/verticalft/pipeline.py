@@ -25,7 +25,7 @@ from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stages.base import StageContext, StageResult
 
-STAGE_ORDER = ["tiny_models", "cpt", "sft", "dpo"]
+STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo"]
 TRAINING_STAGES = {"cpt", "sft", "dpo"}
 RESULT_FILE = "result.json"
 ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
@@ -65,6 +65,7 @@ def _data_for(recipe: Recipe, stage: str) -> list[Any]:
     d = recipe.data
     return {
         "tiny_models": [*d.corpus, d.sft],
+        "curate": [*d.corpus, d.sft, d.preferences, d.eval],
         "cpt": [*d.corpus, d.replay, d.heldout, d.eval],
         "sft": [d.sft, d.eval],
         "dpo": [d.preferences, d.eval],
@@ -81,6 +82,8 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
         section = (
             recipe.tiny.model_dump() if stage == "tiny_models" else getattr(recipe.stages, stage).model_dump()
         )
+        if stage == "curate":  # where it runs does not change what it writes
+            section = {k: v for k, v in section.items() if k not in ("executor", "num_workers")}
         payload = {
             "stage": stage,
             "section": section,

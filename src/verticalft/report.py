@@ -44,6 +44,11 @@ def render(manifest: dict[str, Any], title: str) -> str:
             notes.append(f"reward accuracy {m['reward_accuracy']:.3f}, margin {_num(m.get('reward_margin'))}")
         if m.get("resumed_from"):
             notes.append(f"resumed from {m['resumed_from']}")
+        if name == "curate" and "read" in m:
+            notes.append(
+                f"{m['read']:,} docs → {m['kept']:,} kept, {m['dropped']:,} dropped, "
+                f"{m['quarantined']} quarantined ([curation report](curate/report.md))"
+            )
         if name == "tiny_models":
             notes.append(", ".join(f"{k.removesuffix('_parameters')} {v / 1e6:.2f}M" for k, v in m.items()))
         lines.append(

@@ -323,18 +323,23 @@ def build_sample(
     hallucinations: tuple[str, ...] = ("as confirmed in a 2019 filing", "according to unnamed sources"),
 ) -> dict[str, int]:
     """Write the domain sample to `out_dir`; returns row counts per file."""
-    rng = random.Random(seed)
-    clean = []
-    for i in range(n_docs):
-        doc = doc_fn(rng)
-        clean.append({"id": f"{prefix}-{i:06d}", **doc})
-    corpus, labels = plant_noise(clean, rng, prefix)
-    heldout = [{"id": f"{prefix}-heldout-{i:05d}", **doc_fn(rng)} for i in range(n_heldout)]
-
     seen: set[str] = set()
-    eval_items = _unique_items(
-        task_fn, random.Random(seed + 1), n_eval, seen
-    )  # eval first: never in training
+    # Eval first: its prompts never appear in training, the corpus's worked worksheets included
+    # (a clean document that quotes an eval item and its answer is a leak, and curation drops it).
+    eval_items = _unique_items(task_fn, random.Random(seed + 1), n_eval, seen)
+    eval_prompts = [t.prompt for t in eval_items]
+
+    def leak_free_doc(rng: random.Random) -> dict[str, Any]:
+        doc = doc_fn(rng)
+        while any(p in doc["text"] for p in eval_prompts):
+            doc = doc_fn(rng)
+        return doc
+
+    rng = random.Random(seed)
+    clean = [{"id": f"{prefix}-{i:06d}", **leak_free_doc(rng)} for i in range(n_docs)]
+    corpus, labels = plant_noise(clean, rng, prefix)
+    heldout = [{"id": f"{prefix}-heldout-{i:05d}", **leak_free_doc(rng)} for i in range(n_heldout)]
+
     sft_items = _unique_items(task_fn, random.Random(seed + 2), n_sft, seen)
     pref_items = _unique_items(task_fn, random.Random(seed + 3), n_pref, seen)
 
