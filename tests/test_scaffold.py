@@ -18,6 +18,11 @@ def test_new_vertical_validates_and_points_at_its_own_data(tmp_path):
     assert r.name == "legal"
     assert r.data.corpus[0].path == "data_pipelines/legal/sample/corpus.jsonl"
     assert (tmp_path / "data_pipelines/legal/sample/corpus.jsonl").is_file()
+    # The sample builder comes along; the finance-only EDGAR connector does not.
+    assert sorted(p.name for p in (tmp_path / "data_pipelines/legal").iterdir()) == [
+        "build_sample.py",
+        "sample",
+    ]
     assert "data_pipelines/legal/data/" in (tmp_path / "recipes/legal.yaml").read_text()
     with pytest.raises(ValueError, match="already exists"):
         scaffold_vertical("legal", "finance", tmp_path)

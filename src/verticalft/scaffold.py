@@ -14,6 +14,16 @@ from pathlib import Path
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+# What a new vertical takes from its template: the sample builder and its output. Connectors
+# (data_pipelines/finance/edgar.py) and fetched `data/` belong to the template's domain.
+TEMPLATE_PARTS = {"build_sample.py", "sample"}
+
+
+def _template_only(folder: str, names: list[str]) -> set[str]:
+    top = Path(folder).name != "sample"
+    return {n for n in names if (top and n not in TEMPLATE_PARTS) or n == "__pycache__"}
+
+
 def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
     if not NAME.match(domain):
         raise ValueError(
@@ -36,5 +46,5 @@ def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
     text = text.replace(f"data_pipelines/{template}/", f"data_pipelines/{domain}/")
     header = f"# {domain}: scaffolded from recipes/{template}.yaml by `verticalft new`; edit freely.\n"
     dst_recipe.write_text(header + text)
-    shutil.copytree(src_data, dst_data, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    shutil.copytree(src_data, dst_data, ignore=_template_only)
     return [dst_recipe, dst_data]
