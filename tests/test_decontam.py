@@ -66,3 +66,19 @@ def test_the_best_match_is_the_highest_overlap_then_the_smallest_id():
     assert hit is not None and hit.eval_id == "b-whole" and hit.overlap == 1.0  # b before c: same overlap
     assert EvalIndex.build([("a-half", half)]).match(doc).overlap == pytest.approx(8 / 16)
     assert EvalIndex.build([("a-half", half)], min_overlap=0.6).match(doc) is None
+
+
+def test_ngrams_common_in_training_data_stop_counting_but_a_pasted_item_still_matches():
+    # A question that opens with the standard clause: 3 of its 18 13-grams lie inside it.
+    item = f"{CLAUSE} Does it apply to the Elm Road unit destroyed in the May fire last year?"
+    index = EvalIndex.build([("re-eval-2", item)], min_overlap=0.15)
+    leases = [f"LEASE {k}. Termination. {CLAUSE} Parking: {k} spaces." for k in range(12)]
+    assert index.match(leases[0]) is not None  # raw n-grams: the clause alone is 3 of 18, a hit
+    pruned = index.without_common(index.doc_frequency(leases), max_docs=10)
+    assert all(pruned.match(doc) is None for doc in leases)  # standard wording is not a leak
+    assert pruned.match(f"Quiz: {item}").overlap == 1.0  # the item's own words still are
+    assert pruned.unmatchable == []
+    assert EvalIndex.build([("only-clause", CLAUSE)]).without_common(
+        index.doc_frequency(leases), 10
+    ).unmatchable == ["only-clause"]
+    assert index.without_common(index.doc_frequency(leases), None) is index
