@@ -1,5 +1,5 @@
 # verticalft — every target installs what it needs first (`setup` is idempotent).
-#   make demo                      finance playbook, PROFILE=tiny, CPU, ~7 minutes
+#   make demo                      finance playbook, PROFILE=tiny, CPU, ~10 minutes
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
 #   make <domain>-plan|-status|-validate
