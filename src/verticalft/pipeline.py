@@ -72,6 +72,14 @@ def _data_for(recipe: Recipe, stage: str) -> list[Any]:
     }.get(stage, [])
 
 
+def _seed_files(recipe: Recipe) -> list[str]:
+    """Seed documents of the curate stage's embedding filter: inputs like the data files."""
+    cur = recipe.stages.curate
+    return [
+        p for f in (cur.filters if cur else []) if f.semantic_relevance for p in f.semantic_relevance.seeds
+    ]
+
+
 def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     """Each stage's fingerprint: its recipe section + its input files' content + the previous stage's."""
     fps: dict[str, str] = {}
@@ -84,6 +92,7 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
         )
         if stage == "curate":  # where it runs does not change what it writes
             section = {k: v for k, v in section.items() if k not in ("executor", "num_workers")}
+            files |= {p: hash_file(Path(p)) for p in _seed_files(recipe) if Path(p).exists()}
         payload = {
             "stage": stage,
             "section": section,

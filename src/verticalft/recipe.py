@@ -209,6 +209,30 @@ class RelevanceFilter(Strict):
     min_hits_per_1k_words: float = Field(default=2.0, ge=0.0)
 
 
+def _seed_file(path: str) -> str:
+    if not path.endswith((".txt", ".jsonl")):
+        raise ValueError("a seed file is .txt (one document) or .jsonl (`text` on every line)")
+    return path
+
+
+class SemanticRelevanceFilter(Strict):
+    """Embedding similarity to a handful of seed documents (curation/semantic.py); optional:
+    needs `pip install 'verticalft[embed]'`. Seed paths are read by the worker that runs a shard,
+    relative to its working directory (on a multi-node Ray cluster: absolute paths every node has,
+    or `seed_texts`)."""
+
+    seeds: list[Annotated[str, AfterValidator(_seed_file)]] = Field(default_factory=list)
+    seed_texts: list[str] = Field(default_factory=list)  # seed documents written inline
+    min_similarity: float = Field(default=0.3, ge=-1.0, le=1.0)  # best cosine to a seed
+    max_chars: int = Field(default=2000, ge=1)  # only the start of a document is embedded
+
+    @model_validator(mode="after")
+    def _has_seeds(self) -> SemanticRelevanceFilter:
+        if not self.seeds and not self.seed_texts:
+            raise ValueError("give seed documents: `seeds` (files) or `seed_texts`")
+        return self
+
+
 class FilterStep(Strict):
     """One document filter; exactly one key, e.g. `- gopher_quality: {preset: finance}`."""
 
@@ -221,6 +245,7 @@ class FilterStep(Strict):
     gopher_repetition: GopherRepetitionFilter | None = None  # type: ignore[valid-type]
     fineweb_quality: FineWebQualityFilter | None = None  # type: ignore[valid-type]
     relevance: RelevanceFilter | None = None
+    semantic_relevance: SemanticRelevanceFilter | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> FilterStep:

@@ -2,9 +2,11 @@
 
 Every step is `record -> Outcome`: keep (possibly with rewritten text: C4 line removal, PII
 redaction) or drop with a reason. `run_chain` applies the steps in recipe order and stops at
-the first drop, counting each step in the `Funnel`. Everything here is pure and picklable by
-config (workers rebuild the chain from the recipe's `curate` section), so the local process
-pool and Ray run exactly the same code.
+the first drop, counting each step in the `Funnel`. It runs each step over all the records
+still in the chain before the next step, so a `BatchStep` (the embedding filter) gets them in one
+call; kept and dropped come out in input order, exactly as if each record had gone through alone.
+Everything here is pure and picklable by config (workers rebuild the chain from the recipe's
+`curate` section), so the local process pool and Ray run exactly the same code.
 
 The licence step always runs first — a recipe cannot forget it; it may only widen the allow-list.
 PII redaction runs last, on what survived, and never drops.
@@ -18,7 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from verticalft.curation import fineweb, langid, lines, pii, provenance, quality, relevance, repetition
+from verticalft.curation import (
+    fineweb,
+    langid,
+    lines,
+    pii,
+    provenance,
+    quality,
+    relevance,
+    repetition,
+    semantic,
+)
 from verticalft.curation.audit import Funnel
 from verticalft.recipe import CurateStage, FilterStep, LicenseFilter
 
@@ -38,6 +50,21 @@ class Outcome:
 
 
 Step = Callable[[dict[str, Any]], Outcome]
+
+
+@dataclass
+class BatchStep:
+    """A text rule that is much cheaper on many documents at once (a model's forward pass):
+    `run_chain` hands it every record still in the chain; called on one record it is a `Step`."""
+
+    reasons: Callable[[list[str]], list[str | None]]
+
+    def __call__(self, record: dict[str, Any]) -> Outcome:
+        return self.batch([record])[0]
+
+    def batch(self, records: list[dict[str, Any]]) -> list[Outcome]:
+        reasons = self.reasons([r["text"] for r in records])
+        return [_outcome(r, reason) for r, reason in zip(records, reasons, strict=True)]
 
 
 def rules_for(name: str, block: Any) -> Any:
@@ -69,6 +96,11 @@ def make_step(spec: FilterStep) -> Step:
     if name == "relevance":
         rules = relevance.RelevanceRules(tuple(cfg.keywords), tuple(cfg.patterns), cfg.min_hits_per_1k_words)
         return _text_rule(lambda t: relevance.relevance_reason(t, rules))
+    if name == "semantic_relevance":
+        sem = semantic.SemanticRules(
+            tuple(cfg.seeds), tuple(cfg.seed_texts), cfg.min_similarity, cfg.max_chars
+        )
+        return BatchStep(semantic.SemanticRelevance(sem).semantic_reasons)
     if name == "c4_lines":
         line_rules = rules_for(name, cfg)
 
@@ -127,17 +159,22 @@ def run_chain(records: list[dict[str, Any]], chain: list[tuple[str, Step]]) -> C
     out = ChainResult()
     for name, _ in chain:
         out.funnel.step(name)
-    for record in records:
-        current = record
-        for name, step in chain:
-            res = step(current)
+    alive = list(enumerate(records))  # (position in `records`, the record as rewritten so far)
+    dropped: list[tuple[int, dict[str, Any]]] = []
+    for name, step in chain:
+        batch = [r for _, r in alive]
+        outcomes = step.batch(batch) if isinstance(step, BatchStep) else [step(r) for r in batch]
+        survivors = []
+        for (i, current), res in zip(alive, outcomes, strict=True):
             out.details.update(res.counts)
             out.funnel.record(name, res.reason)
             if res.text is None:
-                out.dropped.append({**current, "step": name, "reason": res.reason})
-                break
-            if res.text != current["text"]:
-                current = {**current, "text": res.text}
-        else:
-            out.kept.append(current)
+                dropped.append((i, {**current, "step": name, "reason": res.reason}))
+            else:
+                survivors.append(
+                    (i, current if res.text == current["text"] else {**current, "text": res.text})
+                )
+        alive = survivors
+    out.kept = [r for _, r in alive]
+    out.dropped = [r for _, r in sorted(dropped, key=lambda d: d[0])]
     return out

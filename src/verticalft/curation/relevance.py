@@ -3,8 +3,8 @@
 Keyword and regex lists per recipe (case-insensitive, whole words): a document is relevant when
 it has at least `min_hits` matches per 1,000 words (at least one match in any case). A density
 rather than a count, so a long off-topic page that mentions "rent" once does not pass and a short
-on-topic note does. An embedding-similarity score against seed documents is not wired (see the
-issue notes); keywords cover the sample domains and are auditable.
+on-topic note does. The optional embedding score against seed documents is `semantic.py`
+(`semantic_relevance` in the recipe); keywords are the default because they are auditable.
 """
 
 from __future__ import annotations

@@ -160,11 +160,28 @@ def read_sources(
     return rows, bad
 
 
+def _inline_seeds(cfg: CurateStage) -> CurateStage:
+    """Seed files of `semantic_relevance` read here, once: workers (Ray nodes included) get the
+    texts, and a shard's hash changes when a seed file's content does."""
+    from verticalft.curation.semantic import read_seeds
+
+    steps = []
+    for step in cfg.filters:
+        sem = step.semantic_relevance
+        if sem is not None and sem.seeds:
+            texts = [*read_seeds(sem.seeds), *sem.seed_texts]
+            step = step.model_copy(
+                update={"semantic_relevance": sem.model_copy(update={"seeds": [], "seed_texts": texts})}
+            )
+        steps.append(step)
+    return cfg.model_copy(update={"filters": steps})
+
+
 # --------------------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> StageResult:
     from tqdm.auto import tqdm
 
-    recipe, cfg, out = ctx.recipe, ctx.recipe.stages.curate, ctx.dir
+    recipe, cfg, out = ctx.recipe, _inline_seeds(ctx.recipe.stages.curate), ctx.dir
     # Only the keys the recipe set: rule blocks overlay their preset with exactly those (a
     # default-filled dump would read as "every threshold set"). Where the work runs is no part of
     # what a shard produces, so switching executors reuses finished shards.
