@@ -39,7 +39,7 @@ demo: setup
 	@echo "report: runs/finance/tiny/report.md   (every number: runs/finance/tiny/manifest.json)"
 
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --durations=12
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks data_pipelines
