@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from verticalft.recipe import RecipeError, load_recipe, parse_override
+from verticalft.recipe import Recipe, RecipeError, load_recipe, parse_override, recipe_to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -16,6 +16,16 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 def test_shipped_recipes_validate(recipe, profile):
     r = load_recipe(recipe, profile)
     assert r.stages.sft is not None and r.stages.dpo is not None
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("profile", ["full", "tiny"])
+def test_resolved_recipe_round_trips(recipe, profile):
+    # Launched workers (torchrun) read recipe.resolved.yaml back: it must validate to the same recipe.
+    loaded = load_recipe(recipe, profile)
+    again = Recipe.model_validate(yaml.safe_load(recipe_to_yaml(loaded)))
+    assert again.model_dump(exclude={"profiles"}) == loaded.model_dump(exclude={"profiles"})
+    assert again.stages.curate.filters and all(len(f.model_dump()) == 1 for f in again.stages.curate.filters)
 
 
 def test_full_recipes_follow_the_playbook():

@@ -135,5 +135,9 @@ def test_finance_preset_keeps_clean_domain_documents(domain):
     kinds = noise_kinds(domain)
     clean = [doc["text"] for doc in rows(domain, "corpus.jsonl") if kinds.get(doc["id"], "clean") == "clean"]
     assert sum(bool(gopher_repetition(t, FINANCE_RULES)) for t in clean) <= 0.01 * len(clean)
-    # The web limits drop templated domain documents by the dozen: why the preset exists.
-    assert sum(bool(gopher_repetition(t)) for t in clean) > 0.08 * len(clean)
+    # The web limits drop templated domain documents by the dozen: why the preset exists (finance ledgers;
+    # real-estate prose is closer to web text, so there the preset only has to do no harm).
+    web = sum(bool(gopher_repetition(t)) for t in clean)
+    assert sum(bool(gopher_repetition(t, FINANCE_RULES)) for t in clean) <= web
+    if domain == "finance":
+        assert web > 0.08 * len(clean)

@@ -28,8 +28,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     create_model,
+    model_serializer,
     model_validator,
 )
 
@@ -254,6 +256,12 @@ class FilterStep(Strict):
                 f"give exactly one filter per list item, one of: {', '.join(type(self).model_fields)}"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_set_filter(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Dump `{gopher_quality: {...}}`, not every filter key with None beside it: the resolved
+        # recipe is read back by launched workers and must validate again.
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
 
     @property
     def name(self) -> str:
