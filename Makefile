@@ -10,7 +10,7 @@ PROFILE ?= full
 VFT := $(VENV)/bin/verticalft
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order.
-STAGES := tiny_models curate cpt sft dpo
+STAGES := tiny_models curate cpt sft dpo distill
 
 .PHONY: setup setup-serve setup-bench demo test lint format clean
 setup: $(STAMP)

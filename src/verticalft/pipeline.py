@@ -23,10 +23,10 @@ from typing import Any
 from verticalft.data import source_files
 from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
-from verticalft.stages.base import StageContext, StageResult
+from verticalft.stages.base import PartialFailure, StageContext, StageResult
 
-STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo"]
-TRAINING_STAGES = {"cpt", "sft", "dpo"}
+STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill"]
+TRAINING_STAGES = {"cpt", "sft", "dpo", "distill"}
 RESULT_FILE = "result.json"
 ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
 VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"]
@@ -69,6 +69,7 @@ def _data_for(recipe: Recipe, stage: str) -> list[Any]:
         "cpt": [*d.corpus, d.replay, d.heldout, d.eval],
         "sft": [d.sft, d.eval],
         "dpo": [d.preferences, d.eval],
+        "distill": [d.sft, d.eval],
     }.get(stage, [])
 
 
@@ -126,7 +127,31 @@ def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
         f"{path}: file not found (needed by {', '.join(who)}; paths resolve from {Path.cwd()})"
         for path, who in sorted(needed_by.items())
     ]
+    if "distill" in stages:
+        problems += distill_vocab_problems(recipe)
     return problems
+
+
+def distill_vocab_problems(recipe: Recipe) -> list[str]:
+    """Logit distillation with teacher/student tokenizers that differ: known before any stage runs.
+
+    Checked here on the recipe's own teacher (CPT/SFT/DPO keep its tokenizer) and students when
+    they are local folders; hub ids and `tiny://` models (one shared tokenizer by construction)
+    are checked again by the distill stage itself once they are on disk.
+    """
+    from verticalft.stages.distill import LOGIT_KINDS
+
+    cfg = recipe.stages.distill
+    if cfg is None or cfg.kind not in LOGIT_KINDS:
+        return []
+    teacher = cfg.teacher.model or recipe.models.teacher
+    local = [p for p in [teacher, *(cfg.students or recipe.models.students)] if Path(p).is_dir()]
+    if teacher not in local:
+        return []
+    from verticalft.distill.preflight import check_pair
+
+    reports = [check_pair(teacher, s, recipe.models.trust_remote_code) for s in local[1:]]
+    return [f"stages.distill: {r.message()}" for r in reports if not r.ok]
 
 
 def versions() -> dict[str, str]:
@@ -238,6 +263,8 @@ def run_recipe(
             else:
                 result = run_stage_in_process(StageContext(recipe, run, stage, resume=resumable))
         except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
+            if isinstance(exc, PartialFailure):  # keep what the finished units produced
+                record.outputs, record.metrics = exc.result.outputs, exc.result.metrics
             run.fail(stage, record, f"{type(exc).__name__}: {exc}")
             if isinstance(exc, Exception) and not isinstance(exc, StageFailed):
                 raise StageFailed(f"{stage} failed: {type(exc).__name__}: {exc}") from exc

@@ -39,7 +39,9 @@ PROFILE_DIR_NAME = "profiles"
 # Keys the toolkit sets itself in every trainer config; a recipe setting them would be ignored
 # silently, so we reject them.
 MANAGED_TRAINER_KEYS = {"output_dir", "resume_from_checkpoint", "max_length", "packing", "beta"}
-STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig"}
+STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig", "distill": "SFTConfig"}
+# distill.kind on_policy passes its trainer block to TRL's DistillationConfig instead.
+ON_POLICY_TRAINER_CONFIG = "DistillationConfig"
 
 
 def as_number(value: Any) -> Any:
@@ -150,6 +152,58 @@ class DpoStage(Strict):
     merge: bool = True
     eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     trainer: TrainerBlock = Field(default_factory=dict)
+
+
+class DistillTeacher(Strict):
+    """Where the teacher's outputs come from."""
+
+    # default: the run's newest model (dpo → sft → cpt), else models.teacher
+    model: str | None = None
+    quantization: Literal["nf4", "fp4", "none"] = "none"  # load the teacher 4-bit (bitsandbytes)
+    # `sequence` only: an OpenAI-compatible endpoint (a vLLM server, a hosted API) as the teacher
+    endpoint: str | None = None  # base URL, e.g. http://127.0.0.1:8000/v1
+    endpoint_model: str | None = None  # the model name the endpoint serves
+    api_key_env: str | None = None  # name of the environment variable holding the API key
+
+
+class TeacherGeneration(Strict):
+    """`sequence`: how the teacher writes the responses the student learns from."""
+
+    backend: Literal["auto", "vllm", "hf", "openai"] = "auto"  # auto: vLLM when installed, else HF
+    max_new_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy
+    batch_size: int = Field(default=32, ge=1)
+    max_prompts: int | None = Field(default=None, ge=1)
+
+
+class DistillStage(Strict):
+    kind: Literal["sequence", "logits", "on_policy"] = "logits"
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "tv"] = "forward_kl"
+    beta: float = Field(default=0.5, ge=0.0, le=1.0)  # jsd: weight of the teacher in the mixture
+    temperature: float = Field(default=2.0, gt=0.0)  # applied to both distributions, loss × T²
+    ce_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # mix of plain cross-entropy on labels
+    # logits: keep the teacher's top-k per token on disk and train without the teacher loaded
+    cache: bool = True
+    top_k: int = Field(default=64, ge=1)
+    students: list[str] | None = None  # default: models.students
+    method: Literal["full", "lora", "qlora"] = "qlora"  # how each student trains
+    lora: Lora = Field(default_factory=Lora)
+    max_length: int = Field(default=2048, ge=16)
+    teacher: DistillTeacher = Field(default_factory=DistillTeacher)
+    generation: TeacherGeneration = Field(default_factory=TeacherGeneration)
+    trainer: TrainerBlock = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> DistillStage:
+        if self.kind == "on_policy" and self.loss == "tv":
+            raise ValueError(
+                "on_policy uses TRL's generalized JSD: loss must be forward_kl, reverse_kl or jsd"
+            )
+        if self.teacher.endpoint and self.kind != "sequence":
+            raise ValueError(
+                "an endpoint teacher returns text, not logits: use kind: sequence (or drop teacher.endpoint)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- curate
@@ -319,6 +373,7 @@ class Stages(Strict):
     cpt: CptStage | None = None
     sft: SftStage | None = None
     dpo: DpoStage | None = None
+    distill: DistillStage | None = None
 
 
 # --------------------------------------------------------------------------- compute / cost
@@ -446,13 +501,11 @@ def _pydantic_problems(err: ValidationError) -> list[Problem]:
     return problems
 
 
-def trainer_config_fields(stage: str) -> set[str]:
-    """Field names of the TRL config class a stage passes its `trainer:` block to."""
-    import dataclasses
-
+def trainer_config_fields(config_class: str) -> set[str]:
+    """Field names of the TRL config class (e.g. `SFTConfig`) a `trainer:` block is passed to."""
     import trl
 
-    return {f.name for f in dataclasses.fields(getattr(trl, STAGE_TRAINER_CONFIG[stage]))}
+    return {f.name for f in dataclasses.fields(getattr(trl, config_class))}
 
 
 def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
@@ -465,7 +518,9 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
         trainer = block.get("trainer") or {}
         if not isinstance(trainer, dict) or not trainer:
             continue
-        fields = trainer_config_fields(stage)
+        if stage == "distill" and isinstance(block.get("kind"), str) and block["kind"] == "on_policy":
+            cls = ON_POLICY_TRAINER_CONFIG
+        fields = trainer_config_fields(cls)
         for key in trainer:
             path = f"stages.{stage}.trainer.{key}"
             if key in MANAGED_TRAINER_KEYS:

@@ -54,10 +54,11 @@ def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any
     }
 
 
-def generate_answers(
+def generate(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
-) -> list[str]:
-    """Greedy answers with HF generate (left padding, chat template)."""
+) -> list[tuple[str, str]]:
+    """Greedy chat completions with HF generate (left padding): (text, finish_reason) per prompt,
+    finish_reason "stop" when the model ended its turn, "length" when cut at max_new_tokens."""
     import torch
     from tqdm.auto import tqdm
 
@@ -65,9 +66,11 @@ def generate_answers(
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    outputs: list[str] = []
+    outputs: list[tuple[str, str]] = []
     try:
-        for i in tqdm(range(0, len(prompts), batch_size), desc="eval (greedy)", unit="batch", leave=False):
+        for i in tqdm(
+            range(0, len(prompts), batch_size), desc="generate (greedy)", unit="batch", leave=False
+        ):
             chats = [[{"role": "user", "content": p}] for p in prompts[i : i + batch_size]]
             texts = [
                 tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
@@ -84,11 +87,20 @@ def generate_answers(
                     eos_token_id=tokenizer.eos_token_id,
                 )
             new = gen[:, enc["input_ids"].shape[1] :]
-            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            ended = (new == tokenizer.eos_token_id).any(dim=1).tolist()
+            texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
+            outputs.extend((t, "stop" if e else "length") for t, e in zip(texts_out, ended, strict=True))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return outputs
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Greedy answers with HF generate (left padding, chat template)."""
+    return [text for text, _ in generate(model, tokenizer, prompts, max_new_tokens, batch_size)]
 
 
 def evaluate_model(

@@ -28,16 +28,31 @@ class StageResult:
     summary: str = ""
 
 
+class PartialFailure(RuntimeError):
+    """A stage with several independent units (students) where some failed: the finished units'
+    outputs and metrics are kept in the manifest; the stage is still marked failed."""
+
+    def __init__(self, message: str, result: StageResult):
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class StageContext:
     recipe: Recipe
     run: RunDir
     stage: str
     resume: bool = False
+    subdir: str | None = None  # one unit of a stage with several outputs (distill/<student>/)
 
     @property
     def dir(self) -> Path:
-        return self.run.stage_dir(self.stage)
+        root = self.run.stage_dir(self.stage)
+        return root / self.subdir if self.subdir else root
+
+    def sub(self, name: str) -> StageContext:
+        """The same stage, working in `<stage>/<name>/` (its own checkpoints and outputs)."""
+        return StageContext(self.recipe, self.run, self.stage, self.resume, name)
 
     @property
     def checkpoints(self) -> Path:

@@ -1,0 +1,186 @@
+"""The teacher top-k cache: teacher log-probs on disk, so student training never loads the teacher.
+
+A first pass runs the teacher once over the distillation set and keeps, for every *response*
+token (the only ones the loss reads), the teacher's top-k token ids and log-probs at the
+recipe's temperature, and the log of the mass outside the top-k, computed in fp32 before the
+log-probs are rounded to fp16: the loss puts it in an explicit tail bucket (losses), so no
+probability mass is dropped silently.
+
+Layout of one cache folder (`<run>/distill/teacher_cache/<key>/`):
+
+    ids.npy        [tokens, k]  uint16 when the vocabulary fits (< 65,536 ids), else int32
+    logprobs.npy   [tokens, k]  float16
+    tail.npy       [tokens]     float32: log of the teacher's mass outside its top-k
+    offsets.npy    [examples + 1] int64: example i owns rows offsets[i]:offsets[i+1]
+    meta.json      the key's parts, k, temperature, dtypes, bytes per token
+    DONE           written last: a folder without it is a killed build and is rebuilt
+
+The key hashes the teacher (its folder's config and weight files' names/sizes, or the run
+fingerprint of the stage that produced it), the tokenizer's vocabulary, the chat template,
+the tokenized data, k and the temperature: change any of them and a new cache is built; one
+cache serves every student with the same tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DONE = "DONE"
+
+
+def cache_key(
+    teacher_id: str, tokenizer: Any, examples: list[dict[str, Any]], k: int, temperature: float
+) -> str:
+    """sha256 over everything the cached numbers depend on (first 16 hex digits)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"teacher": teacher_id, "k": k, "temperature": temperature}, sort_keys=True).encode())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    for ex in examples:
+        h.update(np.asarray(ex["input_ids"], dtype=np.int64).tobytes())
+        h.update(np.asarray(ex["response_mask"], dtype=np.int8).tobytes())
+    return h.hexdigest()[:16]
+
+
+def teacher_identity(path: str, run_fingerprint: str | None = None) -> str:
+    """What identifies a teacher's weights without hashing tens of GB: the run fingerprint of
+    the stage that wrote it when there is one, else its config plus weight file names and sizes."""
+    if run_fingerprint:
+        return f"{path}@{run_fingerprint}"
+    folder = Path(path)
+    if not folder.is_dir():
+        return path  # a hub id: the id (and its revision, if the user pins one) is the identity
+    parts = [
+        (p.name, p.stat().st_size)
+        for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    ]
+    config = (folder / "config.json").read_text() if (folder / "config.json").exists() else ""
+    return hashlib.sha256(json.dumps([path, config, parts]).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TeacherCache:
+    """Read side: memory-mapped arrays, one slice per example."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.meta = json.loads((self.root / "meta.json").read_text())
+        self.ids = np.load(self.root / "ids.npy", mmap_mode="r")
+        self.logprobs = np.load(self.root / "logprobs.npy", mmap_mode="r")
+        self.tail = np.load(self.root / "tail.npy", mmap_mode="r")
+        self.offsets = np.load(self.root / "offsets.npy")
+
+    @property
+    def k(self) -> int:
+        return int(self.meta["k"])
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def example(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids [n, k], log-probs [n, k], tail log-mass [n]) of example i's response tokens."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return np.asarray(self.ids[a:b]), np.asarray(self.logprobs[a:b]), np.asarray(self.tail[a:b])
+
+    def bytes_per_token(self) -> float:
+        tokens = max(int(self.offsets[-1]), 1)
+        arrays = (self.ids, self.logprobs, self.tail, self.offsets)
+        return sum(a.nbytes for a in arrays) / tokens
+
+
+def is_complete(root: Path) -> bool:
+    return (root / DONE).exists()
+
+
+def write_cache(
+    root: Path,
+    per_example: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    n_examples: int,
+    k: int,
+    vocab_size: int,
+    meta: dict[str, Any],
+) -> TeacherCache:
+    """Write (ids [n_i, k], logprobs [n_i, k], tail [n_i]) per example into `root`, atomically.
+
+    Rows go to a temporary folder first; it is renamed into place and DONE is written last,
+    so a killed build leaves no folder that looks finished.
+    """
+    id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ids_parts, lp_parts, tail_parts, offsets = [], [], [], [0]
+    for ids, logprobs, tail in per_example:
+        ids_parts.append(np.asarray(ids, dtype=id_dtype).reshape(-1, k))
+        lp_parts.append(np.asarray(logprobs, dtype=np.float16).reshape(-1, k))
+        tail_parts.append(np.asarray(tail, dtype=np.float32).reshape(-1))
+        offsets.append(offsets[-1] + len(ids_parts[-1]))
+    if len(offsets) - 1 != n_examples:
+        raise RuntimeError(f"teacher cache: wrote {len(offsets) - 1} examples, expected {n_examples}")
+    np.save(tmp / "ids.npy", np.concatenate(ids_parts) if ids_parts else np.zeros((0, k), id_dtype))
+    np.save(tmp / "logprobs.npy", np.concatenate(lp_parts) if lp_parts else np.zeros((0, k), np.float16))
+    np.save(tmp / "tail.npy", np.concatenate(tail_parts) if tail_parts else np.zeros((0,), np.float32))
+    np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    tokens = offsets[-1]
+    info = {
+        **meta,
+        "k": k,
+        "examples": n_examples,
+        "tokens": tokens,
+        "id_dtype": np.dtype(id_dtype).name,
+        "logprob_dtype": "float16",
+    }
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    cache = TeacherCache(root)
+    info["bytes_per_token"] = round(cache.bytes_per_token(), 1)
+    (root / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    (root / DONE).write_text("ok\n")
+    return TeacherCache(root)
+
+
+def teacher_rows(
+    teacher: Any,
+    examples: list[dict[str, Any]],
+    k: int,
+    temperature: float,
+    batch_size: int,
+    vocab_size: int | None = None,
+    pad_id: int = 0,
+) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Run the teacher over `examples` (input_ids + response_mask) and yield, per example, the
+    top-k ids / log-probs / tail log-mass of every position whose next token is a response token.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from verticalft.distill.losses import teacher_topk
+    from verticalft.distill.trainer import DistillCollator
+
+    collate = DistillCollator(pad_id)
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    for start in tqdm(range(0, len(examples), batch_size), desc="teacher cache", unit="batch"):
+        rows = [
+            {**ex, "example_index": start + j} for j, ex in enumerate(examples[start : start + batch_size])
+        ]
+        batch = collate(rows)
+        with torch.no_grad():
+            logits = teacher(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+        logits = logits[:, :-1, : vocab_size or logits.shape[-1]]
+        mask = batch["labels"][:, 1:] != -100
+        for b in range(len(rows)):
+            ids, values, tail = teacher_topk(logits[b][mask[b].to(device)], k, temperature)
+            yield ids.cpu().numpy(), values.cpu().numpy(), tail.cpu().numpy()

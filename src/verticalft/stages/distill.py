@@ -1,0 +1,464 @@
+"""distill: the domain-adapted teacher → every student in the recipe, one switch for the kind.
+
+- `logits` (default): the student matches the teacher's next-token distributions on the SFT
+  set's conversations (divergence, temperature, CE mix: distill/losses.py). With `cache: true`
+  the teacher runs once, its top-k log-probs go to disk (distill/cache.py) and is unloaded before
+  any student trains; one cache serves every student. With `cache: false` it runs beside each
+  student (online).
+- `sequence`: the teacher answers the SFT prompts (vLLM offline, an OpenAI-compatible endpoint,
+  or HF generate), the answers go through the curation record rules (empty, truncated,
+  duplicate prompt) and each student is SFT-trained on them with TRL's SFTTrainer.
+- `on_policy`: TRL's DistillationTrainer (the student generates, generalized JSD to the teacher).
+
+Before any work the vocabulary preflight (distill/preflight.py) checks every teacher/student
+pair for the logit kinds. Each student trains in `distill/<student>/` with its own checkpoints,
+output folder, eval score and retention (student score / teacher score); a student that fails
+does not lose the others, and a rerun skips the students that finished.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+import time
+import traceback
+from typing import Any
+
+from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config, training_dtype
+from verticalft.rundir import atomic_write_json
+from verticalft.stages.base import (
+    PartialFailure,
+    StageContext,
+    StageResult,
+    fmt_score,
+    quick_eval,
+    save_outputs,
+    train_and_measure,
+    trainer_config,
+)
+
+STUDENT_DONE = "STUDENT_DONE.json"
+LOGIT_KINDS = ("logits", "on_policy")
+
+
+def student_name(ref: str) -> str:
+    """Folder name of a student: `tiny://student-s` → student-s, `Qwen/Qwen2.5-7B-Instruct` → Qwen2.5-7B-Instruct."""
+    return ref.removeprefix("tiny://").rstrip("/").split("/")[-1]
+
+
+def teacher_path(ctx: StageContext) -> str:
+    cfg = ctx.recipe.stages.distill
+    return ctx.resolve_model(cfg.teacher.model) if cfg.teacher.model else ctx.input_model()
+
+
+def students(ctx: StageContext) -> dict[str, str]:
+    refs = ctx.recipe.stages.distill.students or ctx.recipe.models.students
+    if not refs:
+        raise ValueError("stages.distill: no students (set models.students or stages.distill.students)")
+    return {student_name(r): ctx.resolve_model(r) for r in refs}
+
+
+def vocab_preflight(
+    teacher: str, studs: dict[str, str], kind: str, trust_remote_code: bool
+) -> dict[str, Any]:
+    """Compare the teacher's tokenizer with each student's; the logit kinds stop on a mismatch."""
+    from verticalft.distill.preflight import check_pair
+
+    reports = {name: check_pair(teacher, path, trust_remote_code) for name, path in studs.items()}
+    bad = [r for r in reports.values() if not r.ok]
+    if bad and kind in LOGIT_KINDS:
+        raise ValueError(f"distill.kind={kind}: " + " | ".join(r.message() for r in bad))
+    for name, r in reports.items():
+        print(f"  vocab preflight {name}: {r.message()}", flush=True)
+    return {
+        name: {"verdict": r.verdict, "tokenizer_size": r.tokenizer_size, "overlap": r.overlap}
+        for name, r in reports.items()
+    }
+
+
+def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
+    from verticalft.data import load_source
+
+    source = ctx.curated("sft") or ctx.recipe.data.sft
+    if source is None:
+        raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
+    return [
+        row["messages"] for row in load_source(source, ("messages",)).select_columns(["messages"]).to_list()
+    ]
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+# --------------------------------------------------------------------------- teacher side
+def load_teacher(ctx: StageContext, path: str) -> Any:
+    cfg = ctx.recipe.stages.distill
+    return load_model(path, cfg.teacher.quantization, ctx.recipe.models.trust_remote_code)
+
+
+def build_cache(
+    ctx: StageContext, teacher: Any, tokenizer: Any, examples: list[dict[str, Any]], vocab: int
+) -> tuple[Any, float]:
+    """(cache, seconds spent building it): reused when its key matches (0 s), else built."""
+    from verticalft.distill import cache as tc
+
+    cfg = ctx.recipe.stages.distill
+    t_path = teacher_path(ctx)
+    producer = next((s for s in ("dpo", "sft", "cpt") if ctx.run.output(s, "model") == t_path), None)
+    identity = tc.teacher_identity(t_path, ctx.run.record(producer).fingerprint if producer else None)
+    key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, cfg.temperature)
+    root = ctx.run.stage_dir("distill") / "teacher_cache" / key
+    if tc.is_complete(root):
+        print(f"  teacher cache: reusing {root}", flush=True)
+        return tc.TeacherCache(root), 0.0
+    t0 = time.time()
+    rows = tc.teacher_rows(
+        teacher,
+        examples,
+        cfg.top_k,
+        cfg.temperature,
+        ctx.recipe.evaluation.batch_size,
+        vocab,
+        tokenizer.pad_token_id,
+    )
+    meta = {"teacher": identity, "temperature": cfg.temperature, "vocab_size": vocab}
+    cache = tc.write_cache(root, rows, len(examples), min(cfg.top_k, vocab), vocab, meta)
+    return cache, round(time.time() - t0, 2)
+
+
+def teacher_generations(
+    ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
+) -> tuple[list[Any], str]:
+    from verticalft.distill import generate as g
+
+    cfg = ctx.recipe.stages.distill
+    gen, t = cfg.generation, cfg.teacher
+    backend = g.pick_backend(gen.backend, t.endpoint)
+    if backend == "openai":
+        if not t.endpoint:
+            raise ValueError("stages.distill.generation.backend=openai needs stages.distill.teacher.endpoint")
+        out = g.generate_openai(
+            t.endpoint,
+            t.endpoint_model or teacher_path(ctx),
+            prompts,
+            gen.max_new_tokens,
+            gen.temperature,
+            t.api_key_env,
+            gen.batch_size,
+        )
+    elif backend == "vllm":
+        out = g.generate_vllm(teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature)
+    else:
+        out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
+    return out, backend
+
+
+def generated_set(prompts: list[str], gens: list[Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Teacher answers as SFT rows, through the curation record rules (empty, truncated, duplicate)."""
+    from verticalft.curation.records import prompt_duplicates, record_reason
+
+    rows = {
+        f"{i:08d}": {
+            "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": g.text.strip()}],
+            "finish_reason": g.finish_reason,
+        }
+        for i, (p, g) in enumerate(zip(prompts, gens, strict=True))
+    }
+    dropped: dict[str, int] = {}
+    for d in prompt_duplicates(rows.items()):
+        rows.pop(d.id, None)
+        dropped["duplicate_prompt"] = dropped.get("duplicate_prompt", 0) + 1
+    kept = []
+    for row in rows.values():
+        reason = record_reason(row)
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            kept.append({"messages": row["messages"]})
+    return kept, dropped
+
+
+# --------------------------------------------------------------------------- student side
+def load_student(ctx: StageContext, path: str, tokenizer: Any) -> tuple[Any, Any]:
+    """(model, peft_config or None) for the recipe's student method."""
+    cfg = ctx.recipe.stages.distill
+    quant = "nf4" if cfg.method == "qlora" else "none"
+    model = load_model(path, quant, ctx.recipe.models.trust_remote_code)
+    return model, (None if cfg.method == "full" else lora_config(cfg.lora, tokenizer))
+
+
+def train_logits(
+    sctx: StageContext,
+    path: str,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    vocab: int,
+    teacher: Any,
+    cache: Any,
+) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset
+    from peft import get_peft_model
+    from trl import SFTConfig
+
+    from verticalft.distill.trainer import DistillCollator, LogitDistillTrainer, LossSettings
+
+    cfg = sctx.recipe.stages.distill
+    model, peft = load_student(sctx, path, tokenizer)
+    if peft is not None:
+        model = get_peft_model(model, peft)
+        fit_trainable_dtype(model)
+    data = Dataset.from_list([{**ex, "example_index": i} for i, ex in enumerate(examples)])
+    args = trainer_config(
+        sctx, SFTConfig, defaults={"learning_rate": 1e-4}, managed={"remove_unused_columns": False}
+    )
+    settings = LossSettings(cfg.loss, cfg.temperature, cfg.beta, cfg.ce_weight, vocab)
+    trainer = LogitDistillTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=DistillCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        settings=settings,
+        teacher=None if cache is not None else teacher,
+        cache=cache,
+    )
+    metrics = train_and_measure(trainer, sctx)
+    kd = trainer.kd_log
+    metrics["distill_loss_first"] = round(kd[0], 5) if kd else None
+    metrics["distill_loss_last"] = round(sum(kd[-10:]) / len(kd[-10:]), 5) if kd else None
+    return trainer, metrics
+
+
+def train_sequence(
+    sctx: StageContext, path: str, tokenizer: Any, rows: list[dict[str, Any]]
+) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = sctx.recipe.stages.distill
+    model, peft = load_student(sctx, path, tokenizer)
+    args = trainer_config(
+        sctx,
+        SFTConfig,
+        defaults={"learning_rate": 1e-4},
+        managed={"max_length": cfg.max_length, "packing": False, "assistant_only_loss": True},
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+    fit_trainable_dtype(trainer.model)
+    return trainer, train_and_measure(trainer, sctx)
+
+
+def train_on_policy(
+    sctx: StageContext, path: str, tokenizer: Any, teacher: str, prompts: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    cfg = sctx.recipe.stages.distill
+    beta = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(cfg.loss, cfg.beta)
+    model, peft = load_student(sctx, path, tokenizer)
+    tokenizer.padding_side = "left"
+    args = trainer_config(
+        sctx,
+        DistillationConfig,
+        defaults={"learning_rate": 1e-4},
+        managed={
+            "beta": beta,
+            "temperature": cfg.temperature,
+            "max_completion_length": cfg.generation.max_new_tokens,
+            "teacher_model_init_kwargs": {"dtype": str(training_dtype()).removeprefix("torch.")},
+        },
+    )
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    trainer = DistillationTrainer(
+        model=model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+    fit_trainable_dtype(trainer.model)
+    try:
+        return trainer, train_and_measure(trainer, sctx)
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def finish_student(
+    sctx: StageContext, trainer: Any, tokenizer: Any, path: str, teacher_score: float | None
+) -> dict[str, Any]:
+    cfg = sctx.recipe.stages.distill
+    after = quick_eval(sctx, trainer.model, tokenizer)
+    outputs = save_outputs(sctx, trainer, tokenizer, path, is_peft=cfg.method != "full", merge=True)
+    score = after["score"] if after else None
+    retention = round(score / teacher_score, 4) if score is not None and teacher_score else None
+    return {"outputs": outputs, "eval": after, "score": score, "retention": retention}
+
+
+# --------------------------------------------------------------------------- the stage
+def run(ctx: StageContext) -> StageResult:
+    cfg, recipe = ctx.recipe.stages.distill, ctx.recipe
+    t_path = teacher_path(ctx)
+    studs = students(ctx)
+    fp = _fingerprint(ctx)
+    vocab = vocab_preflight(t_path, studs, cfg.kind, recipe.models.trust_remote_code)
+    todo = {n: p for n, p in studs.items() if not _student_done(ctx, n, fp)}
+    tokenizer = load_tokenizer(t_path)
+    size = len(tokenizer)
+    convs = conversations(ctx)
+    prompts = [m[0]["content"] for m in convs if m and m[0].get("role") == "user"]
+    if cfg.generation.max_prompts:
+        prompts = prompts[: cfg.generation.max_prompts]
+
+    metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
+    teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None else None
+    teacher_eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else _recorded_teacher_eval(ctx)
+    metrics["teacher_eval"] = teacher_eval
+    teacher_score = teacher_eval["score"] if teacher_eval else None
+
+    cache = examples = rows = None
+    if todo and cfg.kind == "logits":
+        from verticalft.distill.trainer import chat_example
+
+        examples = [chat_example(tokenizer, m, cfg.max_length) for m in convs]
+        if cfg.cache:
+            with PeakRss() as mem:
+                cache, build_s = build_cache(ctx, teacher, tokenizer, examples, size)
+            metrics["cache"] = {
+                **{k: cache.meta[k] for k in ("k", "tokens", "examples", "bytes_per_token")},
+                "path": str(cache.root),
+                "build_seconds": build_s,
+                "build_peak_rss_mb": mem.mb,
+            }
+            teacher = _free(teacher)  # students train from the cache alone
+    elif todo and cfg.kind == "sequence":
+        t0 = time.time()
+        gens, backend = teacher_generations(ctx, teacher, tokenizer, prompts)
+        rows, dropped = generated_set(prompts, gens)
+        metrics["generations"] = {
+            "backend": backend,
+            "prompts": len(prompts),
+            "kept": len(rows),
+            "dropped": dropped,
+            "seconds": round(time.time() - t0, 2),
+        }
+        atomic_write_json(ctx.dir / "teacher_generations.json", rows[:200])
+        teacher = _free(teacher)
+        if not rows:
+            raise ValueError(
+                f"distill: every teacher generation was filtered out ({dropped}); raise generation.max_new_tokens?"
+            )
+    elif cfg.kind == "on_policy":
+        teacher = _free(teacher)  # TRL loads it from the path itself
+
+    results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
+    failures: dict[str, str] = {}
+    for name, path in todo.items():
+        sctx = ctx.sub(name)
+        print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
+        try:
+            with PeakRss() as mem:
+                if cfg.kind == "logits":
+                    trainer, train = train_logits(sctx, path, tokenizer, examples, size, teacher, cache)
+                elif cfg.kind == "sequence":
+                    trainer, train = train_sequence(sctx, path, tokenizer, rows)
+                else:
+                    trainer, train = train_on_policy(sctx, path, tokenizer, t_path, prompts)
+            result = {
+                **finish_student(sctx, trainer, tokenizer, path, teacher_score),
+                "train": train,
+                "peak_rss_mb": mem.mb,
+                "teacher_in_memory": cfg.kind == "logits" and cache is None,
+            }
+            atomic_write_json(sctx.dir / "result.json", result)
+            atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
+            results[name] = result
+            del trainer
+            gc.collect()
+        except Exception as exc:  # one student's failure must not lose the others
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            (sctx.dir).mkdir(parents=True, exist_ok=True)
+            (sctx.dir / "error.log").write_text(traceback.format_exc())
+            print(
+                f"  student {name} FAILED: {failures[name]} (traceback: {sctx.dir / 'error.log'})", flush=True
+            )
+
+    metrics["students"] = {n: {k: v for k, v in r.items() if k != "outputs"} for n, r in results.items()}
+    outputs = {f"{n}/{k}": v for n, r in results.items() for k, v in r["outputs"].items()}
+    outputs.update({n: r["outputs"].get("model", "") for n, r in results.items()})
+    summary = f"teacher {fmt_score(teacher_eval)}; " + ", ".join(
+        f"{n} {fmt_score(r['eval'])} (retention {r['retention']})" for n, r in results.items()
+    )
+    result = StageResult(outputs=outputs, metrics=metrics, summary=summary)
+    if failures:
+        metrics["failed_students"] = failures
+        raise PartialFailure(
+            f"{len(failures)} of {len(studs)} students failed: "
+            + "; ".join(f"{n}: {e}" for n, e in failures.items())
+            + " — the others are kept; rerun to retry only the failed ones",
+            result,
+        )
+    return result
+
+
+def _free(model: Any) -> None:
+    del model
+    gc.collect()
+    return None
+
+
+def _recorded_teacher_eval(ctx: StageContext) -> dict[str, Any] | None:
+    """An endpoint teacher cannot be scored here with the local eval; use the run's last score."""
+    for stage in ("dpo", "sft", "cpt"):
+        ev = ctx.run.record(stage).metrics.get("eval_after")
+        if ev:
+            return ev
+    return None
+
+
+def _fingerprint(ctx: StageContext) -> str:
+    running = ctx.run.stage_dir("distill") / "RUNNING.json"
+    return json.loads(running.read_text()).get("fingerprint", "") if running.exists() else ""
+
+
+def _student_done(ctx: StageContext, name: str, fp: str) -> bool:
+    marker = ctx.run.stage_dir("distill") / name / STUDENT_DONE
+    return bool(fp) and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp
+
+
+def _student_result(ctx: StageContext, name: str) -> dict[str, Any]:
+    return json.loads((ctx.run.stage_dir("distill") / name / "result.json").read_text())

@@ -1,0 +1,147 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from verticalft.distill.losses import (
+    DIVERGENCES,
+    bucket_divergence,
+    distill_loss,
+    label_cross_entropy,
+    masked_token_mean,
+    mix,
+    teacher_topk,
+    topk_distill_loss,
+    with_tail,
+)
+
+V = 50
+
+
+def logits(*shape, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * scale
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_divergence_of_a_distribution_with_itself_is_zero(kind):
+    t = logits(2, 7, V)
+    assert distill_loss(t, t.clone(), torch.ones(2, 7), kind, temperature=2.0).abs() < 1e-6
+
+
+def test_forward_and_reverse_kl_differ_on_asymmetric_inputs():
+    s, t = logits(4, V, seed=1), logits(4, V, scale=6.0, seed=2)
+    mask = torch.ones(4)
+    fwd = distill_loss(s, t, mask, "forward_kl")
+    rev = distill_loss(s, t, mask, "reverse_kl")
+    assert fwd > 0 and rev > 0 and abs(fwd - rev) > 0.05
+    # forward KL(t‖s) is reverse KL with the roles swapped
+    assert torch.allclose(fwd, distill_loss(t, s, mask, "reverse_kl"))
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_jsd_is_bounded_by_log_2(beta):
+    # far-apart one-hot-like distributions approach the bound (the binary entropy of beta ≤ log 2)
+    s, t = logits(64, V, scale=40.0, seed=3), logits(64, V, scale=40.0, seed=4)
+    per = bucket_divergence(F.log_softmax(s, -1), F.log_softmax(t, -1), "jsd", beta)
+    h_beta = -(beta * math.log(beta) + (1 - beta) * math.log(1 - beta))
+    assert (per >= -1e-6).all() and (per <= h_beta + 1e-5).all() and h_beta <= math.log(2) + 1e-12
+    assert per.max() > 0.9 * h_beta
+
+
+def test_tv_is_half_the_l1_distance_and_at_most_one():
+    s, t = logits(8, V, seed=5), logits(8, V, seed=6)
+    per = bucket_divergence(F.log_softmax(s, -1), F.log_softmax(t, -1), "tv")
+    assert torch.allclose(per, 0.5 * (s.softmax(-1) - t.softmax(-1)).abs().sum(-1))
+    assert (per <= 1.0).all()
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_temperature_softens_both_and_scales_by_t_squared(kind):
+    s, t = logits(3, 5, V, seed=7), logits(3, 5, V, seed=8)
+    mask = torch.ones(3, 5)
+    T = 2.5
+    manual = bucket_divergence(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), kind).mean()
+    assert torch.allclose(distill_loss(s, t, mask, kind, temperature=T), T**2 * manual, rtol=1e-5)
+
+
+def test_normalised_per_response_token_not_per_sequence():
+    s, t = logits(2, 6, V, seed=9), logits(2, 6, V, seed=10)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    per = bucket_divergence(F.log_softmax(s, -1), F.log_softmax(t, -1), "forward_kl")
+    loss = distill_loss(s, t, mask, "forward_kl")
+    # the mean over the 6 response tokens, so the 5-token row weighs 5x the 1-token row …
+    assert torch.allclose(loss, per[mask].mean())
+    assert not torch.allclose(loss, torch.stack([per[0][mask[0]].mean(), per[1][mask[1]].mean()]).mean())
+    # … padding and masked positions change nothing, whatever their logits
+    s2 = s.clone()
+    s2[~mask] = 1e3
+    assert torch.allclose(distill_loss(s2, t, mask, "forward_kl"), loss)
+    # with gradient accumulation the caller passes the token count of all micro-batches
+    assert torch.allclose(distill_loss(s, t, mask, "forward_kl", num_tokens=12), loss / 2)
+    assert masked_token_mean(per, torch.zeros_like(mask)) == 0  # no response token: 0, not nan
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_top_k_with_tail_equals_full_vocabulary_at_k_equal_vocab(kind, T):
+    s, t = logits(2, 4, V, seed=11), logits(2, 4, V, seed=12)
+    mask = torch.ones(2, 4)
+    ids, top, tail = teacher_topk(t, V, T)
+    full = distill_loss(s, t, mask, kind, T)
+    assert torch.allclose(topk_distill_loss(s, ids, top, mask, kind, T), full, atol=1e-5)
+    assert torch.allclose(
+        topk_distill_loss(s, ids, top, mask, kind, T, teacher_tail_log=tail), full, atol=1e-5
+    )
+
+
+def test_top_k_keeps_the_tail_mass_explicitly():
+    s, t = logits(16, V, seed=13), logits(16, V, seed=14)
+    ids, top, tail = teacher_topk(t, 8, 1.0)
+    # the k probabilities plus the tail bucket are a whole distribution …
+    assert torch.allclose(with_tail(top).exp().sum(-1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(tail.exp(), 1 - top.exp().sum(-1), atol=1e-6)
+    # … and the loss differs from one that renormalises the top-k and forgets the tail
+    mask = torch.ones(16)
+    with_tail_loss = topk_distill_loss(s, ids, top, mask, "forward_kl", teacher_tail_log=tail)
+    renorm = bucket_divergence(
+        F.log_softmax(s.gather(-1, ids), -1), F.log_softmax(top, -1), "forward_kl"
+    ).mean()
+    assert abs(with_tail_loss - renorm) > 1e-3
+    # a larger k gets closer to the full-vocabulary value
+    full = distill_loss(s, t, mask, "forward_kl")
+    errs = []
+    for k in (4, 16, 48):
+        i, v, tl = teacher_topk(t, k, 1.0)
+        errs.append(abs(topk_distill_loss(s, i, v, mask, "forward_kl", teacher_tail_log=tl) - full))
+    assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_matches_trl_generalized_jsd(beta, T):
+    from trl.experimental.gkd import GKDTrainer
+
+    s, t = logits(3, 9, V, seed=15), logits(3, 9, V, seed=16)
+    labels = torch.randint(0, V, (3, 9), generator=torch.Generator().manual_seed(17))
+    labels[:, :3] = -100
+    mask = labels != -100
+    trl = GKDTrainer.generalized_jsd_loss(s, t, labels=labels, beta=beta, temperature=T)
+    ours = distill_loss(s, t, mask, "jsd", temperature=T, beta=beta)
+    # TRL does not apply the T² factor; otherwise the same number
+    assert torch.allclose(ours / T**2, trl, rtol=1e-5, atol=1e-6)
+    if beta == 0.0:
+        assert torch.allclose(ours, distill_loss(s, t, mask, "forward_kl", temperature=T))
+    if beta == 1.0:
+        assert torch.allclose(ours, distill_loss(s, t, mask, "reverse_kl", temperature=T))
+
+
+def test_cross_entropy_mix():
+    s = logits(2, 5, V, seed=18)
+    labels = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(19))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    ce = label_cross_entropy(s, labels, mask)
+    assert torch.allclose(ce, F.cross_entropy(s.reshape(-1, V), labels.reshape(-1)))
+    kd = torch.tensor(2.0)
+    assert mix(kd, ce, 0.0) == kd and mix(kd, ce, 1.0) == ce
