@@ -77,7 +77,7 @@ def test_activation_memory_grows_with_batch_and_shrinks_with_checkpointing():
 
 def test_plan_of_the_finance_recipe():
     plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
-    cpt, sft, dpo = plan.stages
+    cpt, sft, dpo = plan.stages[:3]
     assert (cpt.method, sft.method) == ("full", "qlora")
     assert cpt.tokens == pytest.approx(2e12 / 0.9)  # 10 % replay on top of the domain corpus
     assert cpt.flops == pytest.approx(8 * cpt.params * cpt.tokens)  # checkpointing on
@@ -91,3 +91,18 @@ def test_plan_warns_when_the_gpu_is_too_small():
     plan = plan_recipe(r)
     assert not plan.stages[0].fits
     assert any(w.startswith("cpt: needs") and "l40s" in w for w in plan.warnings)
+
+
+def test_plan_shows_teacher_and_student_memory_by_distill_kind():
+    cached = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
+    online = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.distill.cache=false"]))
+    rows = {s.stage: s for s in cached.stages}
+    teacher = rows["distill: teacher top-k cache"]
+    student = next(s for name, s in rows.items() if name.startswith("distill: Qwen2.5-7B"))
+    assert "teacher" not in student.memory and teacher.memory_gb_per_gpu > 15  # 32B in NF4 ≈ 17 GB
+    online_student = next(s for s in online.stages if s.stage.startswith("distill: Qwen2.5-7B"))
+    assert not any(s.stage.startswith("distill: teacher") for s in online.stages)
+    assert online_student.memory["teacher"] == teacher.memory_gb_per_gpu
+    assert online_student.memory_gb_per_gpu > student.memory_gb_per_gpu + 15
+    assert online_student.flops > student.flops  # the teacher's forward on every step
+    assert any("on_policy" in n and "logits+cache" in n for n in cached.notes)

@@ -15,6 +15,11 @@ Pure functions, no torch import. The formulas, so a reader can check them:
   over GPUs under FSDP/ZeRO-3) + activations (34·s·b·h bytes per layer with fused attention,
   Korthikanti et al.; with checkpointing only one layer's plus 2·s·b·h per layer) + fp32 logits
   (4·s·b·V bytes).
+- Distillation, per student: its own training (6·N_s·D or 4·N_s·D) plus the teacher's work —
+  a forward 2·N_t·D over the same tokens (online logits, the cache pass, on-policy scoring) or
+  over the generated tokens (sequence). Memory per student depends on the kind: online logits
+  and on_policy hold the teacher (inference weights + its fp32 logits) beside the student;
+  `cache: true` and `sequence` never do (the teacher runs alone first, listed as its own row).
 """
 
 from __future__ import annotations
@@ -157,6 +162,12 @@ def training_memory_gb(
 
 
 # --------------------------------------------------------------------------- the recipe plan
+def inference_memory_gb(arch: Arch, quantization: str, seq_len: int, micro_batch: int) -> float:
+    """A frozen model that only runs forward: weights + its fp32 logits for one micro-batch."""
+    weights = arch.params * (NF4_BYTES_PER_PARAM if quantization in ("nf4", "fp4") else 2.0)
+    return round((weights + 4.0 * seq_len * micro_batch * arch.vocab) / 1e9, 3)
+
+
 @dataclass
 class StagePlan:
     stage: str
@@ -300,4 +311,89 @@ def plan_recipe(recipe: Any) -> Plan:
             )
         if tokens == 0:
             plan.warnings.append(f"{stage}: no token count (declare `tokens:` on its data source)")
+    if recipe.stages.distill is not None:
+        plan_distill(recipe, arch, gpu, price, plan, specs)
     return plan
+
+
+def plan_distill(
+    recipe: Any, teacher: Arch, gpu: Gpu, price: float, plan: Plan, specs: dict[str, Any]
+) -> None:
+    """One row for the teacher pass (cache / generation) and one per student, memory by kind."""
+    cfg, c = recipe.stages.distill, recipe.compute
+    t = cfg.trainer
+    epochs = float(t.get("num_train_epochs", 1))
+    ckpt = bool(t.get("gradient_checkpointing", False))
+    micro = int(t.get("per_device_train_batch_size", 8))
+    tokens = source_tokens(recipe.data.sft)
+    teacher_mem = inference_memory_gb(teacher, cfg.teacher.quantization, cfg.max_length, micro)
+    beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
+    if not beside:
+        what = "top-k cache" if cfg.kind == "logits" else "generation"
+        flops = 2.0 * teacher.params * tokens
+        hours = gpu_hours(flops, gpu, c.mfu)
+        plan.stages.append(
+            StagePlan(
+                f"distill: teacher {what}",
+                cfg.teacher.model or recipe.models.teacher,
+                teacher.params,
+                f"inference ({cfg.teacher.quantization})",
+                tokens,
+                flops,
+                hours,
+                hours * price,
+                {"teacher": teacher_mem},
+                teacher_mem,
+                teacher_mem <= gpu.vram_gb * 0.95,
+            )
+        )
+    for ref in cfg.students or recipe.models.students:
+        arch = resolve_arch(ref, recipe.tiny.vocab_size, specs)
+        if arch is None:
+            plan.warnings.append(
+                f"distill: size of student {ref} unknown: give a local path or add it to plan.KNOWN_ARCHS"
+            )
+            continue
+        mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
+        alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
+        plan.notes.append(
+            f"distill memory per GPU for {ref.split('/')[-1]} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
+            f"then student {alone:.1f} GB; logits online: {both} GB; sequence: teacher {teacher_mem:.1f} GB "
+            f"(generation; vLLM adds KV cache), then {alone:.1f} GB; on_policy: {both} GB"
+        )
+        if beside:
+            mem = {**mem, "teacher": teacher_mem, "total": round(mem["total"] + teacher_mem, 3)}
+        flops = training_flops(arch.params, tokens * epochs, cfg.method, ckpt)
+        if beside:
+            flops += 2.0 * teacher.params * tokens * epochs
+        hours = gpu_hours(flops, gpu, c.mfu)
+        fits = mem["total"] <= gpu.vram_gb * 0.95
+        plan.stages.append(
+            StagePlan(
+                f"distill: {ref.split('/')[-1]} ({cfg.kind}{', cache' if cfg.kind == 'logits' and cfg.cache else ''})",
+                ref,
+                arch.params,
+                cfg.method,
+                tokens * epochs,
+                flops,
+                hours,
+                hours * price,
+                mem,
+                mem["total"],
+                fits,
+            )
+        )
+        if not fits:
+            plan.warnings.append(
+                f"distill {ref}: needs ~{mem['total']:.1f} GB ({', '.join(f'{k} {v:.1f}' for k, v in mem.items() if k != 'total')}) "
+                f"but {gpu.name} has {gpu.vram_gb:.0f} GB — use cache: true (teacher not in memory), "
+                "teacher.quantization: nf4, method: qlora, or a smaller max_length / batch"
+            )
+    plan.notes.append(
+        "distill memory: "
+        + (
+            "the teacher sits beside each student"
+            if beside
+            else "the teacher runs alone first; students train without it"
+        )
+    )
