@@ -98,3 +98,30 @@ def test_unknown_profile_is_a_recipe_error():
     with pytest.raises(RecipeError) as exc:
         load_recipe(ROOT / "recipes/finance.yaml", "tiyn")
     assert "did you mean 'tiny'" in exc.value.problems[0].message
+
+
+def test_distill_section_is_checked_against_the_kind():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(
+            ROOT / "recipes/finance.yaml",
+            "tiny",
+            ["stages.distill.kind=on_policy", "stages.distill.loss=tv", "stages.distill.trainer.lmbda=0.5"],
+        )
+    text = str(err.value)
+    assert "stages.distill: Value error, on_policy uses TRL's generalized JSD" in text
+    # on_policy passes its trainer block to trl.DistillationConfig, the other kinds to SFTConfig
+    assert "stages.distill.trainer.lmbda: not a field of trl.DistillationConfig" in text
+    ok = load_recipe(
+        ROOT / "recipes/finance.yaml",
+        "tiny",
+        ["stages.distill.kind=on_policy", "stages.distill.trainer.max_completion_length=8"],
+    )
+    assert ok.stages.distill.kind == "on_policy"
+    with pytest.raises(RecipeError, match="not a field of trl.SFTConfig"):
+        load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["stages.distill.trainer.max_completion_length=8"])
+    with pytest.raises(RecipeError, match="endpoint teacher returns text"):
+        load_recipe(
+            ROOT / "recipes/finance.yaml",
+            "tiny",
+            ["stages.distill.teacher.endpoint=http://127.0.0.1:8000/v1"],
+        )

@@ -38,7 +38,15 @@ from pydantic import (
 PROFILE_DIR_NAME = "profiles"
 # Keys the toolkit sets itself in every trainer config; a recipe setting them would be ignored
 # silently, so we reject them.
-MANAGED_TRAINER_KEYS = {"output_dir", "resume_from_checkpoint", "max_length", "packing", "beta"}
+MANAGED_TRAINER_KEYS = {
+    "output_dir",
+    "resume_from_checkpoint",
+    "max_length",
+    "packing",
+    "beta",
+    "temperature",  # distill.temperature (on_policy: TRL's loss and sampling temperature)
+    "teacher_model_init_kwargs",  # distill.teacher.quantization
+}
 STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig", "distill": "SFTConfig"}
 # distill.kind on_policy passes its trainer block to TRL's DistillationConfig instead.
 ON_POLICY_TRAINER_CONFIG = "DistillationConfig"
@@ -173,7 +181,6 @@ class TeacherGeneration(Strict):
     max_new_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy
     batch_size: int = Field(default=32, ge=1)
-    max_prompts: int | None = Field(default=None, ge=1)
 
 
 class DistillStage(Strict):
@@ -186,6 +193,7 @@ class DistillStage(Strict):
     cache: bool = True
     top_k: int = Field(default=64, ge=1)
     students: list[str] | None = None  # default: models.students
+    max_examples: int | None = Field(default=None, ge=1)  # first N SFT conversations / prompts
     method: Literal["full", "lora", "qlora"] = "qlora"  # how each student trains
     lora: Lora = Field(default_factory=Lora)
     max_length: int = Field(default=2048, ge=16)

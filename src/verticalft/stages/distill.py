@@ -294,12 +294,11 @@ def train_on_policy(
     args = trainer_config(
         sctx,
         DistillationConfig,
-        defaults={"learning_rate": 1e-4},
+        defaults={"learning_rate": 1e-4, "max_completion_length": cfg.generation.max_new_tokens},
         managed={
             "beta": beta,
             "temperature": cfg.temperature,
-            "max_completion_length": cfg.generation.max_new_tokens,
-            "teacher_model_init_kwargs": {"dtype": str(training_dtype()).removeprefix("torch.")},
+            "teacher_model_init_kwargs": _teacher_init_kwargs(cfg.teacher.quantization),
         },
     )
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
@@ -316,6 +315,16 @@ def train_on_policy(
         return trainer, train_and_measure(trainer, sctx)
     finally:
         tokenizer.padding_side = "right"
+
+
+def _teacher_init_kwargs(quantization: str) -> dict[str, Any]:
+    """How TRL's DistillationTrainer loads the teacher from its path (4-bit when the recipe says so)."""
+    from verticalft.models import quantization_config
+
+    kwargs: dict[str, Any] = {"dtype": str(training_dtype()).removeprefix("torch.")}
+    if quantization != "none":
+        kwargs["quantization_config"] = quantization_config(quantization)
+    return kwargs
 
 
 def finish_student(
@@ -339,10 +348,8 @@ def run(ctx: StageContext) -> StageResult:
     todo = {n: p for n, p in studs.items() if not _student_done(ctx, n, fp)}
     tokenizer = load_tokenizer(t_path)
     size = len(tokenizer)
-    convs = conversations(ctx)
+    convs = conversations(ctx)[: cfg.max_examples]
     prompts = [m[0]["content"] for m in convs if m and m[0].get("role") == "user"]
-    if cfg.generation.max_prompts:
-        prompts = prompts[: cfg.generation.max_prompts]
 
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None else None
@@ -386,6 +393,8 @@ def run(ctx: StageContext) -> StageResult:
         teacher = _free(teacher)  # TRL loads it from the path itself
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
+    for name in results:
+        print(f"  student {name}: done in an earlier attempt of this stage (kept)", flush=True)
     failures: dict[str, str] = {}
     for name, path in todo.items():
         sctx = ctx.sub(name)

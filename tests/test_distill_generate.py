@@ -1,0 +1,82 @@
+"""Sequence-level distillation's teacher side: an OpenAI-compatible endpoint as the teacher, and the
+filtering of its answers. The endpoint here is a local stand-in for a hosted API (no internet);
+the client code is the one the stage runs."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from verticalft.distill.generate import Generation, generate_openai, pick_backend
+from verticalft.stages.distill import generated_set, student_name
+
+
+class _Endpoint(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Endpoint.seen.append((self.path, self.headers.get("Authorization"), body))
+        prompt = body["messages"][-1]["content"]
+        text, reason = {"cut": ("The answer is", "length"), "empty": ("", "stop")}.get(
+            prompt, (prompt.upper(), "stop")
+        )
+        payload = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": reason}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    server = HTTPServer(("127.0.0.1", 0), _Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Endpoint.seen = []
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_endpoint_teacher_sends_the_key_from_the_environment(endpoint, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", "sk-test-123")
+    prompts = ["payroll?", "cut", "empty", "payroll?"]
+    gens = generate_openai(
+        endpoint, "teacher-32b", prompts, 32, 0.0, api_key_env="TEACHER_KEY", concurrency=2
+    )
+    assert [g.finish_reason for g in gens] == ["stop", "length", "stop", "stop"]
+    assert gens[0].text == "PAYROLL?"
+    path, auth, body = _Endpoint.seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer sk-test-123"
+    assert body["model"] == "teacher-32b" and body["max_tokens"] == 32
+    # the kept set: the cut answer, the empty one and the repeated prompt are dropped
+    kept, dropped = generated_set(prompts, gens)
+    assert dropped == {"duplicate_prompt": 1, "truncated_response": 1, "empty_response": 1}
+    assert kept == [
+        {"messages": [{"role": "user", "content": "payroll?"}, {"role": "assistant", "content": "PAYROLL?"}]}
+    ]
+    assert "sk-test" not in json.dumps(kept)
+
+
+def test_missing_key_is_a_clear_error(endpoint, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="NO_SUCH_KEY is not set"):
+        generate_openai(endpoint, "m", ["x"], 8, 0.0, api_key_env="NO_SUCH_KEY")
+
+
+def test_backend_choice():
+    assert pick_backend("auto", "http://127.0.0.1:8000/v1") == "openai"
+    assert pick_backend("hf", None) == "hf"
+    assert pick_backend("auto", None) in ("vllm", "hf")
+    assert Generation("a", "stop").finish_reason == "stop"
+
+
+def test_student_folder_names():
+    assert student_name("tiny://student-s") == "student-s"
+    assert student_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen2.5-7B-Instruct"
+    assert student_name("/models/my-student/") == "my-student"
