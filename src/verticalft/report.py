@@ -73,8 +73,42 @@ def render(manifest: dict[str, Any], title: str) -> str:
         ]
         lines += [f"| {k} | {v:.3f} |" for k, v in final["by_task"].items()]
         lines += [f"| difficulty {k} | {v:.3f} |" for k, v in final["by_difficulty"].items()]
+    lines += _distill_section(stages.get("distill"))
     lines += ["", "Every number comes from `manifest.json` next to this file.", ""]
     return "\n".join(lines)
+
+
+def _distill_section(rec: dict[str, Any] | None) -> list[str]:
+    """Teacher vs each student: eval score and retention (student / teacher)."""
+    m = (rec or {}).get("metrics") or {}
+    if not m.get("students") and not m.get("failed_students"):
+        return []
+    cache = m.get("cache")
+    lines = [
+        "",
+        f"## Distillation ({m.get('kind')}{', teacher top-k cache' if cache else ''})",
+        "",
+        "| model | eval score | retention | train time | peak RSS | teacher in memory |",
+        "|---|---|---|---|---|---|",
+        f"| teacher `{m.get('teacher')}` | {_score(m.get('teacher_eval'))} | 1.000 | – | – | – |",
+    ]
+    for name, st in m.get("students", {}).items():
+        train = st.get("train", {})
+        lines.append(
+            f"| {name} | {_score(st.get('eval'))} | {_num(st.get('retention'), '{:.3f}')} "
+            f"| {_num(train.get('train_seconds'), '{:.0f}s')} | {_num(st.get('peak_rss_mb'), '{:,.0f} MB')} "
+            f"| {'yes' if st.get('teacher_in_memory') else 'no'} |"
+        )
+    for name, err in (m.get("failed_students") or {}).items():
+        lines.append(f"| {name} | failed: {err} | – | – | – | – |")
+    if cache:
+        lines += [
+            "",
+            f"Teacher cache: top-{cache['k']} of {cache['tokens']:,} response tokens, "
+            f"{cache['bytes_per_token']} bytes/token, built in {cache['build_seconds']}s "
+            f"(0 s = reused).",
+        ]
+    return lines
 
 
 def write_report(run: RunDir, title: str) -> str:
