@@ -1,5 +1,5 @@
 # verticalft — every target installs what it needs first (`setup` is idempotent).
-#   make demo                      finance playbook, PROFILE=tiny, CPU, ~10 minutes
+#   make demo                      finance playbook through distill, PROFILE=tiny, CPU, ~15 minutes
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
 #   make <domain>-plan|-status|-validate
@@ -34,7 +34,7 @@ setup-bench: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 
 demo: setup
-	$(VFT) run recipes/finance.yaml --profile tiny --until dpo
+	$(VFT) run recipes/finance.yaml --profile tiny --until distill
 	@$(VFT) status recipes/finance.yaml --profile tiny
 	@echo "report: runs/finance/tiny/report.md   (every number: runs/finance/tiny/manifest.json)"
 

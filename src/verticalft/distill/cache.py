@@ -6,7 +6,8 @@ recipe's temperature, and the log of the mass outside the top-k, computed in fp3
 log-probs are rounded to fp16: the loss puts it in an explicit tail bucket (losses), so no
 probability mass is dropped silently.
 
-Layout of one cache folder (`<run>/distill/teacher_cache/<key>/`):
+Layout of one cache folder (`<run>/teacher_cache/<key>/`, beside the stage folders so that a
+rerun of the distill stage with other student settings reuses it):
 
     ids.npy        [tokens, k]  uint16 when the vocabulary fits (< 65,536 ids), else int32
     logprobs.npy   [tokens, k]  float16

@@ -134,7 +134,9 @@ def build_cache(
     producer = next((s for s in ("dpo", "sft", "cpt") if ctx.run.output(s, "model") == t_path), None)
     identity = tc.teacher_identity(t_path, ctx.run.record(producer).fingerprint if producer else None)
     key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, cfg.temperature)
-    root = ctx.run.stage_dir("distill") / "teacher_cache" / key
+    # Beside the stage folder, not in it: a rerun of the stage with other student settings
+    # (epochs, learning rate, students) clears distill/ but reuses a cache whose key still matches.
+    root = ctx.run.root / "teacher_cache" / key
     if tc.is_complete(root):
         print(f"  teacher cache: reusing {root}", flush=True)
         return tc.TeacherCache(root), 0.0
