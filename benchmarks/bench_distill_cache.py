@@ -1,6 +1,6 @@
 """Logit distillation from the teacher top-k cache vs with the teacher online, side by side.
 
-    .venv/bin/python benchmarks/bench_distill_cache.py [--examples 1000] [--epochs 3] [--k 64]
+    .venv/bin/python benchmarks/bench_distill_cache.py [--examples 3000] [--epochs 3] [--k 64]
 
 Models: one byte-level BPE tokenizer trained on the finance sample, a tiny Llama teacher and the
 two tiny students of the tiny profile (student-m, student-s), built like `verticalft tiny-models`.
@@ -18,7 +18,8 @@ Every measurement runs in its own fresh process (so peak RSS = that job alone, r
   2. for each student: `--epochs` epochs from the cache (no teacher loaded);
   3. for each student: `--epochs` epochs with the teacher online (teacher forward every step).
 Both training paths are `LogitDistillTrainer` (HF Trainer) with the same settings (forward KL,
-T=2, ce_weight 0.5, batch 16, full fine-tune, fp32, 2 threads). Writes
+T=2, ce_weight 0.5, batch 16, full fine-tune, fp32 — bf16=False, as the stage sets on CPU —,
+2 threads). Writes
 benchmarks/results/distill_cache.json.
 """
 
@@ -96,6 +97,7 @@ def job_train(work: Path, n: int, student: str, mode: str, epochs: int) -> dict:
         save_strategy="no",
         logging_steps=50,
         use_cpu=True,
+        bf16=False,  # TRL's default bf16=True autocast is ~16x slower on this CPU (no AVX-512-BF16)
         remove_unused_columns=False,
         disable_tqdm=True,
         seed=0,
@@ -137,7 +139,7 @@ def _run_job(*args: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--examples", type=int, default=1000)
+    ap.add_argument("--examples", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--work", default="/tmp/bench_distill_cache")
@@ -146,14 +148,24 @@ def main() -> None:
     work = Path(a.work)
     if a.job:
         kind, *rest = a.job
-        out = job_build(work, a.examples, a.k) if kind == "build" else job_train(work, a.examples, rest[0], rest[1], a.epochs)
+        out = (
+            job_build(work, a.examples, a.k)
+            if kind == "build"
+            else job_train(work, a.examples, rest[0], rest[1], a.epochs)
+        )
         print(json.dumps(out))
         return
 
     from verticalft.models import DEFAULT_TINY_SPECS, build_tiny_models, count_parameters, load_model
 
-    texts = [json.loads(line)["text"] for line in (ROOT / "data_pipelines/finance/sample/corpus.jsonl").open()]
-    specs = {"teacher": TEACHER, "student-m": DEFAULT_TINY_SPECS["student-m"], "student-s": DEFAULT_TINY_SPECS["student-s"]}
+    texts = [
+        json.loads(line)["text"] for line in (ROOT / "data_pipelines/finance/sample/corpus.jsonl").open()
+    ]
+    specs = {
+        "teacher": TEACHER,
+        "student-m": DEFAULT_TINY_SPECS["student-m"],
+        "student-s": DEFAULT_TINY_SPECS["student-s"],
+    }
     folders = build_tiny_models(work / "models", texts, specs, vocab_size=2048, seed=0)
     params = {name: count_parameters(load_model(path))[1] for name, path in folders.items()}
     print("parameters:", params, flush=True)
@@ -167,18 +179,23 @@ def main() -> None:
     total_cache = build["seconds"] + sum(by[(s, "cache")]["train_seconds"] for s in students)
     total_online = sum(by[(s, "online")]["train_seconds"] for s in students)
     summary = {
-        "epoch_speedup": {s: round(by[(s, "online")]["seconds_per_epoch"] / by[(s, "cache")]["seconds_per_epoch"], 2) for s in students},
+        "epoch_speedup": {
+            s: round(by[(s, "online")]["seconds_per_epoch"] / by[(s, "cache")]["seconds_per_epoch"], 2)
+            for s in students
+        },
         "peak_rss_mb": {f"{s} {m}": by[(s, m)]["peak_rss_mb"] for s in students for m in ("cache", "online")},
-        "total_seconds_two_students": {"cache (build + training)": round(total_cache, 1), "online": round(total_online, 1)},
+        "total_seconds_two_students": {
+            "cache (build + training)": round(total_cache, 1),
+            "online": round(total_online, 1),
+        },
         "total_speedup_two_students": round(total_online / total_cache, 2),
         "bytes_per_token": build["bytes_per_token"],
     }
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "command": "python benchmarks/bench_distill_cache.py " + " ".join(
-            f"--{k} {v}" for k, v in (("examples", a.examples), ("epochs", a.epochs), ("k", a.k))
-        ),
+        "command": "python benchmarks/bench_distill_cache.py "
+        + " ".join(f"--{k} {v}" for k, v in (("examples", a.examples), ("epochs", a.epochs), ("k", a.k))),
         "parameters": params,
         "teacher_to_student": {s: round(params["teacher"] / params[s], 1) for s in students},
         "cache_build": build,

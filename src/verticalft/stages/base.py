@@ -132,6 +132,9 @@ def trainer_config(
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.03,
         "eval_strategy": "no",
+        # TRL configs default to bf16=True; on a CPU without AVX-512-BF16/AMX that autocast makes
+        # every step ~15-30x slower (models.fit_trainable_dtype), so it follows the hardware.
+        "bf16": _bf16_ok(),
         **defaults,
         **block,
         **managed,
@@ -144,6 +147,14 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    from verticalft.models import training_dtype
+
+    return training_dtype() == torch.bfloat16
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:
