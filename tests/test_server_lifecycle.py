@@ -1,0 +1,114 @@
+"""Server lifecycle on a stand-in process (vLLM itself is exercised by the bench stage's tests):
+health-checked start, the whole process group stopped (no orphans), clear errors with the log tail."""
+
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from verticalft.serving.server import ManagedServer, ServerError, free_port, vllm_command
+
+STAND_IN = textwrap.dedent(
+    """
+    import http.server, subprocess, sys, time
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # like an engine worker
+    print("worker", worker.pid, flush=True)
+    time.sleep(float(sys.argv[2]))
+    if sys.argv[3] == "crash":
+        print("CUDA out of memory (pretend)", flush=True)
+        sys.exit(3)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+    """
+)
+
+
+def _cmd(tmp_path, port, delay=0.5, mode="ok"):
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    return [sys.executable, str(script), str(port), str(delay), mode]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting to be reaped is not alive
+        return f.read().split()[2] != "Z"
+
+
+def _worker_pid(log):
+    for _ in range(50):
+        for line in log.read_text().splitlines():
+            if line.startswith("worker"):
+                return int(line.split()[1])
+        time.sleep(0.1)
+    raise AssertionError("no worker line")
+
+
+def test_starts_healthy_and_stops_the_whole_group(tmp_path):
+    port = free_port()
+    log = tmp_path / "server.log"
+    with ManagedServer(_cmd(tmp_path, port), port, log, startup_timeout=30) as server:
+        assert server.base_url == f"http://127.0.0.1:{port}"
+        server_pid, worker = server.proc.pid, _worker_pid(log)
+        assert _alive(server_pid) and _alive(worker)
+    time.sleep(0.3)
+    assert not _alive(server_pid) and not _alive(worker)  # no orphan engine worker
+    # the port is free again: a rerun can bind it
+    with ManagedServer(_cmd(tmp_path, port), port, tmp_path / "again.log", startup_timeout=30):
+        pass
+
+
+def test_a_server_that_exits_during_startup_is_a_clear_error(tmp_path):
+    port = free_port()
+    with pytest.raises(ServerError) as err:
+        ManagedServer(
+            _cmd(tmp_path, port, 0.2, "crash"), port, tmp_path / "s.log", startup_timeout=30
+        ).start()
+    assert "exited with code 3 before it became healthy" in str(err.value)
+    assert "CUDA out of memory (pretend)" in str(err.value)  # the log tail
+
+
+def test_never_healthy_times_out_and_leaves_nothing(tmp_path):
+    port = free_port()
+    log = tmp_path / "s.log"
+    server = ManagedServer(_cmd(tmp_path, port, 60), port, log, startup_timeout=1.5)
+    with pytest.raises(ServerError, match="not healthy after 2s"):
+        server.start()
+    worker = _worker_pid(log)
+    time.sleep(0.3)
+    assert server.proc is None and not _alive(worker)
+
+
+def test_killed_mid_run_is_reported_and_cleaned_up(tmp_path):
+    port = free_port()
+    log = tmp_path / "s.log"
+    with (
+        pytest.raises(ServerError, match="exited with code -9 while in use"),
+        ManagedServer(_cmd(tmp_path, port), port, log, startup_timeout=30) as server,
+    ):
+        worker = _worker_pid(log)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        server.check_alive()
+    time.sleep(0.3)
+    assert not _alive(worker)
+
+
+def test_vllm_command_binds_localhost_and_serves_adapters():
+    cmd = vllm_command(
+        "/m/base", 8123, served_name="base", lora_modules={"finance": "/a/fin"}, max_model_len=512
+    )
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
+    assert "--enable-lora" in cmd and cmd[cmd.index("--lora-modules") + 1] == "finance=/a/fin"
