@@ -413,7 +413,7 @@ def run(ctx: StageContext) -> StageResult:
                 **finish_student(sctx, trainer, tokenizer, path, teacher_score),
                 "train": train,
                 "peak_rss_mb": mem.mb,
-                "teacher_in_memory": cfg.kind == "logits" and cache is None,
+                "teacher_in_memory": cfg.kind == "on_policy" or (cfg.kind == "logits" and cache is None),
             }
             atomic_write_json(sctx.dir / "result.json", result)
             atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
