@@ -16,8 +16,15 @@ def test_tiny_profile_adds_the_tiny_models_stage():
         "cpt",
         "sft",
         "dpo",
+        "distill",
     ]
-    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == ["curate", "cpt", "sft", "dpo"]
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == [
+        "curate",
+        "cpt",
+        "sft",
+        "dpo",
+        "distill",
+    ]
 
 
 def test_preflight_lists_every_missing_file_before_any_work(tmp_path):
