@@ -2,6 +2,7 @@
 #   make demo                      finance playbook through distill, PROFILE=tiny, CPU, ~15 minutes
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
+#                                  ARGS="--set stages.distill.kind=sequence" passes CLI options through
 #   make <domain>-plan|-status|-validate
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -55,7 +56,7 @@ clean:
 # make <domain>-<stage>: run recipes/<domain>.yaml up to <stage>, skipping done stages.
 define stage_rule
 %-$(1): setup
-	$(VFT) run recipes/$$*.yaml --profile $(PROFILE) --until $(1)
+	$(VFT) run recipes/$$*.yaml --profile $(PROFILE) --until $(1) $(ARGS)
 endef
 $(foreach s,$(STAGES),$(eval $(call stage_rule,$(s))))
 
