@@ -373,7 +373,8 @@ def run(ctx: StageContext) -> StageResult:
                 "build_seconds": build_s,
                 "build_peak_rss_mb": mem.mb,
             }
-            teacher = _free(teacher)  # students train from the cache alone
+            teacher = None  # students train from the cache alone
+            gc.collect()
     elif todo and cfg.kind == "sequence":
         t0 = time.time()
         gens, backend = teacher_generations(ctx, teacher, tokenizer, prompts)
@@ -386,13 +387,15 @@ def run(ctx: StageContext) -> StageResult:
             "seconds": round(time.time() - t0, 2),
         }
         atomic_write_json(ctx.dir / "teacher_generations.json", rows[:200])
-        teacher = _free(teacher)
+        teacher = None
+        gc.collect()
         if not rows:
             raise ValueError(
                 f"distill: every teacher generation was filtered out ({dropped}); raise generation.max_new_tokens?"
             )
     elif cfg.kind == "on_policy":
-        teacher = _free(teacher)  # TRL loads it from the path itself
+        teacher = None  # TRL loads it from the path itself
+        gc.collect()
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
@@ -444,12 +447,6 @@ def run(ctx: StageContext) -> StageResult:
             result,
         )
     return result
-
-
-def _free(model: Any) -> None:
-    del model
-    gc.collect()
-    return None
 
 
 def _recorded_teacher_eval(ctx: StageContext) -> dict[str, Any] | None:
