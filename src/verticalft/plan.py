@@ -162,6 +162,11 @@ def training_memory_gb(
 
 
 # --------------------------------------------------------------------------- the recipe plan
+def _breakdown(mem: dict[str, float]) -> str:
+    """`weights 17.0, activations 3.2, …` for a warning: the parts of a memory estimate."""
+    return ", ".join(f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
+
+
 def inference_memory_gb(arch: Arch, quantization: str, seq_len: int, micro_batch: int) -> float:
     """A frozen model that only runs forward: weights + its fp32 logits for one micro-batch."""
     weights = arch.params * (NF4_BYTES_PER_PARAM if quantization in ("nf4", "fp4") else 2.0)
@@ -305,7 +310,7 @@ def plan_recipe(recipe: Any) -> Plan:
         )
         if not fits:
             plan.warnings.append(
-                f"{stage}: needs ~{mem['total']:.1f} GB per GPU ({', '.join(f'{k} {v:.1f}' for k, v in mem.items() if k != 'total')}) "
+                f"{stage}: needs ~{mem['total']:.1f} GB per GPU ({_breakdown(mem)}) "
                 f"but {gpu.name} has {gpu.vram_gb:.0f} GB — lower per_device_train_batch_size or max_length, "
                 f"enable gradient_checkpointing, use QLoRA, or shard with accelerate_config fsdp2 over more GPUs"
             )
@@ -385,7 +390,7 @@ def plan_distill(
         )
         if not fits:
             plan.warnings.append(
-                f"distill {ref}: needs ~{mem['total']:.1f} GB ({', '.join(f'{k} {v:.1f}' for k, v in mem.items() if k != 'total')}) "
+                f"distill {ref}: needs ~{mem['total']:.1f} GB ({_breakdown(mem)}) "
                 f"but {gpu.name} has {gpu.vram_gb:.0f} GB — use cache: true (teacher not in memory), "
                 "teacher.quantization: nf4, method: qlora, or a smaller max_length / batch"
             )
