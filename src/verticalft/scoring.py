@@ -1,8 +1,12 @@
-"""Quick domain eval: greedy answers to the recipe's eval set, scored by exact or numeric match.
+"""Domain eval: greedy answers to the recipe's eval set, scored per item by its `kind`.
 
-Kept small on purpose: training stages call it before and after training so the manifest shows
-what each stage bought. The full eval stage (vLLM generation, retention, gates) builds on the
-same matching rules (`score_answer`).
+Training stages call `evaluate_model` before and after training so the manifest shows what each
+stage bought; the eval stage (vLLM generation, every model, retention, gates) uses the same
+matching rules (`score_answer`), so a score means the same thing everywhere.
+
+Kinds: `label` (classification: first line, case-insensitive), `exact` (the whole answer,
+whitespace-normalised), `number` (first number within a relative tolerance: figures in finance
+answers) and `choice` (multiple choice: the option letter, or the option's text).
 """
 
 from __future__ import annotations
@@ -28,14 +32,51 @@ def parse_number(text: str) -> float | None:
         return None
 
 
-def score_answer(prediction: str, answer: str, kind: str, tolerance: float = 0.001) -> bool:
-    """label: case-insensitive exact match of the first line; number: within `tolerance` (relative)."""
+KINDS = ("label", "exact", "number", "choice")
+_CHOICE = re.compile(r"^\(?([A-Za-z])[).:]?(?:\s|$)")
+
+
+def choice_letter(prediction: str, choices: list[str] | None = None) -> str | None:
+    """The option a multiple-choice answer picked: a leading letter ("B", "(b)", "B) …") or, when
+    the model wrote an option's text instead, that option's letter."""
+    first = normalise(prediction)
+    m = _CHOICE.match(first)
+    if m and (not choices or ord(m.group(1).lower()) - 97 < len(choices)):
+        return m.group(1).upper()
+    for i, option in enumerate(choices or []):
+        if first == normalise(option):
+            return chr(65 + i)
+    return None
+
+
+def score_answer(
+    prediction: str,
+    answer: str,
+    kind: str,
+    tolerance: float = 0.001,
+    choices: list[str] | None = None,
+) -> bool:
+    """label: first line, case-insensitive; exact: whole text, whitespace-normalised; number:
+    within `tolerance` (relative, absolute below 1); choice: the same option letter as `answer`."""
     if kind == "number":
         got, want = parse_number(normalise(prediction)), parse_number(answer)
         if got is None or want is None:
             return False
         return abs(got - want) <= tolerance * max(1.0, abs(want))
+    if kind == "exact":
+        return " ".join(prediction.split()) == " ".join(answer.split())
+    if kind == "choice":
+        want = choice_letter(answer, choices)
+        return want is not None and choice_letter(prediction, choices) == want
     return normalise(prediction) == normalise(answer)
+
+
+def score_items(items: list[dict[str, Any]], predictions: list[str], tolerance: float = 0.001) -> list[bool]:
+    """Per-item correctness (an item's `kind` defaults to label)."""
+    return [
+        score_answer(p, str(it["answer"]), it.get("kind") or "label", tolerance, it.get("choices"))
+        for p, it in zip(predictions, items, strict=True)
+    ]
 
 
 def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any]:
@@ -112,10 +153,7 @@ def evaluate_model(
     tolerance: float = 0.001,
 ) -> dict[str, Any]:
     preds = generate_answers(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size)
-    correct = [
-        score_answer(p, it["answer"], it.get("kind", "label"), tolerance)
-        for p, it in zip(preds, items, strict=True)
-    ]
+    correct = score_items(items, preds, tolerance)
     summary = summarise(items, correct)
     summary["examples"] = [
         {"prompt": it["prompt"][-80:], "answer": it["answer"], "prediction": p.strip()[:40]}

@@ -162,3 +162,38 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+# vLLM's --max-lora-rank accepts these values only.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_problem(adapter_dir: str | Path) -> str | None:
+    """Why vLLM cannot serve this PEFT adapter as a LoRA (None if it can): vLLM loads plain LoRA
+    weights on linear layers, not PEFT's `modules_to_save` copies, trainable token rows or DoRA."""
+    import json
+
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    if not cfg_path.is_file():
+        return f"{cfg_path} not found"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type") != "LORA":
+        return f"peft_type {cfg.get('peft_type')} (vLLM serves LORA)"
+    for key, why in (
+        ("modules_to_save", "whole trained modules (modules_to_save)"),
+        ("trainable_token_indices", "trainable embedding rows (trainable_token_indices)"),
+        ("use_dora", "DoRA"),
+    ):
+        if cfg.get(key):
+            return f"the adapter has {why}, which vLLM's LoRA loader does not apply"
+    if int(cfg.get("r", 0)) > VLLM_LORA_RANKS[-1]:
+        return f"rank {cfg.get('r')} > {VLLM_LORA_RANKS[-1]}"
+    return None
+
+
+def lora_rank_arg(adapter_dirs: Sequence[str | Path]) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that fits every adapter."""
+    import json
+
+    r = max(int(json.loads((Path(a) / "adapter_config.json").read_text())["r"]) for a in adapter_dirs)
+    return next(v for v in VLLM_LORA_RANKS if v >= r)

@@ -95,6 +95,40 @@ class StageContext:
         return items[: self.recipe.evaluation.max_items] if self.recipe.evaluation.max_items else items
 
 
+@dataclass(frozen=True)
+class RunModel:
+    """A model the run produced (or started from), as the eval and bench stages see it."""
+
+    name: str  # base | cpt | sft | dpo | <student>
+    role: str  # base | teacher | student
+    path: str  # a full HF folder (merged weights)
+    base_model: str | None = None  # what a LoRA stage trained on …
+    adapter: str | None = None  # … and its PEFT adapter (served with --enable-lora)
+
+
+def models_in_run(ctx: StageContext, include_base: bool = True) -> list[RunModel]:
+    """Base, the teacher after each model stage, then each distilled student, from the manifest."""
+    found = []
+    if include_base:
+        found.append(RunModel("base", "base", ctx.resolve_model(ctx.recipe.models.teacher)))
+    for stage in MODEL_STAGES:
+        out = ctx.run.record(stage).outputs if ctx.run.is_done(stage) else {}
+        if out.get("model"):
+            found.append(RunModel(stage, "teacher", out["model"], out.get("base_model"), out.get("adapter")))
+    if ctx.run.is_done("distill"):
+        rec = ctx.run.record("distill")
+        for name in rec.metrics.get("students", {}):
+            if rec.outputs.get(name):
+                found.append(RunModel(name, "student", rec.outputs[name]))
+    return found
+
+
+def final_teacher(models: list[RunModel]) -> RunModel | None:
+    """The last trained teacher stage (else the base model)."""
+    teachers = [m for m in models if m.role == "teacher"] or [m for m in models if m.role == "base"]
+    return teachers[-1] if teachers else None
+
+
 # --------------------------------------------------------------------------- distributed helpers
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))

@@ -1,0 +1,144 @@
+"""vLLM's own serving benchmark (`vllm.benchmarks.serve`) against a managed server, one concurrency
+at a time, plus the pure logic that reads a sweep: SLO attainment and the operating point.
+
+The benchmark runs in a thread of this process while the caller's thread watches the server: if
+the server dies mid-run the stage fails at once with the server's log tail (`ServerError`)
+instead of waiting for every request to time out.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from verticalft.serving.server import ManagedServer, ServerError
+
+PERCENTILES = (50, 90, 99)
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives in milliseconds (None: no objective on that metric)."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+    min_attainment: float = 0.9  # share of requests that must meet every objective
+
+    def goodput_args(self) -> list[str]:
+        pairs = [
+            f"{k}:{v:g}"
+            for k, v in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms), ("e2el", self.e2el_ms))
+            if v is not None
+        ]
+        return ["--goodput", *pairs] if pairs else []
+
+
+def benchmark_argv(
+    base_url: str,
+    served_name: str,
+    tokenizer: str,
+    concurrency: int,
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    slo: Slo,
+    result_dir: Path,
+    result_file: str,
+    seed: int = 0,
+) -> list[str]:
+    """Command-line arguments of `vllm bench serve` for one point of the sweep (random prompts of
+    `input_len` tokens, exactly `output_len` generated tokens, chat-free completions endpoint)."""
+    return [
+        "--backend", "openai",
+        "--base-url", base_url,
+        "--endpoint", "/v1/completions",
+        "--model", tokenizer,
+        "--served-model-name", served_name,
+        "--tokenizer", tokenizer,
+        "--dataset-name", "random",
+        "--random-input-len", str(input_len),
+        "--random-output-len", str(output_len),
+        "--num-prompts", str(num_prompts),
+        "--max-concurrency", str(concurrency),
+        "--request-rate", "inf",
+        "--seed", str(seed),
+        "--percentile-metrics", ",".join(LATENCY_METRICS),
+        "--metric-percentiles", ",".join(map(str, PERCENTILES)),
+        "--save-result",
+        "--result-dir", str(result_dir),
+        "--result-filename", result_file,
+        "--disable-tqdm",
+        *slo.goodput_args(),
+    ]  # fmt: skip
+
+
+def run_point(server: ManagedServer, argv: list[str], poll_seconds: float = 0.5) -> dict[str, Any]:
+    """Run one benchmark; raise ServerError (with the server's log tail) if the server dies."""
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(argv)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = main(args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="vllm-bench", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(poll_seconds)
+        server.check_alive("during the benchmark")
+    server.check_alive("during the benchmark")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def summarise(result: dict[str, Any], slo: Slo) -> dict[str, Any]:
+    """The figures the report and the cost stage use, from vLLM's result dict."""
+    keys = ["completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
+            "total_input_tokens", "total_output_tokens", "max_concurrency"]  # fmt: skip
+    out = {k: result.get(k) for k in keys}
+    out["input_throughput"] = (
+        (result.get("total_input_tokens") or 0) / result["duration"] if result.get("duration") else None
+    )
+    for metric in LATENCY_METRICS:
+        for stat in ("mean", "median", *(f"p{p}" for p in PERCENTILES)):
+            out[f"{stat}_{metric}_ms"] = result.get(f"{stat}_{metric}_ms")
+    goodput = result.get("request_goodput")
+    out["request_goodput"] = goodput
+    out["slo_attainment"] = slo_attainment(goodput, result.get("request_throughput"))
+    out["meets_slo"] = out["slo_attainment"] is None or out["slo_attainment"] >= slo.min_attainment
+    return out
+
+
+def slo_attainment(goodput: float | None, request_throughput: float | None) -> float | None:
+    """Share of completed requests that met every objective (None without objectives)."""
+    if goodput is None or not request_throughput:
+        return None
+    return round(min(1.0, goodput / request_throughput), 4)
+
+
+def operating_point(sweep: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The point to quote prices at: the highest concurrency that meets the SLO with no failed
+    requests; None if no point does (the caller then says so rather than quoting a fiction)."""
+    ok = [p for p in sweep if p.get("meets_slo") and not p.get("failed") and p.get("output_throughput")]
+    return max(ok, key=lambda p: p["max_concurrency"] or 0) if ok else None
+
+
+def assert_no_failures(point: dict[str, Any], name: str, server: ManagedServer) -> None:
+    """Failed requests with a live server are a benchmark problem worth stopping on."""
+    if point.get("failed"):
+        raise ServerError(
+            f"{name}: {point['failed']} of {point['failed'] + (point['completed'] or 0)} benchmark requests failed "
+            f"at concurrency {point['max_concurrency']}; server log: {server.log_path}"
+        )

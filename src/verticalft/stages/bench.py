@@ -1,0 +1,209 @@
+"""bench: each model behind a real vLLM OpenAI-compatible server, measured with `vllm bench serve`.
+
+For each served model (default: the final teacher and every distilled student) a server starts on
+127.0.0.1 (`serving.server.ManagedServer`: health-checked, always stopped, no orphans), the
+concurrency sweep runs (`serving.benchmark`), and the server stops before the next one starts.
+A model trained with LoRA whose adapter vLLM can load is served as base + adapter
+(`--enable-lora`); several adapters on one base share one server. For those, a parity check
+asks the server for greedy answers to the first eval prompts and compares them with the merged
+weights' answers (the eval stage's vLLM predictions, or an offline run here) — train/serve parity.
+
+Per model `bench/<model>/`: `server.log`, one vLLM result file per concurrency, `result.json`
+(written last: a killed run reuses finished models on rerun).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verticalft.rundir import atomic_write_json
+from verticalft.serving.benchmark import (
+    Slo,
+    assert_no_failures,
+    benchmark_argv,
+    operating_point,
+    run_point,
+    summarise,
+)
+from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
+from verticalft.stages.base import RunModel, StageContext, StageResult, final_teacher, models_in_run
+
+
+@dataclass
+class Unit:
+    """One server: a base folder, the name it is served under, and LoRA adapters on top."""
+
+    base_path: str
+    base_name: str | None = None  # benchmarked when a selected model *is* the base
+    loras: dict[str, str] = field(default_factory=dict)
+
+
+def select_models(requested: list[str] | None, models: list[RunModel]) -> list[RunModel]:
+    """The recipe's `bench.models` (names; `teacher` = the final teacher), default: final teacher
+    + every student. Unknown names list the available ones."""
+    by_name = {m.name: m for m in models}
+    teacher = final_teacher(models)
+    if teacher:
+        by_name.setdefault("teacher", teacher)
+    if requested is None:
+        return [m for m in [teacher, *(m for m in models if m.role == "student")] if m]
+    unknown = [n for n in requested if n not in by_name]
+    if unknown:
+        raise ValueError(
+            f"stages.bench.models: {', '.join(unknown)} not in this run; available: {', '.join(by_name)}"
+        )
+    return list({by_name[n].name: by_name[n] for n in requested}.values())
+
+
+def plan_units(models: list[RunModel], use_lora: bool) -> tuple[list[Unit], dict[str, str]]:
+    """Group models into servers; also return why any adapter is served merged instead."""
+    units: dict[str, Unit] = {}
+    merged_because: dict[str, str] = {}
+    for m in models:
+        problem = lora_problem(m.adapter) if (use_lora and m.adapter and m.base_model) else "no adapter"
+        if problem is None:
+            units.setdefault(m.base_model, Unit(m.base_model)).loras[m.name] = m.adapter  # type: ignore[index]
+        else:
+            if m.adapter and use_lora:
+                merged_because[m.name] = problem
+            units.setdefault(m.path, Unit(m.path)).base_name = m.name
+    return list(units.values()), merged_because
+
+
+def weight_bytes(*folders: str | None) -> int:
+    """Bytes of the weights a server reads per decoded token (safetensors as stored)."""
+    return sum(p.stat().st_size for f in folders if f for p in Path(f).glob("*.safetensors"))
+
+
+def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str], max_new: int) -> list[str]:
+    """The merged model's greedy answers: the eval stage's vLLM predictions when they match, else
+    an offline vLLM run of the merged folder here."""
+    ev = ctx.run.record("eval") if ctx.run.is_done("eval") else None
+    out = (ev.outputs.get(name) if ev else None) if ev and ev.metrics.get("backend") == "vllm" else None
+    if out and ev and ev.metrics.get("max_new_tokens") == max_new:
+        rows = [json.loads(line) for line in Path(out).read_text().splitlines() if line.strip()]
+        by_prompt = {r["prompt"]: r["prediction"] for r in rows if r["set"] == "domain"}
+        if all(p in by_prompt for p in prompts):
+            return [by_prompt[p] for p in prompts]
+    from verticalft.serving.offline import Job, generate
+
+    cfg = ctx.recipe.stages.eval
+    outs = generate(
+        [Job(name, path, prompts, max_new)],
+        ctx.dir / name / "parity",
+        cfg.engine_args if cfg else {},
+        cfg.env if cfg else {},
+    )
+    return outs[name].texts
+
+
+def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) -> dict[str, Any]:
+    """Greedy answers of base + LoRA on the server vs the merged weights, on the first n eval prompts."""
+    from verticalft.distill.generate import generate_openai
+    from verticalft.stages.eval import load_items
+
+    items = load_items(ctx.recipe.data.eval, n) if ctx.recipe.data.eval else []
+    prompts = [it["prompt"] for it in items]
+    max_new = (
+        ctx.recipe.stages.eval.max_new_tokens if ctx.recipe.stages.eval else None
+    ) or ctx.recipe.evaluation.max_new_tokens
+    served = [g.text for g in generate_openai(server.base_url + "/v1", m.name, prompts, max_new, 0.0)]
+    merged = reference_answers(ctx, m.name, m.path, prompts, max_new)
+    same = [a == b for a, b in zip(served, merged, strict=True)]
+    return {
+        "prompts": len(prompts),
+        "identical": sum(same),
+        "match_rate": round(sum(same) / len(same), 4) if same else None,
+        "mismatches": [
+            {"prompt": p[-80:], "lora": a, "merged": b}
+            for p, a, b, ok in zip(prompts, served, merged, same, strict=True)
+            if not ok
+        ][:5],
+    }
+
+
+def bench_unit(ctx: StageContext, unit: Unit, by_name: dict[str, RunModel]) -> dict[str, dict[str, Any]]:
+    cfg = ctx.recipe.stages.bench
+    slo = Slo(cfg.slo.ttft_ms, cfg.slo.tpot_ms, cfg.slo.e2el_ms, cfg.slo.min_attainment)
+    served = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
+    label = served[0] if unit.base_name else f"{served[0]}-base"
+    port = free_port()
+    extra = list(cfg.server_args)
+    if unit.loras:
+        extra += [
+            "--max-lora-rank",
+            str(lora_rank_arg(list(unit.loras.values()))),
+            "--max-loras",
+            str(len(unit.loras)),
+        ]
+    cmd = vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
+                       max_model_len=cfg.max_model_len or cfg.input_len + cfg.output_len + 64, extra_args=extra)  # fmt: skip
+    log = ctx.dir / (served[0]) / "server.log"
+    print(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})", flush=True)
+    results = {}
+    with ManagedServer(cmd, port, log, env=cfg.env, startup_timeout=cfg.startup_timeout_s) as server:
+        for name in served:
+            sweep = []
+            for c in cfg.concurrency:
+                n = cfg.num_prompts or max(16, 4 * c)
+                argv = benchmark_argv(server.base_url, name, unit.base_path, c, n, cfg.input_len, cfg.output_len, slo,
+                                      ctx.dir / name, f"concurrency-{c}.json", ctx.recipe.compute.seed)  # fmt: skip
+                point = summarise(run_point(server, argv), slo)
+                assert_no_failures(point, name, server)
+                sweep.append(point)
+                print(f"    {name} @ concurrency {c}: {point['output_throughput']:.1f} output tok/s, "
+                      f"p50 TTFT {point['median_ttft_ms']:.1f} ms, p50 TPOT {point['median_tpot_ms']:.2f} ms", flush=True)  # fmt: skip
+            m = by_name[name]
+            lora = name in unit.loras
+            op = operating_point(sweep)
+            results[name] = {
+                "served_as": "base + LoRA (--enable-lora)" if lora else "merged weights",
+                "model": m.path,
+                "base_model": unit.base_path if lora else None,
+                "adapter": unit.loras.get(name),
+                "weight_bytes": weight_bytes(unit.base_path, unit.loras.get(name)),
+                "sweep": sweep,
+                "operating_concurrency": op["max_concurrency"] if op else None,
+                "shared_server_with": [s for s in served if s != name],
+            }
+            if lora and cfg.parity_prompts:
+                results[name]["parity"] = parity_check(ctx, server, m, cfg.parity_prompts)
+        server.check_alive()
+    return results
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.recipe.stages.bench
+    models = models_in_run(ctx, include_base=True)
+    selected = select_models(cfg.models, models)
+    units, merged_because = plan_units(selected, cfg.lora)
+    by_name = {m.name: m for m in selected}
+    results: dict[str, Any] = {}
+    for unit in units:
+        names = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
+        done = ctx.dir / names[0] / "result.json"
+        if ctx.resume and done.is_file():
+            print(f"  {', '.join(names)}: benchmarked in an earlier attempt (reused)", flush=True)
+            results |= json.loads(done.read_text())
+            continue
+        unit_results = bench_unit(ctx, unit, by_name)
+        atomic_write_json(done, unit_results)  # last: this unit is complete
+        results |= unit_results
+    metrics = {
+        "concurrency": cfg.concurrency,
+        "input_len": cfg.input_len,
+        "output_len": cfg.output_len,
+        "slo": cfg.slo.model_dump(),
+        "served_merged_because": merged_because,
+        "models": results,
+    }
+    outputs = {name: str(ctx.dir / name) for name in results}
+    summary = "; ".join(
+        f"{n}: {max(p['output_throughput'] for p in r['sweep']):.0f} tok/s peak"
+        + (f", LoRA parity {r['parity']['identical']}/{r['parity']['prompts']}" if "parity" in r else "")
+        for n, r in results.items()
+    )
+    return StageResult(outputs=outputs, metrics=metrics, summary=summary)

@@ -1,0 +1,199 @@
+"""eval: every model of the run on the recipe's domain eval set (and the general set, if named).
+
+Models: the base teacher, the teacher after each model stage (cpt → sft → dpo) and each distilled
+student, all generating greedily. Generation goes through vLLM's offline engine (one child
+process for every model, `serving.offline`) or, where vLLM is not installed, transformers
+`generate`. Scoring uses the same rules as the training stages' quick eval (`scoring`): exact,
+label, numeric with a tolerance, multiple choice.
+
+Writes `eval/<model>.jsonl` (one line per item: prompt, answer, prediction, finish reason,
+correct) and puts per model the overall / per-task / per-difficulty scores in the manifest,
+with retention = student / final teacher (overall and per task) and, on the general set,
+retention = model / base (forgetting). Gates (`stages.eval.gates`) are checked after every result
+is saved: a failed gate fails the stage with what fell short, and the report still shows it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from verticalft.data import DataError, load_source, parse_jsonl
+from verticalft.recipe import Source
+from verticalft.rundir import atomic_write_text
+from verticalft.scoring import KINDS, score_items, summarise
+from verticalft.stages.base import (
+    PartialFailure,
+    RunModel,
+    StageContext,
+    StageResult,
+    final_teacher,
+    models_in_run,
+)
+
+
+def load_items(source: Source, max_items: int | None = None) -> list[dict[str, Any]]:
+    """Eval rows, each checked (prompt, answer, a known kind); errors name the file and line."""
+    path = Path(source.path)
+    if path.suffix.lower() in {".jsonl", ".ndjson"} and path.is_file():
+        located = [(f"{path}:{n}", row) for n, row, _ in parse_jsonl(path)]
+    else:
+        located = [(f"{source.path} row {i + 1}", row) for i, row in enumerate(load_source(source).to_list())]
+    items = []
+    for where, row in located:
+        if isinstance(row, str):
+            raise DataError(f"{where}: {row}")
+        missing = [k for k in ("prompt", "answer") if row.get(k) in (None, "")]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        kind = row.get("kind") or "label"
+        if kind not in KINDS:
+            raise DataError(f"{where}: unknown kind '{kind}'; one of {', '.join(KINDS)}")
+        if kind == "choice" and not row.get("choices"):
+            raise DataError(f"{where}: a `choice` item needs its options in `choices`")
+        items.append({**row, "kind": kind, "answer": str(row["answer"])})
+    return items[:max_items] if max_items else items
+
+
+def pick_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def generate_all(
+    ctx: StageContext, models: list[RunModel], prompts: list[str], backend: str, max_new_tokens: int
+) -> dict[str, dict[str, list[Any]]]:
+    """Greedy completions of every prompt by every model: {model: {texts, finish_reasons}}."""
+    cfg = ctx.recipe.stages.eval
+    if backend == "vllm":
+        from verticalft.serving.offline import Job, generate
+
+        jobs = [Job(m.name, m.path, prompts, max_new_tokens) for m in models]
+        print(
+            f"  vLLM offline: {len(models)} models × {len(prompts)} prompts (log: {ctx.dir / 'vllm.log'})",
+            flush=True,
+        )
+        outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
+        return {n: {"texts": o.texts, "finish_reasons": o.finish_reasons} for n, o in outs.items()}
+    import gc
+
+    from verticalft.models import load_model, load_tokenizer
+    from verticalft.scoring import generate
+
+    batch = ctx.recipe.evaluation.batch_size
+    results = {}
+    for m in models:
+        model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code)
+        tokenizer = load_tokenizer(m.path)
+        pairs = generate(model, tokenizer, prompts, max_new_tokens, batch)
+        results[m.name] = {"texts": [t for t, _ in pairs], "finish_reasons": [r for _, r in pairs]}
+        del model
+        gc.collect()
+    return results
+
+
+def retention(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+    """Student score / teacher score, overall and per task (None where the teacher scored 0)."""
+    ratio = lambda s, t: round(s / t, 4) if t else None  # noqa: E731
+    return {
+        "overall": ratio(student["score"], teacher["score"]),
+        "by_task": {k: ratio(v, teacher["by_task"].get(k, 0.0)) for k, v in student["by_task"].items()},
+    }
+
+
+def check_gates(gates: Any, scores: dict[str, Any], teacher: str, base: str | None) -> list[str]:
+    """Every gate that fell short, as a sentence naming the model and the numbers."""
+    failed = []
+    t = scores.get(teacher, {}).get("domain")
+    if gates.min_score is not None and t and t["score"] < gates.min_score:
+        failed.append(f"teacher '{teacher}' scored {t['score']:.3f} < min_score {gates.min_score}")
+    if gates.min_retention is not None:
+        for name, s in scores.items():
+            r = s.get("retention")
+            if r is not None and r["overall"] is not None and r["overall"] < gates.min_retention:
+                failed.append(
+                    f"student '{name}' keeps {r['overall']:.3f} of the teacher's score < min_retention {gates.min_retention}"
+                )
+    if gates.min_general_retention is not None and base:
+        r = scores.get(teacher, {}).get("general_retention")
+        if r is not None and r < gates.min_general_retention:
+            failed.append(
+                f"teacher '{teacher}' keeps {r:.3f} of the base model's general score "
+                f"< min_general_retention {gates.min_general_retention}"
+            )
+    return failed
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg, ev = ctx.recipe.stages.eval, ctx.recipe.evaluation
+    sets = {"domain": ctx.recipe.data.eval, "general": ctx.recipe.data.general_eval}
+    items = {k: load_items(src, cfg.max_items or ev.max_items) for k, src in sets.items() if src is not None}
+    if not items.get("domain"):
+        raise DataError("stages.eval: data.eval has no items to score")
+    models = models_in_run(ctx, cfg.include_base)
+    teacher = final_teacher(models)
+    backend = pick_backend(cfg.backend)
+    max_new = cfg.max_new_tokens or ev.max_new_tokens
+    prompts = [it["prompt"] for rows in items.values() for it in rows]
+    print(f"  eval: {', '.join(m.name for m in models)} on {len(prompts)} prompts via {backend}", flush=True)
+    generations = generate_all(ctx, models, prompts, backend, max_new)
+
+    scores: dict[str, Any] = {}
+    outputs: dict[str, str] = {}
+    for m in models:
+        gen, start, per_model = generations[m.name], 0, {"role": m.role, "path": m.path}
+        lines = []
+        for set_name, rows in items.items():
+            texts = gen["texts"][start : start + len(rows)]
+            reasons = gen["finish_reasons"][start : start + len(rows)]
+            start += len(rows)
+            correct = score_items(rows, texts, ev.numeric_tolerance)
+            per_model[set_name] = summarise(rows, correct)
+            lines += [
+                json.dumps(
+                    {
+                        "set": set_name,
+                        "id": it.get("id"),
+                        "task": it.get("task"),
+                        "kind": it["kind"],
+                        "prompt": it["prompt"],
+                        "answer": it["answer"],
+                        "prediction": text,
+                        "finish_reason": why,
+                        "correct": ok,
+                    }
+                )  # fmt: skip
+                for it, text, why, ok in zip(rows, texts, reasons, correct, strict=True)
+            ]
+        atomic_write_text(ctx.dir / f"{m.name}.jsonl", "\n".join(lines) + "\n")
+        outputs[m.name] = str(ctx.dir / f"{m.name}.jsonl")
+        scores[m.name] = per_model
+    for s in scores.values():
+        if s["role"] == "student" and teacher:
+            s["retention"] = retention(s["domain"], scores[teacher.name]["domain"])
+        if "general" in s and "base" in scores:
+            base_general = scores["base"]["general"]["score"]
+            s["general_retention"] = round(s["general"]["score"] / base_general, 4) if base_general else None
+    metrics = {
+        "backend": backend,
+        "max_new_tokens": max_new,
+        "items": {k: len(v) for k, v in items.items()},
+        "teacher": teacher.name if teacher else None,
+        "models": scores,
+    }
+    summary = ", ".join(
+        f"{n} {s['domain']['score']:.3f}"
+        + (f" (ret {s['retention']['overall']})" if "retention" in s else "")
+        for n, s in scores.items()
+    )
+    failed = check_gates(
+        cfg.gates, scores, teacher.name if teacher else "", "base" if "base" in scores else None
+    )
+    result = StageResult(outputs=outputs, metrics=metrics, summary=summary)
+    if failed:
+        metrics["gates_failed"] = failed
+        raise PartialFailure("eval gates failed (stages.eval.gates):\n  - " + "\n  - ".join(failed), result)
+    return result
