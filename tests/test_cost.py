@@ -52,3 +52,45 @@ def test_bad_inputs_raise():
         usd_per_million_tokens(0, 2.0)
     with pytest.raises(ValueError):
         api_monthly_cost(1e6, 1, 1, input_fraction=1.5)
+
+
+def test_serving_prices_charge_the_gpu_hour_per_token_kind():
+    from verticalft.cost import serving_prices
+
+    p = serving_prices(input_tokens_per_s=20_000, output_tokens_per_s=10_000, usd_per_gpu_hour=2.25)
+    assert p["output_usd_per_m"] == pytest.approx(0.0625)  # the seed's 7B-on-L40S figure
+    assert p["input_usd_per_m"] == pytest.approx(0.03125)
+    assert p["blended_usd_per_m"] == pytest.approx(2.25 / (30_000 * 3600) * 1e6)
+
+
+def test_replicas_for_a_daily_volume():
+    from verticalft.cost import replicas_needed
+
+    # 5M tokens/day is ~58 tokens/s: one replica of anything that serves 200 tokens/s at 50% load.
+    assert replicas_needed(5e6, 200, 0.5) == 1
+    assert replicas_needed(5e9, 16_200, 0.5) == 8  # 57,870 tok/s needed / 8,100 per replica
+    with pytest.raises(ValueError):
+        replicas_needed(5e6, 100, 0.0)
+
+
+def test_bandwidth_bound_and_utilisation():
+    from verticalft.cost import bandwidth_utilisation, decode_floor_ms
+
+    # An 8B model in bf16 (16 GB) on an H100 (3.35 TB/s) cannot decode faster than ~4.8 ms/token.
+    assert decode_floor_ms(16e9, 3.35) == pytest.approx(4.776, abs=1e-3)
+    assert bandwidth_utilisation(16e9, 8.0, 3.35) == pytest.approx(0.597, abs=1e-3)
+    assert bandwidth_utilisation(16e9, 2.0, 3.35) > 1  # faster than physics: a broken measurement
+
+
+def test_api_prices_come_from_the_recipe_or_the_shipped_table():
+    from verticalft.cost import api_price
+    from verticalft.recipe import RecipeError, load_recipe
+
+    assert api_price("claude-sonnet", None, None) == (3.0, 15.0)
+    assert api_price("claude-sonnet", 2.0, None) == (2.0, 15.0)
+    assert api_price("my-api", 1.0, 4.0) == (1.0, 4.0)
+    with pytest.raises(ValueError, match="no price for API 'my-api'"):
+        api_price("my-api", 1.0, None)
+    with pytest.raises(RecipeError) as err:
+        load_recipe("recipes/finance.yaml", overrides=["cost.compare.my-api={}"])
+    assert "cost" in str(err.value) and "no price for API 'my-api'" in str(err.value)

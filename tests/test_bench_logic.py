@@ -1,0 +1,84 @@
+"""Bench-stage logic without a server: SLOs, operating point, LoRA servability, server grouping."""
+
+import json
+
+import pytest
+
+from verticalft.serving.benchmark import Slo, benchmark_argv, operating_point, slo_attainment, summarise
+from verticalft.serving.server import lora_problem, lora_rank_arg, vllm_command
+from verticalft.stages.base import RunModel
+from verticalft.stages.bench import plan_units, select_models
+
+
+def _point(c, tput, goodput=None, failed=0, req=10.0):
+    return {"max_concurrency": c, "output_throughput": tput, "request_throughput": req, "request_goodput": goodput,
+            "failed": failed, "completed": 32, "duration": 2.0, "total_input_tokens": 2048}  # fmt: skip
+
+
+def test_slo_attainment_and_the_operating_point():
+    slo = Slo(ttft_ms=500, tpot_ms=50, min_attainment=0.9)
+    sweep = [summarise(_point(1, 100, 10.0), slo), summarise(_point(8, 600, 9.5), slo), summarise(_point(32, 900, 5.0), slo)]
+    assert [p["slo_attainment"] for p in sweep] == [1.0, 0.95, 0.5]
+    assert [p["meets_slo"] for p in sweep] == [True, True, False]
+    assert operating_point(sweep)["max_concurrency"] == 8  # 32 is faster but breaks the SLO
+    assert sweep[0]["input_throughput"] == 1024
+    failing = [summarise(_point(1, 100, 10.0, failed=3), slo)]
+    assert operating_point(failing) is None
+    assert slo_attainment(None, 5.0) is None  # no objectives: nothing to attain
+    assert Slo(ttft_ms=None, tpot_ms=None).goodput_args() == []
+    assert Slo(ttft_ms=250, tpot_ms=None, e2el_ms=2000).goodput_args() == ["--goodput", "ttft:250", "e2el:2000"]
+
+
+def test_benchmark_argv_is_what_vllm_bench_serve_parses(tmp_path):
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    argv = benchmark_argv("http://127.0.0.1:8000", "dpo", "/m", 4, 32, 64, 16, Slo(500, 50), tmp_path, "c4.json")
+    args = parser.parse_args(argv)
+    assert (args.max_concurrency, args.num_prompts, args.random_input_len, args.random_output_len) == (4, 32, 64, 16)
+    assert args.served_model_name == "dpo" and args.goodput == ["ttft:500", "tpot:50"]
+    assert args.percentile_metrics == "ttft,tpot,itl,e2el" and args.save_result
+
+
+def _adapter(path, **cfg):
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, **cfg}))
+    return str(path)
+
+
+def test_which_adapters_vllm_can_serve(tmp_path):
+    assert lora_problem(_adapter(tmp_path / "ok")) is None
+    assert "modules_to_save" in lora_problem(_adapter(tmp_path / "mts", modules_to_save=["lm_head"]))
+    assert "trainable_token_indices" in lora_problem(_adapter(tmp_path / "tt", trainable_token_indices=[1, 4]))
+    assert "DoRA" in lora_problem(_adapter(tmp_path / "dora", use_dora=True))
+    assert "not found" in lora_problem(tmp_path / "missing")
+    assert lora_rank_arg([tmp_path / "ok", _adapter(tmp_path / "r40", r=40)]) == 64
+
+
+def test_loras_on_one_base_share_a_server(tmp_path):
+    ok = _adapter(tmp_path / "dpo-adapter")
+    sft = RunModel("sft", "teacher", "/run/sft/model", "/run/cpt/model", _adapter(tmp_path / "sft-a", modules_to_save=["x"]))
+    dpo = RunModel("dpo", "teacher", "/run/dpo/model", "/run/sft/model", ok)
+    student = RunModel("student-s", "student", "/run/distill/student-s/model")
+    units, merged = plan_units([sft, dpo, student], use_lora=True)
+    by_base = {u.base_path: u for u in units}
+    assert by_base["/run/sft/model"].base_name == "sft"  # the merged SFT model is the base of the DPO LoRA
+    assert by_base["/run/sft/model"].loras == {"dpo": ok}
+    assert by_base["/run/distill/student-s/model"].base_name == "student-s"
+    assert "modules_to_save" in merged["sft"] and len(units) == 2
+    units, _ = plan_units([dpo], use_lora=False)
+    assert units[0].base_path == "/run/dpo/model" and not units[0].loras
+    cmd = vllm_command("/run/sft/model", 8000, served_name="sft", lora_modules={"dpo": ok})
+    assert cmd[cmd.index("--lora-modules") + 1] == f"dpo={ok}" and "--enable-lora" in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_bench_models_default_and_unknown_names():
+    models = [RunModel("base", "base", "/b"), RunModel("sft", "teacher", "/s"), RunModel("dpo", "teacher", "/d"),
+              RunModel("student-s", "student", "/x")]  # fmt: skip
+    assert [m.name for m in select_models(None, models)] == ["dpo", "student-s"]
+    assert [m.name for m in select_models(["teacher", "sft"], models)] == ["dpo", "sft"]
+    with pytest.raises(ValueError, match="student-q not in this run; available: base, sft, dpo, student-s, teacher"):
+        select_models(["student-q"], models)
