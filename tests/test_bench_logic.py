@@ -17,7 +17,11 @@ def _point(c, tput, goodput=None, failed=0, req=10.0):
 
 def test_slo_attainment_and_the_operating_point():
     slo = Slo(ttft_ms=500, tpot_ms=50, min_attainment=0.9)
-    sweep = [summarise(_point(1, 100, 10.0), slo), summarise(_point(8, 600, 9.5), slo), summarise(_point(32, 900, 5.0), slo)]
+    sweep = [
+        summarise(_point(1, 100, 10.0), slo),
+        summarise(_point(8, 600, 9.5), slo),
+        summarise(_point(32, 900, 5.0), slo),
+    ]
     assert [p["slo_attainment"] for p in sweep] == [1.0, 0.95, 0.5]
     assert [p["meets_slo"] for p in sweep] == [True, True, False]
     assert operating_point(sweep)["max_concurrency"] == 8  # 32 is faster but breaks the SLO
@@ -26,7 +30,11 @@ def test_slo_attainment_and_the_operating_point():
     assert operating_point(failing) is None
     assert slo_attainment(None, 5.0) is None  # no objectives: nothing to attain
     assert Slo(ttft_ms=None, tpot_ms=None).goodput_args() == []
-    assert Slo(ttft_ms=250, tpot_ms=None, e2el_ms=2000).goodput_args() == ["--goodput", "ttft:250", "e2el:2000"]
+    assert Slo(ttft_ms=250, tpot_ms=None, e2el_ms=2000).goodput_args() == [
+        "--goodput",
+        "ttft:250",
+        "e2el:2000",
+    ]
 
 
 def test_benchmark_argv_is_what_vllm_bench_serve_parses(tmp_path):
@@ -35,9 +43,16 @@ def test_benchmark_argv_is_what_vllm_bench_serve_parses(tmp_path):
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
-    argv = benchmark_argv("http://127.0.0.1:8000", "dpo", "/m", 4, 32, 64, 16, Slo(500, 50), tmp_path, "c4.json")
+    argv = benchmark_argv(
+        "http://127.0.0.1:8000", "dpo", "/m", 4, 32, 64, 16, Slo(500, 50), tmp_path, "c4.json"
+    )
     args = parser.parse_args(argv)
-    assert (args.max_concurrency, args.num_prompts, args.random_input_len, args.random_output_len) == (4, 32, 64, 16)
+    assert (args.max_concurrency, args.num_prompts, args.random_input_len, args.random_output_len) == (
+        4,
+        32,
+        64,
+        16,
+    )
     assert args.served_model_name == "dpo" and args.goodput == ["ttft:500", "tpot:50"]
     assert args.percentile_metrics == "ttft,tpot,itl,e2el" and args.save_result
 
@@ -51,7 +66,9 @@ def _adapter(path, **cfg):
 def test_which_adapters_vllm_can_serve(tmp_path):
     assert lora_problem(_adapter(tmp_path / "ok")) is None
     assert "modules_to_save" in lora_problem(_adapter(tmp_path / "mts", modules_to_save=["lm_head"]))
-    assert "trainable_token_indices" in lora_problem(_adapter(tmp_path / "tt", trainable_token_indices=[1, 4]))
+    assert "trainable_token_indices" in lora_problem(
+        _adapter(tmp_path / "tt", trainable_token_indices=[1, 4])
+    )
     assert "DoRA" in lora_problem(_adapter(tmp_path / "dora", use_dora=True))
     assert "not found" in lora_problem(tmp_path / "missing")
     assert lora_rank_arg([tmp_path / "ok", _adapter(tmp_path / "r40", r=40)]) == 64
@@ -59,7 +76,13 @@ def test_which_adapters_vllm_can_serve(tmp_path):
 
 def test_loras_on_one_base_share_a_server(tmp_path):
     ok = _adapter(tmp_path / "dpo-adapter")
-    sft = RunModel("sft", "teacher", "/run/sft/model", "/run/cpt/model", _adapter(tmp_path / "sft-a", modules_to_save=["x"]))
+    sft = RunModel(
+        "sft",
+        "teacher",
+        "/run/sft/model",
+        "/run/cpt/model",
+        _adapter(tmp_path / "sft-a", modules_to_save=["x"]),
+    )
     dpo = RunModel("dpo", "teacher", "/run/dpo/model", "/run/sft/model", ok)
     student = RunModel("student-s", "student", "/run/distill/student-s/model")
     units, merged = plan_units([sft, dpo, student], use_lora=True)
@@ -80,5 +103,7 @@ def test_bench_models_default_and_unknown_names():
               RunModel("student-s", "student", "/x")]  # fmt: skip
     assert [m.name for m in select_models(None, models)] == ["dpo", "student-s"]
     assert [m.name for m in select_models(["teacher", "sft"], models)] == ["dpo", "sft"]
-    with pytest.raises(ValueError, match="student-q not in this run; available: base, sft, dpo, student-s, teacher"):
+    with pytest.raises(
+        ValueError, match="student-q not in this run; available: base, sft, dpo, student-s, teacher"
+    ):
         select_models(["student-q"], models)

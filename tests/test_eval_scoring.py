@@ -67,7 +67,9 @@ def test_gates_name_what_fell_short():
         "student-s": {"role": "student", "domain": {"score": 0.39}, "retention": {"overall": 0.93}},
         "student-m": {"role": "student", "domain": {"score": 0.2}, "retention": {"overall": 0.48}},
     }
-    failed = check_gates(Gates(min_retention=0.9, min_score=0.5, min_general_retention=0.8), scores, "dpo", "base")
+    failed = check_gates(
+        Gates(min_retention=0.9, min_score=0.5, min_general_retention=0.8), scores, "dpo", "base"
+    )
     assert len(failed) == 3
     assert any("student-m" in f and "0.480" in f and "min_retention 0.9" in f for f in failed)
     assert not any("student-s" in f for f in failed)

@@ -1,28 +1,332 @@
-"""The run report: `runs/<recipe>/<profile>/report.md`, rebuilt from the manifest after every run.
+"""The run report: `runs/<recipe>/<profile>/report.md` (+ `plots/*.png`), rebuilt from the manifest.
 
-Today it shows what the training stages measured; the eval/bench/cost stages will add the
-quality-vs-cost table and plots on top of the same manifest.
+The first screen answers "buy or not": one row per model with its eval score, retention, $/1M
+tokens, latency and throughput at the priced operating point, then sentences computed from those
+numbers (student vs teacher, self-hosted vs each API). Below: the assumptions the dollars rest
+on, the bandwidth bound next to the measured decode speed, what training cost, and the per-stage
+detail. Every figure is read from `manifest.json`; nothing here is measured or hard-coded.
+
+`render` is pure (manifest in, markdown out) so it is testable and cheap; `plots.write_plots` draws the
+PNGs and `write_report` ties both to the run directory. matplotlib is imported only when plotting.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
 from typing import Any
 
 from verticalft.rundir import RunDir, atomic_write_text
 
+PLOT_ALTS = {
+    "quality_vs_cost": "eval score vs $/1M blended tokens",
+    "monthly_cost": "monthly bill: APIs vs self-hosted",
+    "latency_vs_throughput": "end-to-end latency vs output throughput",
+    "loss_curves": "training loss curves",
+    "funnel": "curation funnel",
+}
+
+
+# ---- formatting
+
 
 def _score(m: dict[str, Any] | None) -> str:
-    return f"{m['score']:.3f}" if isinstance(m, dict) else "–"
+    return f"{m['score']:.3f}" if isinstance(m, dict) and isinstance(m.get("score"), int | float) else "–"
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _num(x: Any, fmt: str = "{:,.4g}") -> str:
-    return fmt.format(x) if isinstance(x, int | float) else "–"
+    return fmt.format(x) if _is_num(x) else "–"
 
 
-def render(manifest: dict[str, Any], title: str) -> str:
+def _usd(x: Any) -> str:
+    """Dollars readable at any scale: $1,350 / $72.00 / $0.006761 (4 significant digits below $1)."""
+    if not _is_num(x):
+        return "–"
+    sign, x = ("-" if x < 0 else ""), abs(x)
+    if x >= 1000:
+        return f"{sign}${x:,.0f}"
+    if x >= 1 or x == 0:
+        return f"{sign}${x:,.2f}"
+    digits = max(2, 3 - math.floor(math.log10(x)))  # 4 significant digits, never 1e-05 notation
+    return f"{sign}${f'{x:.{digits}f}'.rstrip('0').ljust(4, '0')}"
+
+
+def _months(p: Any) -> str:
+    """Payback period; None means the savings never repay the spend (the API is cheaper)."""
+    if p is None:
+        return "never"
+    if not _is_num(p):
+        return "–"
+    return "< 0.01 months" if p < 0.01 else f"{p:,.2f} months"
+
+
+def _metrics(stages: dict[str, Any], name: str) -> dict[str, Any]:
+    return (stages.get(name) or {}).get("metrics") or {}
+
+
+def _cpu(stages: dict[str, Any]) -> bool:
+    """Serving was measured on CPU: every $ and latency figure must say so."""
+    return (_metrics(stages, "cost").get("assumptions") or {}).get("serve_gpu") == "cpu"
+
+
+# ---- the report
+
+
+def render(manifest: dict[str, Any], title: str, images: dict[str, str] | None = None) -> str:
+    """The markdown report; `images` maps plot name → path relative to report.md (from `write_report`)."""
+    images = images or {}
+    stages = manifest.get("stages", {})
+    lines = [f"# {title}"]
+    decision = _decision_section(stages, images)
+    lines += decision
+    lines += _assumptions_section(stages, note_shown=bool(decision))
+    lines += _physical_section(stages, images)
+    lines += _training_cost_section(stages)
+    lines += _stage_section(manifest, images)
+    lines += _distill_section(stages.get("distill"))
+    lines += ["", "Every number comes from `manifest.json` next to this file.", ""]
+    return "\n".join(lines)
+
+
+def _img(images: dict[str, str], name: str) -> list[str]:
+    return ["", f"![{PLOT_ALTS.get(name, name)}]({images[name]})"] if name in images else []
+
+
+def _decision_models(stages: dict[str, Any]) -> list[str]:
+    """Models with eval and/or cost results, in eval order (base → teachers → students)."""
+    ev = _metrics(stages, "eval").get("models") or {}
+    priced = _metrics(stages, "cost").get("models") or {}
+    return list(ev) + [n for n in priced if n not in ev]
+
+
+def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[str]:
+    names = _decision_models(stages)
+    if not names:
+        return []
+    ev_m = _metrics(stages, "eval")
+    ev, teacher = ev_m.get("models") or {}, ev_m.get("teacher")
+    cost = _metrics(stages, "cost")
+    priced, note = cost.get("models") or {}, (cost.get("assumptions") or {}).get("note")
+    bench = _metrics(stages, "bench").get("models") or {}
+    students = set((_metrics(stages, "distill").get("students") or {}).keys())
+    lines = ["", "## Decision", ""]
+    if note:
+        lines += [f"> **{'CPU figures. ' if _cpu(stages) else ''}Note:** {note}", ""]
+    general = any("general_retention" in m for m in ev.values())
+    lines += [
+        "| model | role | domain eval score | retention vs teacher "
+        + ("| general retention vs base " if general else "")
+        + "| $/1M blended tokens | $/1M output tokens | p50 / p99 e2e latency (ms) "
+        "| output tok/s | priced at concurrency | LoRA parity |",
+        "|---|---|---:|---:|" + ("---:|" if general else "") + "---:|---:|---:|---:|---:|---|",
+    ]
+    for name in names:
+        e, c, b = ev.get(name) or {}, priced.get(name) or {}, bench.get(name) or {}
+        role = e.get("role") or ("student" if name in students else "–")
+        if name == teacher:
+            role, ret = "teacher (final)", "1.000"
+        else:
+            ret = _num((e.get("retention") or {}).get("overall"), "{:.3f}")
+        conc = _num(c.get("priced_at_concurrency"), "{:.0f}")
+        if c and c.get("slo_met") is False:
+            conc += " (SLO not met)"
+        parity = b.get("parity") or {}
+        par = (
+            f"{parity['identical']}/{parity['prompts']}"
+            if "identical" in parity and "prompts" in parity
+            else "–"
+        )
+        lines.append(
+            f"| {name} | {role} | {_score(e.get('domain'))} | {ret} "
+            + (f"| {_num(e.get('general_retention'), '{:.3f}')} " if general else "")
+            + f"| {_usd(c.get('blended_usd_per_m'))} | {_usd(c.get('output_usd_per_m'))} "
+            f"| {_num(c.get('p50_e2el_ms'), '{:,.0f}')} / {_num(c.get('p99_e2el_ms'), '{:,.0f}')} "
+            f"| {_num(c.get('output_tokens_per_s'), '{:,.0f}')} | {conc} | {par} |"
+        )
+    items = (ev_m.get("items") or {}).get("domain")
+    if items:
+        lines += [
+            "",
+            f"Scores are on {items:,} domain eval items (`{ev_m.get('backend')}` backend); retention is a "
+            f"student's score / the final teacher `{teacher}`'s. Prices, latency and throughput are at "
+            "the highest benchmarked concurrency that meets the SLO (where none does, marked, at the "
+            "best-throughput point).",
+        ]
+    sentences = _decision_sentences(stages)
+    if sentences:
+        lines += [""] + [f"- {s}" for s in sentences]
+    if ev_m.get("gates_failed"):
+        lines += ["", "**Eval gates failed:**", ""] + [f"- {g}" for g in ev_m["gates_failed"]]
+    lines += _img(images, "quality_vs_cost") + _img(images, "monthly_cost")
+    return lines
+
+
+def _decision_sentences(stages: dict[str, Any]) -> list[str]:
+    """Student vs teacher (quality kept, cost per token), then self-hosted vs each API per month."""
+    ev_m, cost = _metrics(stages, "eval"), _metrics(stages, "cost")
+    ev, teacher = ev_m.get("models") or {}, ev_m.get("teacher")
+    priced, a = cost.get("models") or {}, cost.get("assumptions") or {}
+    t_score = ((ev.get(teacher) or {}).get("domain") or {}).get("score")
+    t_price = (priced.get(teacher) or {}).get("blended_usd_per_m")
+    out = []
+    student_names = [n for n, m in ev.items() if m.get("role") == "student"]
+    for name in student_names:
+        m = ev[name]
+        ret = (m.get("retention") or {}).get("overall")
+        if not _is_num(ret):
+            continue
+        s = (
+            f"**{name}** keeps {ret:.0%} of the teacher `{teacher}`'s domain score "
+            f"({_score(m.get('domain'))} vs {_num(t_score, '{:.3f}')})"
+        )
+        price = (priced.get(name) or {}).get("blended_usd_per_m")
+        if _is_num(price) and _is_num(t_price) and t_price > 0:
+            s += (
+                f" at {price / t_price:.0%} of its cost per token "
+                f"({_usd(price)} vs {_usd(t_price)} per 1M blended tokens)"
+            )
+        elif _is_num(price):
+            s += f" at {_usd(price)} per 1M blended tokens"
+        out.append(s + ".")
+    # Which deployments to set against the APIs: the students if any were priced, else the teacher,
+    # else whatever was priced.
+    candidates = [n for n in student_names if n in priced] or (
+        [teacher] if teacher in priced else list(priced)
+    )
+    daily = a.get("daily_tokens")
+    for name in candidates:
+        c = priced[name]
+        compare = c.get("compare") or {}
+        if not compare:
+            continue
+        vs = "; ".join(
+            f"vs {api} {_usd(x.get('api_monthly_usd'))}/month → payback {_months(x.get('payback_months'))}"
+            for api, x in compare.items()
+        )
+        replicas = c.get("replicas")
+        out.append(
+            f"At {_num(daily, '{:,.0f}')} tokens/day, **{name}** self-hosted costs "
+            f"{_usd(c.get('self_hosted_monthly_usd'))}/month"
+            + (f" ({replicas} replica{'s' if replicas != 1 else ''})" if _is_num(replicas) else "")
+            + f": {vs} (payback = months of savings to repay the {_usd(cost.get('upfront_usd'))} "
+            "training spend)."
+        )
+    return out
+
+
+def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
+    """What the dollars rest on, so a reader can redo the arithmetic with their own prices."""
+    a = _metrics(stages, "cost").get("assumptions")
+    if not a:
+        return []
+    lines = ["", "## Assumptions", ""]
+    if a.get("note") and not note_shown:
+        lines += [f"> **{'CPU figures. ' if a.get('serve_gpu') == 'cpu' else ''}Note:** {a['note']}", ""]
+    frac = a.get("input_fraction")
+    lines += [
+        f"- Serving: `{a.get('serve_gpu')}` at {_usd(a.get('serve_usd_per_gpu_hour'))}/GPU-hour; "
+        f"training: `{a.get('train_gpu')}` at {_usd(a.get('train_usd_per_gpu_hour'))}/GPU-hour",
+        f"- Volume: {_num(a.get('daily_tokens'), '{:,.0f}')} tokens/day, "
+        + (f"{frac:.0%} input / {1 - frac:.0%} output" if _is_num(frac) else "token mix –"),
+        f"- Utilisation: {_num(a.get('utilisation'), '{:.0%}')} of the measured throughput "
+        "(replicas are sized for it)",
+        f"- A month is {_num(a.get('hours_per_month'), '{:,.0f}')} hours",
+        f"- Other upfront spend: {_usd(a.get('other_upfront_usd'))}; total upfront (training + other): "
+        f"{_usd(_metrics(stages, 'cost').get('upfront_usd'))}",
+    ]
+    prices = a.get("api_prices") or {}
+    if prices:
+        lines.append(
+            "- API prices ($/1M input / output): "
+            + "; ".join(f"{api} {_usd(p[0])} / {_usd(p[1])}" for api, p in prices.items())
+        )
+    b = _metrics(stages, "bench")
+    if b:
+        slo = b.get("slo") or {}
+        bounds = [
+            f"{k.removesuffix('_ms').upper()} ≤ {_num(v, '{:,.0f}')} ms"
+            for k, v in slo.items()
+            if k.endswith("_ms") and _is_num(v)
+        ]
+        lines.append(
+            f"- Benchmark: {_num(b.get('input_len'), '{:.0f}')} input / {_num(b.get('output_len'), '{:.0f}')} "
+            f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}; "
+            f"SLO {', '.join(bounds) or 'none'}"
+            + (
+                f" for ≥ {slo['min_attainment']:.0%} of requests"
+                if _is_num(slo.get("min_attainment"))
+                else ""
+            )
+        )
+        for name, why in (b.get("served_merged_because") or {}).items():
+            lines.append(f"- `{name}` served as merged weights, not a LoRA adapter: {why}")
+    if a.get("note") and note_shown:
+        lines.append("- Scope of the figures: see the note at the top of the Decision section")
+    return lines
+
+
+def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """Measured decode speed against the memory-bandwidth bound: a sanity check on the bench."""
+    priced = _metrics(stages, "cost").get("models") or {}
+    bench = _metrics(stages, "bench").get("models") or {}
+    rows = [n for n in priced if any(k in priced[n] for k in ("decode_floor_ms", "bandwidth_utilisation"))]
+    if not rows and "latency_vs_throughput" not in images:
+        return []
+    lines = ["", "## Physical limit", ""]
+    if rows:
+        lines += [
+            "Decode floor = weight bytes / memory bandwidth: no batch-1 decode step can be faster. "
+            "MBU (model-bandwidth utilisation) = floor / measured TPOT at concurrency 1; above 100% is "
+            "impossible, so the measurement (or the bandwidth figure) is wrong.",
+            "",
+            "| model | weight bytes | decode floor (ms) | measured TPOT at concurrency 1 (ms) | MBU | check |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for name in rows:
+            c, wb = priced[name], (bench.get(name) or {}).get("weight_bytes")
+            mbu = c.get("bandwidth_utilisation")
+            flag = "**check the measurement** (MBU > 1)" if _is_num(mbu) and mbu > 1 else ""
+            size = f"{wb:,} ({wb / 1e6:,.1f} MB)" if _is_num(wb) else "–"
+            lines.append(
+                f"| {name} | {size} | {_num(c.get('decode_floor_ms'), '{:.4g}')} "
+                f"| {_num(c.get('measured_tpot_ms_at_1'), '{:.4g}')} | {_num(mbu, '{:.1%}')} | {flag} |"
+            )
+    lines += _img(images, "latency_vs_throughput")
+    return lines
+
+
+def _training_cost_section(stages: dict[str, Any]) -> list[str]:
+    cost = _metrics(stages, "cost")
+    training = cost.get("training") or {}
+    if not training:
+        return []
+    lines = [
+        "",
+        "## Training cost",
+        "",
+        "| stage | wall time | GPUs | measured $ | planned $ |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for stage, t in training.items():
+        lines.append(
+            f"| {stage} | {_num(t.get('wall_time_s'), '{:,.0f}s')} | {_num(t.get('gpus'), '{:.0f}')} "
+            f"| {_usd(t.get('usd'))} | {_usd(t.get('planned_usd'))} |"
+        )
+    lines.append(f"| **upfront total** (incl. other spend) | | | {_usd(cost.get('upfront_usd'))} | |")
+    return lines
+
+
+def _stage_section(manifest: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """Per-stage status and what each training stage measured (the report's original table)."""
     stages = manifest.get("stages", {})
     lines = [
-        f"# {title}",
+        "",
+        "## Stages",
         "",
         "| stage | status | wall time | tokens | loss first → last | eval score before → after | notes |",
         "|---|---|---|---|---|---|---|",
@@ -32,13 +336,13 @@ def render(manifest: dict[str, Any], title: str) -> str:
     ]
     for name in order:
         rec = stages[name]
-        m = rec.get("metrics", {})
+        m = rec.get("metrics") or {}
         before = m.get("eval_base") if name == "cpt" else m.get("eval_before")
         after = m.get("eval_after")
         notes = []
         if m.get("heldout_perplexity_before") is not None:
             notes.append(
-                f"held-out perplexity {_num(m['heldout_perplexity_before'])} → {_num(m['heldout_perplexity_after'])}"
+                f"held-out perplexity {_num(m['heldout_perplexity_before'])} → {_num(m.get('heldout_perplexity_after'))}"
             )
         if m.get("reward_accuracy") is not None:
             notes.append(f"reward accuracy {m['reward_accuracy']:.3f}, margin {_num(m.get('reward_margin'))}")
@@ -55,11 +359,12 @@ def render(manifest: dict[str, Any], title: str) -> str:
             f"| {name} | {rec.get('status')} | {_num(rec.get('wall_time_s'), '{:.0f}s')} | {_num(m.get('tokens_seen'), '{:,}')} "
             f"| {_num(m.get('first_loss'))} → {_num(m.get('last_loss'))} | {_score(before)} → {_score(after)} | {'; '.join(notes)} |"
         )
+    lines += _img(images, "loss_curves") + _img(images, "funnel")
     final = next(
         (
-            stages[s]["metrics"].get("eval_after")
+            (stages[s].get("metrics") or {}).get("eval_after")
             for s in reversed(order)
-            if isinstance(stages[s].get("metrics", {}).get("eval_after"), dict)
+            if isinstance((stages[s].get("metrics") or {}).get("eval_after"), dict)
         ),
         None,
     )
@@ -71,11 +376,9 @@ def render(manifest: dict[str, Any], title: str) -> str:
             "| task | score |",
             "|---|---|",
         ]
-        lines += [f"| {k} | {v:.3f} |" for k, v in final["by_task"].items()]
-        lines += [f"| difficulty {k} | {v:.3f} |" for k, v in final["by_difficulty"].items()]
-    lines += _distill_section(stages.get("distill"))
-    lines += ["", "Every number comes from `manifest.json` next to this file.", ""]
-    return "\n".join(lines)
+        lines += [f"| {k} | {v:.3f} |" for k, v in final.get("by_task", {}).items()]
+        lines += [f"| difficulty {k} | {v:.3f} |" for k, v in final.get("by_difficulty", {}).items()]
+    return lines
 
 
 def _distill_section(rec: dict[str, Any] | None) -> list[str]:
@@ -111,7 +414,25 @@ def _distill_section(rec: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _funnel(manifest: dict[str, Any], root: Path) -> Path | None:
+    """The curation stage's own funnel plot, next to its report, if it was drawn."""
+    report = ((manifest.get("stages", {}).get("curate") or {}).get("outputs") or {}).get("report")
+    if not report:
+        return None
+    path = Path(report)
+    path = (path if path.is_absolute() else root / path).parent / "funnel.png"
+    return path if path.is_file() else None
+
+
 def write_report(run: RunDir, title: str) -> str:
+    manifest = run.manifest()
     path = run.root / "report.md"
-    atomic_write_text(path, render(run.manifest(), title))
+    from verticalft.plots import write_plots
+
+    images = dict(write_plots(manifest, run.root / "plots"))
+    funnel = _funnel(manifest, run.root)
+    if funnel:
+        images["funnel"] = funnel
+    rel = {k: Path(os.path.relpath(p, run.root)).as_posix() for k, p in images.items()}
+    atomic_write_text(path, render(manifest, title, rel))
     return str(path)

@@ -1,0 +1,216 @@
+"""report.md and its plots, from a trimmed real manifest (tiny finance run on CPU, every stage).
+
+The fixture is `tests/data/report_manifest.json`: a real run's manifest with loss curves thinned,
+eval examples dropped and paths made relative to the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from verticalft.report import _usd, render, write_report
+from verticalft.rundir import RunDir, atomic_write_json
+
+FIXTURE = Path(__file__).parent / "data" / "report_manifest.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SERVING_PLOTS = ("quality_vs_cost", "monthly_cost", "latency_vs_throughput")
+
+
+@pytest.fixture(scope="module")
+def base_manifest() -> dict[str, Any]:
+    return json.loads(FIXTURE.read_text())
+
+
+@pytest.fixture
+def manifest(base_manifest: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(base_manifest)
+
+
+def _cost(m: dict[str, Any]) -> dict[str, Any]:
+    return m["stages"]["cost"]["metrics"]
+
+
+def _row(text: str, name: str) -> str:
+    """The Decision table's row for `name` (the first table in the report that starts with it)."""
+    return next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def _run(tmp: Path, m: dict[str, Any], funnel: bool = False) -> tuple[Path, str]:
+    atomic_write_json(tmp / "manifest.json", m)
+    if funnel:  # the curation stage draws this next to its report (outputs.report)
+        (tmp / "curate").mkdir(parents=True, exist_ok=True)
+        (tmp / "curate" / "funnel.png").write_bytes(PNG_MAGIC)
+    path = Path(write_report(RunDir(tmp), "finance (tiny)"))
+    return path, path.read_text()
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, base_manifest: dict[str, Any]) -> tuple[Path, str]:
+    """One write_report on the whole fixture, shared: drawing the plots is the slow part."""
+    return _run(tmp_path_factory.mktemp("run"), base_manifest, funnel=True)
+
+
+def test_decision_comes_first_with_each_models_numbers(manifest: dict[str, Any]) -> None:
+    text = render(manifest, "finance (tiny)")
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Decision"
+    ev = manifest["stages"]["eval"]["metrics"]["models"]
+    priced = _cost(manifest)["models"]
+    assert set(priced) <= set(ev)
+    for name, e in ev.items():
+        row = _row(text, name)
+        assert f"| {e['domain']['score']:.3f} |" in row
+        if name in priced:
+            c = priced[name]
+            assert _usd(c["blended_usd_per_m"]) in row
+            assert _usd(c["output_usd_per_m"]) in row
+            assert f"{c['p50_e2el_ms']:,.0f} / {c['p99_e2el_ms']:,.0f}" in row
+            assert f"{c['output_tokens_per_s']:,.0f}" in row
+            assert f"| {c['priced_at_concurrency']} |" in row
+    # The formatter keeps the fixture's student-s price readable, not rounded to $0.01 or 6.761e-03.
+    assert "| $0.006761 |" in _row(text, "student-s")
+
+
+def test_retention_and_sentences_come_from_the_numbers(manifest: dict[str, Any]) -> None:
+    text = render(manifest, "t")
+    ev = manifest["stages"]["eval"]["metrics"]
+    teacher = ev["teacher"]
+    assert "| 1.000 |" in _row(text, teacher)
+    priced = _cost(manifest)["models"]
+    for name in ("student-s", "student-m"):
+        ret = ev["models"][name]["retention"]["overall"]
+        assert f"| {ret:.3f} |" in _row(text, name)
+        ratio = priced[name]["blended_usd_per_m"] / priced[teacher]["blended_usd_per_m"]
+        assert f"**{name}** keeps {ret:.0%} of the teacher `{teacher}`'s domain score" in text
+        assert f"at {ratio:.0%} of its cost per token" in text
+    daily = _cost(manifest)["assumptions"]["daily_tokens"]
+    s = priced["student-s"]
+    sonnet = s["compare"]["claude-sonnet"]
+    assert (
+        f"At {daily:,.0f} tokens/day, **student-s** self-hosted costs {_usd(s['self_hosted_monthly_usd'])}/month"
+        in text
+    )
+    assert f"vs claude-sonnet {_usd(sonnet['api_monthly_usd'])}/month" in text
+
+
+def test_payback_none_renders_never(manifest: dict[str, Any]) -> None:
+    s = _cost(manifest)["models"]["student-s"]["compare"]
+    assert s["gpt-4o-mini"]["payback_months"] is None  # the fixture: the small API is cheaper
+    s["claude-sonnet"]["payback_months"] = 3.25
+    text = render(manifest, "t")
+    assert "vs gpt-4o-mini $56.25/month → payback never" in text
+    assert "vs claude-sonnet $1,350/month → payback 3.25 months" in text
+    assert "None" not in _section(text, "Decision")
+
+
+def test_cpu_note_is_prominent_only_on_cpu(manifest: dict[str, Any]) -> None:
+    note = _cost(manifest)["assumptions"]["note"]
+    text = render(manifest, "t")
+    decision = _section(text, "Decision")
+    assert f"> **CPU figures. Note:** {note}" in decision
+    assert decision.index(note) < decision.index("| model |")
+    a = _cost(manifest)["assumptions"]
+    a["serve_gpu"], a["note"] = "h100", "Prices at the measured operating point."
+    text = render(manifest, "t")
+    assert "CPU figures" not in text
+    assert "> **Note:** Prices at the measured operating point." in text
+
+
+def test_assumptions_and_training_cost(manifest: dict[str, Any]) -> None:
+    text = render(manifest, "t")
+    a = _section(text, "Assumptions")
+    assert "5,000,000 tokens/day, 50% input / 50% output" in a
+    assert "claude-sonnet $3.00 / $15.00; gpt-4o-mini $0.15 / $0.60" in a
+    assert "A month is 720 hours" in a
+    t = _section(text, "Training cost")
+    for stage, row in _cost(manifest)["training"].items():
+        assert f"| {stage} | {row['wall_time_s']:,.0f}s | {row['gpus']} | {_usd(row['usd'])} |" in t
+    assert _usd(_cost(manifest)["upfront_usd"]) in t
+
+
+def test_mbu_above_one_is_flagged(manifest: dict[str, Any]) -> None:
+    assert "check the measurement" not in render(manifest, "t")
+    _cost(manifest)["models"]["student-m"]["bandwidth_utilisation"] = 1.7
+    phys = _section(render(manifest, "t"), "Physical limit")
+    flagged = [line for line in phys.splitlines() if "check the measurement" in line]
+    assert len(flagged) == 1 and flagged[0].startswith("| student-m |") and "170.0%" in flagged[0]
+    wb = manifest["stages"]["bench"]["metrics"]["models"]["student-m"]["weight_bytes"]
+    assert f"{wb:,}" in flagged[0]
+
+
+def test_slo_miss_and_lora_parity_are_shown(manifest: dict[str, Any]) -> None:
+    _cost(manifest)["models"]["dpo"]["slo_met"] = False
+    manifest["stages"]["bench"]["metrics"]["models"]["student-s"]["parity"] = {
+        "prompts": 32,
+        "identical": 31,
+        "match_rate": 0.969,
+        "mismatches": [],
+    }
+    text = render(manifest, "t")
+    assert "| 16 (SLO not met) |" in _row(text, "dpo")
+    assert _row(text, "student-s").endswith("| 31/32 |")
+    assert _row(text, "student-m").endswith("| – |")
+
+
+def test_plots_are_real_pngs_embedded_in_the_report(full_run: tuple[Path, str]) -> None:
+    import matplotlib.image
+    from PIL import Image
+
+    path, text = full_run
+    plots = path.parent / "plots"
+    names = (*SERVING_PLOTS, "loss_curves")
+    assert sorted(p.name for p in plots.iterdir()) == sorted(f"{n}.png" for n in names)  # no temp files
+    for name in names:
+        png = plots / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        h, w, *_ = matplotlib.image.imread(png).shape
+        assert h > 100 and w > 100
+        assert f"](plots/{name}.png)" in text
+        title = Image.open(png).text["Title"]
+        assert ("(CPU figures)" in title) == (name in SERVING_PLOTS)
+    assert "](curate/funnel.png)" in text
+    assert text.index("](plots/quality_vs_cost.png)") < text.index("## Assumptions")
+
+
+def test_a_run_without_eval_bench_cost_still_renders(manifest: dict[str, Any], tmp_path: Path) -> None:
+    for stage in ("eval", "bench", "cost"):
+        del manifest["stages"][stage]
+    manifest["stage_order"] = [s for s in manifest["stage_order"] if s in manifest["stages"]]
+    # A student trained without a recorded loss curve is simply left out of the loss plot.
+    del manifest["stages"]["distill"]["metrics"]["students"]["student-m"]["train"]["loss_curve"]
+    path, text = _run(tmp_path, manifest)
+    for heading in ("Decision", "Assumptions", "Physical limit", "Training cost"):
+        assert f"## {heading}" not in text
+    assert "## Stages" in text and "## Distillation" in text
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loss_curves.png"]
+    assert "](plots/loss_curves.png)" in text and "funnel" not in text
+
+
+def test_an_empty_manifest_renders_without_plots(tmp_path: Path) -> None:
+    path, text = _run(tmp_path, {"stages": {}})
+    assert text.startswith("# finance (tiny)")
+    assert not (tmp_path / "plots").exists()
+
+
+def test_report_rebuild_overwrites_plots(full_run: tuple[Path, str], tmp_path: Path) -> None:
+    """A second report (e.g. `verticalft report` after re-pricing) replaces the PNGs in place."""
+    run = tmp_path / "again"
+    shutil.copytree(full_run[0].parent, run)
+    m = json.loads((run / "manifest.json").read_text())
+    _cost(m)["models"]["student-s"]["self_hosted_monthly_usd"] = 7200.0
+    before = (run / "plots" / "monthly_cost.png").read_bytes()
+    _, text = _run(run, m)
+    assert (run / "plots" / "monthly_cost.png").read_bytes() != before
+    assert "**student-s** self-hosted costs $7,200/month" in text
