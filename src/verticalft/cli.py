@@ -198,6 +198,14 @@ def _key_metrics(m: dict) -> str:
         parts.append(f"reward acc {m['reward_accuracy']:.3f}")
     if m.get("last_loss") is not None:
         parts.append(f"loss {m['first_loss']:.3f}→{m['last_loss']:.3f}")
+    models = m.get("models") if isinstance(m.get("models"), dict) else {}
+    for name, x in models.items():  # eval: score; bench: peak tok/s; cost: $/1M
+        if isinstance(x.get("domain"), dict):
+            parts.append(f"{name} {x['domain']['score']:.3f}")
+        elif x.get("sweep"):
+            parts.append(f"{name} {max(p['output_throughput'] or 0 for p in x['sweep']):.0f} tok/s")
+        elif x.get("blended_usd_per_m") is not None:
+            parts.append(f"{name} ${x['blended_usd_per_m']:.3g}/1M")
     return ", ".join(parts)
 
 

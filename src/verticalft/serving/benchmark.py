@@ -8,6 +8,7 @@ instead of waiting for every request to time out.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,11 @@ def benchmark_argv(
     ]  # fmt: skip
 
 
-def run_point(server: ManagedServer, argv: list[str], poll_seconds: float = 0.5) -> dict[str, Any]:
-    """Run one benchmark; raise ServerError (with the server's log tail) if the server dies."""
+def run_point(
+    server: ManagedServer, argv: list[str], log_path: Path | None = None, poll_seconds: float = 0.5
+) -> dict[str, Any]:
+    """Run one benchmark; raise ServerError (with the server's log tail) if the server dies.
+    vLLM's printed result table goes to `log_path` (the numbers are in the returned dict)."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -88,7 +92,11 @@ def run_point(server: ManagedServer, argv: list[str], poll_seconds: float = 0.5)
 
     def target() -> None:
         try:
-            box["result"] = main(args)
+            with contextlib.ExitStack() as stack:
+                if log_path is not None:
+                    log = stack.enter_context(log_path.open("w"))
+                    stack.enter_context(contextlib.redirect_stdout(log))
+                box["result"] = main(args)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 

@@ -151,7 +151,7 @@ def bench_unit(ctx: StageContext, unit: Unit, by_name: dict[str, RunModel]) -> d
                 n = cfg.num_prompts or max(16, 4 * c)
                 argv = benchmark_argv(server.base_url, name, unit.base_path, c, n, cfg.input_len, cfg.output_len, slo,
                                       ctx.dir / name, f"concurrency-{c}.json", ctx.recipe.compute.seed)  # fmt: skip
-                point = summarise(run_point(server, argv), slo)
+                point = summarise(run_point(server, argv, ctx.dir / name / f"concurrency-{c}.log"), slo)
                 assert_no_failures(point, name, server)
                 sweep.append(point)
                 print(f"    {name} @ concurrency {c}: {point['output_throughput']:.1f} output tok/s, "
