@@ -17,6 +17,9 @@ def test_tiny_profile_adds_the_tiny_models_stage():
         "sft",
         "dpo",
         "distill",
+        "eval",
+        "bench",
+        "cost",
     ]
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == [
         "curate",
@@ -24,7 +27,13 @@ def test_tiny_profile_adds_the_tiny_models_stage():
         "sft",
         "dpo",
         "distill",
+        "eval",
+        "bench",
+        "cost",
     ]
+    # cost prices what eval/bench measured: without them there is nothing to price
+    r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.eval=null", "stages.bench=null"])
+    assert enabled_stages(r)[-1] == "distill"
 
 
 def test_preflight_lists_every_missing_file_before_any_work(tmp_path):

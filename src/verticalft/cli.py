@@ -46,13 +46,13 @@ def _load(recipe: Path, profile: str, overrides: list[str] | None) -> Recipe:
 def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt) -> None:
     """Check a recipe (and its profile overlay); lists every problem, exit 2 if any."""
     r = _load(recipe, profile, overrides)
-    stages = [s for s in ("curate", "cpt", "sft", "dpo", "distill") if getattr(r.stages, s) is not None]
+    from verticalft.pipeline import enabled_stages, preflight
+
+    stages = [s for s in enabled_stages(r) if s != "tiny_models"]
     console.print(
         f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
         f"{len(r.models.students)} student(s), stages: {', '.join(stages) or 'none'}"
     )
-    from verticalft.pipeline import enabled_stages, preflight
-
     for problem in preflight(r, enabled_stages(r)):
         console.print(f"  [yellow]not runnable here yet[/]: {problem}", highlight=False)
 
