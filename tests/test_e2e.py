@@ -39,36 +39,24 @@ def manifest(runs: Path, recipe: str) -> dict:
     return json.loads((runs / recipe / "tiny" / "manifest.json").read_text())["stages"]
 
 
-@pytest.fixture(scope="session")
-def teacher_runs(tmp_path_factory):
-    """Every recipe's tiny run through dpo, all started at once with one thread each.
+# CI time: finance runs the tiny profile as shipped and carries the quality assertions (and the
+# distill/serving tests); the other recipes run every stage on a one-epoch schedule and must show
+# the same mechanics (stages done, losses fall, no stage makes the model worse).
+SHORT = [f"stages.{stage}.trainer.num_train_epochs=1" for stage in ("cpt", "sft", "dpo")]
+FULL_QUALITY = "finance"
 
-    Tiny models use two cores poorly (QLoRA SFT is even slower with two threads than one), so
-    the recipes train side by side while the first recipe's tests already run.
-    """
-    root = tmp_path_factory.mktemp("runs")
-    started = {}
-    for recipe in RECIPES:
-        runs, log = root / recipe, root / f"{recipe}.log"
-        cmd = [sys.executable, "-m", "verticalft.cli", "run", f"recipes/{recipe}.yaml", "--profile", "tiny",
-               "--until", "dpo", "--runs-dir", str(runs)]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        with log.open("w") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        started[recipe] = (proc, runs, log)
-    yield started
-    for proc, _, _ in started.values():
-        if proc.poll() is None:
-            proc.kill()
+
+def _sets(recipe: str) -> list[str]:
+    return [] if recipe == FULL_QUALITY else [x for s in SHORT for x in ("--set", s)]
 
 
 @pytest.fixture(scope="module", params=RECIPES)
-def tiny_run(request, teacher_runs):
-    proc, runs, log = teacher_runs[request.param]
-    if proc.wait() != 0:
-        raise AssertionError(
-            f"{request.param} tiny run failed ({proc.returncode}):\n{log.read_text()[-5000:]}"
-        )
+def tiny_run(request, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    vft(
+        "run", f"recipes/{request.param}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs),
+        *_sets(request.param),
+    )  # fmt: skip
     return request.param, runs
 
 
@@ -90,8 +78,9 @@ def test_recipe_end_to_end(tiny_run):
         assert metrics["tokens_seen"] > 0 and metrics["steps"] > 0
     # The aligned teacher is clearly better on the domain eval than the base tiny model.
     base = cpt["eval_base"]["score"]
-    assert sft["eval_after"]["score"] > base + 0.1
-    assert dpo["eval_after"]["score"] > base + 0.1
+    margin = 0.1 if recipe == FULL_QUALITY else 0.0
+    assert sft["eval_after"]["score"] > base + margin
+    assert dpo["eval_after"]["score"] > base + margin
     assert dpo["reward_accuracy"] > 0.5
     # Outputs are normal HF / PEFT folders.
     assert (Path(m["sft"]["outputs"]["adapter"]) / "adapter_config.json").is_file()
@@ -106,8 +95,9 @@ def test_second_run_skips_every_done_stage(tiny_run):
     recipe, runs = tiny_run
     before = (runs / recipe / "tiny" / "manifest.json").read_text()
     proc = vft(
-        "run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs)
-    )
+        "run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs),
+        *_sets(recipe),
+    )  # fmt: skip
     assert proc.stdout.count("(skipped)") == 5 and "0 stage(s) ran" in proc.stdout
     assert json.loads(before)["stages"] == manifest(runs, recipe)
     status = vft("status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs)).stdout
