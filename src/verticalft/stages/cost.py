@@ -53,7 +53,7 @@ def training_costs(ctx: StageContext, usd_per_hour: float) -> dict[str, Any]:
 
 
 def price_model(
-    name: str, bench: dict[str, Any], ctx: StageContext, gpu: Any, usd_per_hour: float, upfront: float
+    bench: dict[str, Any], ctx: StageContext, gpu: Any, usd_per_hour: float, upfront: float
 ) -> dict[str, Any]:
     cfg = ctx.recipe.cost
     gpus = ctx.recipe.stages.bench.gpus_per_model if ctx.recipe.stages.bench else 1
