@@ -100,7 +100,9 @@ def test_second_run_skips_every_done_stage(tiny_run):
     )  # fmt: skip
     assert proc.stdout.count("(skipped)") == 5 and "0 stage(s) ran" in proc.stdout
     assert json.loads(before)["stages"] == manifest(runs, recipe)
-    status = vft("status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs)).stdout
+    status = vft(
+        "status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs), *_sets(recipe)
+    ).stdout
     assert status.count("done") >= 5
 
 
