@@ -10,27 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_profile_adds_the_tiny_models_stage():
-    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == [
-        "tiny_models",
-        "curate",
-        "cpt",
-        "sft",
-        "dpo",
-        "distill",
-        "eval",
-        "bench",
-        "cost",
-    ]
-    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == [
-        "curate",
-        "cpt",
-        "sft",
-        "dpo",
-        "distill",
-        "eval",
-        "bench",
-        "cost",
-    ]
+    full = ["curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost"]
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == ["tiny_models", *full]
+    assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == full
     # cost prices what eval/bench measured: without them there is nothing to price
     r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.eval=null", "stages.bench=null"])
     assert enabled_stages(r)[-1] == "distill"

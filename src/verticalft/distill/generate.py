@@ -18,6 +18,7 @@ import os
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -41,14 +42,20 @@ def chats(prompts: list[str]) -> list[list[dict[str, str]]]:
 
 
 def generate_vllm(
-    model_path: str, prompts: list[str], max_new_tokens: int, temperature: float
+    model_path: str,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    work_dir: Path,
+    engine_args: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[Generation]:
-    from vllm import LLM, SamplingParams
+    """vLLM's offline engine in its own process (`serving.offline`, the eval stage's path too)."""
+    from verticalft.serving.offline import Job, generate
 
-    llm = LLM(model=model_path, seed=0, enforce_eager=True)
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature)
-    outs = llm.chat(chats(prompts), params, use_tqdm=True)
-    return [Generation(o.outputs[0].text, o.outputs[0].finish_reason or "stop") for o in outs]
+    job = Job("teacher", model_path, prompts, max_new_tokens, temperature)
+    o = generate([job], work_dir, engine_args or {"enforce_eager": True}, env)["teacher"]
+    return [Generation(t, r) for t, r in zip(o.texts, o.finish_reasons, strict=True)]
 
 
 def generate_openai(

@@ -176,7 +176,11 @@ def teacher_generations(
             gen.batch_size,
         )
     elif backend == "vllm":
-        out = g.generate_vllm(teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature)
+        ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
+        out = g.generate_vllm(
+            teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
+            ev.engine_args if ev else None, ev.env if ev else None,
+        )  # fmt: skip
     else:
         out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
     return out, backend
