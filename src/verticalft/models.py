@@ -160,13 +160,23 @@ def fit_trainable_dtype(model: Any) -> Any:
     return model
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    path: str, chat_template: str | None = None, require_mask: bool = False
+) -> PreTrainedTokenizerBase:
+    """The tokenizer every stage uses, carrying the run's chat template in its training variant.
+
+    `chat_template` is the recipe's `models.chat_template` (null: the model's own). Stages save
+    this tokenizer next to their model, so later stages and vLLM render with the same template;
+    `require_mask` (sft, distill) turns "no training variant" into an error (chat_templates.py).
+    """
     from transformers import AutoTokenizer
+
+    from verticalft.chat_templates import use_run_template
 
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # many base checkpoints ship without one
         tok.pad_token = tok.eos_token
-    return tok
+    return use_run_template(tok, chat_template, require_mask)
 
 
 def load_model(path: str, quantization: str = "none", trust_remote_code: bool = False) -> PreTrainedModel:

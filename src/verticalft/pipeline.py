@@ -93,6 +93,7 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     for stage in stages:
         sources = [s for s in _data_for(recipe, stage) if s is not None]
         files = {str(p): hash_file(p) for s in sources for p in source_files(s) if p.exists()}
+        files |= _chat_template_file(recipe)
         if stage == "tiny_models":
             section = recipe.tiny.model_dump()
         elif stage == "cost":  # re-prices when prices, volumes or the hardware change
@@ -116,6 +117,13 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     return fps
 
 
+def _chat_template_file(recipe: Recipe) -> dict[str, str]:
+    """A `.jinja` chat template is an input like the data files: editing it reruns the stages."""
+    choice = recipe.models.chat_template
+    path = Path(choice) if choice and choice.endswith(".jinja") else None
+    return {str(path): hash_file(path)} if path and path.is_file() else {}
+
+
 def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
     """Problems to fix before any work (missing input files), all at once."""
     problems = []
@@ -135,6 +143,7 @@ def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
         f"{path}: file not found (needed by {', '.join(who)}; paths resolve from {Path.cwd()})"
         for path, who in sorted(needed_by.items())
     ]
+    problems += chat_template_problems(recipe, stages)
     if "distill" in stages:
         problems += distill_vocab_problems(recipe)
     problems += serving_problems(recipe, stages)
@@ -156,6 +165,33 @@ def serving_problems(recipe: Recipe, stages: list[str]) -> list[str]:
     return needs
 
 
+def chat_template_problems(recipe: Recipe, stages: list[str]) -> list[str]:
+    """sft and distill (logits, sequence) train on assistant tokens only: the run's chat template
+    needs a training variant (chat_templates.py). Checked here on the teacher's tokenizer when it is
+    a local folder; `tiny://` models, hub ids and other refs are checked when the stage loads the
+    tokenizer (it stops with the same message)."""
+    d = recipe.stages.distill
+    distill_masks = "distill" in stages and d is not None and d.kind != "on_policy"
+    teachers = [recipe.models.teacher] if "sft" in stages or distill_masks else []
+    if distill_masks and d is not None and d.teacher.model:
+        teachers.append(d.teacher.model)
+    local = [t for t in dict.fromkeys(teachers) if Path(t).is_dir()]
+    if not local:
+        return []
+    from transformers import AutoTokenizer
+
+    from verticalft.chat_templates import ChatTemplateError, training_template
+
+    problems = []
+    for path in local:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.models.trust_remote_code)
+        try:
+            training_template(tokenizer, recipe.models.chat_template)
+        except ChatTemplateError as exc:
+            problems.append(f"models.chat_template: {exc}")
+    return problems
+
+
 def distill_vocab_problems(recipe: Recipe) -> list[str]:
     """Logit distillation with teacher/student tokenizers that differ: known before any stage runs.
 
@@ -174,7 +210,8 @@ def distill_vocab_problems(recipe: Recipe) -> list[str]:
         return []
     from verticalft.distill.preflight import check_pair
 
-    reports = [check_pair(teacher, s, recipe.models.trust_remote_code) for s in local[1:]]
+    m = recipe.models
+    reports = [check_pair(teacher, s, m.trust_remote_code, m.chat_template) for s in local[1:]]
     return [f"stages.distill: {r.message()}" for r in reports if not r.ok]
 
 

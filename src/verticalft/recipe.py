@@ -104,10 +104,23 @@ class Data(Strict):
 
 
 # --------------------------------------------------------------------------- models
+def _chat_template_choice(choice: str | None) -> str | None:
+    from verticalft.chat_templates import choice_problem
+
+    problem = choice_problem(choice)
+    if problem:
+        raise ValueError(problem)
+    return choice
+
+
 class Models(Strict):
     teacher: str  # HF id or local path; `tiny://teacher` in the tiny profile
     students: list[str] = Field(default_factory=list)
     trust_remote_code: bool = False
+    # The run's chat template, used by every stage and by vLLM (chat_templates.py), in its training
+    # variant ({% generation %} around assistant turns): null / `model` = the model's own; a TRL
+    # training template name (qwen2_5, qwen3, llama3, …); or a path to a .jinja file.
+    chat_template: Annotated[str | None, AfterValidator(_chat_template_choice)] = None
 
 
 class TinyModels(Strict):

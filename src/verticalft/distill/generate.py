@@ -49,11 +49,13 @@ def generate_vllm(
     work_dir: Path,
     engine_args: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    chat_template: str | None = None,
 ) -> list[Generation]:
-    """vLLM's offline engine in its own process (`serving.offline`, the eval stage's path too)."""
+    """vLLM's offline engine in its own process (`serving.offline`, the eval stage's path too),
+    rendering prompts with `chat_template` (the run's) when given, else the folder's own."""
     from verticalft.serving.offline import Job, generate
 
-    job = Job("teacher", model_path, prompts, max_new_tokens, temperature)
+    job = Job("teacher", model_path, prompts, max_new_tokens, temperature, chat_template=chat_template)
     o = generate([job], work_dir, engine_args or {"enforce_eager": True}, env)["teacher"]
     return [Generation(t, r) for t, r in zip(o.texts, o.finish_reasons, strict=True)]
 

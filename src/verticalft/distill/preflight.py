@@ -92,13 +92,23 @@ def compare(
     return VocabReport(verdict, teacher_name, student_name, size, t_rows, s_rows, round(overlap, 4), problems)
 
 
-def check_pair(teacher: str, student: str, trust_remote_code: bool = False) -> VocabReport:
-    """Load only tokenizers and configs (no weights) of two HF ids/folders and compare them."""
+def check_pair(
+    teacher: str, student: str, trust_remote_code: bool = False, chat_template: str | None = None
+) -> VocabReport:
+    """Load only tokenizers and configs (no weights) of two HF ids/folders and compare them.
+
+    Both tokenizers get the run's chat template (`chat_template`: the recipe's choice) as the
+    stages would: a trained teacher folder carries the training variant, an untouched student
+    folder its own, and those are the same template."""
     from transformers import AutoConfig, AutoTokenizer
+
+    from verticalft.chat_templates import use_run_template
 
     def load(path: str) -> tuple[Any, Any]:
         return (
-            AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
+            use_run_template(
+                AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), chat_template
+            ),
             AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
         )
 

@@ -37,6 +37,7 @@ class Job:
     temperature: float = 0.0  # 0: greedy
     lora: str | None = None  # PEFT adapter folder served on top of `model`
     max_lora_rank: int | None = None
+    chat_template: str | None = None  # the run's template (recipe models.chat_template); None: the folder's
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         params = SamplingParams(max_tokens=job.max_new_tokens, temperature=job.temperature, seed=0)
         lora = LoRARequest(job.name, 1, job.lora) if job.lora else None
         chats = [[{"role": "user", "content": p}] for p in job.prompts]
-        outs = llm.chat(chats, params, use_tqdm=True, lora_request=lora)
+        outs = llm.chat(chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template)
         results[job.name] = {
             "texts": [o.outputs[0].text for o in outs],
             "finish_reasons": [o.outputs[0].finish_reason or "stop" for o in outs],

@@ -51,12 +51,16 @@ def vllm_command(
     lora_modules: Mapping[str, str] | None = None,
     max_model_len: int | None = None,
     extra_args: Sequence[str] = (),
+    chat_template: str | Path | None = None,
 ) -> list[str]:
-    """The command line of vLLM's OpenAI-compatible server for one model (+ LoRA adapters)."""
+    """The command line of vLLM's OpenAI-compatible server for one model (+ LoRA adapters);
+    `chat_template` (a .jinja file) replaces the template of the folder's tokenizer."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host]
     cmd += ["--port", str(port), "--served-model-name", served_name or model, "--seed", "0"]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
+    if chat_template:
+        cmd += ["--chat-template", str(chat_template)]
     if lora_modules:
         cmd += ["--enable-lora", "--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
     return [*cmd, *extra_args]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verticalft.chat_templates import chosen_template_path
 from verticalft.rundir import atomic_write_json
 from verticalft.serving.benchmark import (
     Slo,
@@ -88,11 +89,12 @@ def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str
         by_prompt = {r["prompt"]: r["prediction"] for r in rows if r["set"] == "domain"}
         if all(p in by_prompt for p in prompts):
             return [by_prompt[p] for p in prompts]
+    from verticalft.chat_templates import chosen_template
     from verticalft.serving.offline import Job, generate
 
     cfg = ctx.recipe.stages.eval
     outs = generate(
-        [Job(name, path, prompts, max_new)],
+        [Job(name, path, prompts, max_new, chat_template=chosen_template(ctx.recipe.models.chat_template))],
         ctx.dir / name / "parity",
         cfg.engine_args if cfg else {},
         cfg.env if cfg else {},
@@ -139,8 +141,11 @@ def bench_unit(ctx: StageContext, unit: Unit, by_name: dict[str, RunModel]) -> d
             "--max-loras",
             str(len(unit.loras)),
         ]
+    # The base folder carries its own template: a template the recipe chose is passed explicitly.
+    template = chosen_template_path(ctx.recipe.models.chat_template)
     cmd = vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
-                       max_model_len=cfg.max_model_len or cfg.input_len + cfg.output_len + 64, extra_args=extra)  # fmt: skip
+                       max_model_len=cfg.max_model_len or cfg.input_len + cfg.output_len + 64, extra_args=extra,
+                       chat_template=template)  # fmt: skip
     log = ctx.dir / (served[0]) / "server.log"
     print(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})", flush=True)
     results = {}

@@ -35,7 +35,7 @@ def run(ctx: StageContext) -> StageResult:
         )
     heldout = load_texts([recipe.data.heldout]) if recipe.data.heldout else None
 
-    tokenizer = load_tokenizer(base)
+    tokenizer = load_tokenizer(base, recipe.models.chat_template)  # saved with the model for later stages
     model = load_model(base, "none", recipe.models.trust_remote_code)
     base_eval = quick_eval(ctx, model, tokenizer)
     args = trainer_config(

@@ -61,12 +61,15 @@ def students(ctx: StageContext) -> dict[str, str]:
 
 
 def vocab_preflight(
-    teacher: str, studs: dict[str, str], kind: str, trust_remote_code: bool
+    teacher: str, studs: dict[str, str], kind: str, trust_remote_code: bool, chat_template: str | None = None
 ) -> dict[str, Any]:
-    """Compare the teacher's tokenizer with each student's; the logit kinds stop on a mismatch."""
+    """Compare the teacher's tokenizer with each student's (both with the run's chat template);
+    the logit kinds stop on a mismatch."""
     from verticalft.distill.preflight import check_pair
 
-    reports = {name: check_pair(teacher, path, trust_remote_code) for name, path in studs.items()}
+    reports = {
+        name: check_pair(teacher, path, trust_remote_code, chat_template) for name, path in studs.items()
+    }
     bad = [r for r in reports.values() if not r.ok]
     if bad and kind in LOGIT_KINDS:
         raise ValueError(f"distill.kind={kind}: " + " | ".join(r.message() for r in bad))
@@ -179,7 +182,7 @@ def teacher_generations(
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
         out = g.generate_vllm(
             teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
-            ev.engine_args if ev else None, ev.env if ev else None,
+            ev.engine_args if ev else None, ev.env if ev else None, tokenizer.chat_template,
         )  # fmt: skip
     else:
         out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
@@ -350,9 +353,12 @@ def run(ctx: StageContext) -> StageResult:
     t_path = teacher_path(ctx)
     studs = students(ctx)
     fp = _fingerprint(ctx)
-    vocab = vocab_preflight(t_path, studs, cfg.kind, recipe.models.trust_remote_code)
+    vocab = vocab_preflight(
+        t_path, studs, cfg.kind, recipe.models.trust_remote_code, recipe.models.chat_template
+    )
     todo = {n: p for n, p in studs.items() if not _student_done(ctx, n, fp)}
-    tokenizer = load_tokenizer(t_path)
+    # the run's template in its training variant: the logit kinds' masks and sequence's SFT need it
+    tokenizer = load_tokenizer(t_path, recipe.models.chat_template, require_mask=cfg.kind != "on_policy")
     size = len(tokenizer)
     convs = conversations(ctx)[: cfg.max_examples]
     prompts = [m[0]["content"] for m in convs if m and m[0].get("role") == "user"]

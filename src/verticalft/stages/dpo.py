@@ -39,7 +39,7 @@ def run(ctx: StageContext) -> StageResult:
     data = data.select_columns(["prompt", "chosen", "rejected"])
     split = data.train_test_split(test_size=cfg.eval_fraction, seed=recipe.compute.seed)
 
-    tokenizer = load_tokenizer(base)
+    tokenizer = load_tokenizer(base, recipe.models.chat_template)
     model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
     before = quick_eval(ctx, model, tokenizer)
     args = trainer_config(

@@ -69,9 +69,13 @@ def generate_all(
     """Greedy completions of every prompt by every model: {model: {texts, finish_reasons}}."""
     cfg = ctx.recipe.stages.eval
     if backend == "vllm":
+        from verticalft.chat_templates import chosen_template
         from verticalft.serving.offline import Job, generate
 
-        jobs = [Job(m.name, m.path, prompts, max_new_tokens) for m in models]
+        # a trained folder carries the run's template; the base folder its own (renders the same
+        # text, unless the recipe chose another template: then every model gets that one)
+        template = chosen_template(ctx.recipe.models.chat_template)
+        jobs = [Job(m.name, m.path, prompts, max_new_tokens, chat_template=template) for m in models]
         print(
             f"  vLLM offline: {len(models)} models × {len(prompts)} prompts (log: {ctx.dir / 'vllm.log'})",
             flush=True,
@@ -87,7 +91,7 @@ def generate_all(
     results = {}
     for m in models:
         model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code)
-        tokenizer = load_tokenizer(m.path)
+        tokenizer = load_tokenizer(m.path, ctx.recipe.models.chat_template)
         pairs = generate(model, tokenizer, prompts, max_new_tokens, batch)
         results[m.name] = {"texts": [t for t, _ in pairs], "finish_reasons": [r for _, r in pairs]}
         del model

@@ -1,9 +1,10 @@
 """sft: QLoRA instruction tuning with TRL's SFTTrainer.
 
 The base loads in 4-bit NF4 through bitsandbytes (also on CPU), PEFT LoRA adapters train on top;
-the chat template marks assistant turns with `{% generation %}` so the loss covers assistant
-tokens only; sequences are packed (best-fit decreasing, padding-free). The adapter is saved as a
-PEFT folder and, with `merge: true`, merged into the full-precision base for later stages.
+the run's chat template (its training variant, chat_templates.py) marks assistant turns with
+`{% generation %}` so the loss covers assistant tokens only; sequences are packed (best-fit
+decreasing, padding-free). The adapter is saved as a PEFT folder and, with `merge: true`, merged
+into the full-precision base for later stages.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def run(ctx: StageContext) -> StageResult:
     data = load_source(ctx.curated("sft") or recipe.data.sft, ("messages",)).select_columns(["messages"])
     split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
 
-    tokenizer = load_tokenizer(base)
+    # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in
+    tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True)
     model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
     before = quick_eval(ctx, model, tokenizer)
     args = trainer_config(

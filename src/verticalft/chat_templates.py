@@ -1,0 +1,277 @@
+"""One chat template per run, in its *training variant*, for every stage and for serving.
+
+Why: assistant-only loss (SFT's `assistant_only_loss`, the distillation trainer's and the teacher
+cache's `return_assistant_tokens_mask`) needs `{% generation %}` … `{% endgeneration %}` around
+what the assistant writes. Real templates (SmolLM2's ChatML, Qwen, Llama) have no markers: TRL's
+SFTTrainer swaps in its own training template for the families it knows and raises for the
+others, and `apply_chat_template(..., return_assistant_tokens_mask=True)` returns an all-zero
+mask with only a log line, so a logit loss silently trains on nothing.
+
+`models.chat_template` in the recipe chooses the template (`choice` below):
+
+- null or `model`: the model's own template;
+- a TRL training template name (`qwen2_5`, `qwen3`, `llama3`, … — `trl_template_names()`): the
+  `<name>_training.jinja` TRL ships;
+- a path to a `.jinja` file.
+
+`training_template` turns it into the training variant: the template itself when it has markers
+(the tiny models' template); else TRL's training template when TRL knows it
+(`get_training_chat_template`); else, for ChatML-style templates, `chatml_training_template`
+(markers around each assistant turn's content and its `<|im_end|>`), used only after it rendered
+byte-identical text to the model's own template on `PROBES`. The variant renders the same text
+as the template it stands for (TRL's Qwen3-family variants, by design, keep the think block of
+earlier assistant turns in multi-turn history; single-turn prompts are identical), so
+`models.load_tokenizer` puts it on the tokenizer and every stage trains, evaluates and saves
+(tokenizer_config / chat_template.jinja) with it. vLLM renders `{% generation %}` tags through
+transformers' `apply_chat_template` too (it registers the same jinja extension), so served
+prompts are training prompts.
+
+Mask extent: the derived ChatML variant masks exactly the content and `<|im_end|>`. TRL's
+variants place the markers their own way, e.g. Qwen2.5's also covers the newline that ends the
+`<|im_start|>assistant` header and the one after `<|im_end|>` (fixed tokens, harmless to train).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+MODEL_CHOICE = "model"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+FIX = (
+    "set models.chat_template: <a TRL name, e.g. qwen2_5, qwen3, llama3> or a .jinja path with "
+    "{% generation %} markers"
+)
+# what trl.chat_template_utils.has_generation_markers looks for (without importing TRL)
+_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# ChatML for [user "x"]: an optional default system turn (SmolLM2 writes one when none is given).
+_CHATML_PROBE = re.compile(
+    r"(?:<\|im_start\|>system\n(.*)<\|im_end\|>\n)?<\|im_start\|>user\nx<\|im_end\|>\n", re.S
+)
+
+
+def _msg(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+# Conversations a derived template must render byte-identically to the model's own (with and
+# without add_generation_prompt): the shapes the toolkit sends, plus awkward content.
+PROBES: list[list[dict[str, str]]] = [
+    [_msg("user", "Hi")],
+    [_msg("system", "You answer tersely."), _msg("user", "What is 2+2?")],
+    [_msg("user", "What is 2+2?"), _msg("assistant", "4")],
+    [_msg("user", "a"), _msg("assistant", "b"), _msg("user", "c")],
+    [
+        _msg("system", "s"),
+        _msg("user", "q1"),
+        _msg("assistant", "a1"),
+        _msg("user", "q2"),
+        _msg("assistant", "a2"),
+    ],
+    [_msg("user", "  leading and trailing  \n"), _msg("assistant", "\nline one\n\nline two\n")],
+    [_msg("user", "quotes ' \" {{ x }} {% if %} é 中文 🙂"), _msg("assistant", "tabs\tand <b>tags</b>")],
+    [_msg("user", ""), _msg("assistant", "")],
+]
+
+
+class ChatTemplateError(ValueError):
+    """The run's chat template cannot be used as asked; the message says what to set."""
+
+
+# --------------------------------------------------------------------------- the recipe's choice
+def trl_templates_dir() -> Path:
+    """TRL's `chat_templates/` folder, found without importing TRL (recipe validation stays fast)."""
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ChatTemplateError("TRL is not installed: its training templates are unavailable")
+    return Path(next(iter(spec.submodule_search_locations))) / "chat_templates"
+
+
+def trl_template_names() -> list[str]:
+    """Names `models.chat_template` accepts for TRL's training templates (`<name>_training.jinja`)."""
+    return sorted(
+        p.name.removesuffix("_training.jinja") for p in trl_templates_dir().glob("*_training.jinja")
+    )
+
+
+def choice_problem(choice: str | None) -> str | None:
+    """Why the recipe's `models.chat_template` cannot be used (None if it can); no tokenizer needed."""
+    if choice in (None, MODEL_CHOICE):
+        return None
+    assert choice is not None
+    if choice.endswith(".jinja"):
+        return (
+            None if Path(choice).is_file() else f"{choice}: file not found (paths resolve from {Path.cwd()})"
+        )
+    names = trl_template_names()
+    if choice in names:
+        return None
+    close = difflib.get_close_matches(choice, names, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return (
+        f"'{choice}' is not one of TRL's training templates{hint}; use one of {', '.join(names)}, "
+        f"a path to a .jinja file, or `{MODEL_CHOICE}` (the model's own template)"
+    )
+
+
+def chosen_template_path(choice: str | None) -> Path | None:
+    """The file the recipe chose (TRL's `<name>_training.jinja` or the `.jinja` path), None for the
+    model's own template. vLLM gets it as `--chat-template` / `chat_template=`, since a base folder
+    served as it is would render with its own template."""
+    problem = choice_problem(choice)
+    if problem:
+        raise ChatTemplateError(f"models.chat_template: {problem}")
+    if choice in (None, MODEL_CHOICE):
+        return None
+    assert choice is not None
+    path = Path(choice) if choice.endswith(".jinja") else trl_templates_dir() / f"{choice}_training.jinja"
+    return path.resolve()
+
+
+def chosen_template(choice: str | None) -> str | None:
+    """The text of the recipe's chosen template, None for the model's own."""
+    path = chosen_template_path(choice)
+    return path.read_text(encoding="utf-8") if path else None
+
+
+# --------------------------------------------------------------------------- the training variant
+def has_generation_markers(template: str) -> bool:
+    return _MARKER.search(template) is not None
+
+
+def chatml_training_template(default_system: str | None = None) -> str:
+    """ChatML with `{% generation %}` around each assistant turn's content *and* its `<|im_end|>`
+    (so the model learns to stop), not around the `<|im_start|>assistant\\n` header or the newline
+    after the turn. `default_system` is the system turn the model's template writes when the
+    conversation does not start with one (SmolLM2: "You are a helpful AI assistant named SmolLM…")."""
+    head = ""
+    if default_system is not None:
+        literal = json.dumps(f"{IM_START}system\n{default_system}{IM_END}\n", ensure_ascii=False)
+        head = "{%- if loop.first and message['role'] != 'system' %}{{- " + literal + " }}{%- endif %}"
+    return (
+        "{%- for message in messages %}" + head + "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+        "{%- if message['role'] == 'assistant' %}"
+        "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}"
+        "{%- else %}{{- message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+
+
+def render(tokenizer: Any, template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def render_differences(tokenizer: Any, ours: str, theirs: str) -> list[str]:
+    """Probe conversations (PROBES × add_generation_prompt) that `ours` renders differently from
+    `theirs`; conversations `theirs` refuses to render (a template that raises on a shape) are skipped."""
+    diffs = []
+    for messages in PROBES:
+        for gen in (False, True):
+            try:
+                expected = render(tokenizer, theirs, messages, gen)
+            except Exception:  # the model's template does not accept this shape: nothing to match
+                continue
+            try:
+                same = render(tokenizer, ours, messages, gen) == expected
+            except Exception:
+                same = False
+            if not same:
+                diffs.append(f"{[m['role'] for m in messages]} add_generation_prompt={gen}")
+    return diffs
+
+
+def derive_chatml(tokenizer: Any, template: str) -> str | None:
+    """The ChatML training variant of `template`, or None when `template` is not ChatML as
+    `chatml_training_template` writes it (checked by rendering: byte-identical on every probe)."""
+    try:
+        head = render(tokenizer, template, [_msg("user", "x")], False)
+    except Exception:
+        return None
+    match = _CHATML_PROBE.fullmatch(head)
+    if match is None:
+        return None
+    derived = chatml_training_template(match.group(1))
+    return None if render_differences(tokenizer, derived, template) else derived
+
+
+def _trl_training(tokenizer: Any, template: str) -> str | None:
+    """TRL's training template for `template` when TRL knows its family (None otherwise)."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    own = tokenizer.chat_template
+    tokenizer.chat_template = template  # TRL identifies the family from the tokenizer's template
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:  # "patching is not supported for this template"
+        return None
+    finally:
+        tokenizer.chat_template = own
+
+
+def _own_template(tokenizer: Any) -> str | None:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named variants: `default` is the chat one
+        template = template.get("default")
+    return template
+
+
+def training_template(tokenizer: Any, choice: str | None = None) -> str:
+    """The run's chat template for `tokenizer` (the recipe's `models.chat_template`), in its
+    training variant; raises ChatTemplateError naming what to set when there is none."""
+    name = getattr(tokenizer, "name_or_path", "") or "the model"
+    template = chosen_template(choice) or _own_template(tokenizer)
+    if not template:
+        raise ChatTemplateError(f"{name} has no chat template; {FIX}")
+    if has_generation_markers(template):
+        resolved = template
+    elif trl := _trl_training(tokenizer, template):
+        resolved = trl
+        if diffs := render_differences(tokenizer, trl, template):  # by TRL's design (Qwen3: think blocks)
+            print(
+                f"  chat template: TRL's training variant renders {len(diffs)} probe conversations "
+                f"differently from the model's own, e.g. {diffs[0]}",
+                flush=True,
+            )
+    else:
+        resolved = derive_chatml(tokenizer, template)
+    if resolved is None:
+        raise ChatTemplateError(
+            f"the chat template of {name} has no {{% generation %}} markers, TRL has no training "
+            f"variant of it, and it is not ChatML ({IM_START}role\\n…{IM_END}); {FIX}"
+        )
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    if not is_chat_template_stop_token_trained(tokenizer, chat_template=resolved):
+        raise ChatTemplateError(
+            f"with the tokenizer of {name}, the chat template's assistant mask does not end on a special "
+            "end-of-turn token (the {% generation %} block leaves it out, or the template's tokens are not "
+            f"special tokens of this tokenizer): the model would never learn to stop; {FIX}"
+        )
+    return resolved
+
+
+def use_run_template(tokenizer: Any, choice: str | None = None, require_mask: bool = False) -> Any:
+    """Set `tokenizer.chat_template` to the run's training variant (see `training_template`).
+
+    Stages that only render (cpt's and dpo's eval, merging) keep working on a template with no
+    training variant: the tokenizer then keeps the chosen (or its own) template as it is. Stages
+    that need the assistant mask (sft, distill) pass `require_mask` and get the error instead.
+    """
+    try:
+        tokenizer.chat_template = training_template(tokenizer, choice)
+    except ChatTemplateError as exc:
+        chosen = chosen_template(choice)  # an unknown name / missing file is always an error
+        if require_mask:
+            raise
+        if chosen:
+            tokenizer.chat_template = chosen
+        if tokenizer.chat_template:
+            print(f"  chat template: {exc} (rendering with it as it is)", flush=True)
+    return tokenizer
