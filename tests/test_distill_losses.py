@@ -7,12 +7,16 @@ import torch.nn.functional as F
 from verticalft.distill.losses import (
     DIVERGENCES,
     bucket_divergence,
+    chunked_token_sum,
     distill_loss,
+    full_divergence,
     label_cross_entropy,
     masked_token_mean,
     mix,
     teacher_topk,
+    token_cross_entropy,
     topk_distill_loss,
+    topk_divergence,
     with_tail,
 )
 
@@ -145,3 +149,96 @@ def test_cross_entropy_mix():
     assert torch.allclose(ce, F.cross_entropy(s.reshape(-1, V), labels.reshape(-1)))
     kd = torch.tensor(2.0)
     assert mix(kd, ce, 0.0) == kd and mix(kd, ce, 1.0) == ce
+
+
+# ------------------------------------------------------------------ chunked projection
+N, H = 23, 16  # 23 response tokens: chunks of 7 leave a remainder of 2
+CHUNKS = [1, 7, 100, 0]  # one token, a non-divisor, more than the tokens, 0 = all at once
+
+
+def hidden_and_head(seed=20):
+    """Final hidden states [N, H] (requiring grad, like the decoder's output) and an lm_head [H → V]."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, H, generator=g).requires_grad_()
+    head = torch.nn.Linear(H, V, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, H, generator=g))
+    return hidden, head
+
+
+def value_and_grads(loss, hidden, head):
+    return (loss.detach(), *torch.autograd.grad(loss, [hidden, head.weight]))
+
+
+def assert_same(got, want):
+    for g, w, name in zip(got, want, ("loss", "d/d hidden", "d/d lm_head"), strict=True):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-7), (name, (g - w).abs().max())
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_chunked_full_vocabulary_loss_and_gradients_equal_the_full_logit_loss(kind, chunk):
+    hidden, head = hidden_and_head()
+    teacher, T, beta = logits(N, V, seed=21), 2.0, 0.3
+    want = value_and_grads(distill_loss(head(hidden), teacher, torch.ones(N), kind, T, beta), hidden, head)
+    total = chunked_token_sum(
+        lambda h, t: full_divergence(head(h), t, kind, T, beta), hidden, teacher, chunk_size=chunk
+    )
+    assert_same(value_and_grads(T**2 * total / N, hidden, head), want)
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_chunked_top_k_loss_and_gradients_equal_the_full_logit_loss(kind, chunk):
+    hidden, head = hidden_and_head(seed=22)
+    T, beta = 2.0, 0.5
+    ids, top, tail = teacher_topk(logits(N, V, seed=23), 8, T)
+    ref = topk_distill_loss(head(hidden), ids, top, torch.ones(N), kind, T, beta, teacher_tail_log=tail)
+    total = chunked_token_sum(
+        lambda h, i, v, tl: topk_divergence(head(h), i, v, kind, T, beta, tl),
+        hidden,
+        ids,
+        top,
+        tail,
+        chunk_size=chunk,
+    )
+    assert_same(value_and_grads(T**2 * total / N, hidden, head), value_and_grads(ref, hidden, head))
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_cross_entropy_equals_the_full_logit_one(chunk):
+    hidden, head = hidden_and_head(seed=24)
+    labels = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(25))
+    ref = label_cross_entropy(head(hidden)[None], labels[None], torch.ones(1, N))
+    total = chunked_token_sum(lambda h, y: token_cross_entropy(head(h), y), hidden, labels, chunk_size=chunk)
+    assert_same(value_and_grads(total / N, hidden, head), value_and_grads(ref, hidden, head))
+
+
+def test_chunks_keep_no_vocabulary_sized_tensor_for_backward():
+    """What bounds memory: autograd keeps the chunks' inputs, never their [chunk, vocab] logits."""
+    hidden, head = hidden_and_head(seed=26)
+    ids, top, tail = teacher_topk(logits(N, V, seed=27), 8)  # the cached path's per-token rows
+
+    def kept_for_backward(loss_fn):
+        shapes: list[tuple[int, ...]] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t
+        ):
+            loss = loss_fn()
+        return loss, shapes
+
+    total, chunked = kept_for_backward(
+        lambda: chunked_token_sum(
+            lambda h, i, v, tl: topk_divergence(head(h), i, v, teacher_tail_log=tl),
+            hidden,
+            ids,
+            top,
+            tail,
+            chunk_size=7,
+        )
+    )
+    _, full = kept_for_backward(lambda: topk_distill_loss(head(hidden), ids, top, torch.ones(N)))
+    assert (N, V) in full  # the full-logit loss keeps [tokens, vocab] tensors for backward …
+    assert all(V not in shape for shape in chunked), chunked  # … the chunked one none
+    total.backward()  # its backward recomputes them: gradients still arrive
+    assert hidden.grad.abs().sum() > 0 and head.weight.grad.abs().sum() > 0

@@ -158,30 +158,44 @@ def teacher_rows(
     batch_size: int,
     vocab_size: int | None = None,
     pad_id: int = 0,
+    chunk_size: int | None = None,
 ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Run the teacher over `examples` (input_ids + response_mask) and yield, per example, the
     top-k ids / log-probs / tail log-mass of every position whose next token is a response token.
+
+    The teacher never builds [batch, seq, vocab] logits (10 GB in fp32 for 4 x 4,096 positions at
+    a 152k vocabulary): its final hidden states at the response positions are projected to the
+    vocabulary `chunk_size` positions at a time (default losses.DEFAULT_CHUNK; 0: all at once)
+    and only each chunk's top-k is kept.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from verticalft.distill.losses import teacher_topk
-    from verticalft.distill.trainer import DistillCollator
+    from verticalft.distill.losses import DEFAULT_CHUNK, teacher_topk
+    from verticalft.distill.trainer import DistillCollator, response_hidden
 
     collate = DistillCollator(pad_id)
     teacher.eval()
     device = next(teacher.parameters()).device
+    chunk = DEFAULT_CHUNK if chunk_size is None else chunk_size
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher cache", unit="batch"):
         rows = [
             {**ex, "example_index": start + j} for j, ex in enumerate(examples[start : start + batch_size])
         ]
         batch = collate(rows)
+        mask = (batch["labels"][:, 1:] != -100).to(device)
+        inputs = {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+        }
         with torch.no_grad():
-            logits = teacher(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-        logits = logits[:, :-1, : vocab_size or logits.shape[-1]]
-        mask = batch["labels"][:, 1:] != -100
-        for b in range(len(rows)):
-            ids, values, tail = teacher_topk(logits[b][mask[b].to(device)], k, temperature)
-            yield ids.cpu().numpy(), values.cpu().numpy(), tail.cpu().numpy()
+            hidden, head = response_hidden(teacher, inputs, mask, vocab_size)  # [tokens, hidden]
+            step = chunk if chunk > 0 else max(len(hidden), 1)
+            parts = [
+                teacher_topk(head(hidden[a : a + step]), k, temperature)
+                for a in range(0, max(len(hidden), 1), step)
+            ]
+        counts = mask.sum(1).tolist()
+        per_example = [torch.cat(p).cpu().split(counts) for p in zip(*parts, strict=True)]
+        for ids, values, tail in zip(*per_example, strict=True):
+            yield ids.numpy(), values.numpy(), tail.numpy()

@@ -18,18 +18,31 @@ Normalisation: per-token divergences are summed over *response* tokens (mask) an
 the number of response tokens in the batch — or by `num_tokens` when the caller passes the
 count over all gradient-accumulation micro-batches — so every response token weighs the same
 whatever the sequence lengths, padding or batch composition.
+
+At real vocabularies (49k-152k ids) the [tokens, vocab] fp32 logits and log-probs are the
+largest tensors of a step (4 x 4,096 positions x 152k ids = 10 GB per copy), so the trainer and
+the cache build never make them for all positions: they take the final hidden states at the
+response positions and project them to the vocabulary `chunk_size` positions at a time
+(`chunked_token_sum`), with each chunk under activation checkpointing when gradients flow, as
+Liger-Kernel's chunked/fused-linear losses do. The per-position functions below are shared by
+the full-logit losses and the chunked path, so both compute the same number.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "tv"]
 DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "tv")
+# Positions projected to the vocabulary at once: 1,024 x 152,064 ids x 4 bytes = 0.6 GB per fp32
+# copy (a few live in a divergence), against 10 GB per copy for a 4 x 4,096 batch unchunked.
+DEFAULT_CHUNK = 1024
 
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -83,6 +96,19 @@ def masked_token_mean(
     return (per_token * mask).sum() / denom.clamp(min=1.0)
 
 
+def full_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: Divergence = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Per-position D(teacher_T ‖ student_T) over the full vocabulary, in fp32 (no T², no mean)."""
+    s_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return bucket_divergence(s_log, t_log, kind, beta)
+
+
 def distill_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -97,9 +123,7 @@ def distill_loss(
     Logits are [batch, seq, vocab] already aligned (position i predicts token i+1); `mask` is
     [batch, seq], true where position i's target is a response token.
     """
-    s_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    per_token = bucket_divergence(s_log, t_log, kind, beta)
+    per_token = full_divergence(student_logits, teacher_logits, kind, temperature, beta)
     return temperature**2 * masked_token_mean(per_token, mask, num_tokens)
 
 
@@ -112,6 +136,27 @@ def teacher_topk(
     values, ids = t_log.topk(min(k, t_log.shape[-1]), dim=-1)
     tail = log1mexp(torch.logsumexp(values, dim=-1))
     return ids, values, tail
+
+
+def topk_divergence(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_topk_log: torch.Tensor,
+    kind: Divergence = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    teacher_tail_log: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-position divergence over the teacher's k ids + the tail bucket (no T², no mean)."""
+    s_full = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    s_top = s_full.gather(-1, teacher_ids.long())
+    t_top = teacher_topk_log.float()
+    t_buckets = (
+        with_tail(t_top)
+        if teacher_tail_log is None
+        else torch.cat([t_top, teacher_tail_log.float().unsqueeze(-1)], dim=-1)
+    )
+    return bucket_divergence(with_tail(s_top), t_buckets, kind, beta)
 
 
 def topk_distill_loss(
@@ -132,24 +177,53 @@ def topk_distill_loss(
     not given); the student's log-probs are taken at the same ids and its remaining mass forms
     its own tail bucket.
     """
-    s_full = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    s_top = s_full.gather(-1, teacher_ids.long())
-    t_top = teacher_topk_log.float()
-    t_buckets = (
-        with_tail(t_top)
-        if teacher_tail_log is None
-        else torch.cat([t_top, teacher_tail_log.float().unsqueeze(-1)], dim=-1)
+    per_token = topk_divergence(
+        student_logits, teacher_ids, teacher_topk_log, kind, temperature, beta, teacher_tail_log
     )
-    per_token = bucket_divergence(with_tail(s_top), t_buckets, kind, beta)
     return temperature**2 * masked_token_mean(per_token, mask, num_tokens)
+
+
+def token_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position next-token cross-entropy in fp32: logits [..., vocab], labels [...]."""
+    flat = student_logits.float().reshape(-1, student_logits.shape[-1])
+    per = F.cross_entropy(flat, labels.clamp(min=0).reshape(-1), reduction="none")
+    return per.reshape(labels.shape)
 
 
 def label_cross_entropy(
     student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None
 ) -> torch.Tensor:
     """Plain next-token cross-entropy on the response tokens, normalised like the divergences."""
-    per_token = F.cross_entropy(student_logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
-    return masked_token_mean(per_token, mask, num_tokens)
+    return masked_token_mean(token_cross_entropy(student_logits, labels), mask, num_tokens)
+
+
+def chunked_token_sum(
+    per_token: Callable[..., torch.Tensor],
+    hidden: torch.Tensor,
+    *rows: torch.Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Σ over tokens of `per_token(hidden[a:b], *(r[a:b] for r in rows))`, `chunk_size` tokens at a time.
+
+    `hidden` [tokens, hidden] are final hidden states and `per_token` projects its chunk to the
+    vocabulary and returns per-token terms [chunk, ...]; `rows` are per-token side inputs
+    (teacher hidden states, cached top-k, labels). With gradients on, each chunk runs under
+    non-reentrant `torch.utils.checkpoint`: autograd keeps only the chunk's inputs and its
+    per-token terms, and recomputes the chunk's [chunk, vocab] logits in backward, so peak
+    memory is one chunk's logits whatever the token count. (Non-reentrant, so a weight used by
+    every chunk gets one summed gradient per backward — DDP requires that.) `chunk_size` 0
+    means every token in one chunk.
+    """
+    n = hidden.shape[0]
+    step = chunk_size if chunk_size > 0 else max(n, 1)
+
+    def chunk(a: int) -> torch.Tensor:
+        args = (hidden[a : a + step], *(r[a : a + step] for r in rows))
+        if torch.is_grad_enabled():
+            return checkpoint(per_token, *args, use_reentrant=False).sum(0)
+        return per_token(*args).sum(0)
+
+    return torch.stack([chunk(a) for a in range(0, max(n, 1), step)]).sum(0)
 
 
 def mix(kd: torch.Tensor, ce: torch.Tensor, ce_weight: float) -> torch.Tensor:

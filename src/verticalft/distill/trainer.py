@@ -5,18 +5,31 @@ schedule, checkpoints and resume, DDP/FSDP through accelerate, `report_to`) is t
 Trainer. The teacher's distribution comes either from the teacher itself, run under
 `torch.no_grad()` beside the student (online), or from the top-k cache (then no teacher is in
 memory at all). Both paths call the same loss functions (losses.py).
+
+Neither the student nor the online teacher builds [batch, seq, vocab] logits: `response_hidden`
+takes their final hidden states at the response positions and the loss projects them to the
+vocabulary a chunk of positions at a time (`LossSettings.chunk_size`, losses.chunked_token_sum).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import Trainer
 
 from verticalft.distill.cache import TeacherCache
-from verticalft.distill.losses import distill_loss, label_cross_entropy, mix, topk_distill_loss
+from verticalft.distill.losses import (
+    DEFAULT_CHUNK,
+    chunked_token_sum,
+    full_divergence,
+    mix,
+    token_cross_entropy,
+    topk_divergence,
+)
 
 IGNORE = -100
 
@@ -28,6 +41,7 @@ class LossSettings:
     beta: float = 0.5
     ce_weight: float = 0.0
     vocab_size: int | None = None  # trim logits to the shared tokenizer's ids (padded embedding rows)
+    chunk_size: int = DEFAULT_CHUNK  # response positions projected to the vocabulary at once (0: all)
 
 
 def chat_example(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]]:
@@ -64,6 +78,70 @@ class DistillCollator:
             labels[b, :n] = torch.where(resp, ids[b, :n], torch.full_like(ids[b, :n], IGNORE))
         index = torch.tensor([int(r["example_index"]) for r in rows], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": attn, "labels": labels, "example_index": index}
+
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+
+
+def logit_head(model: Any, vocab_size: int | None = None) -> Head:
+    """hidden [..., hidden] → the model's logits [..., vocab_size], outside its forward.
+
+    Goes through the model's own output-embedding module, so a PEFT `modules_to_save` (or LoRA)
+    copy of lm_head is the one used and trained, then applies the post-processing some families
+    do after lm_head (Gemma-2 soft-capping, Cohere's scale, Granite's divisor);
+    `response_hidden` checks the result against the model's own logits at one position.
+    """
+    lm_head = model.get_output_embeddings()
+    cfg = model.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    divisor = getattr(cfg, "logits_scaling", None)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(hidden)
+        if scale is not None:
+            logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits[..., :vocab_size] if vocab_size else logits
+
+    return head
+
+
+def response_hidden(
+    model: Any, inputs: dict[str, torch.Tensor], mask: torch.Tensor, vocab_size: int | None = None
+) -> tuple[torch.Tensor, Head]:
+    """(final hidden states at the positions `mask` [batch, seq-1] selects: [tokens, hidden],
+    the head projecting them to logits) — without the model building [batch, seq, vocab] logits.
+
+    The model runs through its own forward, and through the DDP wrapper the Trainer passes to
+    `compute_loss` (so gradient sync is untouched), with `logits_to_keep=1`: lm_head sees one
+    position per row. A forward hook on the decoder keeps its output, the post-norm last hidden
+    state. The one position the model did project checks that `logit_head` reproduces its logits
+    (a family with other post-processing stops here instead of training on wrong targets). Under
+    FSDP lm_head would be used outside the sharded forward: not supported.
+    """
+    inner = extract_model_from_parallel(model)
+    captured: list[torch.Tensor] = []
+    hook = inner.get_decoder().register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
+    try:
+        out = model(**inputs, logits_to_keep=1)
+    finally:
+        hook.remove()
+    hidden, head = captured[-1], logit_head(inner, vocab_size)
+    lm_head = inner.get_output_embeddings()
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in lm_head.modules())
+    if not dropout:  # LoRA dropout on lm_head in training would differ between the two calls
+        with torch.no_grad():
+            ours, theirs = head(hidden[:, -1]).float(), out.logits[:, -1, : vocab_size or None].float()
+        if (ours - theirs).abs().max() > 1e-2 * theirs.abs().max() + 1e-4:
+            raise ValueError(
+                f"{type(inner).__name__}: lm_head(last hidden state) differs from the model's logits; "
+                "it post-processes them in a way the chunked distillation loss does not reproduce"
+            )
+    return hidden[:, :-1][mask], head
 
 
 def cached_rows(
@@ -120,25 +198,36 @@ class LogitDistillTrainer(Trainer):
         s = self.settings
         index = inputs.pop("example_index")
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        vocab = s.vocab_size or outputs.logits.shape[-1]
         mask = labels[:, 1:] != IGNORE
-        student = outputs.logits[:, :-1, :vocab][mask]  # [tokens, vocab]
+        hidden, head = response_hidden(model, inputs, mask, s.vocab_size)  # [tokens, hidden]
         targets = labels[:, 1:][mask]
-        ones = torch.ones(student.shape[0], device=student.device)
-        n = float(num_items_in_batch) if num_items_in_batch is not None else None
         if self.cache is not None:
-            ids, logp, tail = cached_rows(self.cache, index, student.shape[0], student.device)
-            kd = topk_distill_loss(student, ids, logp, ones, s.divergence, s.temperature, s.beta, n, tail)
+            teacher_side = cached_rows(self.cache, index, hidden.shape[0], hidden.device)
+
+            def divergence(logits: torch.Tensor, *t: torch.Tensor) -> torch.Tensor:
+                ids, logp, tail = t
+                return topk_divergence(logits, ids, logp, s.divergence, s.temperature, s.beta, tail)
         else:
             with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits[:, :-1, :vocab][mask]
-            kd = distill_loss(
-                student, teacher_logits.to(student.dtype), ones, s.divergence, s.temperature, s.beta, n
-            )
-        ce = label_cross_entropy(student.unsqueeze(0), targets.unsqueeze(0), ones.unsqueeze(0), n)
+                t_hidden, t_head = response_hidden(self.teacher, inputs, mask, s.vocab_size)
+            teacher_side = (t_hidden,)
+
+            def divergence(logits: torch.Tensor, *t: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    t_logits = t_head(t[0])
+                return full_divergence(logits, t_logits, s.divergence, s.temperature, s.beta)
+
+        def per_token(h: torch.Tensor, y: torch.Tensor, *t: torch.Tensor) -> torch.Tensor:
+            logits = head(h)  # [chunk, vocab]: the only logits that exist at any time
+            kd = divergence(logits, *t)
+            ce = token_cross_entropy(logits, y) if s.ce_weight else torch.zeros_like(kd)
+            return torch.stack([kd, ce], dim=-1)
+
+        sums = chunked_token_sum(per_token, hidden, targets, *teacher_side, chunk_size=s.chunk_size)
+        tokens = max(float(num_items_in_batch) if num_items_in_batch is not None else hidden.shape[0], 1.0)
+        kd, ce = s.temperature**2 * sums[0] / tokens, sums[1] / tokens
         loss = mix(kd, ce, s.ce_weight)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
         self.kd_log.append(float(kd.detach()))
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"kd": kd.detach(), "ce": ce.detach()}) if return_outputs else loss
