@@ -206,8 +206,18 @@ class Plan:
 
 
 def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | None = None) -> Arch | None:
-    """Architecture of a model reference: local folder, tiny spec, or the known-checkpoint table."""
+    """Architecture of a model reference: local folder, tiny spec, GGUF header, or the known-checkpoint table.
+
+    (A GGUF header is read with transformers' reader, which imports torch: only for GGUF refs.)
+    """
+    from verticalft import gguf_source
     from verticalft.models import DEFAULT_TINY_SPECS, HEAD_DIM, is_tiny, tiny_name
+
+    if gguf_source.is_gguf(ref):
+        try:
+            return arch_from_config(gguf_source.gguf_info(ref).config())
+        except (gguf_source.GgufError, KeyError, TypeError):  # validation reports why
+            return None
 
     if is_tiny(ref):
         spec = {**DEFAULT_TINY_SPECS, **(tiny_specs or {})}.get(tiny_name(ref))

@@ -629,6 +629,21 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def _model_ref_problems(recipe: Recipe) -> list[Problem]:
+    """Model references that cannot work, found from file headers (milliseconds), not when a stage
+    starts: a GGUF file transformers cannot load (gguf_source)."""
+    from verticalft import gguf_source
+
+    distill = recipe.stages.distill
+    refs = [("models.teacher", recipe.models.teacher)]
+    refs += [(f"models.students.{i}", ref) for i, ref in enumerate(recipe.models.students)]
+    if distill is not None:
+        if distill.teacher.model:
+            refs.append(("stages.distill.teacher.model", distill.teacher.model))
+        refs += [(f"stages.distill.students.{i}", ref) for i, ref in enumerate(distill.students or [])]
+    return [Problem(path=p, message=m) for p, ref in refs for m in gguf_source.ref_problems(ref)]
+
+
 # --------------------------------------------------------------------------- loading
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; lists and scalars in `overlay` replace those in `base`."""
@@ -658,7 +673,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override '{text}' has an empty key part")
-    return key.split("."), as_number(yaml.safe_load(value)) if value != "" else None
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as exc:  # e.g. `?` inside a flow list: [prune://teacher?layers=2]
+        problem = getattr(exc, "problem", None) or exc
+        raise ValueError(
+            f"override '{text}': the value is not valid YAML ({problem}); quote list items that hold "
+            """`?` or `: `, e.g. models.students='["prune://teacher?layers=2"]'"""
+        ) from None
+    return key.split("."), as_number(parsed)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -726,6 +749,8 @@ def load_recipe(path: str | Path, profile: str = "full", overrides: Iterable[str
     except ValidationError as err:
         problems.extend(_pydantic_problems(err))
     problems.extend(_trainer_problems(raw))
+    if recipe is not None:
+        problems.extend(_model_ref_problems(recipe))
     if problems:
         raise RecipeError(str(path), problems)
     assert recipe is not None

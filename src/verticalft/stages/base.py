@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verticalft.gguf_source import is_gguf, resolve_gguf
 from verticalft.models import is_tiny, tiny_name
 from verticalft.recipe import Recipe, Source
 from verticalft.rundir import RunDir
@@ -59,7 +60,10 @@ class StageContext:
         return self.dir / "checkpoints"
 
     def resolve_model(self, ref: str) -> str:
-        """An HF id/path as written in the recipe; `tiny://name` → the folder tiny_models built."""
+        """An HF id/path as written in the recipe; `tiny://name` → the folder tiny_models built;
+        a GGUF file (`*.gguf`, `pkg://…`) → its HF folder, converted once (gguf_source)."""
+        if is_gguf(ref):
+            return resolve_gguf(ref)
         if not is_tiny(ref):
             return ref
         path = self.run.output("tiny_models", tiny_name(ref))
