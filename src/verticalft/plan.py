@@ -239,6 +239,21 @@ def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | 
     return KNOWN_ARCHS.get(ref)
 
 
+def pruned_arch(ref: str, teacher: Arch | None) -> Arch | None:
+    """A `prune://teacher?layers=N` student: the teacher with N of its blocks. Embeddings, head and
+    final norm stay, and `Arch.params` counts attention + MLP + norms per block, so the parameters
+    of the removed blocks are exactly what drops out."""
+    import dataclasses
+
+    from verticalft.pruning import parse_prune
+
+    try:
+        layers = parse_prune(ref).layers
+    except ValueError:
+        return None
+    return dataclasses.replace(teacher, layers=layers) if teacher and layers < teacher.layers else None
+
+
 def source_tokens(source: Any) -> float:
     """Declared `tokens`, else ~4 bytes per token of the local file, else 0."""
     if source is None:
@@ -362,8 +377,16 @@ def plan_distill(
                 teacher_mem <= gpu.vram_gb * 0.95,
             )
         )
+    from verticalft.pruning import is_prune, prune_name
+
+    cut_from = (
+        resolve_arch(cfg.teacher.model, recipe.tiny.vocab_size, specs) if cfg.teacher.model else teacher
+    )
     for ref in cfg.students or recipe.models.students:
-        arch = resolve_arch(ref, recipe.tiny.vocab_size, specs)
+        if is_prune(ref):
+            arch, name = pruned_arch(ref, cut_from), prune_name(ref)
+        else:
+            arch, name = resolve_arch(ref, recipe.tiny.vocab_size, specs), ref.split("/")[-1]
         if arch is None:
             plan.warnings.append(
                 f"distill: size of student {ref} unknown: give a local path or add it to plan.KNOWN_ARCHS"
@@ -372,7 +395,7 @@ def plan_distill(
         mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
         alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
         plan.notes.append(
-            f"distill memory per GPU for {ref.split('/')[-1]} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
+            f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
             f"then student {alone:.1f} GB; logits online: {both} GB; sequence: teacher {teacher_mem:.1f} GB "
             f"(generation; vLLM adds KV cache), then {alone:.1f} GB; on_policy: {both} GB"
         )
@@ -385,7 +408,7 @@ def plan_distill(
         fits = mem["total"] <= gpu.vram_gb * 0.95
         plan.stages.append(
             StagePlan(
-                f"distill: {ref.split('/')[-1]} ({cfg.kind}{', cache' if cfg.kind == 'logits' and cfg.cache else ''})",
+                f"distill: {name} ({cfg.kind}{', cache' if cfg.kind == 'logits' and cfg.cache else ''})",
                 ref,
                 arch.params,
                 cfg.method,

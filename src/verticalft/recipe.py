@@ -630,18 +630,32 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
 
 
 def _model_ref_problems(recipe: Recipe) -> list[Problem]:
-    """Model references that cannot work, found from file headers (milliseconds), not when a stage
-    starts: a GGUF file transformers cannot load (gguf_source)."""
-    from verticalft import gguf_source
+    """Model references that cannot work, found from file headers and configs (milliseconds), not
+    when a stage starts: a GGUF file transformers cannot load (gguf_source) and a `prune://`
+    student that does not fit its teacher (pruning)."""
+    from verticalft import gguf_source, pruning
 
     distill = recipe.stages.distill
-    refs = [("models.teacher", recipe.models.teacher)]
-    refs += [(f"models.students.{i}", ref) for i, ref in enumerate(recipe.models.students)]
+    teachers = [("models.teacher", recipe.models.teacher)]
+    students = [(f"models.students.{i}", ref) for i, ref in enumerate(recipe.models.students)]
     if distill is not None:
         if distill.teacher.model:
-            refs.append(("stages.distill.teacher.model", distill.teacher.model))
-        refs += [(f"stages.distill.students.{i}", ref) for i, ref in enumerate(distill.students or [])]
-    return [Problem(path=p, message=m) for p, ref in refs for m in gguf_source.ref_problems(ref)]
+            teachers.append(("stages.distill.teacher.model", distill.teacher.model))
+        students += [(f"stages.distill.students.{i}", ref) for i, ref in enumerate(distill.students or [])]
+    problems = [
+        Problem(path=p, message=m) for p, ref in teachers + students for m in gguf_source.ref_problems(ref)
+    ]
+    problems += [
+        Problem(path=p, message="prune:// makes a student from the teacher; the teacher must be a model")
+        for p, ref in teachers
+        if pruning.is_prune(ref)
+    ]
+    if any(pruning.is_prune(ref) for _, ref in students):
+        layers = None if any(pruning.is_prune(ref) for _, ref in teachers) else pruning.teacher_layers(recipe)
+        problems += [
+            Problem(path=p, message=m) for p, ref in students for m in pruning.spec_problems(ref, layers)
+        ]
+    return problems
 
 
 # --------------------------------------------------------------------------- loading

@@ -27,6 +27,7 @@ import traceback
 from typing import Any
 
 from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config, training_dtype
+from verticalft.pruning import is_prune, prune_name, pruned_student, pruning_record
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import (
     PartialFailure,
@@ -44,8 +45,11 @@ LOGIT_KINDS = ("logits", "on_policy")
 
 
 def student_name(ref: str) -> str:
-    """Folder name of a student: `tiny://student-s` → student-s, `Qwen/Qwen2.5-7B-Instruct` → Qwen2.5-7B-Instruct."""
-    return ref.removeprefix("tiny://").rstrip("/").split("/")[-1]
+    """Folder name of a student: `tiny://student-s` → student-s, `Qwen/Qwen2.5-7B-Instruct` → Qwen2.5-7B-Instruct,
+    `prune://teacher?layers=10&by=even` → pruned-10L-even, `pkg://p/Model.Q4_1.gguf` → Model.Q4_1."""
+    if is_prune(ref):
+        return prune_name(ref)
+    return ref.removeprefix("tiny://").rstrip("/").split("/")[-1].removesuffix(".gguf")
 
 
 def teacher_path(ctx: StageContext) -> str:
@@ -57,7 +61,11 @@ def students(ctx: StageContext) -> dict[str, str]:
     refs = ctx.recipe.stages.distill.students or ctx.recipe.models.students
     if not refs:
         raise ValueError("stages.distill: no students (set models.students or stages.distill.students)")
-    return {student_name(r): ctx.resolve_model(r) for r in refs}
+    # a pruned student is cut from this stage's teacher here, the first time it is asked for
+    return {
+        student_name(r): pruned_student(ctx, r, teacher_path(ctx)) if is_prune(r) else ctx.resolve_model(r)
+        for r in refs
+    }
 
 
 def vocab_preflight(
@@ -364,6 +372,8 @@ def run(ctx: StageContext) -> StageResult:
     prompts = [m[0]["content"] for m in convs if m and m[0].get("role") == "user"]
 
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
+    if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
+        metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
     teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None else None
     teacher_eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else _recorded_teacher_eval(ctx)
     metrics["teacher_eval"] = teacher_eval
