@@ -22,12 +22,15 @@ END_TOKEN = "<|end|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = [PAD_TOKEN, END_TOKEN, "<|system|>", "<|user|>", "<|assistant|>"]
 # ChatML-like; `{% generation %}` marks assistant tokens so TRL can train on them only,
-# and the end-of-turn token sits inside the marker so the model learns to stop.
+# and the end-of-turn token sits inside the marker so the model learns to stop. Nothing follows
+# an assistant turn's <|end|>: TRL's DPOTrainer takes everything after the prompt as the
+# completion, and a newline there became a third of every short answer's tokens; the tiny
+# models then learned to open every answer with "\n" (DPO scored 0.11 → 0.00 on real_estate).
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|' + message['role'] + '|>\n' }}"
     "{%- if message['role'] == 'assistant' %}"
-    "{% generation %}{{- message['content'] + '<|end|>' }}{% endgeneration %}{{- '\n' }}"
+    "{% generation %}{{- message['content'] + '<|end|>' }}{% endgeneration %}"
     "{%- else %}{{- message['content'] + '<|end|>\n' }}{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
