@@ -1,5 +1,6 @@
 # verticalft — every target installs what it needs first (`setup` is idempotent).
 #   make demo                      the finance playbook end to end, PROFILE=tiny, CPU, ~20 minutes
+#   make demo-small                the same on a real pretrained model (SmolLM2-135M-Instruct), PROFILE=small
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
 #   make <domain>-bench            everything up to bench, then eval + vLLM serving benchmark + cost + report
@@ -17,7 +18,7 @@ SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
 STAGES := tiny_models curate cpt sft dpo distill eval
 
-.PHONY: setup setup-serve setup-bench demo test lint format clean
+.PHONY: setup setup-serve setup-bench demo demo-small test lint format clean
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ demo: setup-serve
 	$(VFT) run recipes/finance.yaml --profile tiny
 	@$(VFT) status recipes/finance.yaml --profile tiny
 	@echo "report: runs/finance/tiny/report.md   (every number: runs/finance/tiny/manifest.json)"
+
+demo-small: setup-serve
+	$(VFT) run recipes/finance.yaml --profile small
+	@$(VFT) status recipes/finance.yaml --profile small
+	@echo "report: runs/finance/small/report.md   (every number: runs/finance/small/manifest.json)"
 
 test: setup-serve
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --durations=12
