@@ -106,3 +106,36 @@ def test_plan_shows_teacher_and_student_memory_by_distill_kind():
     assert online_student.memory_gb_per_gpu > student.memory_gb_per_gpu + 15
     assert online_student.flops > student.flops  # the teacher's forward on every step
     assert any("on_policy" in n and "logits+cache" in n for n in cached.notes)
+
+
+def test_max_steps_decides_the_tokens_like_the_trainer_does():
+    # transformers' Trainer ignores num_train_epochs when max_steps > 0. finance.yaml's SFT: micro
+    # batch 4 × accumulation 8 × 64 GPUs; its data file is planned (not on disk), so every
+    # sequence counts at its max_length 4096.
+    base = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
+    stepped = plan_recipe(
+        load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.sft.trainer.max_steps=100"])
+    )
+    sft, sft_before = stepped.stages[1], base.stages[1]
+    assert sft.stage == "sft" and sft.tokens == 100 * 4 * 8 * 64 * 4096
+    assert sft.flops == pytest.approx(sft_before.flops * sft.tokens / sft_before.tokens)
+    assert stepped.stages[0].tokens == base.stages[0].tokens  # CPT untouched
+
+
+def test_max_steps_on_a_local_file_counts_its_mean_example_length(tmp_path):
+    # 10 conversations of 400 bytes each: ~4 bytes/token → 100 tokens per example.
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join("x" * 399 + "\n" for _ in range(10)))
+    recipe = load_recipe(
+        ROOT / "recipes/finance.yaml",
+        overrides=[
+            f"data.sft.path={sft}",
+            "data.sft.tokens=null",
+            "stages.sft.trainer.max_steps=3",
+            "stages.sft.trainer.per_device_train_batch_size=2",
+            "stages.sft.trainer.gradient_accumulation_steps=5",
+            "compute.num_gpus=1",
+        ],
+    )
+    rows = {s.stage: s for s in plan_recipe(recipe).stages}
+    assert rows["sft"].tokens == pytest.approx(3 * 2 * 5 * 1 * 100)

@@ -264,6 +264,38 @@ def source_tokens(source: Any) -> float:
     return path.stat().st_size / 4.0 if path.is_file() else 0.0
 
 
+def source_examples(source: Any) -> int | None:
+    """Rows of a local JSONL source (one example per line), None when it is not a local file."""
+    if source is None or not Path(source.path).is_file():
+        return None
+    with open(source.path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def trained_tokens(
+    trainer: dict[str, Any], data_tokens: float, examples: int | None, max_length: int, world: int
+) -> float:
+    """Tokens one training run processes.
+
+    transformers' Trainer runs `max_steps` optimizer steps when it is > 0 and then ignores
+    `num_train_epochs`; otherwise it makes `num_train_epochs` passes over the data. A step sees
+    micro batch × accumulation × data-parallel ranks sequences of at most `max_length` tokens:
+    the data's mean length when its number of examples is known, else `max_length` (packed CPT
+    blocks fill it).
+    """
+    steps = int(trainer.get("max_steps", -1))
+    if steps <= 0:
+        return data_tokens * float(trainer.get("num_train_epochs", 1))
+    sequences = (
+        steps
+        * int(trainer.get("per_device_train_batch_size", 8))
+        * int(trainer.get("gradient_accumulation_steps", 1))
+        * world
+    )
+    mean = min(float(max_length), data_tokens / examples) if examples else float(max_length)
+    return sequences * mean
+
+
 def plan_recipe(recipe: Any) -> Plan:
     c = recipe.compute
     gpu = GPUS.get(c.gpu)
@@ -290,17 +322,18 @@ def plan_recipe(recipe: Any) -> Plan:
         if cfg is None:
             continue
         t = cfg.trainer
-        epochs = float(t.get("num_train_epochs", 1))
         ckpt = bool(t.get("gradient_checkpointing", False))
         micro = int(t.get("per_device_train_batch_size", 8))
         if stage == "cpt":
             method = cfg.method
             domain = sum(source_tokens(s) for s in d.corpus)
             ratio = d.replay.ratio if d.replay else 0.0
-            tokens = domain / (1.0 - ratio) * epochs
+            tokens = trained_tokens(t, domain / (1.0 - ratio), None, cfg.max_length, c.num_gpus)
         else:
             method = "qlora" if cfg.quantization != "none" else "lora"
-            tokens = source_tokens(d.sft if stage == "sft" else d.preferences) * epochs
+            source = d.sft if stage == "sft" else d.preferences
+            examples = source_examples(source)
+            tokens = trained_tokens(t, source_tokens(source), examples, cfg.max_length, c.num_gpus)
         lora_r = cfg.lora.r
         if stage == "dpo":
             flops = dpo_flops(arch.params, tokens, "lora" if method != "full" else "full", ckpt)
@@ -352,10 +385,14 @@ def plan_distill(
     """One row for the teacher pass (cache / generation) and one per student, memory by kind."""
     cfg, c = recipe.stages.distill, recipe.compute
     t = cfg.trainer
-    epochs = float(t.get("num_train_epochs", 1))
     ckpt = bool(t.get("gradient_checkpointing", False))
     micro = int(t.get("per_device_train_batch_size", 8))
-    tokens = source_tokens(recipe.data.sft)
+    # The teacher sees each (first `max_examples`) conversation once; students train on them as
+    # their trainer block says (epochs or max_steps).
+    tokens, examples = source_tokens(recipe.data.sft), source_examples(recipe.data.sft)
+    if cfg.max_examples and examples and cfg.max_examples < examples:
+        tokens, examples = tokens * cfg.max_examples / examples, cfg.max_examples
+    trained = trained_tokens(t, tokens, examples, cfg.max_length, c.num_gpus)
     teacher_mem = inference_memory_gb(teacher, cfg.teacher.quantization, cfg.max_length, micro)
     beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
     if not beside:
@@ -401,9 +438,9 @@ def plan_distill(
         )
         if beside:
             mem = {**mem, "teacher": teacher_mem, "total": round(mem["total"] + teacher_mem, 3)}
-        flops = training_flops(arch.params, tokens * epochs, cfg.method, ckpt)
+        flops = training_flops(arch.params, trained, cfg.method, ckpt)
         if beside:
-            flops += 2.0 * teacher.params * tokens * epochs
+            flops += 2.0 * teacher.params * trained
         hours = gpu_hours(flops, gpu, c.mfu)
         fits = mem["total"] <= gpu.vram_gb * 0.95
         plan.stages.append(
@@ -412,7 +449,7 @@ def plan_distill(
                 ref,
                 arch.params,
                 cfg.method,
-                tokens * epochs,
+                trained,
                 flops,
                 hours,
                 hours * price,
