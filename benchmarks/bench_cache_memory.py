@@ -28,10 +28,8 @@ Writes benchmarks/results/cache_memory_<model>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -39,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, model_label, resolve_model, results_header
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TINY_VOCAB = 49_152
 
 
@@ -179,7 +177,7 @@ def compare(work: Path, a: str, b: str) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="HF causal-LM folder (the teacher)")
+    ap.add_argument("--model", help="the teacher: HF causal-LM folder, *.gguf or pkg://<package>/<file>.gguf")
     ap.add_argument("--tiny", action="store_true", help=f"build a random Llama with vocab {TINY_VOCAB}")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--examples", type=int, default=8)
@@ -198,7 +196,7 @@ def main() -> None:
     if a.tiny:
         a.model_path, name = build_tiny(work / "tiny-llama-49152"), "tiny-llama-49152"
     elif a.model:
-        name = Path(a.model).name
+        a.model_path, name = resolve_model(a.model), model_label(a.model)
     else:
         raise SystemExit("give --model <HF folder> or --tiny")
 
@@ -217,11 +215,7 @@ def main() -> None:
         for r in runs
     }
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "command": f"python benchmarks/bench_cache_memory.py {'--tiny' if a.tiny else '--model ' + a.model} "
-        f"--max-length {a.max_length} --examples {a.examples} --top-k {a.top_k} "
-        f"--batch-size {a.batch_size} --chunk-sizes {' '.join(map(str, a.chunk_sizes))}",
+        **results_header("bench_cache_memory.py", sys.argv[1:]),
         "model": name,
         "runs": runs,
         "same_cache": {v: compare(work, "full_logits", v) for v in variants[1:]},

@@ -39,20 +39,17 @@ benchmarks/results/distill_cache_<teacher name>.json (real), or `--out`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import re
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from common import RESULTS, model_label, resolve_model, results_header
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 SFT = ROOT / "data_pipelines/finance/sample/sft.jsonl"
 TEACHER = {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 1536}
 TINY_STUDENTS = ("student-s", "student-m")
@@ -222,18 +219,11 @@ def _run_job(a: argparse.Namespace, *job: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _slug(ref: str) -> str:
-    name = Path(ref.rstrip("/")).name
-    name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def build_real(a: argparse.Namespace, models: Path) -> tuple[dict[str, str], dict[str, Any]]:
     """The teacher folder (a GGUF converted once) and its pruned students; (folders, pruning records)."""
-    from verticalft.gguf_source import is_gguf, resolve_gguf
     from verticalft.pruning import CALIBRATION_DOCS, build_pruned, prune_name, pruning_record
 
-    teacher = str(resolve_gguf(a.teacher)) if is_gguf(a.teacher) else a.teacher
+    teacher = resolve_model(a.teacher)
     folders, records = {"teacher": teacher}, {}
     for layers in a.prune_layers:
         ref = f"prune://teacher?layers={layers}&by={a.by}"
@@ -282,7 +272,7 @@ def main() -> None:
     models = Path(a.work) / "models"
     pruning: dict[str, Any] = {}
     if a.teacher:
-        mode, default_out = "real", RESULTS / f"distill_cache_{_slug(a.teacher)}.json"
+        mode, default_out = "real", RESULTS / f"distill_cache_{model_label(a.teacher)}.json"
         folders, pruning = build_real(a, models)
     else:
         mode, default_out = "tiny", RESULTS / "distill_cache.json"
@@ -341,14 +331,7 @@ def main() -> None:
         "bytes_per_token": build["bytes_per_token"],
     }
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        # a busy machine ruins 2-thread torch timings (OpenMP threads spin-wait): check these are < 1
-        "load_average_1_5_15": {
-            "before": [round(x, 2) for x in load_before],
-            "after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "command": "python benchmarks/bench_distill_cache.py " + shlex.join(_options(a)),
+        **results_header("bench_distill_cache.py", _options(a), load_before),
         "mode": mode,
         "teacher": {"ref": a.teacher, "folder": folders["teacher"]} if a.teacher else "tiny (random init)",
         "settings": {

@@ -31,12 +31,8 @@ concurrency the tok/s of both sides (every round and the median), the ratio and 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import re
-import shlex
 import statistics
 import sys
 import time
@@ -45,8 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from common import RESULTS, model_label, resolve_model, results_header
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def group_cpu_seconds(pgid: int | None) -> float:
@@ -142,16 +139,6 @@ class VllmSide:
         return {"tokens": n, **clock, "tok_s": round(n / clock["seconds"], 2)}
 
 
-def _slug(ref: str) -> str:
-    if ref.lower().endswith(".gguf"):
-        name = re.sub(r"\.gguf$", "", Path(ref).name, flags=re.IGNORECASE)
-    else:  # a run folder like runs/finance/tiny/dpo/model → finance-tiny-dpo-model
-        name = str(Path(ref.rstrip("/"))).removeprefix("runs/")
-        if Path(ref).is_absolute():
-            name = "-".join(Path(ref).parts[-2:])
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF folder, *.gguf or pkg://<package>/<file>.gguf")
@@ -169,10 +156,9 @@ def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()
 
-    from verticalft.gguf_source import is_gguf, resolve_gguf
     from verticalft.serving.server import ManagedServer, free_port, vllm_command
 
-    model = str(resolve_gguf(args.model)) if is_gguf(args.model) else args.model
+    model = resolve_model(args.model)
     prompts_file = Path(args.prompts)
     if not prompts_file.exists() and (ROOT / prompts_file).exists():
         prompts_file = ROOT / prompts_file
@@ -238,14 +224,7 @@ def main() -> None:
     import vllm
 
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        # a busy machine ruins 2-thread torch timings (OpenMP threads spin-wait): check these are < 1
-        "load_average_1_5_15": {
-            "before": [round(x, 2) for x in load_before],
-            "after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "command": "python benchmarks/bench_vllm_vs_hf.py " + shlex.join(sys.argv[1:]),
+        **results_header("bench_vllm_vs_hf.py", sys.argv[1:], load_before),
         "model": {"ref": args.model, "folder": model, "parameters": hf.parameters, "dtype": "float32"},
         "versions": {
             "vllm": vllm.__version__,
@@ -277,7 +256,7 @@ def main() -> None:
         "order": order,
         "concurrency": per_c,
     }
-    out = Path(args.out) if args.out else RESULTS / f"vllm_vs_hf_{_slug(args.model)}.json"
+    out = Path(args.out) if args.out else RESULTS / f"vllm_vs_hf_{model_label(args.model)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
