@@ -31,7 +31,6 @@ SMOKE = [
     "stages.eval.max_items=24",
     "stages.bench.concurrency=[2]",
     "stages.bench.num_prompts=4",
-    "stages.bench.parity_prompts=2",
 ]
 
 
@@ -87,6 +86,8 @@ def test_pruned_student_is_served_and_priced(small_run):
     assert config["num_hidden_layers"] == 8
     bench = m["bench"]["metrics"]["models"]
     assert STUDENT in bench and "dpo" in bench
+    # Teacher and student served the same way (merged weights), so their prices compare.
+    assert {b["served_as"] for b in bench.values()} == {"merged weights"}
     for b in bench.values():
         assert [p["completed"] for p in b["sweep"]] == [4] and all(p["failed"] == 0 for p in b["sweep"])
     cost = m["cost"]["metrics"]["models"]
