@@ -3,6 +3,7 @@ health-checked start, the whole process group stopped (no orphans), clear errors
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -13,9 +14,13 @@ from verticalft.serving.server import ManagedServer, ServerError, free_port, vll
 
 STAND_IN = textwrap.dedent(
     """
-    import http.server, subprocess, sys, time
+    import http.server, signal, subprocess, sys, time
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # like an engine worker
     print("worker", worker.pid, flush=True)
+    def stop(*_):  # like vLLM's API server: SIGTERM stops its engine, then the server
+        worker.kill()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
     time.sleep(float(sys.argv[2]))
     if sys.argv[3] == "crash":
         print("CUDA out of memory (pretend)", flush=True)
@@ -112,3 +117,42 @@ def test_vllm_command_binds_localhost_and_serves_adapters():
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert "--enable-lora" in cmd and cmd[cmd.index("--lora-modules") + 1] == "finance=/a/fin"
+
+
+PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from verticalft.serving.server import ManagedServer
+    port, log, cmd = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+    server = ManagedServer(cmd, port, log, startup_timeout=30).start()
+    print(server.proc.pid, flush=True)
+    time.sleep(300)  # killed here, with no chance to stop the server itself
+    """
+)
+
+
+def test_a_server_dies_with_a_parent_killed_by_sigkill(tmp_path):
+    # `kill -9` of `verticalft run` during bench used to leave the vLLM server running for ever
+    # (its own process group, nobody left to stop it).
+    port, log = free_port(), tmp_path / "s.log"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(port), str(log), *_cmd(tmp_path, port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server_pid = int(parent.stdout.readline())
+        worker = _worker_pid(log)
+        assert _alive(server_pid) and _alive(worker)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 10
+        while (_alive(server_pid) or _alive(worker)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server_pid) and not _alive(worker)
+    finally:
+        parent.kill()
+        for pid in (locals().get("server_pid"), locals().get("worker")):
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from verticalft.data import source_files
+from verticalft.procs import die_with_parent
 from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
@@ -276,7 +277,8 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
             flush=True,
         )
     print(f"  launching: {' '.join(cmd)}", flush=True)
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent())  # torchrun stops its workers
     if proc.returncode != 0 or not result_path.exists():
         raise StageFailed(f"{stage}: launched workers exited with code {proc.returncode}")
     data = json.loads(result_path.read_text())

@@ -58,6 +58,7 @@ def generate(
     timeout: float | None = None,
 ) -> dict[str, Output]:
     """Run every job in one vLLM child process; raise OfflineGenerationError with its log tail."""
+    from verticalft.procs import die_with_parent
     from verticalft.serving.server import log_tail
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,12 @@ def generate(
     with log_file.open("wb") as log:
         # stdout to the log (vLLM is chatty); stderr too, except the progress bars the user watches
         proc = subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, timeout=timeout
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+            preexec_fn=die_with_parent(),
         )
     if proc.returncode != 0 or not out_file.is_file():
         raise OfflineGenerationError(

