@@ -66,3 +66,64 @@ def test_serving_stages_without_vllm_say_how_to_install_it(monkeypatch):
     assert len(problems) == 2 and all("make setup-serve" in p for p in problems)
     assert problems[0].startswith("stages.bench:") and problems[1].startswith("stages.eval.backend=vllm:")
     assert serving_problems(r, ["curate", "cpt"]) == []
+
+
+def _fake_stages(monkeypatch):
+    """Stages that only record that they ran (what they compute does not matter here)."""
+    import verticalft.pipeline as pipeline
+    from verticalft.stages.base import StageResult
+
+    ran: list[str] = []
+
+    def fake(ctx):
+        ran.append(ctx.stage)
+        return StageResult(outputs={"n": str(len(ran))})
+
+    monkeypatch.setattr(pipeline, "run_stage_in_process", fake)
+    return ran
+
+
+def test_a_stage_that_reran_makes_every_later_stage_rerun(tmp_path, monkeypatch):
+    # Measured before: bench resumed after a kill (new figures), and cost was skipped as
+    # "inputs unchanged", so the report priced the old throughput.
+    ran = _fake_stages(monkeypatch)
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny")
+    run = RunDir(tmp_path)
+    run_recipe(r, run, until="dpo", echo=lambda s: None)
+    assert ran == ["tiny_models", "curate", "cpt", "sft", "dpo"]
+    ran.clear()
+    run_recipe(r, run, until="dpo", echo=lambda s: None)
+    assert ran == []  # nothing changed: everything skipped
+    run_recipe(r, run, until="dpo", force=["sft"], echo=lambda s: None)
+    assert ran == ["sft", "dpo"]  # same fingerprints, but dpo read the old sft outputs
+
+
+def test_status_shows_a_killed_stage_as_interrupted_and_later_ones_stale(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    from verticalft.pipeline import stage_fingerprints, stage_state
+
+    ran = _fake_stages(monkeypatch)
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny")
+    run = RunDir(tmp_path)
+    run_recipe(r, run, until="dpo", echo=lambda s: None)
+    stages = ["tiny_models", "curate", "cpt", "sft", "dpo"]
+    fps = stage_fingerprints(r, stages)
+    # A `kill -9` while sft reruns: marked running by a process that no longer exists.
+    run.begin("sft", fps["sft"], {})
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    marker = tmp_path / "sft" / "RUNNING.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "pid": int(dead.stdout)}))
+    states = {s: stage_state(run, stages, s, fps[s]) for s in stages}
+    assert states["cpt"] == "done"
+    assert states["sft"].startswith("interrupted")
+    assert states["dpo"].startswith("stale")
+    ran.clear()
+    out: list[str] = []
+    run_recipe(r, run, until="dpo", echo=out.append)
+    assert ran == ["sft", "dpo"] and any("resuming a killed attempt" in line for line in out)
+    assert {stage_state(run, stages, s, fps[s]) for s in stages} == {"done"}

@@ -167,7 +167,7 @@ def status(
     recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt, runs_dir: Path = RunsOpt
 ) -> None:
     """Which stages are done, with their key metrics."""
-    from verticalft.pipeline import enabled_stages, run_dir_for, stage_fingerprints
+    from verticalft.pipeline import enabled_stages, run_dir_for, stage_fingerprints, stage_state
 
     r = _load(recipe, profile, overrides)
     rd = run_dir_for(r, profile, runs_dir)
@@ -178,9 +178,7 @@ def status(
         table.add_column(col)
     for s in stages:
         rec = rd.record(s)
-        state = rec.status
-        if state == "done" and not rd.is_done(s, fps[s]):
-            state = "stale (inputs changed)"
+        state = stage_state(rd, stages, s, fps[s])
         table.add_row(
             s, state, f"{rec.wall_time_s:.1f}s" if rec.wall_time_s else "", _key_metrics(rec.metrics)
         )

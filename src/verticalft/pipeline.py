@@ -285,6 +285,28 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
     return StageResult(outputs=data["outputs"], metrics=data["metrics"], summary=data.get("summary", ""))
 
 
+def upstream_completions(run: RunDir, stages: list[str], stage: str) -> dict[str, str | None]:
+    """The completion id of the stage before `stage` (the fingerprints chain stages the same way,
+    so the previous stage's completion stands for every earlier one): when it reran — a resumed
+    kill, `--force` — this stage is stale even though no input file or recipe key changed."""
+    i = stages.index(stage)
+    return {stages[i - 1]: run.completion(stages[i - 1])} if i else {}
+
+
+def stage_state(run: RunDir, stages: list[str], stage: str, fp: str) -> str:
+    """What `verticalft status` shows for a stage."""
+    rec = run.record(stage)
+    if run.interrupted(stage):
+        return "interrupted (killed; a rerun resumes it)"
+    if rec.status != "done":
+        return rec.status
+    if not run.is_done(stage, fp):
+        return "stale (inputs changed)"
+    if not run.is_done(stage, fp, upstream_completions(run, stages, stage)):
+        return "stale (an earlier stage reran or is unfinished)"
+    return "done"
+
+
 def run_recipe(
     recipe: Recipe,
     run: RunDir,
@@ -311,7 +333,8 @@ def run_recipe(
             continue
         forced = force is True or (isinstance(force, list) and stage in force)
         head = f"[{i}/{len(stages)}] {stage}"
-        if run.is_done(stage, fps[stage]) and not forced:
+        after = upstream_completions(run, stages, stage)
+        if run.is_done(stage, fps[stage], after) and not forced:
             echo(f"{head}: done, inputs unchanged (skipped)")
             outcomes.append(StageOutcome(stage, "skipped", 0.0, run.record(stage).outputs.get("model", "")))
             continue
@@ -335,7 +358,7 @@ def run_recipe(
         record.outputs, record.metrics = result.outputs, result.metrics
         record.wall_time_s = round(time.time() - t0, 2)
         record.versions = versions()
-        run.finish(stage, record)
+        run.finish(stage, record, after)
         echo(f"{head}: done in {record.wall_time_s:.1f}s — {result.summary}")
         outcomes.append(StageOutcome(stage, "done", record.wall_time_s, result.summary))
     return outcomes

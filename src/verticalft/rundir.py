@@ -6,6 +6,10 @@ Rules (DESIGN.md):
   killed stage is never mistaken for a done one.
 - A stage's fingerprint hashes its own recipe section, the content of its input files and the
   fingerprints of the stages it consumes; same fingerprint → skip, `--force` → rerun.
+- A fingerprint cannot see that an earlier stage *ran again* with the same inputs (a resumed
+  kill, `--force`) and wrote new outputs. So every done-marker carries a fresh completion id and
+  the completion ids of the stages it read (`after`); a stage whose `after` no longer matches is
+  stale and reruns.
 - Stages find each other's outputs only through the manifest, never by globbing.
 """
 
@@ -15,8 +19,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,15 +140,37 @@ class RunDir:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
-    def is_done(self, stage: str, fp: str | None = None) -> bool:
-        marker = self.stage_dir(stage) / DONE
-        if not marker.exists():
-            return False
+    def _marker(self, stage: str, name: str) -> dict[str, Any] | None:
         try:
-            done_fp = json.loads(marker.read_text()).get("fingerprint")
-        except (json.JSONDecodeError, OSError):
+            return json.loads((self.stage_dir(stage) / name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+
+    def is_done(self, stage: str, fp: str | None = None, after: dict[str, str | None] | None = None) -> bool:
+        """Done with fingerprint `fp` (any, when None) and, when `after` is given, on the same
+        completions of the stages it read (markers written before completion ids count as same)."""
+        done = self._marker(stage, DONE)
+        if done is None or self.record(stage).status != "done":
             return False
-        return (fp is None or done_fp == fp) and self.record(stage).status == "done"
+        if fp is not None and done.get("fingerprint") != fp:
+            return False
+        return after is None or "after" not in done or done["after"] == after
+
+    def completion(self, stage: str) -> str | None:
+        """The id of the stage's last completed run (None when not done): a later stage records it."""
+        done = self._marker(stage, DONE) if self.record(stage).status == "done" else None
+        return done.get("completion") if done else None
+
+    def interrupted(self, stage: str) -> bool:
+        """Marked running, but the process that ran it (on this host) is gone: killed."""
+        if self.record(stage).status != "running":
+            return False
+        running = self._marker(stage, RUNNING)
+        if running is None:
+            return True
+        if running.get("host", socket.gethostname()) != socket.gethostname():
+            return False  # another machine's process (shared filesystem): cannot tell from here
+        return not _pid_alive(int(running.get("pid", 0)))
 
     def begin(self, stage: str, fp: str, inputs: dict[str, Any]) -> tuple[StageRecord, bool]:
         """Mark a stage running. Returns (record, resumable): resumable when a killed attempt with
@@ -159,20 +187,29 @@ class RunDir:
             shutil.rmtree(sdir)
         (sdir / DONE).unlink(missing_ok=True)
         sdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(running, {"fingerprint": fp, "started_at": _now(), "pid": os.getpid()})
+        atomic_write_json(
+            running,
+            {"fingerprint": fp, "started_at": _now(), "pid": os.getpid(), "host": socket.gethostname()},
+        )
         record = StageRecord(status="running", fingerprint=fp, inputs=inputs, started_at=_now())
         self.update(stage, record)
         return record, resumable
 
-    def finish(self, stage: str, record: StageRecord) -> None:
-        """Outputs are written; now the manifest, and the done-marker last of all."""
+    def finish(self, stage: str, record: StageRecord, after: dict[str, str | None] | None = None) -> None:
+        """Outputs are written; now the manifest, and the done-marker last of all. `after`: the
+        completion ids of the stages this one read (see the module docstring)."""
         record.status = "done"
         record.finished_at = _now()
         record.error = ""
         self.update(stage, record)
         atomic_write_json(
             self.stage_dir(stage) / DONE,
-            {"fingerprint": record.fingerprint, "finished_at": record.finished_at},
+            {
+                "fingerprint": record.fingerprint,
+                "finished_at": record.finished_at,
+                "completion": uuid.uuid4().hex,
+                "after": after or {},
+            },
         )
         (self.stage_dir(stage) / RUNNING).unlink(missing_ok=True)
 
@@ -186,6 +223,18 @@ class RunDir:
         """An output of a *completed* stage, from the manifest."""
         rec = self.record(stage)
         return rec.outputs.get(key) if rec.status == "done" else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> str:
