@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from verticalft.pipeline import StageFailed, enabled_stages, launch_command, preflight, run_recipe
+from verticalft.launch import launch_command
+from verticalft.pipeline import StageFailed, enabled_stages, preflight, run_recipe
 from verticalft.recipe import load_recipe
 from verticalft.rundir import RunDir
 
@@ -48,7 +50,8 @@ def test_launch_commands(tmp_path):
     cmd = launch_command(r, run, "cpt", resume=False)
     assert "accelerate.commands.launch" in cmd
     config = Path(cmd[cmd.index("--config_file") + 1])
-    assert config.name == "fsdp2.yaml" and config.is_file()
+    assert config == tmp_path / "cpt" / "accelerate_config.yaml"  # fsdp2.yaml, resolved for the stage
+    assert yaml.safe_load(config.read_text())["fsdp_config"]["fsdp_version"] == 2
     assert cmd[cmd.index("--num_processes") + 1] == "64"
 
 

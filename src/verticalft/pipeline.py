@@ -12,7 +12,6 @@ import importlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from verticalft.data import source_files
+from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
 from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
@@ -29,7 +29,6 @@ from verticalft.stages.base import PartialFailure, StageContext, StageResult
 STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost"]
 TRAINING_STAGES = {"cpt", "sft", "dpo", "distill"}
 RESULT_FILE = "result.json"
-ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
 VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"]
 
 
@@ -229,48 +228,11 @@ def run_stage_in_process(ctx: StageContext) -> StageResult:
     return module.run(ctx)
 
 
-def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> list[str]:
-    """The torchrun / accelerate command that runs `verticalft.worker` for one stage."""
-    c = recipe.compute
-    worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (
-        ["--resume"] if resume else []
-    )
-    if c.launcher == "torchrun":
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(c.nproc_per_node),
-            *worker,
-        ]
-    config = c.accelerate_config
-    path = Path(config) if Path(config).suffix in {".yaml", ".yml"} else ACCELERATE_CONFIGS / f"{config}.yaml"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(path),
-        "--num_processes",
-        str(c.nproc_per_node * c.num_gpus),
-    ]
-    if not _has_gpu():
-        cmd.append("--cpu")
-    return [*cmd, *worker]
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> StageResult:
     result_path = run.stage_dir(stage) / RESULT_FILE
     result_path.unlink(missing_ok=True)
     cmd = launch_command(recipe, run, stage, resume)
-    if recipe.compute.launcher == "accelerate" and not _has_gpu() and recipe.compute.nproc_per_node > 1:
+    if recipe.compute.launcher == "accelerate" and not has_gpu() and recipe.compute.nproc_per_node > 1:
         print(
             "  note: `accelerate launch --cpu` starts one process unless MPI is set up; for multi-process "
             "CPU training use compute.launcher=torchrun",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from verticalft.gguf_source import is_gguf, resolve_gguf
+from verticalft.launch import has_gpu, is_fsdp_run
 from verticalft.models import is_tiny, tiny_name
 from verticalft.recipe import Recipe, Source
 from verticalft.rundir import RunDir
@@ -163,7 +164,7 @@ def trainer_config(
         "logging_steps": 5,
         "report_to": ["tensorboard"],
         "include_num_input_tokens_seen": "non_padding",
-        "use_cpu": not _has_gpu(),
+        "use_cpu": not has_gpu(),
         "dataloader_num_workers": 0,
         "disable_tqdm": False,
         "num_train_epochs": 1,
@@ -178,13 +179,9 @@ def trainer_config(
         **managed,
         "output_dir": str(ctx.checkpoints),
     }
+    if is_fsdp_run():  # FSDP checkpoints activations itself (launch.resolve_accelerate_config)
+        kwargs["gradient_checkpointing"] = False
     return config_cls(**kwargs)
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _bf16_ok() -> bool:

@@ -1,0 +1,104 @@
+"""How a training stage is launched on several processes: the torchrun / accelerate command, and
+the accelerate config it runs with.
+
+The shipped accelerate configs (`accelerate_configs/`: ddp, fsdp2, deepspeed-zero3) describe the
+parallelism only. Values the trainer also owns are derived per stage from the stage's `trainer:`
+block, so the two can never disagree:
+
+- FSDP: transformers refuses FSDP `activation_checkpointing` together with the trainer's
+  `gradient_checkpointing` ("can't be set to True simultaneously", `Trainer.__init__`). Under
+  FSDP the trainer key decides: it becomes the FSDP config's `fsdp_activation_checkpointing`
+  (FSDP's own checkpointing avoids re-gathering shards in the backward) and the worker's
+  `TrainingArguments` get `gradient_checkpointing=False` (`stages.base.trainer_config`).
+- DeepSpeed: `gradient_accumulation_steps` and `gradient_clipping` are left out of the config, so
+  accelerate passes "auto" and transformers fills them from the trainer's
+  `gradient_accumulation_steps` / `max_grad_norm` (a pinned value that differs is DeepSpeed's
+  config mismatch error).
+
+The resolved config is written to `<run>/<stage>/accelerate_config.yaml`: what ran is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from verticalft.recipe import Recipe
+from verticalft.rundir import RunDir
+
+ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
+# Keys of a DeepSpeed block in an accelerate config that the HF trainer owns.
+TRAINER_OWNED_DEEPSPEED = ("gradient_accumulation_steps", "gradient_clipping")
+
+
+def accelerate_config_path(choice: str) -> Path:
+    """A shipped config by name (ddp, fsdp2, deepspeed-zero3) or the user's own YAML file."""
+    return Path(choice) if Path(choice).suffix in {".yaml", ".yml"} else ACCELERATE_CONFIGS / f"{choice}.yaml"
+
+
+def is_fsdp_run() -> bool:
+    """True inside a process started by `accelerate launch` with an FSDP config."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def resolve_accelerate_config(base: dict[str, Any], trainer: dict[str, Any]) -> dict[str, Any]:
+    """The accelerate config for one stage: `base` with the trainer-owned values derived (module
+    docstring)."""
+    config = yaml.safe_load(yaml.safe_dump(base))  # deep copy
+    if config.get("distributed_type") == "FSDP":
+        fsdp = config.setdefault("fsdp_config", {})
+        fsdp["fsdp_activation_checkpointing"] = bool(trainer.get("gradient_checkpointing", False))
+    if config.get("distributed_type") == "DEEPSPEED":
+        ds = config.setdefault("deepspeed_config", {})
+        for key in TRAINER_OWNED_DEEPSPEED:
+            ds.pop(key, None)
+    return config
+
+
+def stage_accelerate_config(recipe: Recipe, run: RunDir, stage: str) -> Path:
+    """Write the stage's resolved accelerate config into its folder; return the path."""
+    base = yaml.safe_load(accelerate_config_path(recipe.compute.accelerate_config).read_text())
+    trainer = getattr(recipe.stages, stage).trainer
+    path = run.stage_dir(stage) / "accelerate_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(resolve_accelerate_config(base, trainer), sort_keys=False))
+    return path
+
+
+def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> list[str]:
+    """The torchrun / accelerate command that runs `verticalft.worker` for one stage."""
+    c = recipe.compute
+    worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (
+        ["--resume"] if resume else []
+    )
+    if c.launcher == "torchrun":
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(c.nproc_per_node),
+            *worker,
+        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(stage_accelerate_config(recipe, run, stage)),
+        "--num_processes",
+        str(c.nproc_per_node * c.num_gpus),
+    ]
+    if not has_gpu():
+        cmd.append("--cpu")
+    return [*cmd, *worker]
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

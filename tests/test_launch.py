@@ -1,0 +1,106 @@
+"""The launch path of the shipped recipes, checked through accelerate's and transformers' own code
+(no GPU here: accelerate only builds FSDP/DeepSpeed state on GPU devices, so the configs are
+resolved the way `accelerate launch` does it and handed to the plugins and TrainingArguments)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verticalft.launch import launch_command
+from verticalft.recipe import load_recipe
+from verticalft.rundir import RunDir
+from verticalft.stages.base import StageContext, trainer_config
+
+ROOT = Path(__file__).resolve().parents[1]
+FINANCE = ROOT / "recipes/finance.yaml"
+
+
+def _accelerate_args(config: Path, processes: int):
+    """What `accelerate launch --config_file <config>` makes of the file (its own parser)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    argv = ["--config_file", str(config), "--num_processes", str(processes), "train.py"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    return args
+
+
+def _config_of(cmd: list[str]) -> Path:
+    return Path(cmd[cmd.index("--config_file") + 1])
+
+
+@pytest.mark.parametrize("stage", ["cpt", "sft", "dpo", "distill"])
+def test_fsdp2_stages_checkpoint_activations_once(stage, tmp_path, monkeypatch):
+    # finance.yaml: accelerate + fsdp2 and trainer gradient_checkpointing: true in every stage.
+    # transformers' Trainer.__init__ raises when the FSDP plugin's activation_checkpointing and
+    # TrainingArguments.gradient_checkpointing are both true.
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from trl import DPOConfig, SFTConfig
+
+    recipe = load_recipe(FINANCE)
+    run = RunDir(tmp_path)
+    assert getattr(recipe.stages, stage).trainer["gradient_checkpointing"] is True
+    config = _config_of(launch_command(recipe, run, stage, resume=False))
+    assert config.parent == tmp_path / stage  # what ran is on disk, per stage
+    env = prepare_multi_gpu_env(_accelerate_args(config, 8))
+    for key, value in env.items():
+        if key.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2
+    assert plugin.activation_checkpointing is True  # the trainer's wish, done by FSDP
+    config_cls = DPOConfig if stage == "dpo" else SFTConfig  # the class each stage builds
+    args = trainer_config(StageContext(recipe, run, stage), config_cls, {}, {})
+    assert args.gradient_checkpointing is False
+    assert not (plugin.activation_checkpointing and args.gradient_checkpointing)
+
+
+def test_fsdp2_follows_a_stage_without_checkpointing(tmp_path):
+    recipe = load_recipe(FINANCE, overrides=["stages.sft.trainer.gradient_checkpointing=false"])
+    config = _config_of(launch_command(recipe, RunDir(tmp_path), "sft", resume=False))
+    assert _accelerate_args(config, 8).fsdp_activation_checkpointing is False
+
+
+def test_deepspeed_leaves_trainer_owned_values_to_the_trainer(tmp_path, monkeypatch):
+    # finance's SFT accumulates 8 steps; a DeepSpeed config pinning 1 is DeepSpeed's config
+    # mismatch error. accelerate turns an absent value into "auto", which transformers fills.
+    from accelerate.utils import DeepSpeedPlugin
+
+    recipe = load_recipe(FINANCE, overrides=["compute.accelerate_config=deepspeed-zero3"])
+    config = _config_of(launch_command(recipe, RunDir(tmp_path), "sft", resume=False))
+    args = _accelerate_args(config, 8)
+    assert args.use_deepspeed and args.zero_stage == 3
+    for key in ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "ACCELERATE_GRADIENT_CLIPPING"):
+        monkeypatch.delenv(key, raising=False)
+        value = getattr(args, key.removeprefix("ACCELERATE_").lower())
+        if value is not None:  # what accelerate launch would export
+            monkeypatch.setenv(key, str(value))
+    ds = DeepSpeedPlugin(zero_stage=3).deepspeed_config
+    trainer = recipe.stages.sft.trainer
+    assert ds["gradient_accumulation_steps"] in ("auto", trainer["gradient_accumulation_steps"])
+    assert ds["gradient_clipping"] in ("auto", trainer.get("max_grad_norm", 1.0))
+
+
+def test_a_users_own_accelerate_config_is_resolved_the_same_way(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text(
+        yaml.safe_dump(
+            {
+                "distributed_type": "FSDP",
+                "fsdp_config": {"fsdp_version": 2, "fsdp_activation_checkpointing": True},
+                "num_machines": 1,
+            }
+        )
+    )
+    recipe = load_recipe(
+        FINANCE,
+        overrides=[f"compute.accelerate_config={own}", "stages.dpo.trainer.gradient_checkpointing=false"],
+    )
+    resolved = yaml.safe_load(
+        _config_of(launch_command(recipe, RunDir(tmp_path / "run"), "dpo", False)).read_text()
+    )
+    assert resolved["fsdp_config"] == {"fsdp_version": 2, "fsdp_activation_checkpointing": False}
+    assert (
+        yaml.safe_load(own.read_text())["fsdp_config"]["fsdp_activation_checkpointing"] is True
+    )  # untouched
