@@ -104,3 +104,51 @@ def test_a_users_own_accelerate_config_is_resolved_the_same_way(tmp_path):
     assert (
         yaml.safe_load(own.read_text())["fsdp_config"]["fsdp_activation_checkpointing"] is True
     )  # untouched
+
+
+@pytest.fixture
+def on_gpus(monkeypatch):
+    """Pretend this process is a launched rank on a bf16 GPU node (only the placement decision is
+    tested: nothing is loaded)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def test_qlora_under_ddp_loads_each_rank_onto_its_own_gpu(on_gpus):
+    import torch
+
+    from verticalft.models import load_kwargs
+
+    kw = load_kwargs("nf4")
+    assert kw["device_map"] == {"": 3}  # TRL's get_kbit_device_map: {"": local process index}
+    assert kw["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+    assert "device_map" not in load_kwargs("none")  # 16-bit models are placed by the Trainer
+
+
+@pytest.mark.parametrize("engine", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_qlora_under_sharding_stores_4bit_weights_in_the_compute_dtype(on_gpus, engine):
+    import torch
+
+    from verticalft.models import load_kwargs
+
+    on_gpus.setenv(engine, "true")
+    kw = load_kwargs("nf4")
+    q = kw["quantization_config"]
+    # bitsandbytes' FSDP-QLoRA guide: quant storage = the dtype of the other (16-bit) parameters
+    assert q.bnb_4bit_quant_storage == q.bnb_4bit_compute_dtype == torch.bfloat16
+    assert "device_map" not in kw  # FSDP / ZeRO-3 place the shards
+
+
+def test_an_unlaunched_cpu_process_loads_as_before(monkeypatch):
+    from verticalft.models import load_kwargs
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    kw = load_kwargs("nf4")
+    assert "device_map" not in kw and kw["trust_remote_code"] is False

@@ -45,6 +45,17 @@ def is_fsdp_run() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def is_deepspeed_run() -> bool:
+    """True inside a process started by `accelerate launch` with a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def local_rank() -> int | None:
+    """This process's device index under torchrun / accelerate (None when not launched)."""
+    value = os.environ.get("LOCAL_RANK")
+    return int(value) if value is not None else None
+
+
 def resolve_accelerate_config(base: dict[str, Any], trainer: dict[str, Any]) -> dict[str, Any]:
     """The accelerate config for one stage: `base` with the trainer-owned values derived (module
     docstring)."""

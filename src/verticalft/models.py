@@ -123,22 +123,51 @@ def build_tiny_models(
 
 
 # --------------------------------------------------------------------------- loading
-def quantization_config(kind: str) -> Any:
+def quantization_config(kind: str, sharded: bool = False) -> Any:
     """bitsandbytes 4-bit config (QLoRA's NF4 + double quantization), or None for `none`.
 
     Compute runs in `training_dtype()`: bf16 on a GPU that has it, fp32 on CPU, where bf16
     matmuls without AVX-512-BF16/AMX are ~30x slower than fp32 (measured on an AVX2 EPYC).
+    `sharded` (FSDP or DeepSpeed ZeRO-3): the packed 4-bit weights are stored in the compute
+    dtype, because FSDP only flattens and shards float tensors of one dtype (bitsandbytes'
+    FSDP-QLoRA guide: `bnb_4bit_quant_storage`); otherwise the default uint8.
     """
     if kind == "none":
         return None
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": training_dtype()} if sharded else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=kind,
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=training_dtype(),
+        **extra,
     )
+
+
+def load_kwargs(quantization: str = "none", trust_remote_code: bool = False) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for a training or teacher model in this process.
+
+    A 4-bit model is quantized as it loads, onto the device it loads to. Under a launcher:
+    - data parallel (DDP) on GPUs: each rank puts its copy on its own GPU,
+      `device_map={"": LOCAL_RANK}` (as TRL's `get_kbit_device_map`); without it every rank
+      would load onto GPU 0;
+    - FSDP or DeepSpeed ZeRO-3: no `device_map` (the sharding engine places the weights) and the
+      quantized storage in the compute dtype (`quantization_config(sharded=True)`).
+    """
+    from verticalft.launch import has_gpu, is_deepspeed_run, is_fsdp_run, local_rank
+
+    sharded = is_fsdp_run() or is_deepspeed_run()
+    qconfig = quantization_config(quantization, sharded=sharded)
+    kwargs: dict[str, Any] = {"dtype": training_dtype(), "trust_remote_code": trust_remote_code}
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype
+        rank = local_rank()
+        if not sharded and rank is not None and has_gpu():
+            kwargs["device_map"] = {"": rank}
+    return kwargs
 
 
 def training_dtype() -> Any:
@@ -183,15 +212,11 @@ def load_tokenizer(
 
 
 def load_model(path: str, quantization: str = "none", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a causal LM from an HF id or folder, optionally 4-bit quantized with bitsandbytes."""
+    """Load a causal LM from an HF id or folder, optionally 4-bit quantized with bitsandbytes,
+    placed for the launcher this process runs under (`load_kwargs`)."""
     from transformers import AutoModelForCausalLM
 
-    qconfig = quantization_config(quantization)
-    kwargs: dict[str, Any] = {"dtype": training_dtype(), "trust_remote_code": trust_remote_code}
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
-        kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quantization, trust_remote_code))
 
 
 def chat_token_ids(tokenizer: Any) -> list[int]:

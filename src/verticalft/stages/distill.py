@@ -26,7 +26,7 @@ import time
 import traceback
 from typing import Any
 
-from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config, training_dtype
+from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config
 from verticalft.pruning import is_prune, prune_name, pruned_student, pruning_record
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import (
@@ -335,12 +335,12 @@ def train_on_policy(
 
 
 def _teacher_init_kwargs(quantization: str) -> dict[str, Any]:
-    """How TRL's DistillationTrainer loads the teacher from its path (4-bit when the recipe says so)."""
-    from verticalft.models import quantization_config
+    """How TRL's DistillationTrainer loads the teacher from its path (4-bit when the recipe says so,
+    placed for the launcher like every other model: `models.load_kwargs`)."""
+    from verticalft.models import load_kwargs
 
-    kwargs: dict[str, Any] = {"dtype": str(training_dtype()).removeprefix("torch.")}
-    if quantization != "none":
-        kwargs["quantization_config"] = quantization_config(quantization)
+    kwargs = {k: v for k, v in load_kwargs(quantization).items() if k != "trust_remote_code"}
+    kwargs["dtype"] = str(kwargs["dtype"]).removeprefix("torch.")
     return kwargs
 
 
