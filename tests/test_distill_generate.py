@@ -19,6 +19,11 @@ class _Endpoint(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Endpoint.seen.append((self.path, self.headers.get("Authorization"), body))
         prompt = body["messages"][-1]["content"]
+        if prompt == "too long":  # a request the API refuses: retrying cannot help
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b'{"error": "maximum context length exceeded"}')
+            return
         text, reason = {"cut": ("The answer is", "length"), "empty": ("", "stop")}.get(
             prompt, (prompt.upper(), "stop")
         )
@@ -80,3 +85,70 @@ def test_student_folder_names():
     assert student_name("tiny://student-s") == "student-s"
     assert student_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen2.5-7B-Instruct"
     assert student_name("/models/my-student/") == "my-student"
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """A hosted API on a bad day: a 429 (with Retry-After) then a 503 before each prompt's answer,
+    and one prompt that fails until the endpoint recovers."""
+
+    calls: dict = {}
+    down: set = set()
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        n = _Flaky.calls[prompt] = _Flaky.calls.get(prompt, 0) + 1
+        if n == 1:
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.end_headers()
+            return
+        if n == 2 or prompt in _Flaky.down:
+            self.send_response(503)
+            self.end_headers()
+            return
+        data = json.dumps(
+            {"choices": [{"message": {"content": prompt.upper()}, "finish_reason": "stop"}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_endpoint_teacher_retries_saves_each_answer_and_reruns_only_the_missing(tmp_path):
+    from verticalft.distill.generate import EndpointError
+
+    server = HTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    _Flaky.calls, _Flaky.down = {}, {"c"}
+    journal = tmp_path / "teacher_answers.jsonl"
+    prompts = ["a", "b", "c", "d"]
+    try:
+        with pytest.raises(EndpointError, match="1 of 4 prompts got no answer") as err:
+            generate_openai(
+                url, "m", prompts, 8, 0.0, concurrency=2, journal=journal, retries=3, backoff_s=0.01
+            )
+        assert "3 answers received are saved" in str(err.value)
+        assert _Flaky.calls == {"a": 3, "b": 3, "c": 4, "d": 3}  # 429, 503, then the answer
+        assert len(journal.read_text().splitlines()) == 3
+        _Flaky.down = set()  # recovered: the rerun asks for "c" only
+        gens = generate_openai(
+            url, "m", prompts, 8, 0.0, concurrency=2, journal=journal, retries=3, backoff_s=0.01
+        )
+        assert [g.text for g in gens] == ["A", "B", "C", "D"]
+        assert _Flaky.calls == {"a": 3, "b": 3, "c": 5, "d": 3}
+    finally:
+        server.shutdown()
+
+
+def test_a_request_the_api_refuses_is_not_retried(endpoint, tmp_path):
+    from verticalft.distill.generate import EndpointError
+
+    with pytest.raises(EndpointError, match="HTTP 400 .*maximum context length"):
+        generate_openai(endpoint, "m", ["too long"], 8, 0.0, retries=5, backoff_s=10)
+    assert len(_Endpoint.seen) == 1

@@ -12,9 +12,13 @@ or was cut at `max_new_tokens` ("length"), so truncated generations can be dropp
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import threading
+import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +64,13 @@ def generate_vllm(
     return [Generation(t, r) for t, r in zip(o.texts, o.finish_reasons, strict=True)]
 
 
+class EndpointError(RuntimeError):
+    """Some prompts got no answer after every retry; the answers received are saved."""
+
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # rate limits, overload, transient errors
+
+
 def generate_openai(
     endpoint: str,
     model: str,
@@ -69,8 +80,19 @@ def generate_openai(
     api_key_env: str | None = None,
     concurrency: int = 8,
     timeout: float = 300.0,
+    journal: Path | None = None,
+    retries: int = 6,
+    backoff_s: float = 1.0,
 ) -> list[Generation]:
-    """POST each prompt to `<endpoint>/chat/completions`, `concurrency` at a time."""
+    """POST each prompt to `<endpoint>/chat/completions`, `concurrency` at a time.
+
+    A hosted API rate-limits and fails now and then: a 429, 5xx, timeout or dropped connection is
+    retried up to `retries` times with exponential backoff (`backoff_s` · 2^attempt, at most 60 s,
+    or the server's `Retry-After`). Each answer is appended to `journal` (JSONL, keyed by the
+    request's hash, never the key) the moment it arrives, so a rerun asks only for the prompts
+    that have no answer yet. Prompts still unanswered after every retry raise `EndpointError`
+    once all the others are done (and saved).
+    """
     headers = {"Content-Type": "application/json"}
     if api_key_env:
         key = os.environ.get(api_key_env)
@@ -78,25 +100,82 @@ def generate_openai(
             raise RuntimeError(f"distill.teacher.api_key_env: environment variable {api_key_env} is not set")
         headers["Authorization"] = f"Bearer {key}"
     url = endpoint.rstrip("/") + "/chat/completions"
+    saved = _read_journal(journal)
+    lock = threading.Lock()
 
-    def one(prompt: str) -> Generation:
-        body = {
+    def body_of(prompt: str) -> dict[str, Any]:
+        return {
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_new_tokens,
             "temperature": temperature,
         }
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            choice = json.loads(resp.read())["choices"][0]
-        return Generation(choice["message"]["content"] or "", choice.get("finish_reason") or "stop")
+
+    def one(prompt: str) -> Generation | BaseException:
+        body = body_of(prompt)
+        key = _request_key(url, body)
+        if key in saved:
+            return saved[key]
+        data = json.dumps(body).encode()
+        for attempt in range(retries + 1):
+            try:
+                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    choice = json.loads(resp.read())["choices"][0]
+                gen = Generation(choice["message"]["content"] or "", choice.get("finish_reason") or "stop")
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code not in RETRY_STATUS or attempt == retries:
+                    detail = exc.read().decode(errors="replace")[:300]
+                    return EndpointError(f"HTTP {exc.code} from {url}: {detail}")
+                wait = _retry_after(exc.headers.get("Retry-After")) or backoff_s * 2**attempt
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if attempt == retries:
+                    return EndpointError(f"{url}: {exc}")
+                wait = backoff_s * 2**attempt
+            time.sleep(min(wait, 60.0))
+        if journal is not None:
+            with lock, journal.open("a") as f:
+                f.write(json.dumps({"key": key, "text": gen.text, "finish_reason": gen.finish_reason}) + "\n")
+        return gen
 
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(
-            tqdm(pool.map(one, prompts), total=len(prompts), desc="teacher (endpoint)", unit="prompt")
+        out = list(tqdm(pool.map(one, prompts), total=len(prompts), desc="teacher (endpoint)", unit="prompt"))
+    failed = [o for o in out if isinstance(o, BaseException)]
+    if failed:
+        where = f"; the {len(out) - len(failed)} answers received are saved in {journal}" if journal else ""
+        raise EndpointError(
+            f"{len(failed)} of {len(prompts)} prompts got no answer after {retries} retries "
+            f"(first: {failed[0]}){where}; rerun to ask only for the missing ones"
         )
+    return [o for o in out if isinstance(o, Generation)]
+
+
+def _request_key(url: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([url, body], sort_keys=True).encode()).hexdigest()
+
+
+def _read_journal(journal: Path | None) -> dict[str, Generation]:
+    """Answers saved by earlier attempts; a torn last line (killed mid-write) is ignored."""
+    if journal is None or not journal.is_file():
+        return {}
+    saved = {}
+    for line in journal.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        saved[row["key"]] = Generation(row["text"], row["finish_reason"])
+    return saved
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:  # an HTTP date: fall back to the backoff
+        return None
 
 
 def generate_hf(

@@ -185,6 +185,7 @@ def teacher_generations(
             gen.temperature,
             t.api_key_env,
             gen.batch_size,
+            journal=ctx.dir / "teacher_answers.jsonl",  # a rerun asks only for what is missing
         )
     elif backend == "vllm":
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
