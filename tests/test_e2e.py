@@ -167,7 +167,7 @@ def test_sft_runs_as_two_process_ddp_with_torchrun(tmp_path):
             "--set",
             "compute.launcher=torchrun",
             "--set",
-            "compute.nproc_per_node=2",
+            "compute.gpus_per_node=2",
         ),
     )
     sft = manifest(runs, "finance")["sft"]

@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FINANCE = ROOT / "recipes/finance.yaml"
 
 
+@pytest.fixture(autouse=True)
+def rendezvous(monkeypatch):
+    """finance.yaml runs on 8 nodes: this process plays node 3."""
+    for key, value in {"NODE_RANK": "3", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+
+
 def _accelerate_args(config: Path, processes: int):
     """What `accelerate launch --config_file <config>` makes of the file (its own parser)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -152,3 +159,50 @@ def test_an_unlaunched_cpu_process_loads_as_before(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     kw = load_kwargs("nf4")
     assert "device_map" not in kw and kw["trust_remote_code"] is False
+
+
+def test_gpus_mean_one_thing_to_the_launcher_plan_and_cost(tmp_path, monkeypatch):
+    # finance.yaml: 8 nodes × 8 GPUs. Before: `num_gpus: 64` made accelerate start 64 processes on
+    # one node, torchrun ignored it, and cost charged num_gpus × nproc_per_node.
+    from verticalft.plan import plan_recipe
+
+    recipe = load_recipe(FINANCE)
+    assert (recipe.compute.nodes, recipe.compute.gpus_per_node, recipe.compute.world_size) == (8, 8, 64)
+    cmd = launch_command(recipe, RunDir(tmp_path), "cpt", resume=False)
+    args = _accelerate_args(_config_of(cmd), 64)
+    flags = {flag: cmd[cmd.index(flag) + 1] for flag in cmd if flag.startswith("--") and flag != "--cpu"}
+    assert (
+        flags["--num_processes"] == "64" and flags["--num_machines"] == "8"
+    )  # accelerate: over all machines
+    assert flags["--machine_rank"] == "3" and flags["--main_process_ip"] == "10.0.0.1"
+    assert args.num_processes == 64
+    torchrun = launch_command(
+        load_recipe(FINANCE, overrides=["compute.launcher=torchrun"]), RunDir(tmp_path), "sft", False
+    )
+    assert torchrun[torchrun.index("--nproc_per_node") + 1] == "8"  # per node
+    assert (
+        torchrun[torchrun.index("--nnodes") + 1] == "8" and torchrun[torchrun.index("--node_rank") + 1] == "3"
+    )
+    plan = plan_recipe(recipe)
+    cpt = plan.stages[0]  # full CPT: 16 bytes/parameter of trainable state, sharded over the 64
+    assert cpt.memory["trainable_state"] == pytest.approx(cpt.params * 16 / 1e9 / 64, rel=1e-3)
+    assert recipe.compute.training_gpus == 64
+    assert load_recipe(FINANCE, "tiny").compute.training_gpus == 1  # launcher none: one device
+
+
+def test_several_nodes_without_a_rendezvous_is_a_clear_error(tmp_path, monkeypatch):
+    for key in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(ValueError, match="compute.nodes=8: set NODE_RANK, MASTER_ADDR on every node"):
+        launch_command(load_recipe(FINANCE), RunDir(tmp_path), "cpt", resume=False)
+
+
+def test_the_old_gpu_keys_say_what_replaced_them():
+    from verticalft.recipe import RecipeError
+
+    with pytest.raises(RecipeError) as err:
+        load_recipe(FINANCE, overrides=["compute.num_gpus=64", "compute.nproc_per_node=8"])
+    text = str(err.value)
+    assert "compute.num_gpus: unknown key (did you mean 'nodes' and 'gpus_per_node" in text
+    assert "compute.nproc_per_node: unknown key (did you mean 'gpus_per_node'?)" in text

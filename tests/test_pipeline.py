@@ -38,15 +38,17 @@ def test_unknown_until_stage_is_a_clear_error(tmp_path):
         run_recipe(r, RunDir(tmp_path), until="sfft", echo=lambda s: None)
 
 
-def test_launch_commands(tmp_path):
+def test_launch_commands(tmp_path, monkeypatch):
     run = RunDir(tmp_path)
+    for key, value in {"NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
     r = load_recipe(
-        ROOT / "recipes/finance.yaml", "tiny", ["compute.launcher=torchrun", "compute.nproc_per_node=2"]
+        ROOT / "recipes/finance.yaml", "tiny", ["compute.launcher=torchrun", "compute.gpus_per_node=2"]
     )
     cmd = launch_command(r, run, "sft", resume=True)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     assert cmd[-7:] == ["-m", "verticalft.worker", "--run-dir", str(tmp_path), "--stage", "sft", "--resume"]
-    r = load_recipe(ROOT / "recipes/finance.yaml")  # accelerate + fsdp2 over 64 GPUs
+    r = load_recipe(ROOT / "recipes/finance.yaml")  # accelerate + fsdp2 over 8 nodes × 8 GPUs
     cmd = launch_command(r, run, "cpt", resume=False)
     assert "accelerate.commands.launch" in cmd
     config = Path(cmd[cmd.index("--config_file") + 1])

@@ -110,7 +110,7 @@ def test_plan_shows_teacher_and_student_memory_by_distill_kind():
 
 def test_max_steps_decides_the_tokens_like_the_trainer_does():
     # transformers' Trainer ignores num_train_epochs when max_steps > 0. finance.yaml's SFT: micro
-    # batch 4 × accumulation 8 × 64 GPUs; its data file is planned (not on disk), so every
+    # batch 4 × accumulation 8 × 64 GPUs (8 nodes × 8); its data file is planned (not on disk), so every
     # sequence counts at its max_length 4096.
     base = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
     stepped = plan_recipe(
@@ -134,7 +134,8 @@ def test_max_steps_on_a_local_file_counts_its_mean_example_length(tmp_path):
             "stages.sft.trainer.max_steps=3",
             "stages.sft.trainer.per_device_train_batch_size=2",
             "stages.sft.trainer.gradient_accumulation_steps=5",
-            "compute.num_gpus=1",
+            "compute.nodes=1",
+            "compute.gpus_per_node=1",
         ],
     )
     rows = {s.stage: s for s in plan_recipe(recipe).stages}

@@ -80,30 +80,50 @@ def stage_accelerate_config(recipe: Recipe, run: RunDir, stage: str) -> Path:
     return path
 
 
+def rendezvous(nodes: int) -> dict[str, str] | None:
+    """Multi-node: this node's rank and the main node's address, from the environment variables
+    every cluster scheduler sets or a user exports on each node (NODE_RANK, MASTER_ADDR,
+    MASTER_PORT); None on one node. Missing ones are an error that names them."""
+    if nodes == 1:
+        return None
+    names = ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise ValueError(
+            f"compute.nodes={nodes}: set {', '.join(missing)} on every node (NODE_RANK 0..{nodes - 1}, "
+            "MASTER_ADDR/MASTER_PORT of node 0) and run the same `verticalft run` command on each"
+        )
+    return {n: os.environ[n] for n in names}
+
+
 def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> list[str]:
-    """The torchrun / accelerate command that runs `verticalft.worker` for one stage."""
+    """The torchrun / accelerate command that runs `verticalft.worker` for one stage on this node:
+    `gpus_per_node` processes here, `nodes × gpus_per_node` in all."""
     c = recipe.compute
     worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (
         ["--resume"] if resume else []
     )
+    rdzv = rendezvous(c.nodes)
     if c.launcher == "torchrun":
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(c.nproc_per_node),
-            *worker,
-        ]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(c.gpus_per_node)]
+        if rdzv:
+            cmd += ["--nnodes", str(c.nodes), "--node_rank", rdzv["NODE_RANK"]]
+            cmd += ["--master_addr", rdzv["MASTER_ADDR"], "--master_port", rdzv["MASTER_PORT"]]
+        return [*cmd, *worker]
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
         str(stage_accelerate_config(recipe, run, stage)),
-        "--num_processes",
-        str(c.nproc_per_node * c.num_gpus),
+        "--num_processes",  # accelerate counts processes over all machines
+        str(c.world_size),
+        "--num_machines",
+        str(c.nodes),
     ]
+    if rdzv:
+        cmd += ["--machine_rank", rdzv["NODE_RANK"], "--main_process_ip", rdzv["MASTER_ADDR"]]
+        cmd += ["--main_process_port", rdzv["MASTER_PORT"]]
     if not has_gpu():
         cmd.append("--cpu")
     return [*cmd, *worker]

@@ -232,7 +232,7 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
     result_path = run.stage_dir(stage) / RESULT_FILE
     result_path.unlink(missing_ok=True)
     cmd = launch_command(recipe, run, stage, resume)
-    if recipe.compute.launcher == "accelerate" and not has_gpu() and recipe.compute.nproc_per_node > 1:
+    if recipe.compute.launcher == "accelerate" and not has_gpu() and recipe.compute.gpus_per_node > 1:
         print(
             "  note: `accelerate launch --cpu` starts one process unless MPI is set up; for multi-process "
             "CPU training use compute.launcher=torchrun",

@@ -311,7 +311,7 @@ def plan_recipe(recipe: Any) -> Plan:
         )
         return plan
     sharded = c.launcher == "accelerate" and c.accelerate_config in ("fsdp2", "deepspeed-zero3")
-    shards = c.num_gpus if sharded else 1
+    shards = c.world_size if sharded else 1
     plan.notes.append(
         "FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
         "DPO adds a reference forward 2·N·D"
@@ -328,12 +328,12 @@ def plan_recipe(recipe: Any) -> Plan:
             method = cfg.method
             domain = sum(source_tokens(s) for s in d.corpus)
             ratio = d.replay.ratio if d.replay else 0.0
-            tokens = trained_tokens(t, domain / (1.0 - ratio), None, cfg.max_length, c.num_gpus)
+            tokens = trained_tokens(t, domain / (1.0 - ratio), None, cfg.max_length, c.training_gpus)
         else:
             method = "qlora" if cfg.quantization != "none" else "lora"
             source = d.sft if stage == "sft" else d.preferences
             examples = source_examples(source)
-            tokens = trained_tokens(t, source_tokens(source), examples, cfg.max_length, c.num_gpus)
+            tokens = trained_tokens(t, source_tokens(source), examples, cfg.max_length, c.training_gpus)
         lora_r = cfg.lora.r
         if stage == "dpo":
             flops = dpo_flops(arch.params, tokens, "lora" if method != "full" else "full", ckpt)
@@ -392,7 +392,7 @@ def plan_distill(
     tokens, examples = source_tokens(recipe.data.sft), source_examples(recipe.data.sft)
     if cfg.max_examples and examples and cfg.max_examples < examples:
         tokens, examples = tokens * cfg.max_examples / examples, cfg.max_examples
-    trained = trained_tokens(t, tokens, examples, cfg.max_length, c.num_gpus)
+    trained = trained_tokens(t, tokens, examples, cfg.max_length, c.training_gpus)
     teacher_mem = inference_memory_gb(teacher, cfg.teacher.quantization, cfg.max_length, micro)
     beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
     if not beside:

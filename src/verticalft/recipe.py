@@ -455,13 +455,27 @@ class Stages(Strict):
 
 # --------------------------------------------------------------------------- compute / cost
 class Compute(Strict):
+    """Where training runs. One definition of "GPUs": `nodes` × `gpus_per_node`, one process per
+    GPU. The launcher starts that many processes, `plan` shards over them and `cost` charges them
+    for the launched stages (`launcher: none` runs a stage in this one process: one device)."""
+
     gpu: str = "h100-sxm"
-    num_gpus: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1)  # > 1: run on every node with NODE_RANK/MASTER_ADDR/MASTER_PORT set
+    gpus_per_node: int = Field(default=1, ge=1)  # = processes per node (on a CPU machine: processes)
     mfu: float = Field(default=0.4, gt=0.0, le=1.0)
     launcher: Literal["none", "torchrun", "accelerate"] = "none"
-    nproc_per_node: int = Field(default=1, ge=1)
     accelerate_config: str = "ddp"  # ddp | fsdp2 | deepspeed-zero3 | a path to your own config
     seed: int = 42
+
+    @property
+    def world_size(self) -> int:
+        """Processes (= GPUs) of a launched stage, over every node."""
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def training_gpus(self) -> int:
+        """GPUs a training stage occupies: the world size when launched, else one."""
+        return self.world_size if self.launcher != "none" else 1
 
 
 class ApiPrice(Strict):
@@ -544,12 +558,15 @@ ALIASES = {
     "load_in_4bit": "quantization",
     "lr": "learning_rate",
     "epochs": "num_train_epochs",
+    # compute keys of earlier versions: "GPUs" meant three things (issue 12)
+    "num_gpus": "nodes' and 'gpus_per_node (GPUs = nodes × gpus_per_node)",
+    "nproc_per_node": "gpus_per_node",
 }
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
     options = list(options)
-    if ALIASES.get(word) in options:
+    if ALIASES.get(word) and ALIASES[word].split("'")[0] in options:
         return f" (did you mean '{ALIASES[word]}'?)"
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

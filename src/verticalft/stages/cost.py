@@ -29,7 +29,7 @@ def training_costs(ctx: StageContext, usd_per_hour: float) -> dict[str, Any]:
     """Measured: wall time × GPUs × price per training stage; planned: `verticalft plan` beside it."""
     from verticalft.plan import plan_recipe
 
-    gpus = ctx.recipe.compute.num_gpus * ctx.recipe.compute.nproc_per_node
+    gpus = ctx.recipe.compute.training_gpus
     try:
         planned = {s.stage: s.usd for s in plan_recipe(ctx.recipe).stages}
     except Exception:  # noqa: BLE001 - the plan is context, never a reason to lose the measurement
