@@ -2,6 +2,10 @@
 cache (its loss equals the online loss at k = vocab size), and a refused recipe."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +190,58 @@ def test_killed_cache_build_is_not_taken_as_done(families, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         tc.write_cache(tmp_path / "c", dies(), 4, 8, len(tok), {})
     assert not tc.is_complete(tmp_path / "c")
+
+
+def _hub_cache(root, repos: dict[str, str]) -> None:
+    """A Hugging Face hub cache holding `repo id → folder` (tokenizer and config files only, as a
+    tokenizer check downloads them), laid out as huggingface_hub lays it out."""
+    for repo, folder in repos.items():
+        base = root / f"models--{repo.replace('/', '--')}"
+        snapshot = base / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        for f in Path(folder).iterdir():
+            if f.suffix != ".safetensors":
+                shutil.copy(f, snapshot / f.name)
+        (base / "refs").mkdir()
+        (base / "refs" / "main").write_text("0" * 40)
+
+
+def test_hub_id_pairs_are_checked_before_any_work(families, tmp_path):
+    # finance.yaml used to distil Qwen3-32B into Qwen2.5 students with kind logits: different
+    # tokenizers, found by the distill stage after CPT, SFT and DPO were paid for. Hub ids are now
+    # checked from their tokenizer files (here from a local hub cache; offline, as in CI).
+    a, b = families
+    cache = tmp_path / "hub"
+    _hub_cache(
+        cache,
+        {
+            "Qwen/Qwen3-32B": a["teacher"],
+            "Qwen/Qwen3-8B": a["student"],
+            "Qwen/Qwen2.5-7B-Instruct": b["student"],
+        },
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    sets = ["--set", "models.teacher=Qwen/Qwen3-32B", "--set", "stages.distill.kind=logits"]
+
+    def vft(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+
+    mixed = vft("validate", "recipes/finance.yaml", "-p", "tiny", *sets, "--set",
+                "models.students=[Qwen/Qwen3-8B, Qwen/Qwen2.5-7B-Instruct]")  # fmt: skip
+    assert mixed.returncode == 2, mixed.stdout + mixed.stderr
+    assert "Qwen/Qwen2.5-7B-Instruct do not share a tokenizer" in mixed.stderr.replace("\n", " ")
+    assert "kind: sequence" in mixed.stderr
+    run = vft("run", "recipes/finance.yaml", "-p", "tiny", "--runs-dir", str(tmp_path / "runs"), *sets,
+              "--set", "models.students=[Qwen/Qwen3-8B, Qwen/Qwen2.5-7B-Instruct]")  # fmt: skip
+    assert run.returncode != 0 and "cannot start" in run.stdout + run.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("DONE.json"))
+    same = vft(
+        "validate", "recipes/finance.yaml", "-p", "tiny", *sets, "--set", "models.students=[Qwen/Qwen3-8B]"
+    )
+    assert same.returncode == 0 and "could not check" not in same.stdout
+    missing = vft(
+        "validate", "recipes/finance.yaml", "-p", "tiny", *sets, "--set", "models.students=[Qwen/Qwen3-14B]"
+    )
+    assert missing.returncode == 0 and "could not check the tokenizers" in missing.stdout.replace("\n", " ")

@@ -98,9 +98,9 @@ def test_plan_shows_teacher_and_student_memory_by_distill_kind():
     online = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.distill.cache=false"]))
     rows = {s.stage: s for s in cached.stages}
     teacher = rows["distill: teacher top-k cache"]
-    student = next(s for name, s in rows.items() if name.startswith("distill: Qwen2.5-7B"))
+    student = next(s for name, s in rows.items() if name.startswith("distill: Qwen3-8B"))
     assert "teacher" not in student.memory and teacher.memory_gb_per_gpu > 15  # 32B in NF4 ≈ 17 GB
-    online_student = next(s for s in online.stages if s.stage.startswith("distill: Qwen2.5-7B"))
+    online_student = next(s for s in online.stages if s.stage.startswith("distill: Qwen3-8B"))
     assert not any(s.stage.startswith("distill: teacher") for s in online.stages)
     assert online_student.memory["teacher"] == teacher.memory_gb_per_gpu
     assert online_student.memory_gb_per_gpu > student.memory_gb_per_gpu + 15

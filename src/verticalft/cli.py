@@ -46,15 +46,23 @@ def _load(recipe: Path, profile: str, overrides: list[str] | None) -> Recipe:
 def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt) -> None:
     """Check a recipe (and its profile overlay); lists every problem, exit 2 if any."""
     r = _load(recipe, profile, overrides)
-    from verticalft.pipeline import enabled_stages, preflight
+    from verticalft.pipeline import distill_vocab_check, enabled_stages, preflight
 
     stages = [s for s in enabled_stages(r) if s != "tiny_models"]
+    # Teacher/student tokenizers that cannot do logit distillation: a recipe error on any machine.
+    wrong, notes = distill_vocab_check(r) if "distill" in stages else ([], [])
+    for problem in wrong:
+        err_console.print(f"[bold red]problem[/]: {problem}", highlight=False)
+    if wrong:
+        raise typer.Exit(2)
     console.print(
         f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
         f"{len(r.models.students)} student(s), stages: {', '.join(stages) or 'none'}"
     )
     for problem in preflight(r, enabled_stages(r)):
         console.print(f"  [yellow]not runnable here yet[/]: {problem}", highlight=False)
+    for note in notes:
+        console.print(f"  [dim]note[/]: {note}", highlight=False)
 
 
 @app.command()

@@ -193,26 +193,64 @@ def chat_template_problems(recipe: Recipe, stages: list[str]) -> list[str]:
 
 
 def distill_vocab_problems(recipe: Recipe) -> list[str]:
-    """Logit distillation with teacher/student tokenizers that differ: known before any stage runs.
+    """Logit distillation between tokenizers that differ: refused before any stage runs."""
+    return distill_vocab_check(recipe)[0]
 
-    Checked here on the recipe's own teacher (CPT/SFT/DPO keep its tokenizer) and students when
-    they are local folders; hub ids and `tiny://` models (one shared tokenizer by construction)
-    are checked again by the distill stage itself once they are on disk.
+
+def distill_vocab_check(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the teacher/student tokenizer pairs of logit distillation, known
+    before CPT, SFT and DPO are paid for (they keep the teacher's tokenizer).
+
+    Local folders and hub ids are compared on their tokenizer and config files only (a few MB
+    from the hub, no weights). Offline (`HF_HUB_OFFLINE`, no network) a hub pair cannot be
+    checked: a note says so and the distill stage checks again once the models are on disk.
+    Not checked here: `tiny://` models (one shared tokenizer by construction), `prune://`
+    students (cut from the teacher) and GGUF refs (converted by the stage).
     """
+    from verticalft.gguf_source import is_gguf
+    from verticalft.models import is_tiny
+    from verticalft.pruning import is_prune
     from verticalft.stages.distill import LOGIT_KINDS
 
     cfg = recipe.stages.distill
     if cfg is None or cfg.kind not in LOGIT_KINDS:
-        return []
+        return [], []
     teacher = cfg.teacher.model or recipe.models.teacher
-    local = [p for p in [teacher, *(cfg.students or recipe.models.students)] if Path(p).is_dir()]
-    if teacher not in local:
-        return []
-    from verticalft.distill.preflight import check_pair
+
+    def checkable(ref: str) -> bool:
+        return not (is_tiny(ref) or is_prune(ref) or is_gguf(ref))
+
+    students = [s for s in (cfg.students or recipe.models.students) if checkable(s)]
+    if not checkable(teacher) or not students:
+        return [], []
+    from verticalft.distill.preflight import check_pair, hub_reachable
 
     m = recipe.models
-    reports = [check_pair(teacher, s, m.trust_remote_code, m.chat_template) for s in local[1:]]
-    return [f"stages.distill: {r.message()}" for r in reports if not r.ok]
+    problems, notes = [], []
+    online = None  # probed once, only if a hub id is involved
+    for student in students:
+        hub = [ref for ref in (teacher, student) if not Path(ref).is_dir()]
+        if hub and online is None:
+            online = hub_reachable()
+        try:  # offline: hub ids from the local HF cache only
+            report = check_pair(
+                teacher, student, m.trust_remote_code, m.chat_template, bool(hub) and not online
+            )
+        except OSError as exc:  # not cached / not found: huggingface_hub raises OSError subclasses
+            why = "not in the local HF cache and the hub is not reachable" if hub and not online else str(exc)
+            notes.append(
+                f"stages.distill: could not check the tokenizers of {teacher} and {student} "
+                f"({why.splitlines()[0][:160]}); the distill stage checks them once the models are on disk"
+            )
+            continue
+        if not report.ok:
+            problems.append(f"stages.distill: {report.message()}")
+    return problems, notes
+
+
+def preflight_notes(recipe: Recipe, stages: list[str]) -> list[str]:
+    """What preflight could not check from here (said, never a reason to stop)."""
+    return distill_vocab_check(recipe)[1] if "distill" in stages else []
 
 
 def versions() -> dict[str, str]:
@@ -286,6 +324,8 @@ def run_recipe(
     problems = preflight(recipe, stages)
     if problems:
         raise StageFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    for note in preflight_notes(recipe, stages):
+        echo(f"note: {note}")
     fps = stage_fingerprints(recipe, stages)
     (run.root / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe))
     run.set_meta(recipe=recipe.name, stage_order=stages)

@@ -93,13 +93,18 @@ def compare(
 
 
 def check_pair(
-    teacher: str, student: str, trust_remote_code: bool = False, chat_template: str | None = None
+    teacher: str,
+    student: str,
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+    local_files_only: bool = False,
 ) -> VocabReport:
     """Load only tokenizers and configs (no weights) of two HF ids/folders and compare them.
 
     Both tokenizers get the run's chat template (`chat_template`: the recipe's choice) as the
     stages would: a trained teacher folder carries the training variant, an untouched student
-    folder its own, and those are the same template."""
+    folder its own, and those are the same template. `local_files_only`: hub ids from the local HF
+    cache only (offline)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from verticalft.chat_templates import use_run_template
@@ -107,11 +112,35 @@ def check_pair(
     def load(path: str) -> tuple[Any, Any]:
         return (
             use_run_template(
-                AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), chat_template
+                AutoTokenizer.from_pretrained(
+                    path, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+                ),
+                chat_template,
             ),
-            AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+            AutoConfig.from_pretrained(
+                path, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+            ),
         )
 
     t_tok, t_cfg = load(teacher)
     s_tok, s_cfg = load(student)
     return compare(teacher, t_tok, t_cfg, student, s_tok, s_cfg)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine reach the Hugging Face hub? False at once when `HF_HUB_OFFLINE` is set;
+    else one TCP connection to the endpoint with a short timeout. Without it, an offline machine
+    spends minutes in huggingface_hub's retries before a tokenizer load gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
