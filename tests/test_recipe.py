@@ -31,7 +31,7 @@ def test_resolved_recipe_round_trips(recipe, profile):
 def test_full_recipes_follow_the_playbook():
     r = load_recipe(ROOT / "recipes/finance.yaml")
     assert r.models.teacher == "Qwen/Qwen3-32B"
-    assert any("7B" in s for s in r.models.students) and any("14B" in s for s in r.models.students)
+    assert any("8B" in s for s in r.models.students) and any("14B" in s for s in r.models.students)
     assert r.stages.sft.quantization == "nf4"
 
 
