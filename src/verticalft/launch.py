@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,25 @@ def local_rank() -> int | None:
     """This process's device index under torchrun / accelerate (None when not launched)."""
     value = os.environ.get("LOCAL_RANK")
     return int(value) if value is not None else None
+
+
+def launched() -> bool:
+    """True in a process of a multi-process launch (torchrun / accelerate)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first, the other ranks after it (and find its work on disk):
+    accelerate's `PartialState.main_process_first` (a barrier on the launch's process group); a
+    plain block without a launcher."""
+    if not launched():
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
 
 
 def resolve_accelerate_config(base: dict[str, Any], trainer: dict[str, Any]) -> dict[str, Any]:

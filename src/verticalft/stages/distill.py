@@ -26,6 +26,7 @@ import time
 import traceback
 from typing import Any
 
+from verticalft.launch import main_process_first
 from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config
 from verticalft.pruning import is_prune, prune_name, pruned_student, pruning_record
 from verticalft.rundir import atomic_write_json
@@ -34,7 +35,9 @@ from verticalft.stages.base import (
     StageContext,
     StageResult,
     fmt_score,
+    is_main_process,
     quick_eval,
+    rank,
     save_outputs,
     train_and_measure,
     trainer_config,
@@ -137,7 +140,15 @@ def load_teacher(ctx: StageContext, path: str) -> Any:
 def build_cache(
     ctx: StageContext, teacher: Any, tokenizer: Any, examples: list[dict[str, Any]], vocab: int
 ) -> tuple[Any, float]:
-    """(cache, seconds spent building it): reused when its key matches (0 s), else built."""
+    """(cache, seconds spent building it): reused when its key matches (0 s), else built.
+
+    Under a launcher every rank runs the stage: rank 0 builds the cache while the others wait at
+    a barrier (`launch.main_process_first`), then they reuse it — one build, one teacher in memory
+    for it. A file lock beside the cache also keeps two independent runs from writing it at once.
+    `teacher` may be None (a rank that only needs the cache): it is loaded if this rank builds.
+    """
+    import fcntl
+
     from verticalft.distill import cache as tc
 
     cfg = ctx.recipe.stages.distill
@@ -148,9 +159,30 @@ def build_cache(
     # Beside the stage folder, not in it: a rerun of the stage with other student settings
     # (epochs, learning rate, students) clears distill/ but reuses a cache whose key still matches.
     root = ctx.run.root / "teacher_cache" / key
-    if tc.is_complete(root):
-        print(f"  teacher cache: reusing {root}", flush=True)
-        return tc.TeacherCache(root), 0.0
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with main_process_first(), root.with_name(key + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tc.is_complete(root):
+            print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
+            return tc.TeacherCache(root), 0.0
+        print(f"  teacher cache: building {root} (rank {rank()})", flush=True)
+        return _write_cache(
+            ctx, teacher or load_teacher(ctx, t_path), tokenizer, examples, vocab, root, identity
+        )
+
+
+def _write_cache(
+    ctx: StageContext,
+    teacher: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    vocab: int,
+    root: Any,
+    identity: Any,
+) -> tuple[Any, float]:
+    from verticalft.distill import cache as tc
+
+    cfg = ctx.recipe.stages.distill
     t0 = time.time()
     rows = tc.teacher_rows(
         teacher,
@@ -375,8 +407,16 @@ def run(ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
-    teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None else None
-    teacher_eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else _recorded_teacher_eval(ctx)
+    # Under a launcher only rank 0 scores the teacher (it writes the results) and, with a cache,
+    # the rank that builds it loads it (build_cache); the others need it only for online logits.
+    needed_here = is_main_process() or (cfg.kind == "logits" and not cfg.cache) or cfg.kind == "sequence"
+    teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None and needed_here else None
+    if not is_main_process():
+        teacher_eval = None
+    else:
+        teacher_eval = (
+            quick_eval(ctx, teacher, tokenizer) if teacher is not None else _recorded_teacher_eval(ctx)
+        )
     metrics["teacher_eval"] = teacher_eval
     teacher_score = teacher_eval["score"] if teacher_eval else None
 
@@ -439,8 +479,9 @@ def run(ctx: StageContext) -> StageResult:
                 "peak_rss_mb": mem.mb,
                 "teacher_in_memory": cfg.kind == "on_policy" or (cfg.kind == "logits" and cache is None),
             }
-            atomic_write_json(sctx.dir / "result.json", result)
-            atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
+            if is_main_process():  # one set of results under a launcher
+                atomic_write_json(sctx.dir / "result.json", result)
+                atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
             results[name] = result
             del trainer
             gc.collect()
