@@ -206,3 +206,28 @@ def test_the_old_gpu_keys_say_what_replaced_them():
     text = str(err.value)
     assert "compute.num_gpus: unknown key (did you mean 'nodes' and 'gpus_per_node" in text
     assert "compute.nproc_per_node: unknown key (did you mean 'gpus_per_node'?)" in text
+
+
+def test_settings_that_cannot_work_together_are_said_before_any_work():
+    from verticalft.launch import launch_warnings
+    from verticalft.plan import plan_recipe
+
+    assert launch_warnings(load_recipe(FINANCE)) == []  # the shipped recipe: 8 × 8 H100, fsdp2
+    on_cpu = load_recipe(FINANCE, overrides=["compute.gpu=cpu"])
+    assert any("FSDP needs GPUs" in w for w in launch_warnings(on_cpu))
+    assert any("FSDP needs GPUs" in w for w in plan_recipe(on_cpu).warnings)
+    unlaunched = load_recipe(FINANCE, overrides=["compute.launcher=none"])
+    assert any("launcher: none runs every stage in one process" in w for w in launch_warnings(unlaunched))
+
+
+def test_qlora_under_zero3_needs_the_init_flag(tmp_path):
+    from verticalft.launch import launch_warnings
+
+    config = yaml.safe_load((ROOT / "src/verticalft/accelerate_configs/deepspeed-zero3.yaml").read_text())
+    assert config["deepspeed_config"]["zero3_init_flag"] is True  # shipped right
+    config["deepspeed_config"]["zero3_init_flag"] = False
+    own = tmp_path / "zero3.yaml"
+    own.write_text(yaml.safe_dump(config))
+    recipe = load_recipe(FINANCE, overrides=[f"compute.accelerate_config={own}"])
+    (warning,) = launch_warnings(recipe)
+    assert "QLoRA (sft, dpo, distill) under DeepSpeed ZeRO-3 needs zero3_init_flag: true" in warning

@@ -63,6 +63,10 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
         console.print(f"  [yellow]not runnable here yet[/]: {problem}", highlight=False)
     for note in notes:
         console.print(f"  [dim]note[/]: {note}", highlight=False)
+    from verticalft.launch import launch_warnings
+
+    for warning in launch_warnings(r):
+        console.print(f"  [yellow]warning[/]: {warning}", highlight=False)
 
 
 @app.command()

@@ -91,6 +91,44 @@ def resolve_accelerate_config(base: dict[str, Any], trainer: dict[str, Any]) -> 
     return config
 
 
+def launch_warnings(recipe: Recipe) -> list[str]:
+    """Compute settings that cannot work together, said by `validate` and `plan` before any work."""
+    c = recipe.compute
+    out: list[str] = []
+    if c.launcher == "none" and c.world_size > 1:
+        out.append(
+            f"compute: {c.nodes} node(s) × {c.gpus_per_node} GPU(s) but launcher: none runs every stage in "
+            "one process on one device; set compute.launcher: accelerate (or torchrun)"
+        )
+    if c.launcher != "accelerate":
+        return out
+    try:
+        config = yaml.safe_load(accelerate_config_path(c.accelerate_config).read_text()) or {}
+    except OSError as exc:
+        return [*out, f"compute.accelerate_config: cannot read {c.accelerate_config} ({exc})"]
+    engine = config.get("distributed_type")
+    if c.gpu == "cpu" and engine in ("FSDP", "DEEPSPEED"):
+        out.append(
+            f"compute.accelerate_config: {engine} needs GPUs (accelerate builds FSDP/DeepSpeed state on "
+            "GPU devices only); on CPU use accelerate_config: ddp or launcher: torchrun"
+        )
+    quantized = [
+        s
+        for s in ("sft", "dpo")
+        if (st := getattr(recipe.stages, s)) is not None and st.quantization != "none"
+    ]
+    d = recipe.stages.distill
+    if d is not None and d.method == "qlora":
+        quantized.append("distill")
+    zero3 = engine == "DEEPSPEED" and (config.get("deepspeed_config") or {}).get("zero_stage") == 3
+    if quantized and zero3 and not (config.get("deepspeed_config") or {}).get("zero3_init_flag"):
+        out.append(
+            f"compute.accelerate_config: QLoRA ({', '.join(quantized)}) under DeepSpeed ZeRO-3 needs "
+            "zero3_init_flag: true (PEFT's DeepSpeed QLoRA guide); set it or use fsdp2"
+        )
+    return out
+
+
 def stage_accelerate_config(recipe: Recipe, run: RunDir, stage: str) -> Path:
     """Write the stage's resolved accelerate config into its folder; return the path."""
     base = yaml.safe_load(accelerate_config_path(recipe.compute.accelerate_config).read_text())

@@ -303,6 +303,9 @@ def plan_recipe(recipe: Any) -> Plan:
         raise ValueError(f"unknown GPU '{c.gpu}'; known: {', '.join(GPUS)}")
     price = recipe.cost.usd_per_gpu_hour or gpu.usd_per_hour
     plan = Plan(gpu=gpu, usd_per_gpu_hour=price)
+    from verticalft.launch import launch_warnings
+
+    plan.warnings += launch_warnings(recipe)
     specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
     arch = resolve_arch(recipe.models.teacher, recipe.tiny.vocab_size, specs)
     if arch is None:
