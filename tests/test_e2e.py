@@ -275,7 +275,12 @@ def _processes() -> dict[int, tuple[int, str]]:
 
 
 def _api_servers(runs: Path) -> list[int]:
-    return [p for p, (_, cmd) in _processes().items() if "vllm.entrypoints" in cmd and str(runs) in cmd]
+    """vLLM API server processes of this run (not their `verticalft.procs` guard)."""
+    return [
+        p
+        for p, (_, cmd) in _processes().items()
+        if "vllm.entrypoints" in cmd and str(runs) in cmd and "verticalft.procs" not in cmd
+    ]
 
 
 def _group(pgid: int) -> list[int]:
@@ -304,7 +309,8 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     victims = _api_servers(runs)
     assert len(victims) == 1, "expected one vLLM API server"
     server = victims[0]
-    assert len(_group(server)) > 1  # the API server and its engine process(es)
+    group = _processes()[server][0]  # the guard's process group: guard, API server, engine
+    assert len(_group(group)) > 2
     os.kill(server, signal.SIGKILL)  # the server dies mid-benchmark
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1
@@ -312,7 +318,7 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     m = manifest(runs, recipe)
     assert m["eval"]["status"] == "done" and m["bench"]["status"] == "failed"
     time.sleep(1)
-    assert _group(server) == [] and _api_servers(runs) == []  # engine processes went too: no orphans
+    assert _group(group) == [] and _api_servers(runs) == []  # engine processes went too: no orphans
 
     proc = vft(*args)  # the rerun works
     m = manifest(runs, recipe)
