@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from verticalft.distill.generate import Generation, generate_openai, pick_backend
-from verticalft.stages.distill import generated_set, student_name
+from verticalft.distill.students import student_name
+from verticalft.distill.teacher import generated_set
 
 
 class _Endpoint(BaseHTTPRequestHandler):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from verticalft.distill.students import students
 from verticalft.plan import plan_recipe
 from verticalft.pruning import (
     block_influence,
@@ -23,7 +24,6 @@ from verticalft.pruning import (
 from verticalft.recipe import RecipeError, load_recipe
 from verticalft.rundir import RunDir
 from verticalft.stages.base import StageContext
-from verticalft.stages.distill import students
 
 ROOT = Path(__file__).resolve().parents[1]
 FINANCE = ROOT / "recipes/finance.yaml"

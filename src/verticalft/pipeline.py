@@ -207,10 +207,10 @@ def distill_vocab_check(recipe: Recipe) -> tuple[list[str], list[str]]:
     Not checked here: `tiny://` models (one shared tokenizer by construction), `prune://`
     students (cut from the teacher) and GGUF refs (converted by the stage).
     """
+    from verticalft.distill.students import LOGIT_KINDS
     from verticalft.gguf_source import is_gguf
     from verticalft.models import is_tiny
     from verticalft.pruning import is_prune
-    from verticalft.stages.distill import LOGIT_KINDS
 
     cfg = recipe.stages.distill
     if cfg is None or cfg.kind not in LOGIT_KINDS:

@@ -308,7 +308,7 @@ def pruning_record(folder: str | Path) -> dict[str, Any] | None:
 
 def pruned_student(ctx: StageContext, ref: str, teacher: str) -> str:
     """The distill stage's hook: `distill/<student>/pruned/` cut from the stage's teacher, reused when complete."""
-    from verticalft.stages.distill import conversations
+    from verticalft.distill.teacher import conversations
 
     out = ctx.run.stage_dir("distill") / prune_name(ref) / "pruned"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,223 @@
+"""The student side of the distill stage: which students (pruned ones are cut here), the
+vocabulary preflight, and one trainer per kind — logits (`LogitDistillTrainer`, from the cache or
+the teacher online), sequence (TRL's SFTTrainer on the teacher's answers), on_policy (TRL's
+DistillationTrainer) — then eval and save."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from verticalft.distill.teacher import teacher_path
+from verticalft.models import fit_trainable_dtype, load_model, lora_config
+from verticalft.pruning import is_prune, prune_name, pruned_student
+from verticalft.stages.base import (
+    StageContext,
+    quick_eval,
+    save_outputs,
+    train_and_measure,
+    trainer_config,
+)
+
+LOGIT_KINDS = ("logits", "on_policy")
+
+
+def student_name(ref: str) -> str:
+    """Folder name of a student: `tiny://student-s` → student-s, `Qwen/Qwen2.5-7B-Instruct` → Qwen2.5-7B-Instruct,
+    `prune://teacher?layers=10&by=even` → pruned-10L-even, `pkg://p/Model.Q4_1.gguf` → Model.Q4_1."""
+    if is_prune(ref):
+        return prune_name(ref)
+    return ref.removeprefix("tiny://").rstrip("/").split("/")[-1].removesuffix(".gguf")
+
+
+def students(ctx: StageContext) -> dict[str, str]:
+    refs = ctx.recipe.stages.distill.students or ctx.recipe.models.students
+    if not refs:
+        raise ValueError("stages.distill: no students (set models.students or stages.distill.students)")
+    # a pruned student is cut from this stage's teacher here, the first time it is asked for
+    return {
+        student_name(r): pruned_student(ctx, r, teacher_path(ctx)) if is_prune(r) else ctx.resolve_model(r)
+        for r in refs
+    }
+
+
+def vocab_preflight(
+    teacher: str, studs: dict[str, str], kind: str, trust_remote_code: bool, chat_template: str | None = None
+) -> dict[str, Any]:
+    """Compare the teacher's tokenizer with each student's (both with the run's chat template);
+    the logit kinds stop on a mismatch."""
+    from verticalft.distill.preflight import check_pair
+
+    reports = {
+        name: check_pair(teacher, path, trust_remote_code, chat_template) for name, path in studs.items()
+    }
+    bad = [r for r in reports.values() if not r.ok]
+    if bad and kind in LOGIT_KINDS:
+        raise ValueError(f"distill.kind={kind}: " + " | ".join(r.message() for r in bad))
+    for name, r in reports.items():
+        print(f"  vocab preflight {name}: {r.message()}", flush=True)
+    return {
+        name: {"verdict": r.verdict, "tokenizer_size": r.tokenizer_size, "overlap": r.overlap}
+        for name, r in reports.items()
+    }
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def load_student(ctx: StageContext, path: str, tokenizer: Any) -> tuple[Any, Any]:
+    """(model, peft_config or None) for the recipe's student method."""
+    cfg = ctx.recipe.stages.distill
+    quant = "nf4" if cfg.method == "qlora" else "none"
+    model = load_model(path, quant, ctx.recipe.models.trust_remote_code)
+    return model, (None if cfg.method == "full" else lora_config(cfg.lora, tokenizer))
+
+
+def train_logits(
+    sctx: StageContext,
+    path: str,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    vocab: int,
+    teacher: Any,
+    cache: Any,
+) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset
+    from peft import get_peft_model
+    from trl import SFTConfig
+
+    from verticalft.distill.trainer import DistillCollator, LogitDistillTrainer, LossSettings
+
+    cfg = sctx.recipe.stages.distill
+    model, peft = load_student(sctx, path, tokenizer)
+    if peft is not None:
+        model = get_peft_model(model, peft)
+        fit_trainable_dtype(model)
+    data = Dataset.from_list([{**ex, "example_index": i} for i, ex in enumerate(examples)])
+    args = trainer_config(
+        sctx, SFTConfig, defaults={"learning_rate": 1e-4}, managed={"remove_unused_columns": False}
+    )
+    settings = LossSettings(cfg.loss, cfg.temperature, cfg.beta, cfg.ce_weight, vocab)
+    trainer = LogitDistillTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=DistillCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        settings=settings,
+        teacher=None if cache is not None else teacher,
+        cache=cache,
+    )
+    metrics = train_and_measure(trainer, sctx)
+    kd = trainer.kd_log
+    metrics["distill_loss_first"] = round(kd[0], 5) if kd else None
+    metrics["distill_loss_last"] = round(sum(kd[-10:]) / len(kd[-10:]), 5) if kd else None
+    return trainer, metrics
+
+
+def train_sequence(
+    sctx: StageContext, path: str, tokenizer: Any, rows: list[dict[str, Any]]
+) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = sctx.recipe.stages.distill
+    model, peft = load_student(sctx, path, tokenizer)
+    args = trainer_config(
+        sctx,
+        SFTConfig,
+        defaults={"learning_rate": 1e-4},
+        managed={"max_length": cfg.max_length, "packing": False, "assistant_only_loss": True},
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+    fit_trainable_dtype(trainer.model)
+    return trainer, train_and_measure(trainer, sctx)
+
+
+def train_on_policy(
+    sctx: StageContext, path: str, tokenizer: Any, teacher: str, prompts: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    cfg = sctx.recipe.stages.distill
+    beta = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(cfg.loss, cfg.beta)
+    model, peft = load_student(sctx, path, tokenizer)
+    tokenizer.padding_side = "left"
+    args = trainer_config(
+        sctx,
+        DistillationConfig,
+        defaults={"learning_rate": 1e-4, "max_completion_length": cfg.generation.max_new_tokens},
+        managed={
+            "beta": beta,
+            "temperature": cfg.temperature,
+            "teacher_model_init_kwargs": _teacher_init_kwargs(cfg.teacher.quantization),
+        },
+    )
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    trainer = DistillationTrainer(
+        model=model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+    fit_trainable_dtype(trainer.model)
+    try:
+        return trainer, train_and_measure(trainer, sctx)
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def _teacher_init_kwargs(quantization: str) -> dict[str, Any]:
+    """How TRL's DistillationTrainer loads the teacher from its path (4-bit when the recipe says so,
+    placed for the launcher like every other model: `models.load_kwargs`)."""
+    from verticalft.models import load_kwargs
+
+    kwargs = {k: v for k, v in load_kwargs(quantization).items() if k != "trust_remote_code"}
+    kwargs["dtype"] = str(kwargs["dtype"]).removeprefix("torch.")
+    return kwargs
+
+
+def finish_student(
+    sctx: StageContext, trainer: Any, tokenizer: Any, path: str, teacher_score: float | None
+) -> dict[str, Any]:
+    cfg = sctx.recipe.stages.distill
+    after = quick_eval(sctx, trainer.model, tokenizer)
+    outputs = save_outputs(sctx, trainer, tokenizer, path, is_peft=cfg.method != "full", merge=True)
+    score = after["score"] if after else None
+    retention = round(score / teacher_score, 4) if score is not None and teacher_score else None
+    return {"outputs": outputs, "eval": after, "score": score, "retention": retention}

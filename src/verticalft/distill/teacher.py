@@ -1,0 +1,194 @@
+"""The teacher side of the distill stage: which teacher, its conversations, the top-k logit cache
+(built once, by rank 0 under a launcher) and, for `sequence`, its generated answers filtered like
+curated SFT records (written once, reused by every rank and by a rerun)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from verticalft.launch import main_process_first
+from verticalft.models import load_model
+from verticalft.rundir import atomic_write_json
+from verticalft.stages.base import StageContext, rank
+
+
+def teacher_path(ctx: StageContext) -> str:
+    cfg = ctx.recipe.stages.distill
+    return ctx.resolve_model(cfg.teacher.model) if cfg.teacher.model else ctx.input_model()
+
+
+def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
+    from verticalft.data import load_source
+
+    source = ctx.curated("sft") or ctx.recipe.data.sft
+    if source is None:
+        raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
+    return [
+        row["messages"] for row in load_source(source, ("messages",)).select_columns(["messages"]).to_list()
+    ]
+
+
+def load_teacher(ctx: StageContext, path: str) -> Any:
+    cfg = ctx.recipe.stages.distill
+    return load_model(path, cfg.teacher.quantization, ctx.recipe.models.trust_remote_code)
+
+
+def build_cache(
+    ctx: StageContext, teacher: Any, tokenizer: Any, examples: list[dict[str, Any]], vocab: int
+) -> tuple[Any, float]:
+    """(cache, seconds spent building it): reused when its key matches (0 s), else built.
+
+    Under a launcher every rank runs the stage: rank 0 builds the cache while the others wait at
+    a barrier (`launch.main_process_first`), then they reuse it — one build, one teacher in memory
+    for it. A file lock beside the cache also keeps two independent runs from writing it at once.
+    `teacher` may be None (a rank that only needs the cache): it is loaded if this rank builds.
+    """
+    import fcntl
+
+    from verticalft.distill import cache as tc
+
+    cfg = ctx.recipe.stages.distill
+    t_path = teacher_path(ctx)
+    producer = next((s for s in ("dpo", "sft", "cpt") if ctx.run.output(s, "model") == t_path), None)
+    identity = tc.teacher_identity(t_path, ctx.run.record(producer).fingerprint if producer else None)
+    key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, cfg.temperature)
+    # Beside the stage folder, not in it: a rerun of the stage with other student settings
+    # (epochs, learning rate, students) clears distill/ but reuses a cache whose key still matches.
+    root = ctx.run.root / "teacher_cache" / key
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with main_process_first(), root.with_name(key + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tc.is_complete(root):
+            print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
+            return tc.TeacherCache(root), 0.0
+        print(f"  teacher cache: building {root} (rank {rank()})", flush=True)
+        return _write_cache(
+            ctx, teacher or load_teacher(ctx, t_path), tokenizer, examples, vocab, root, identity
+        )
+
+
+def _write_cache(
+    ctx: StageContext,
+    teacher: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    vocab: int,
+    root: Any,
+    identity: Any,
+) -> tuple[Any, float]:
+    from verticalft.distill import cache as tc
+
+    cfg = ctx.recipe.stages.distill
+    t0 = time.time()
+    rows = tc.teacher_rows(
+        teacher,
+        examples,
+        cfg.top_k,
+        cfg.temperature,
+        ctx.recipe.evaluation.batch_size,
+        vocab,
+        tokenizer.pad_token_id,
+    )
+    meta = {"teacher": identity, "temperature": cfg.temperature, "vocab_size": vocab}
+    cache = tc.write_cache(root, rows, len(examples), min(cfg.top_k, vocab), vocab, meta)
+    return cache, round(time.time() - t0, 2)
+
+
+def teacher_generations(
+    ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
+) -> tuple[list[Any], str]:
+    from verticalft.distill import generate as g
+
+    cfg = ctx.recipe.stages.distill
+    gen, t = cfg.generation, cfg.teacher
+    backend = g.pick_backend(gen.backend, t.endpoint)
+    if backend == "openai":
+        if not t.endpoint:
+            raise ValueError("stages.distill.generation.backend=openai needs stages.distill.teacher.endpoint")
+        out = g.generate_openai(
+            t.endpoint,
+            t.endpoint_model or teacher_path(ctx),
+            prompts,
+            gen.max_new_tokens,
+            gen.temperature,
+            t.api_key_env,
+            gen.batch_size,
+            journal=ctx.dir / "teacher_answers.jsonl",  # a rerun asks only for what is missing
+        )
+    elif backend == "vllm":
+        ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
+        out = g.generate_vllm(
+            teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
+            ev.engine_args if ev else None, ev.env if ev else None, tokenizer.chat_template,
+        )  # fmt: skip
+    else:
+        out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
+    return out, backend
+
+
+def sequence_rows(
+    ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The teacher's answers as SFT rows, and what generating them took.
+
+    Written once to `distill/teacher_sequences.json`: under a launcher rank 0 generates (the other
+    ranks wait at the barrier, then read the file), and a killed attempt's rerun reuses them.
+    """
+    done = ctx.dir / "teacher_sequences.json"
+    with main_process_first():
+        if done.is_file():
+            saved = json.loads(done.read_text())
+            return saved["rows"], saved["metrics"]
+        t0 = time.time()
+        gens, backend = teacher_generations(ctx, teacher, tokenizer, prompts)
+        rows, dropped = generated_set(prompts, gens)
+        if not rows:
+            raise ValueError(
+                f"distill: every teacher generation was filtered out ({dropped}); raise generation.max_new_tokens?"
+            )
+        metrics = {
+            "backend": backend,
+            "prompts": len(prompts),
+            "kept": len(rows),
+            "dropped": dropped,
+            "seconds": round(time.time() - t0, 2),
+        }
+        atomic_write_json(done, {"rows": rows, "metrics": metrics})
+        atomic_write_json(ctx.dir / "teacher_generations.json", rows[:200])  # a sample to read
+        return rows, metrics
+
+
+def generated_set(prompts: list[str], gens: list[Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Teacher answers as SFT rows, through the curation record rules (empty, truncated, duplicate)."""
+    from verticalft.curation.records import prompt_duplicates, record_reason
+
+    rows = {
+        f"{i:08d}": {
+            "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": g.text.strip()}],
+            "finish_reason": g.finish_reason,
+        }
+        for i, (p, g) in enumerate(zip(prompts, gens, strict=True))
+    }
+    dropped: dict[str, int] = {}
+    for d in prompt_duplicates(rows.items()):
+        rows.pop(d.id, None)
+        dropped["duplicate_prompt"] = dropped.get("duplicate_prompt", 0) + 1
+    kept = []
+    for row in rows.values():
+        reason = record_reason(row)
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            kept.append({"messages": row["messages"]})
+    return kept, dropped
+
+
+def recorded_teacher_eval(ctx: StageContext) -> dict[str, Any] | None:
+    """An endpoint teacher cannot be scored here with the local eval; use the run's last score."""
+    for stage in ("dpo", "sft", "cpt"):
+        ev = ctx.run.record(stage).metrics.get("eval_after")
+        if ev:
+            return ev
+    return None
