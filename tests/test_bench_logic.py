@@ -107,3 +107,28 @@ def test_bench_models_default_and_unknown_names():
         ValueError, match="student-q not in this run; available: base, sft, dpo, student-s, teacher"
     ):
         select_models(["student-q"], models)
+
+
+def test_a_point_without_goodput_is_not_checked_never_met():
+    slo = Slo(ttft_ms=500, tpot_ms=50)
+    unchecked = [summarise(_point(1, 100, goodput=None), slo), summarise(_point(8, 600, goodput=None), slo)]
+    assert [p["meets_slo"] for p in unchecked] == [None, None]
+    assert operating_point(unchecked) is None  # before: both counted as met, 8 priced
+    free = [
+        summarise(_point(1, 100), Slo(ttft_ms=None, tpot_ms=None)),
+        summarise(_point(8, 600), Slo(None, None)),
+    ]
+    assert [p["meets_slo"] for p in free] == [True, True]  # no objective set: nothing to miss
+    assert operating_point(free)["max_concurrency"] == 8
+
+
+def test_benchmark_requests_ignore_eos(tmp_path):
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(
+        benchmark_argv("http://127.0.0.1:1", "m", "/m", 1, 4, 8, 8, Slo(), tmp_path, "x.json")
+    )
+    assert args.ignore_eos is True  # output length no longer depends on the model or the vLLM version

@@ -135,6 +135,8 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
         conc = _num(c.get("priced_at_concurrency"), "{:.0f}")
         if c and c.get("slo_met") is False:
             conc += " (SLO not met)"
+        elif c and "slo_met" in c and c["slo_met"] is None:
+            conc += " (SLO not checked)"
         parity = b.get("parity") or {}
         par = (
             f"{parity['identical']}/{parity['prompts']}"

@@ -73,6 +73,7 @@ def benchmark_argv(
         "--result-dir", str(result_dir),
         "--result-filename", result_file,
         "--disable-tqdm",
+        "--ignore-eos",  # exactly output_len tokens per request, whatever the model or vLLM version
         *slo.goodput_args(),
     ]  # fmt: skip
 
@@ -125,8 +126,18 @@ def summarise(result: dict[str, Any], slo: Slo) -> dict[str, Any]:
     goodput = result.get("request_goodput")
     out["request_goodput"] = goodput
     out["slo_attainment"] = slo_attainment(goodput, result.get("request_throughput"))
-    out["meets_slo"] = out["slo_attainment"] is None or out["slo_attainment"] >= slo.min_attainment
+    out["meets_slo"] = meets_slo(out["slo_attainment"], slo)
     return out
+
+
+def meets_slo(attainment: float | None, slo: Slo) -> bool | None:
+    """True/False when the SLO was checked; None when it has objectives but the point has no
+    goodput figure ("SLO not checked" — never counted as met); True when no objective is set."""
+    if not slo.goodput_args():
+        return True
+    if attainment is None:
+        return None
+    return attainment >= slo.min_attainment
 
 
 def slo_attainment(goodput: float | None, request_throughput: float | None) -> float | None:
@@ -138,8 +149,11 @@ def slo_attainment(goodput: float | None, request_throughput: float | None) -> f
 
 def operating_point(sweep: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The point to quote prices at: the highest concurrency that meets the SLO with no failed
-    requests; None if no point does (the caller then says so rather than quoting a fiction)."""
-    ok = [p for p in sweep if p.get("meets_slo") and not p.get("failed") and p.get("output_throughput")]
+    requests; None if no point does (the caller then says so rather than quoting a fiction). A
+    point whose SLO was not checked (`meets_slo` None) never qualifies."""
+    ok = [
+        p for p in sweep if p.get("meets_slo") is True and not p.get("failed") and p.get("output_throughput")
+    ]
     return max(ok, key=lambda p: p["max_concurrency"] or 0) if ok else None
 
 

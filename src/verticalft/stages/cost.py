@@ -59,8 +59,9 @@ def price_model(
     gpus = ctx.recipe.stages.bench.gpus_per_model if ctx.recipe.stages.bench else 1
     sweep = bench["sweep"]
     op = next((p for p in sweep if p["max_concurrency"] == bench.get("operating_concurrency")), None)
-    slo_met = op is not None
-    if op is None:  # no point met the SLO: price the best throughput, and say so
+    # None: no point's SLO could be checked (no goodput figure), which is not "met"
+    slo_met = None if all(p.get("meets_slo") is None for p in sweep) else op is not None
+    if op is None:  # no point met the SLO (or none was checked): price the best throughput, and say so
         op = max(sweep, key=lambda p: p["output_throughput"] or 0)
     prices = c.serving_prices(op["input_throughput"], op["output_throughput"], usd_per_hour, gpus)
     total_tps = op["input_throughput"] + op["output_throughput"]
