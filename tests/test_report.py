@@ -214,3 +214,21 @@ def test_report_rebuild_overwrites_plots(full_run: tuple[Path, str], tmp_path: P
     _, text = _run(run, m)
     assert (run / "plots" / "monthly_cost.png").read_bytes() != before
     assert "**student-s** self-hosted costs $7,200/month" in text
+
+
+def test_the_benchmark_device_is_named(manifest: dict[str, Any]) -> None:
+    bench = manifest["stages"]["bench"]["metrics"]
+    bench.pop("device", None)  # older manifests have none: nothing is shown
+    assert "Benchmarked on" not in _section(render(manifest, "t"), "Assumptions")
+    bench["device"] = {"kind": "gpu", "name": "NVIDIA H100 80GB HBM3", "count": 8, "memory_gb": 85.0}
+    assert "- Benchmarked on: NVIDIA H100 80GB HBM3 × 8 GPU(s), 85 GB" in _section(
+        render(manifest, "t"), "Assumptions"
+    )
+
+
+def test_serving_device_reads_this_machine() -> None:
+    from verticalft.serving.device import serving_device
+
+    dev = serving_device()
+    assert dev["kind"] == "cpu" and dev["count"] >= 1 and dev["memory_gb"] > 1  # no GPU here
+    assert dev["name"] and dev["name"] != "cpu"

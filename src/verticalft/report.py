@@ -265,6 +265,11 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
                 else ""
             )
         )
+        dev = b.get("device") or {}
+        if dev:
+            memory = f", {dev['memory_gb']:g} GB" if _is_num(dev.get("memory_gb")) else ""
+            unit = "GPU(s)" if dev.get("kind") == "gpu" else "cores"
+            lines.append(f"- Benchmarked on: {dev.get('name')} × {dev.get('count')} {unit}{memory}")
         for name, why in (b.get("served_merged_because") or {}).items():
             lines.append(f"- `{name}` served as merged weights, not a LoRA adapter: {why}")
     if a.get("note") and note_shown:

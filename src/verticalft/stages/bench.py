@@ -197,7 +197,10 @@ def run(ctx: StageContext) -> StageResult:
         unit_results = bench_unit(ctx, unit, by_name)
         atomic_write_json(done, unit_results)  # last: this unit is complete
         results |= unit_results
+    from verticalft.serving.device import serving_device
+
     metrics = {
+        "device": serving_device(),  # what the throughput was measured on (issue 13)
         "concurrency": cfg.concurrency,
         "input_len": cfg.input_len,
         "output_len": cfg.output_len,
