@@ -57,30 +57,34 @@ def guarded(command: list[str], grace_s: float = 20.0) -> list[str]:
 
 
 def _guard(command: list[str], grace_s: float) -> int:
-    """Run `command` as a child in this process group (start the guard with its own session)."""
+    """Run `command` as a child in this process group (start the guard with its own session).
+
+    The guard blocks in `wait()`, so it follows its child at once (a caller polling the guard
+    sees the server's death within milliseconds); a SIGTERM forwards SIGTERM to the child and arms
+    a timer that SIGKILLs the whole group after the grace period.
+    """
     import subprocess
-    import time
+    import threading
 
     child = subprocess.Popen(command)
-    stopping: list[float] = []
+    stopping = threading.Event()
 
-    def stop(_signum: int, _frame: object) -> None:  # only flags: the loop below does the waiting
-        if not stopping:
-            stopping.append(time.monotonic())
+    def kill_group() -> None:
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # the child's helpers too (vLLM's engine), and this guard
+
+    def stop(_signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
             child.send_signal(signal.SIGTERM)
+            timer = threading.Timer(grace_s, kill_group)
+            timer.daemon = True
+            timer.start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    code = None
-    while code is None:
-        try:
-            code = child.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0] > grace_s:
-                break
-    if stopping:  # told to stop: the child's helpers (vLLM's engine process) go too, and this guard
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-    assert code is not None
+    code = child.wait()
+    if stopping.is_set():  # told to stop: whatever the child left behind goes too
+        kill_group()
     if code < 0:  # killed by a signal: die the same way, so the caller sees the same return code
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)

@@ -106,6 +106,10 @@ def run_point(
     while worker.is_alive():
         worker.join(poll_seconds)
         server.check_alive("during the benchmark")
+    if "error" in box or (box.get("result") or {}).get("failed"):
+        # Requests failing is often the first sign of a server that is dying: give its exit a
+        # moment to show, so the error names the server (and its log) rather than the requests.
+        server.wait_exit(3.0)
     server.check_alive("during the benchmark")
     if "error" in box:
         raise box["error"]

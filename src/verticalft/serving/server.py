@@ -141,6 +141,12 @@ class ManagedServer:
                 f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
             )
 
+    def wait_exit(self, seconds: float) -> None:
+        """Wait up to `seconds` for the server process to exit (returns early if it does)."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=seconds)
+
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after `stop_timeout`; idempotent."""
         if self.proc is None:
