@@ -111,6 +111,28 @@ def test_killed_mid_run_is_reported_and_cleaned_up(tmp_path):
     assert not _alive(worker)
 
 
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_the_server_itself_killed_is_reported_with_its_signal(tmp_path, sig):
+    # The server runs under its guard (procs.guarded): a server killed by a signal must read as
+    # killed by that signal, as if there were no guard in between.
+    port = free_port()
+    log = tmp_path / "s.log"
+    with ManagedServer(_cmd(tmp_path, port), port, log, startup_timeout=30) as server:
+        (child,) = _children(server.proc.pid)  # the stand-in under the guard
+        worker = _worker_pid(log)
+        os.kill(child, sig)
+        server.wait_exit(5.0)
+        with pytest.raises(ServerError, match=f"exited with code -{int(sig)} while in use"):
+            server.check_alive()
+    time.sleep(0.3)
+    assert not _alive(worker)
+
+
 def test_vllm_command_binds_localhost_and_serves_adapters():
     cmd = vllm_command(
         "/m/base", 8123, served_name="base", lora_modules={"finance": "/a/fin"}, max_model_len=512

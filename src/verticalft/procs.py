@@ -86,7 +86,8 @@ def _guard(command: list[str], grace_s: float) -> int:
     if stopping.is_set():  # told to stop: whatever the child left behind goes too
         kill_group()
     if code < 0:  # killed by a signal: die the same way, so the caller sees the same return code
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
 
