@@ -132,3 +132,24 @@ def test_benchmark_requests_ignore_eos(tmp_path):
         benchmark_argv("http://127.0.0.1:1", "m", "/m", 1, 4, 8, 8, Slo(), tmp_path, "x.json")
     )
     assert args.ignore_eos is True  # output length no longer depends on the model or the vLLM version
+    assert args.num_warmups == 1  # one warm-up request per concurrent slot, not measured
+
+
+def test_repeats_combine_to_the_slower_one_and_flag_a_wide_spread():
+    from verticalft.serving.benchmark import combine_repeats
+
+    slo = Slo(ttft_ms=500, tpot_ms=50)
+    a, b = summarise(_point(8, 600, 10.0), slo), summarise(_point(8, 500, 10.0), slo)
+    p = combine_repeats([a, b], max_spread=0.2)
+    # (600 − 500) / 500 = 0.2: at the limit, not over it; the 500 tok/s repeat is the one priced
+    assert p["output_throughput"] == 500 and p["spread"] == pytest.approx(0.2) and p["unstable"] is False
+    assert [r["output_throughput"] for r in p["repeats"]] == [600, 500]
+    # the two demo runs: 357 vs 1,654 tok/s → spread 3.63, flagged
+    p = combine_repeats([summarise(_point(16, 357, 10.0), slo), summarise(_point(16, 1654, 10.0), slo)], 0.2)
+    assert p["spread"] == pytest.approx(3.6331, abs=1e-4) and p["unstable"] is True
+    # the SLO holds only if every repeat met it; an unchecked repeat makes the point unchecked
+    missed = summarise(_point(8, 600, goodput=0.1), slo)
+    assert combine_repeats([a, missed])["meets_slo"] is False
+    assert combine_repeats([a, summarise(_point(8, 600, goodput=None), slo)])["meets_slo"] is None
+    assert combine_repeats([a, b])["meets_slo"] is True
+    assert combine_repeats([a])["unstable"] is False

@@ -165,12 +165,39 @@ def report(
     if not rd.manifest_path.exists():
         err_console.print(f"[bold red]error[/]: no run at {rd.root}; run `verticalft run {recipe}` first")
         raise typer.Exit(1)
-    if "cost" in enabled_stages(r):
+    again = [s for s in ("cost", "route") if s in enabled_stages(r)]
+    if again:
         try:
-            run_recipe(r, rd, only=["cost"], force=["cost"], echo=console.print)
+            run_recipe(r, rd, only=again, force=again, echo=console.print)
         except StageFailed as exc:
             err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
             raise typer.Exit(1) from None
+    console.print(f"report: {write_report(rd, f'{r.name} ({profile})')}")
+
+
+@app.command()
+def route(
+    recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt, runs_dir: Path = RunsOpt
+) -> None:
+    """Decide the cascade (student first, escalate when unsure) from the eval answers and prices;
+    no GPU. Try other targets with e.g. --set route.target='{max_usd_per_m: 0.5}'."""
+    r = _load(recipe, profile, overrides)
+    from verticalft.pipeline import StageFailed, run_dir_for, run_recipe
+    from verticalft.report import write_report
+
+    rd = run_dir_for(r, profile, runs_dir)
+    missing = [s for s in ("eval", "cost") if rd.record(s).status != "done"]
+    if missing:
+        err_console.print(
+            f"[bold red]error[/]: route needs a finished {' and '.join(missing)} stage in {rd.root}; "
+            f"run `verticalft run {recipe} --profile {profile}` first"
+        )
+        raise typer.Exit(1)
+    try:
+        run_recipe(r, rd, only=["cost", "route"], force=["cost", "route"], echo=console.print)
+    except StageFailed as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     console.print(f"report: {write_report(rd, f'{r.name} ({profile})')}")
 
 
@@ -214,8 +241,8 @@ def _key_metrics(m: dict) -> str:
             parts.append(f"{name} {x['domain']['score']:.3f}")
         elif x.get("sweep"):
             parts.append(f"{name} {max(p['output_throughput'] or 0 for p in x['sweep']):.0f} tok/s")
-        elif x.get("blended_usd_per_m") is not None:
-            parts.append(f"{name} ${x['blended_usd_per_m']:.3g}/1M")
+        elif x.get("effective_usd_per_m") is not None:
+            parts.append(f"{name} ${x['effective_usd_per_m']:.3g}/1M")
     return ", ".join(parts)
 
 

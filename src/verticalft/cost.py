@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 HOURS_PER_MONTH = 720.0
 DAYS_PER_MONTH = 30.0
@@ -81,15 +82,62 @@ def compare_to_api(
 
 
 # --------------------------------------------------------------------------- shipped prices
-# $ per 1M tokens (input, output). The seed's "Self-hosting vs API" table quotes one figure per
-# API, the input price; the output prices are the providers' list prices of the same models.
-# A recipe overrides or extends this in `cost.compare`.
-API_PRICES: dict[str, tuple[float, float]] = {
-    "claude-sonnet": (3.00, 15.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gemini-flash-lite": (0.075, 0.30),
-    "deepseek-v3": (0.28, 0.42),
-}
+@dataclass(frozen=True)
+class ApiListPrice:
+    """One API's list price ($ per 1M tokens, standard tier, no cache hits, short prompts), the
+    provider's versioned model id, and where and when the figure was read."""
+
+    model: str
+    input_usd_per_m: float
+    output_usd_per_m: float
+    as_of: str
+    source: str
+
+
+# Read 2026-12-02 from stored copies of the pages named (no live web here). Provider pages where
+# one was stored; otherwise a third party quoting the provider, and the source says so. Prices
+# change: a recipe overrides a row (and should say its source) in `cost.compare`.
+_ANTHROPIC = "https://docs.anthropic.com/en/docs/about-claude/pricing"
+API_PRICES: dict[str, ApiListPrice] = {
+    "gpt-4o": ApiListPrice(
+        "gpt-4o-2024-08-06", 2.50, 10.00, "2024-08-06",
+        "OpenAI announcement https://community.openai.com/t/introducing-structured-outputs/896022",
+    ),
+    "gpt-4o-mini": ApiListPrice(
+        "gpt-4o-mini-2024-07-18", 0.15, 0.60, "2024-07-22",
+        "third party quoting openai.com: https://github.com/promptfoo/promptfoo/pull/1218",
+    ),
+    "claude-sonnet": ApiListPrice(
+        "claude-sonnet-5-5", 2.00, 10.00, "page undated (listed as latest)",
+        "Anthropic https://platform.claude.com/docs/en/models/sonnet-5-5/overview",
+    ),
+    "claude-sonnet-4": ApiListPrice("claude-sonnet-4-20250514", 3.00, 15.00, "page undated", _ANTHROPIC),
+    "claude-haiku": ApiListPrice(
+        "claude-haiku-5-5", 0.10, 0.50, "2026-10-07 (release; prompts ≤ 100K tokens)",
+        "Anthropic https://platform.claude.com/docs/en/models/haiku-5-5/overview.md",
+    ),
+    "claude-haiku-4-5": ApiListPrice(
+        "claude-haiku-4-5-20251001", 1.00, 5.00, "2025-10-15 (release)",
+        "Anthropic https://platform.claude.com/docs/en/models/haiku-4-5/overview.md",
+    ),
+    "gemini-flash": ApiListPrice(
+        "gemini-2.5-flash", 0.30, 2.50, "page undated",
+        "third party quoting ai.google.dev: https://www.morphllm.com/gemini-api-pricing",
+    ),
+    "gemini-flash-lite": ApiListPrice(
+        "gemini-2.5-flash-lite", 0.10, 0.40, "2026-05-16",
+        "third party: https://www.anttisahla.com/ai/models/gemini-2-5-flash-lite",
+    ),
+    "deepseek": ApiListPrice(
+        "deepseek-chat (deepseek-v4-flash, non-thinking)", 0.14, 0.28, "2026-04-26 (price change)",
+        "third-party copy of DeepSeek's Models & Pricing page: "
+        "https://www.salahadawi.com/hacker-news-ai-detector/deepseek-makes-the-v4-pro-price-discount-permanent",
+    ),
+    "deepseek-v3": ApiListPrice(
+        "deepseek-chat (DeepSeek-V3.2)", 0.28, 0.42, "2026-04-13",
+        "third party: https://benchlm.ai/blog/posts/deepseek-api-pricing",
+    ),
+}  # fmt: skip
 
 
 def api_price(
@@ -103,36 +151,32 @@ def api_price(
             f"no price for API '{name}': give input_usd_per_m and output_usd_per_m, "
             f"or use one of the shipped names ({', '.join(API_PRICES)})"
         )
-    table_in, table_out = API_PRICES[name]
+    row = API_PRICES[name]
     return (
-        table_in if input_usd_per_m is None else input_usd_per_m,
-        table_out if output_usd_per_m is None else output_usd_per_m,
+        row.input_usd_per_m if input_usd_per_m is None else input_usd_per_m,
+        row.output_usd_per_m if output_usd_per_m is None else output_usd_per_m,
     )
 
 
-# --------------------------------------------------------------------------- serving
-def serving_prices(
-    input_tokens_per_s: float, output_tokens_per_s: float, usd_per_gpu_hour: float, gpus: int = 1
-) -> dict[str, float]:
-    """$/1M tokens at a measured operating point. Input and output share one GPU-hour, so each of
-    `input`/`output` charges the *whole* hour to that kind (an upper bound, the usual way
-    self-hosted prices are quoted); `blended` divides it over both."""
+def api_price_row(name: str, override: Any = None) -> dict[str, Any]:
+    """The price a report shows for a compare entry, with its model id, date and source: the
+    shipped row, or the recipe's figures (`override`: input/output_usd_per_m, source, as_of)."""
+    p_in = getattr(override, "input_usd_per_m", None)
+    p_out = getattr(override, "output_usd_per_m", None)
+    p_in, p_out = api_price(name, p_in, p_out)
+    row = API_PRICES.get(name)
+    overridden = row is None or (p_in, p_out) != (row.input_usd_per_m, row.output_usd_per_m)
     return {
-        "input_usd_per_m": usd_per_million_tokens(input_tokens_per_s, usd_per_gpu_hour, gpus),
-        "output_usd_per_m": usd_per_million_tokens(output_tokens_per_s, usd_per_gpu_hour, gpus),
-        "blended_usd_per_m": usd_per_million_tokens(
-            input_tokens_per_s + output_tokens_per_s, usd_per_gpu_hour, gpus
-        ),
+        "model": row.model if row and not overridden else name,
+        "input_usd_per_m": p_in,
+        "output_usd_per_m": p_out,
+        "as_of": getattr(override, "as_of", None) or (None if overridden else row.as_of),  # type: ignore[union-attr]
+        "source": getattr(override, "source", None)
+        or ("recipe (cost.compare), no source given" if overridden else row.source),  # type: ignore[union-attr]
     }
 
 
-def replicas_needed(daily_tokens: float, tokens_per_second: float, utilisation: float = 0.5) -> int:
-    """Serving replicas for a daily volume at an average load of `utilisation` (at least one)."""
-    if tokens_per_second <= 0 or not 0 < utilisation <= 1:
-        raise ValueError("throughput must be positive and utilisation within (0, 1]")
-    return max(1, math.ceil(daily_tokens / 86_400.0 / (tokens_per_second * utilisation)))
-
-
+# --------------------------------------------------------------------------- serving
 def decode_floor_ms(weight_bytes: float, bandwidth_tb_per_s: float) -> float:
     """The memory-bandwidth bound on one decode step at batch 1: every weight read once."""
     return weight_bytes / (bandwidth_tb_per_s * 1e12) * 1e3
@@ -144,3 +188,104 @@ def bandwidth_utilisation(weight_bytes: float, tpot_ms: float, bandwidth_tb_per_
     if tpot_ms <= 0:
         raise ValueError("time per output token must be positive")
     return decode_floor_ms(weight_bytes, bandwidth_tb_per_s) / tpot_ms
+
+
+# --------------------------------------------------------------------------- any token mix
+@dataclass(frozen=True)
+class TokenSeconds:
+    """Replica-seconds one input (prefill) token and one output (decode) token cost at a fixed
+    concurrency: the two parameters that price any mix. Fitted from benchmark runs of different
+    shapes; `clamped` names a coefficient the fit pinned at zero (its cost is within the noise)."""
+
+    input_s: float
+    output_s: float
+    clamped: str | None = None
+
+    def seconds_per_token(self, input_fraction: float) -> float:
+        """Replica-seconds per token of a workload whose share `input_fraction` is prompt."""
+        if not 0.0 <= input_fraction <= 1.0:
+            raise ValueError("input_fraction must be within [0, 1]")
+        return input_fraction * self.input_s + (1.0 - input_fraction) * self.output_s
+
+    def capacity(self, input_fraction: float) -> float:
+        """Tokens per second one replica serves, flat out, at that mix."""
+        return 1.0 / self.seconds_per_token(input_fraction)
+
+
+def fit_token_seconds(runs: list[tuple[float, float, float]]) -> TokenSeconds:
+    """Least squares `duration = a·input_tokens + b·output_tokens` over benchmark runs given as
+    (duration_s, input_tokens, output_tokens), with a, b ≥ 0 (non-negative least squares: if the
+    free fit makes one negative, that one is 0 and the other is fitted alone). Needs runs of at
+    least two different input:output ratios."""
+    if len(runs) < 2:
+        raise ValueError("need at least two benchmark runs to fit input and output token costs")
+    sii = sum(i * i for _, i, _ in runs)
+    soo = sum(o * o for _, _, o in runs)
+    sio = sum(i * o for _, i, o in runs)
+    sdi = sum(d * i for d, i, _ in runs)
+    sdo = sum(d * o for d, _, o in runs)
+    det = sii * soo - sio * sio
+    if det <= 1e-9 * sii * soo:
+        raise ValueError("benchmark runs share one input:output ratio: cannot separate the two costs")
+    a = (sdi * soo - sdo * sio) / det
+    b = (sdo * sii - sdi * sio) / det
+    if a >= 0 and b >= 0:
+        return TokenSeconds(a, b)
+    if a < 0 and sdo > 0:
+        return TokenSeconds(0.0, sdo / soo, clamped="input")
+    if b < 0 and sdi > 0:
+        return TokenSeconds(sdi / sii, 0.0, clamped="output")
+    raise ValueError("benchmark durations do not fit non-negative token costs")
+
+
+def usd_per_million_at_mix(
+    costs: TokenSeconds, input_fraction: float, usd_per_gpu_hour: float, gpus: int = 1
+) -> float:
+    """Saturated $/1M tokens of a mix: replica-seconds per token × GPUs × $/GPU-second × 1e6."""
+    return costs.seconds_per_token(input_fraction) * gpus * usd_per_gpu_hour / 3600.0 * 1e6
+
+
+def replicas_for(daily_tokens: float, capacity_tokens_per_s: float, peak_to_average: float = 2.0) -> int:
+    """Replicas that carry the peak (average rate × `peak_to_average`) at full capacity; at least one."""
+    if capacity_tokens_per_s <= 0 or peak_to_average < 1:
+        raise ValueError("capacity must be positive and peak_to_average at least 1")
+    return max(1, math.ceil(daily_tokens / 86_400.0 * peak_to_average / capacity_tokens_per_s))
+
+
+def monthly_bill(
+    daily_tokens: float,
+    capacity_tokens_per_s: float,
+    replica_monthly_usd: float,
+    peak_to_average: float = 2.0,
+) -> float:
+    """A self-hosted deployment's month: replicas sized for the peak × what one replica costs."""
+    return replicas_for(daily_tokens, capacity_tokens_per_s, peak_to_average) * replica_monthly_usd
+
+
+def effective_usd_per_million(monthly_usd: float, daily_tokens: float, days: float = DAYS_PER_MONTH) -> float:
+    """What a million tokens actually served costs: the monthly bill ÷ the monthly tokens."""
+    if daily_tokens <= 0:
+        return float("inf")
+    return monthly_usd / (daily_tokens * days / 1e6)
+
+
+def api_usd_per_million(input_usd_per_m: float, output_usd_per_m: float, input_fraction: float) -> float:
+    """An API's list price for a mix: input and output prices weighted by the token shares."""
+    return input_fraction * input_usd_per_m + (1.0 - input_fraction) * output_usd_per_m
+
+
+def break_even_daily_tokens(
+    replica_monthly_usd: float,
+    capacity_tokens_per_s: float,
+    api_usd_per_m: float,
+    peak_to_average: float = 2.0,
+    days: float = DAYS_PER_MONTH,
+) -> float | None:
+    """The daily volume from which one self-hosted replica costs less than the API
+    (replica month = volume × days × API price), or None when that volume is more than one replica
+    carries at peak — then the API is cheaper per token at every volume."""
+    if api_usd_per_m <= 0:
+        return None
+    volume = replica_monthly_usd * 1e6 / (days * api_usd_per_m)
+    carried = capacity_tokens_per_s * 86_400.0 / peak_to_average
+    return volume if volume <= carried else None

@@ -26,7 +26,7 @@ from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 
-STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost"]
+STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost", "route"]
 TRAINING_STAGES = {"cpt", "sft", "dpo", "distill"}
 RESULT_FILE = "result.json"
 VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"]
@@ -59,6 +59,9 @@ def enabled_stages(recipe: Recipe) -> list[str]:
         elif stage == "cost":  # prices whatever eval/bench measured; it has no section of its own
             if recipe.stages.eval is not None or recipe.stages.bench is not None:
                 out.append(stage)
+        elif stage == "route":  # needs every model's answers (eval) and prices (bench → cost)
+            if recipe.stages.eval is not None and recipe.stages.bench is not None:
+                out.append(stage)
         elif getattr(recipe.stages, stage, None) is not None:
             out.append(stage)
     return out
@@ -75,6 +78,7 @@ def _data_for(recipe: Recipe, stage: str) -> list[Any]:
         "distill": [d.sft, d.eval],
         "eval": [d.eval, d.general_eval],
         "bench": [d.eval],
+        "route": [d.eval],
     }.get(stage, [])
 
 
@@ -98,11 +102,16 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
             section = recipe.tiny.model_dump()
         elif stage == "cost":  # re-prices when prices, volumes or the hardware change
             section = {"cost": recipe.cost.model_dump(), "compute": recipe.compute.model_dump()}
+        elif stage == "route":
+            section = {"route": recipe.route.model_dump()}
         else:
             section = getattr(recipe.stages, stage).model_dump()
         if stage == "curate":  # where it runs does not change what it writes
             section = {k: v for k, v in section.items() if k not in ("executor", "num_workers")}
             files |= {p: hash_file(Path(p)) for p in _seed_files(recipe) if Path(p).exists()}
+        if stage == "route":  # an API tier's answers are an input like the data files
+            answers = [a.answers for a in recipe.route.apis.values()]
+            files |= {p: hash_file(Path(p)) for p in answers if Path(p).exists()}
         payload = {
             "stage": stage,
             "section": section,
@@ -341,7 +350,7 @@ def run_recipe(
             outcomes.append(StageOutcome(stage, "skipped", 0.0, run.record(stage).outputs.get("model", "")))
             continue
         if forced:
-            (run.stage_dir(stage) / "RUNNING.json").unlink(missing_ok=True)
+            run.begin_forced(stage)
         record, resumable = run.begin(stage, fps[stage], inputs={"fingerprint": fps[stage]})
         echo(f"{head}: running{' (resuming a killed attempt)' if resumable else ''} → {run.stage_dir(stage)}")
         t0 = time.time()
@@ -354,6 +363,7 @@ def run_recipe(
             if isinstance(exc, PartialFailure):  # keep what the finished units produced
                 record.outputs, record.metrics = exc.result.outputs, exc.result.metrics
             run.fail(stage, record, f"{type(exc).__name__}: {exc}")
+            run.log_attempt(stage, "failed", time.time() - t0, fps[stage])
             if isinstance(exc, Exception) and not isinstance(exc, StageFailed):
                 raise StageFailed(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
             raise
@@ -361,6 +371,7 @@ def run_recipe(
         record.wall_time_s = round(time.time() - t0, 2)
         record.versions = versions()
         run.finish(stage, record, after)
+        run.log_attempt(stage, "done", record.wall_time_s, fps[stage])
         echo(f"{head}: done in {record.wall_time_s:.1f}s — {result.summary}")
         outcomes.append(StageOutcome(stage, "done", record.wall_time_s, result.summary))
     return outcomes

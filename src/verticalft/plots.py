@@ -168,10 +168,10 @@ def _plot_quality(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     ev = _metrics(stages, "eval").get("models") or {}
     priced = _metrics(stages, "cost").get("models") or {}
     pts = [
-        (n, priced[n]["blended_usd_per_m"], ev[n]["domain"]["score"])
+        (n, priced[n]["effective_usd_per_m"], ev[n]["domain"]["score"])
         for n in ev
         if n in priced
-        and _is_num(priced[n].get("blended_usd_per_m"))
+        and _is_num(priced[n].get("effective_usd_per_m"))
         and _is_num((ev[n].get("domain") or {}).get("score"))
     ]
     if not pts:
@@ -183,7 +183,7 @@ def _plot_quality(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     xs = [p[1] for p in pts]
     if min(xs) > 0 and max(xs) / min(xs) > 30:
         ax.set_xscale("log")
-    ax.set_xlabel("$ per 1M blended tokens")
+    ax.set_xlabel("effective $ per 1M tokens at the stated volume")
     ax.set_ylabel("domain eval score")
     ax.margins(x=0.15, y=0.15)
     ax.set_ylim(bottom=0)
@@ -193,8 +193,85 @@ def _plot_quality(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     return _save(fig, path, title)
 
 
+def _plot_routing(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+    """Quality vs effective $/1M on the report half: each model alone, each cascade's thresholds
+    (dots), its frontier (line) and the chosen point (star)."""
+    import matplotlib.pyplot as plt
+
+    m = _metrics(manifest.get("stages", {}), "route")
+    cascades, singles = m.get("cascades") or {}, m.get("singles") or {}
+    ok = lambda p: _is_num(p.get("usd_per_m")) and _is_num(p.get("quality"))  # noqa: E731
+    if not cascades and not singles:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    for i, (name, cas) in enumerate(cascades.items()):
+        color = f"C{i}"
+        pts = [p for p in cas.get("points") or [] if ok(p)]
+        ax.scatter([p["usd_per_m"] for p in pts], [p["quality"] for p in pts], color=color, s=8, alpha=0.35)
+        front = sorted((p for p in cas.get("frontier") or [] if ok(p)), key=lambda p: p["usd_per_m"])
+        ax.plot([p["usd_per_m"] for p in front], [p["quality"] for p in front], color=color, label=name)
+        ch = cas.get("chosen") or {}
+        if ok(ch):
+            ax.scatter(
+                [ch["usd_per_m"]],
+                [ch["quality"]],
+                color=color,
+                marker="*",
+                s=180,
+                edgecolor="black",
+                zorder=5,
+            )
+    for name, p in singles.items():
+        if ok(p):
+            ax.scatter([p["usd_per_m"]], [p["quality"]], color="black", marker="s", s=30, zorder=4)
+            ax.annotate(
+                name, (p["usd_per_m"], p["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+    xs = [p["usd_per_m"] for p in singles.values() if ok(p)] + [
+        p["usd_per_m"] for cas in cascades.values() for p in cas.get("points") or [] if ok(p)
+    ]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 30:
+        ax.set_xscale("log")
+    ax.set_xlabel("effective $ per 1M tokens (escalations pay both tiers)")
+    ax.set_ylabel("domain eval score (report half)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if cascades:
+        ax.legend(fontsize=8, loc="lower right")
+    title = f"Routing frontier (★ chosen, ■ single models){suffix}"
+    ax.set_title(title)
+    return _save(fig, path, title)
+
+
+def _plot_calibration(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence, per model."""
+    import matplotlib.pyplot as plt
+
+    cal = _metrics(manifest.get("stages", {}), "route").get("calibration") or {}
+    cal = {n: x for n, x in cal.items() if x.get("bins")}
+    if not cal:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for i, (name, x) in enumerate(cal.items()):
+        bins = x["bins"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=f"C{i}",
+                label=f"{name} (ECE {_num(x.get('ece'), '{:.3f}')})")  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (mean over the bin)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    title = f"Calibration{suffix}"
+    ax.set_title(title)
+    return _save(fig, path, title)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path, str], Path | None]] = {
     "quality_vs_cost": _plot_quality,
+    "routing_frontier": _plot_routing,
+    "calibration": _plot_calibration,
     "monthly_cost": _plot_monthly,
     "latency_vs_throughput": _plot_latency,
     "loss_curves": _plot_loss,

@@ -422,6 +422,11 @@ class Slo(Strict):
     min_attainment: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
+class FitShape(Strict):
+    input_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+
+
 class BenchStage(Strict):
     """A vLLM server per model on 127.0.0.1, `vllm bench serve` over the concurrency sweep."""
 
@@ -437,10 +442,29 @@ class BenchStage(Strict):
     lora: bool = True
     parity_prompts: int = Field(default=16, ge=0)
     max_model_len: int | None = Field(default=None, ge=16)  # default: input + output + 64
-    gpus_per_model: int = Field(default=1, ge=1)  # tensor-parallel size (pricing)
+    # Each point of the sweep is measured `repeats` times; the report flags a point whose
+    # repeats disagree by more than `max_spread` (relative) instead of pricing it silently.
+    repeats: int = Field(default=2, ge=1)
+    max_spread: float = Field(default=0.2, gt=0)
+    # A second request shape run at the priced concurrency, so the cost stage can separate what
+    # an input token and an output token cost (default: input_len / 4, same output_len).
+    fit_shape: FitShape | None = None
+    # GPUs per served model = vLLM's --tensor-parallel-size, and what its price multiplies. One
+    # number for all, or per model name (`teacher` = the final teacher; others default to 1).
+    gpus_per_model: Annotated[int, Field(ge=1)] | dict[str, Annotated[int, Field(ge=1)]] = 1
     server_args: list[str] = Field(default_factory=list)  # extra `vllm serve` flags
     env: dict[str, str] = Field(default_factory=dict)  # environment of the server
     startup_timeout_s: float = Field(default=900.0, gt=0)
+
+    def fit(self) -> FitShape:
+        """The second shape: `fit_shape`, default a quarter of the prompt and the same answer."""
+        return self.fit_shape or FitShape(input_len=max(1, self.input_len // 4), output_len=self.output_len)
+
+    def gpus_for(self, name: str, is_teacher: bool = False) -> int:
+        g = self.gpus_per_model
+        if isinstance(g, int):
+            return g
+        return g.get(name) or (g.get("teacher") if is_teacher else None) or 1
 
 
 class Stages(Strict):
@@ -479,10 +503,13 @@ class Compute(Strict):
 
 
 class ApiPrice(Strict):
-    """$ per 1M tokens; leave both out for an API in the shipped table (`cost.API_PRICES`)."""
+    """$ per 1M tokens; leave both out for an API in the shipped table (`cost.API_PRICES`).
+    `source` and `as_of` say where an override's figures come from (shown in the report)."""
 
     input_usd_per_m: float | None = Field(default=None, ge=0)
     output_usd_per_m: float | None = Field(default=None, ge=0)
+    source: str | None = None
+    as_of: str | None = None
 
 
 class Cost(Strict):
@@ -493,7 +520,11 @@ class Cost(Strict):
     compare: dict[str, ApiPrice] = Field(default_factory=dict)
     daily_tokens: float = Field(default=5_000_000, ge=0)
     input_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # share of the daily tokens that are prompt
-    utilisation: float = Field(default=0.5, gt=0.0, le=1.0)  # average load of a self-hosted replica
+    # Busiest hour's rate ÷ the day's average: replicas are sized to carry the peak flat out.
+    peak_to_average: float = Field(default=2.0, ge=1.0)
+    # Throughput on serve_gpu ÷ throughput on the device the bench ran on. Required (and shown in
+    # the report) when they differ: a CPU or another GPU's measurement is not a serve_gpu figure.
+    throughput_scale: float | None = Field(default=None, gt=0)
     other_upfront_usd: float = Field(default=0.0, ge=0)  # data preparation, people: added to payback
 
     @model_validator(mode="after")
@@ -502,6 +533,49 @@ class Cost(Strict):
 
         for name, price in self.compare.items():
             api_price(name, price.input_usd_per_m, price.output_usd_per_m)  # ValueError names the fix
+        return self
+
+
+class RouteTarget(Strict):
+    """What the cascade must reach (exactly one): an absolute domain score, a share of the last
+    tier's score, or a price ceiling in effective $/1M at cost.daily_tokens."""
+
+    min_quality: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_retention: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_usd_per_m: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one(self) -> RouteTarget:
+        given = [k for k in ("min_quality", "min_retention", "max_usd_per_m") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of min_quality, min_retention, max_usd_per_m (got {given or 'none'})"
+            )
+        return self
+
+
+class RouteApi(Strict):
+    """An API tier: its answers to the eval prompts (JSONL rows with `prompt` and `prediction`),
+    scored by the eval stage's rules; its price comes from cost.compare / the shipped table."""
+
+    answers: str
+
+
+class Route(Strict):
+    """Cascades decided offline from the eval answers: each tier answers when its confidence is
+    at least its threshold, else hands over to the next. Names: run models (`teacher` = the final
+    teacher) or `api:<name>` (see `apis`). Default: each distilled student → the teacher."""
+
+    cascades: list[Annotated[list[str], Field(min_length=2)]] | None = None
+    apis: dict[str, RouteApi] = Field(default_factory=dict)
+    target: RouteTarget = Field(default_factory=lambda: RouteTarget(min_retention=0.95))
+
+    @model_validator(mode="after")
+    def _apis_have_answers(self) -> Route:
+        named = {n.removeprefix("api:") for cas in self.cascades or [] for n in cas if n.startswith("api:")}
+        missing = sorted(named - set(self.apis))
+        if missing:
+            raise ValueError(f"tier(s) {', '.join('api:' + m for m in missing)} need their answers in route.apis")
         return self
 
 
@@ -523,6 +597,7 @@ class Recipe(Strict):
     stages: Stages = Field(default_factory=Stages)
     compute: Compute = Field(default_factory=Compute)
     cost: Cost = Field(default_factory=Cost)
+    route: Route = Field(default_factory=Route)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -561,6 +636,8 @@ ALIASES = {
     # compute keys of earlier versions: "GPUs" meant three things (issue 12)
     "num_gpus": "nodes' and 'gpus_per_node (GPUs = nodes × gpus_per_node)",
     "nproc_per_node": "gpus_per_node",
+    # cost key of earlier versions: average load 0.5 = peak twice the average
+    "utilisation": "peak_to_average",
 }
 
 

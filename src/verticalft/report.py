@@ -20,7 +20,9 @@ from typing import Any
 from verticalft.rundir import RunDir, atomic_write_text
 
 PLOT_ALTS = {
-    "quality_vs_cost": "eval score vs $/1M blended tokens",
+    "quality_vs_cost": "eval score vs effective $/1M tokens",
+    "routing_frontier": "routing frontier: quality vs effective $/1M, single models and cascades",
+    "calibration": "reliability diagram: confidence vs accuracy per model",
     "monthly_cost": "monthly bill: APIs vs self-hosted",
     "latency_vs_throughput": "end-to-end latency vs output throughput",
     "loss_curves": "training loss curves",
@@ -84,6 +86,7 @@ def render(manifest: dict[str, Any], title: str, images: dict[str, str] | None =
     lines = [f"# {title}"]
     decision = _decision_section(stages, images)
     lines += decision
+    lines += _routing_section(stages, images)
     lines += _assumptions_section(stages, note_shown=bool(decision))
     lines += _physical_section(stages, images)
     lines += _training_cost_section(stages)
@@ -121,7 +124,7 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
     lines += [
         "| model | role | domain eval score | retention vs teacher "
         + ("| general retention vs base " if general else "")
-        + "| $/1M blended tokens | $/1M output tokens | p50 / p99 e2e latency (ms) "
+        + "| $/1M effective at volume | $/1M saturated | p50 / p99 e2e latency (ms) "
         "| output tok/s | priced at concurrency | LoRA parity |",
         "|---|---|---:|---:|" + ("---:|" if general else "") + "---:|---:|---:|---:|---:|---|",
     ]
@@ -137,6 +140,8 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
             conc += " (SLO not met)"
         elif c and "slo_met" in c and c["slo_met"] is None:
             conc += " (SLO not checked)"
+        if c.get("unstable_points"):
+            conc += " ⚠ repeats disagree"
         parity = b.get("parity") or {}
         par = (
             f"{parity['identical']}/{parity['prompts']}"
@@ -146,7 +151,7 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
         lines.append(
             f"| {name} | {role} | {_score(e.get('domain'))} | {ret} "
             + (f"| {_num(e.get('general_retention'), '{:.3f}')} " if general else "")
-            + f"| {_usd(c.get('blended_usd_per_m'))} | {_usd(c.get('output_usd_per_m'))} "
+            + f"| {_usd(c.get('effective_usd_per_m'))} | {_usd(c.get('saturated_usd_per_m'))} "
             f"| {_num(c.get('p50_e2el_ms'), '{:,.0f}')} / {_num(c.get('p99_e2el_ms'), '{:,.0f}')} "
             f"| {_num(c.get('output_tokens_per_s'), '{:,.0f}')} | {conc} | {par} |"
         )
@@ -155,9 +160,18 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
         lines += [
             "",
             f"Scores are on {items:,} domain eval items (`{ev_m.get('backend')}` backend); retention is a "
-            f"student's score / the final teacher `{teacher}`'s. Prices, latency and throughput are at "
+            f"student's score / the final teacher `{teacher}`'s. Latency and throughput are at "
             "the highest benchmarked concurrency that meets the SLO (where none does, marked, at the "
-            "best-throughput point).",
+            "best-throughput point). Saturated $/1M: a replica busy all month at the recipe's token mix; "
+            "effective $/1M: the monthly bill at the stated volume ÷ the tokens served (what is paid).",
+        ]
+    unstable = {n: c["unstable_points"] for n, c in priced.items() if c.get("unstable_points")}
+    if unstable:
+        lines += [
+            "",
+            "⚠ **Benchmark repeats disagree** by more than the allowed spread at: "
+            + "; ".join(f"`{n}` concurrency {', '.join(map(str, v))}" for n, v in unstable.items())
+            + " — the slower repeat is priced; see the bench sweep for each repeat.",
         ]
     sentences = _decision_sentences(stages)
     if sentences:
@@ -169,12 +183,14 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
 
 
 def _decision_sentences(stages: dict[str, Any]) -> list[str]:
-    """Student vs teacher (quality kept, cost per token), then self-hosted vs each API per month."""
+    """Student vs teacher (quality kept, effective cost per token), then self-hosted vs each API
+    per month, with the payback and the break-even volume."""
     ev_m, cost = _metrics(stages, "eval"), _metrics(stages, "cost")
     ev, teacher = ev_m.get("models") or {}, ev_m.get("teacher")
     priced, a = cost.get("models") or {}, cost.get("assumptions") or {}
     t_score = ((ev.get(teacher) or {}).get("domain") or {}).get("score")
-    t_price = (priced.get(teacher) or {}).get("blended_usd_per_m")
+    t_price = (priced.get(teacher) or {}).get("effective_usd_per_m")
+    daily = a.get("daily_tokens")
     out = []
     student_names = [n for n, m in ev.items() if m.get("role") == "student"]
     for name in student_names:
@@ -186,21 +202,20 @@ def _decision_sentences(stages: dict[str, Any]) -> list[str]:
             f"**{name}** keeps {ret:.0%} of the teacher `{teacher}`'s domain score "
             f"({_score(m.get('domain'))} vs {_num(t_score, '{:.3f}')})"
         )
-        price = (priced.get(name) or {}).get("blended_usd_per_m")
+        price = (priced.get(name) or {}).get("effective_usd_per_m")
         if _is_num(price) and _is_num(t_price) and t_price > 0:
             s += (
-                f" at {price / t_price:.0%} of its cost per token "
-                f"({_usd(price)} vs {_usd(t_price)} per 1M blended tokens)"
+                f" at {price / t_price:.0%} of its effective cost per token "
+                f"({_usd(price)} vs {_usd(t_price)} per 1M tokens at {_num(daily, '{:,.0f}')} tokens/day)"
             )
         elif _is_num(price):
-            s += f" at {_usd(price)} per 1M blended tokens"
+            s += f" at {_usd(price)} per 1M tokens (effective)"
         out.append(s + ".")
     # Which deployments to set against the APIs: the students if any were priced, else the teacher,
     # else whatever was priced.
     candidates = [n for n in student_names if n in priced] or (
         [teacher] if teacher in priced else list(priced)
     )
-    daily = a.get("daily_tokens")
     for name in candidates:
         c = priced[name]
         compare = c.get("compare") or {}
@@ -208,6 +223,11 @@ def _decision_sentences(stages: dict[str, Any]) -> list[str]:
             continue
         vs = "; ".join(
             f"vs {api} {_usd(x.get('api_monthly_usd'))}/month → payback {_months(x.get('payback_months'))}"
+            + (
+                f", break-even at {_num(x['break_even_daily_tokens'], '{:,.0f}')} tokens/day"
+                if _is_num(x.get("break_even_daily_tokens"))
+                else (", the API is cheaper at any volume" if "break_even_daily_tokens" in x else "")
+            )
             for api, x in compare.items()
         )
         replicas = c.get("replicas")
@@ -216,9 +236,59 @@ def _decision_sentences(stages: dict[str, Any]) -> list[str]:
             f"{_usd(c.get('self_hosted_monthly_usd'))}/month"
             + (f" ({replicas} replica{'s' if replicas != 1 else ''})" if _is_num(replicas) else "")
             + f": {vs} (payback = months of savings to repay the {_usd(cost.get('upfront_usd'))} "
-            "training spend)."
+            "spent so far)."
         )
     return out
+
+
+def _routing_section(stages: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """Cascades: the chosen point in words and numbers (on the half it was not chosen on), the
+    frontier, and how well each model's confidence tracks its accuracy."""
+    m = _metrics(stages, "route")
+    if not m:
+        return []
+    items = m.get("items") or {}
+    lines = [
+        "",
+        "## Routing: the student answers first, the teacher when it is unsure",
+        "",
+        f"A tier answers when its confidence (geometric-mean probability of its answer's tokens) is at "
+        f"least its threshold, else passes the query on; an escalated query pays for both tiers. Thresholds "
+        f"are chosen on {items.get('pick', '–')} eval items and every figure below is on the other "
+        f"{items.get('report', '–')}; $/1M is effective at {_num(m.get('daily_tokens'), '{:,.0f}')} tokens/day.",
+        "",
+        "| cascade | target | thresholds | answered by each tier | quality | effective $/1M | last tier alone |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
+    for name, cas in (m.get("cascades") or {}).items():
+        ch, top = cas.get("chosen") or {}, cas.get("last_tier_alone") or {}
+        target = ", ".join(f"{k} {v:g}" for k, v in (cas.get("target") or {}).items())
+        if cas.get("target_met_on_pick_half") is False:
+            target += " (not reachable: closest point)"
+        ths = ", ".join("∞" if t is None else f"{t:.3f}" for t in ch.get("thresholds") or [])
+        shares = ", ".join(
+            f"{t} {x:.0%}" for t, x in zip(cas.get("tiers") or [], ch.get("shares") or [], strict=False)
+        )
+        lines.append(
+            f"| {name} | {target} | {ths} | {shares} | {_num(ch.get('quality'), '{:.3f}')} "
+            f"| {_usd(ch.get('usd_per_m'))} | {_num(top.get('quality'), '{:.3f}')} at {_usd(top.get('usd_per_m'))} |"
+        )
+    lines += [""] + [f"- **{n}**: {cas['sentence']}." for n, cas in (m.get("cascades") or {}).items()]
+    lines += _img(images, "routing_frontier")
+    cal = m.get("calibration") or {}
+    if cal:
+        lines += [
+            "",
+            "Calibration (expected calibration error over 10 confidence bins; 0 = confidence equals accuracy):",
+            "",
+            "| model | ECE | items with a confidence |",
+            "|---|---:|---:|",
+        ]
+        for n, x in cal.items():
+            counted = sum(b.get("items", 0) for b in x.get("bins") or [])
+            lines.append(f"| {n} | {_num(x.get('ece'), '{:.3f}')} | {counted} |")
+        lines += _img(images, "calibration")
+    return lines
 
 
 def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
@@ -230,23 +300,64 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
     if a.get("note") and not note_shown:
         lines += [f"> **{'CPU figures. ' if a.get('serve_gpu') == 'cpu' else ''}Note:** {a['note']}", ""]
     frac = a.get("input_fraction")
+    gpus = a.get("gpus_per_replica") or {}
+    scale = a.get("throughput_scale")
     lines += [
-        f"- Serving: `{a.get('serve_gpu')}` at {_usd(a.get('serve_usd_per_gpu_hour'))}/GPU-hour; "
-        f"training: `{a.get('train_gpu')}` at {_usd(a.get('train_usd_per_gpu_hour'))}/GPU-hour",
+        f"- Serving: `{a.get('serve_gpu')}` at {_usd(a.get('serve_usd_per_gpu_hour'))}/GPU-hour "
+        f"(memory bandwidth {_num(a.get('serve_gpu_bandwidth_tb_per_s'), '{:g}')} TB/s behind the decode floor, "
+        f"peak {_num(a.get('serve_gpu_peak_tflops'), '{:g}')} bf16 TFLOP/s); "
+        f"training: `{a.get('train_gpu')}` × {_num(a.get('training_gpus'), '{:.0f}')} at "
+        f"{_usd(a.get('train_usd_per_gpu_hour'))}/GPU-hour",
+        "- GPUs per replica (vLLM tensor parallelism): "
+        + (", ".join(f"{n} {g}" for n, g in gpus.items()) or "–"),
         f"- Volume: {_num(a.get('daily_tokens'), '{:,.0f}')} tokens/day, "
-        + (f"{frac:.0%} input / {1 - frac:.0%} output" if _is_num(frac) else "token mix –"),
-        f"- Utilisation: {_num(a.get('utilisation'), '{:.0%}')} of the measured throughput "
-        "(replicas are sized for it)",
+        + (f"{frac:.0%} input / {1 - frac:.0%} output" if _is_num(frac) else "token mix –")
+        + " — the same mix prices the self-hosted models and the APIs",
+        f"- Peak-to-average: {_num(a.get('peak_to_average'), '{:g}')} (replicas carry the busiest hour "
+        "at full measured capacity)",
+        "- Throughput: "
+        + (
+            f"measured × {scale:g} (the recipe's cost.throughput_scale: {a.get('serve_gpu')} vs the bench device)"
+            if _is_num(scale)
+            else "as measured on the bench device"
+        ),
         f"- A month is {_num(a.get('hours_per_month'), '{:,.0f}')} hours",
-        f"- Other upfront spend: {_usd(a.get('other_upfront_usd'))}; total upfront (training + other): "
+        f"- Other upfront spend: {_usd(a.get('other_upfront_usd'))}; total upfront (GPU spend + other): "
         f"{_usd(_metrics(stages, 'cost').get('upfront_usd'))}",
     ]
     prices = a.get("api_prices") or {}
     if prices:
+        lines += [
+            "",
+            "| API | model | $/1M input | $/1M output | as of | source |",
+            "|---|---|---:|---:|---|---|",
+        ]
+        for api, p in prices.items():
+            if isinstance(p, dict):
+                lines.append(
+                    f"| {api} | `{p.get('model')}` | {_usd(p.get('input_usd_per_m'))} | {_usd(p.get('output_usd_per_m'))} "
+                    f"| {p.get('as_of') or '–'} | {p.get('source') or '–'} |"
+                )
+            else:  # runs priced before sources were recorded: (input, output)
+                lines.append(f"| {api} | – | {_usd(p[0])} | {_usd(p[1])} | – | – |")
+        lines.append("")
+    fits = {n: m for n, m in (_metrics(stages, "cost").get("models") or {}).items() if m.get("token_seconds")}
+    if fits:
         lines.append(
-            "- API prices ($/1M input / output): "
-            + "; ".join(f"{api} {_usd(p[0])} / {_usd(p[1])}" for api, p in prices.items())
+            "- Token costs fitted on the bench's two request shapes (replica-seconds per 1k tokens, input / output): "
+            + "; ".join(
+                f"{n} {m['token_seconds']['input_s'] * 1e3:.4g} / {m['token_seconds']['output_s'] * 1e3:.4g}"
+                + (
+                    f" (the {m['token_seconds']['clamped']} cost fitted as 0: within the noise)"
+                    if m["token_seconds"].get("clamped")
+                    else ""
+                )  # fmt: skip
+                for n, m in fits.items()
+            )
         )
+    for n, m in (_metrics(stages, "cost").get("models") or {}).items():
+        if m.get("mix_note"):
+            lines.append(f"- `{n}`: {m['mix_note']} ({_num(m.get('priced_mix'), '{:.0%}')} input)")
     b = _metrics(stages, "bench")
     if b:
         slo = b.get("slo") or {}
@@ -257,7 +368,14 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
         ]
         lines.append(
             f"- Benchmark: {_num(b.get('input_len'), '{:.0f}')} input / {_num(b.get('output_len'), '{:.0f}')} "
-            f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}; "
+            f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}"
+            + (
+                f", each point {b['repeats']}× (spread recorded), plus {b['fit_shape']['input_len']} in / "
+                f"{b['fit_shape']['output_len']} out at the priced concurrency for the token-cost fit"
+                if b.get("repeats") and b.get("fit_shape")
+                else ""
+            )
+            + "; "
             f"SLO {', '.join(bounds) or 'none'}"
             + (
                 f" for ≥ {slo['min_attainment']:.0%} of requests"
@@ -308,23 +426,30 @@ def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
 
 
 def _training_cost_section(stages: dict[str, Any]) -> list[str]:
+    """GPU spend per stage over every attempt (failed and killed ones too), next to the plan."""
     cost = _metrics(stages, "cost")
-    training = cost.get("training") or {}
-    if not training:
+    spent = cost.get("spend") or cost.get("training") or {}  # "training": runs priced before attempts
+    if not spent:
         return []
     lines = [
         "",
-        "## Training cost",
+        "## Spend so far",
         "",
-        "| stage | wall time | GPUs | measured $ | planned $ |",
-        "|---|---:|---:|---:|---:|",
+        "| stage | attempts | wall time | GPUs | $/GPU-hour | measured $ | planned $ |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for stage, t in training.items():
+    for stage, t in spent.items():
+        tries = _num(t.get("attempts"), "{:.0f}")
+        if t.get("failed_or_killed"):
+            tries += f" ({t['failed_or_killed']} failed or killed)"
+        wall = _num(t.get("wall_time_s"), "{:,.0f}s")
+        if _is_num(t.get("of_which_cache_build_s")):
+            wall += f" (teacher cache {t['of_which_cache_build_s']:,.0f}s)"
         lines.append(
-            f"| {stage} | {_num(t.get('wall_time_s'), '{:,.0f}s')} | {_num(t.get('gpus'), '{:.0f}')} "
+            f"| {stage} | {tries} | {wall} | {_num(t.get('gpus'), '{:.0f}')} | {_usd(t.get('usd_per_gpu_hour'))} "
             f"| {_usd(t.get('usd'))} | {_usd(t.get('planned_usd'))} |"
         )
-    lines.append(f"| **upfront total** (incl. other spend) | | | {_usd(cost.get('upfront_usd'))} | |")
+    lines.append(f"| **upfront total** (incl. other spend) | | | | | {_usd(cost.get('upfront_usd'))} | |")
     return lines
 
 

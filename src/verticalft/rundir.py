@@ -31,6 +31,7 @@ from typing import Any
 MANIFEST = "manifest.json"
 DONE = "DONE.json"
 RUNNING = "RUNNING.json"
+ATTEMPTS = "attempts.jsonl"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -172,12 +173,49 @@ class RunDir:
             return False  # another machine's process (shared filesystem): cannot tell from here
         return not _pid_alive(int(running.get("pid", 0)))
 
+    # ---- attempts: every run of a stage costs GPU time, not only the one that finished
+    @property
+    def attempts_path(self) -> Path:
+        return self.root / ATTEMPTS
+
+    def log_attempt(self, stage: str, status: str, seconds: float, fingerprint: str = "") -> None:
+        """Append one attempt (done | failed | killed) to `attempts.jsonl`."""
+        entry = {"stage": stage, "status": status, "seconds": round(seconds, 2), "fingerprint": fingerprint,
+                 "at": _now()}  # fmt: skip
+        with self._lock(), self.attempts_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def attempts(self, stage: str | None = None) -> list[dict[str, Any]]:
+        if not self.attempts_path.is_file():
+            return []
+        rows = [json.loads(line) for line in self.attempts_path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if stage is None or r["stage"] == stage]
+
+    def _log_killed(self, stage: str) -> None:
+        """A killed attempt cannot log itself: the next attempt does, with the time from its start
+        to the newest file it wrote (a lower bound on what it ran)."""
+        running = self._marker(stage, RUNNING)
+        if not running or "t0" not in running or not self.interrupted(stage):
+            return
+        newest = max(
+            (p.stat().st_mtime for p in self.stage_dir(stage).rglob("*") if p.is_file()), default=0.0
+        )
+        self.log_attempt(
+            stage, "killed", max(0.0, newest - float(running["t0"])), running.get("fingerprint", "")
+        )
+
+    def begin_forced(self, stage: str) -> None:
+        """A forced rerun starts afresh (no resume), after logging a killed attempt it replaces."""
+        self._log_killed(stage)
+        (self.stage_dir(stage) / RUNNING).unlink(missing_ok=True)
+
     def begin(self, stage: str, fp: str, inputs: dict[str, Any]) -> tuple[StageRecord, bool]:
         """Mark a stage running. Returns (record, resumable): resumable when a killed attempt with
         the same fingerprint left its folder behind; otherwise the folder is cleared."""
         sdir = self.stage_dir(stage)
         running = sdir / RUNNING
         resumable = False
+        self._log_killed(stage)
         if running.exists():
             try:
                 resumable = json.loads(running.read_text()).get("fingerprint") == fp
@@ -189,7 +227,13 @@ class RunDir:
         sdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             running,
-            {"fingerprint": fp, "started_at": _now(), "pid": os.getpid(), "host": socket.gethostname()},
+            {
+                "fingerprint": fp,
+                "started_at": _now(),
+                "t0": time.time(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },  # fmt: skip
         )
         record = StageRecord(status="running", fingerprint=fp, inputs=inputs, started_at=_now())
         self.update(stage, record)

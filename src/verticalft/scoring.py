@@ -11,9 +11,10 @@ answers) and `choice` (multiple choice: the option letter, or the option's text)
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
@@ -95,11 +96,22 @@ def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any
     }
 
 
+class Completion(NamedTuple):
+    text: str
+    finish_reason: str  # "stop": the model ended its turn; "length": cut at max_new_tokens
+    mean_logprob: float | None  # mean log-probability of the generated tokens (its confidence)
+
+
+def confidence(mean_logprob: float | None) -> float | None:
+    """A model's confidence in its answer: the geometric-mean probability of its tokens."""
+    return None if mean_logprob is None else math.exp(mean_logprob)
+
+
 def generate(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
-) -> list[tuple[str, str]]:
-    """Greedy chat completions with HF generate (left padding): (text, finish_reason) per prompt,
-    finish_reason "stop" when the model ended its turn, "length" when cut at max_new_tokens."""
+) -> list[Completion]:
+    """Greedy chat completions with HF generate (left padding), with each answer's mean token
+    log-probability (what vLLM's `logprobs` gives the eval stage on the other backend)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -107,7 +119,7 @@ def generate(
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    outputs: list[tuple[str, str]] = []
+    outputs: list[Completion] = []
     try:
         for i in tqdm(
             range(0, len(prompts), batch_size), desc="generate (greedy)", unit="batch", leave=False
@@ -126,11 +138,22 @@ def generate(
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
+                    output_scores=True,
+                    return_dict_in_generate=True,
                 )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            ended = (new == tokenizer.eos_token_id).any(dim=1).tolist()
+                # log p of each chosen token (scores are the processed logits: greedy has none)
+                logp = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+            new = gen.sequences[:, enc["input_ids"].shape[1] :]
+            is_eos = new == tokenizer.eos_token_id
+            ended = is_eos.any(dim=1).tolist()
+            # tokens up to and including the first end-of-turn count; padding after it does not
+            counted = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0
+            means = ((logp * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)).tolist()
             texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
-            outputs.extend((t, "stop" if e else "length") for t, e in zip(texts_out, ended, strict=True))
+            outputs.extend(
+                Completion(t, "stop" if e else "length", round(m, 6))
+                for t, e, m in zip(texts_out, ended, means, strict=True)
+            )
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -141,7 +164,7 @@ def generate_answers(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
 ) -> list[str]:
     """Greedy answers with HF generate (left padding, chat template)."""
-    return [text for text, _ in generate(model, tokenizer, prompts, max_new_tokens, batch_size)]
+    return [c.text for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size)]
 
 
 def evaluate_model(

@@ -184,6 +184,6 @@ def generate_hf(
     from verticalft.scoring import generate
 
     return [
-        Generation(text, reason)
-        for text, reason in generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+        Generation(c.text, c.finish_reason)
+        for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     ]

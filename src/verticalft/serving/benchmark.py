@@ -18,6 +18,9 @@ from verticalft.serving.server import ManagedServer, ServerError
 
 PERCENTILES = (50, 90, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+# what each repeat of a point keeps: its throughput, latency, SLO, and the totals the cost fit uses
+REPEAT_KEYS = ("output_throughput", "duration", "total_input_tokens", "total_output_tokens",
+               "median_ttft_ms", "median_tpot_ms", "meets_slo")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,12 @@ def benchmark_argv(
     result_dir: Path,
     result_file: str,
     seed: int = 0,
+    warmups: int | None = None,
 ) -> list[str]:
     """Command-line arguments of `vllm bench serve` for one point of the sweep (random prompts of
-    `input_len` tokens, exactly `output_len` generated tokens, chat-free completions endpoint)."""
+    `input_len` tokens, exactly `output_len` generated tokens, chat-free completions endpoint).
+    `warmups` requests (default: the concurrency) go first and are not measured: the first
+    requests after a start-up pay for lazy initialisation and cold caches."""
     return [
         "--backend", "openai",
         "--base-url", base_url,
@@ -74,6 +80,7 @@ def benchmark_argv(
         "--result-filename", result_file,
         "--disable-tqdm",
         "--ignore-eos",  # exactly output_len tokens per request, whatever the model or vLLM version
+        "--num-warmups", str(concurrency if warmups is None else warmups),
         *slo.goodput_args(),
     ]  # fmt: skip
 
@@ -149,6 +156,31 @@ def slo_attainment(goodput: float | None, request_throughput: float | None) -> f
     if goodput is None or not request_throughput:
         return None
     return round(min(1.0, goodput / request_throughput), 4)
+
+
+def combine_repeats(repeats: list[dict[str, Any]], max_spread: float = 0.2) -> dict[str, Any]:
+    """One sweep point from its repeated measurements: the figures of the slower repeat by output
+    throughput (the lower median: prices are not quoted from the lucky run), the SLO met only if
+    every repeat met it (unchecked if any was unchecked), and the spread — (max − min) / min of
+    output throughput — with `unstable` set when it exceeds `max_spread`."""
+    if not repeats:
+        raise ValueError("no repeats to combine")
+    ranked = sorted(repeats, key=lambda p: p.get("output_throughput") or 0.0)
+    point = dict(ranked[(len(ranked) - 1) // 2])
+    flags = [p.get("meets_slo") for p in repeats]
+    point["meets_slo"] = False if False in flags else (None if None in flags else True)
+    tps = [p.get("output_throughput") or 0.0 for p in repeats]
+    spread = (max(tps) - min(tps)) / min(tps) if min(tps) > 0 else float("inf")
+    point["repeats"] = [
+        {
+            k: p.get(k)
+            for k in ("output_throughput", "duration", "median_ttft_ms", "median_tpot_ms", "meets_slo")
+        }
+        for p in repeats
+    ]
+    point["spread"] = round(spread, 4) if spread != float("inf") else None
+    point["unstable"] = len(repeats) > 1 and not spread <= max_spread
+    return point
 
 
 def operating_point(sweep: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ class Output:
     texts: list[str]
     finish_reasons: list[str]
     output_tokens: list[int]
+    mean_logprobs: list[float | None] = field(default_factory=list)  # per answer, from `logprobs`
     seconds: float = 0.0
     load_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +102,10 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
             kwargs |= {"enable_lora": True, "max_lora_rank": job.max_lora_rank or 16, "max_loras": 1}
         llm = LLM(model=job.model, **kwargs)
         loaded = time.time()
-        params = SamplingParams(max_tokens=job.max_new_tokens, temperature=job.temperature, seed=0)
+        # logprobs=0: the chosen token's log-probability only (the answer's confidence), no top-k
+        params = SamplingParams(
+            max_tokens=job.max_new_tokens, temperature=job.temperature, seed=0, logprobs=0
+        )
         lora = LoRARequest(job.name, 1, job.lora) if job.lora else None
         chats = [[{"role": "user", "content": p}] for p in job.prompts]
         outs = llm.chat(chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template)
@@ -109,6 +113,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
             "texts": [o.outputs[0].text for o in outs],
             "finish_reasons": [o.outputs[0].finish_reason or "stop" for o in outs],
             "output_tokens": [len(o.outputs[0].token_ids) for o in outs],
+            "mean_logprobs": [_mean_logprob(o.outputs[0]) for o in outs],
             "seconds": round(time.time() - loaded, 3),
             "load_seconds": round(loaded - t0, 3),
         }
@@ -116,6 +121,12 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         del llm, outs
         gc.collect()
     return results
+
+
+def _mean_logprob(completion: Any) -> float | None:
+    n = len(completion.token_ids)
+    total = completion.cumulative_logprob
+    return round(total / n, 6) if n and total is not None else None
 
 
 def main(argv: list[str]) -> int:

@@ -8,8 +8,13 @@ A model trained with LoRA whose adapter vLLM can load is served as base + adapte
 asks the server for greedy answers to the first eval prompts and compares them with the merged
 weights' answers (the eval stage's vLLM predictions, or an offline run here) — train/serve parity.
 
-Per model `bench/<model>/`: `server.log`, one vLLM result file per concurrency, `result.json`
-(written last: a killed run reuses finished models on rerun).
+Every point is measured `repeats` times (spread recorded, disagreement flagged), after warm-up
+requests. At the priced concurrency a second request shape runs too, so the cost stage can fit
+what an input and an output token each cost and price the recipe's own mix. A model gets
+`gpus_per_model` GPUs as vLLM tensor parallelism.
+
+Per model `bench/<model>/`: `server.log`, one vLLM result file per point and repeat,
+`result.json` (written last: a killed run reuses finished models on rerun).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from verticalft.serving.benchmark import (
     Slo,
     assert_no_failures,
     benchmark_argv,
+    combine_repeats,
     operating_point,
     run_point,
     summarise,
@@ -127,13 +133,62 @@ def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) 
     }
 
 
-def bench_unit(ctx: StageContext, unit: Unit, by_name: dict[str, RunModel]) -> dict[str, dict[str, Any]]:
+def measure(
+    ctx: StageContext,
+    server: ManagedServer,
+    name: str,
+    tokenizer: str,
+    c: int,
+    shape: tuple[int, int],
+    tag: str,
+) -> dict[str, Any]:
+    """One point of the sweep at concurrency `c`, measured `repeats` times (vLLM result file and
+    printed table per repeat), combined into one point that carries its spread."""
     cfg = ctx.recipe.stages.bench
     slo = Slo(cfg.slo.ttft_ms, cfg.slo.tpot_ms, cfg.slo.e2el_ms, cfg.slo.min_attainment)
+    n = cfg.num_prompts or max(16, 4 * c)
+    repeats = []
+    for r in range(cfg.repeats):
+        stem = f"{tag}-{c}-r{r + 1}"
+        argv = benchmark_argv(server.base_url, name, tokenizer, c, n, *shape, slo, ctx.dir / name,
+                              f"{stem}.json", ctx.recipe.compute.seed + r)  # fmt: skip
+        point = summarise(run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
+        assert_no_failures(point, name, server)
+        repeats.append(point)
+    point = combine_repeats(repeats, cfg.max_spread)
+    each = ", ".join(f"{p['output_throughput']:.1f}" for p in repeats)
+    print(f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out): {point['output_throughput']:.1f} output tok/s"
+          f" (repeats {each}), "
+          f"p50 TTFT {point['median_ttft_ms']:.1f} ms, p50 TPOT {point['median_tpot_ms']:.2f} ms"
+          + ("  [repeats disagree]" if point["unstable"] else ""), flush=True)  # fmt: skip
+    return point
+
+
+def fit_runs(
+    point: dict[str, Any], fit_point: dict[str, Any], shapes: list[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """The runs the cost stage fits input and output token costs on: every repeat of the priced
+    point and of the second shape at the same concurrency (duration and token totals)."""
+    out = []
+    for p, shape in zip((point, fit_point), shapes, strict=True):
+        for r in p["repeats"]:
+            out.append({"input_len": shape[0], "output_len": shape[1], "duration": r["duration"],
+                        "total_input_tokens": r.get("total_input_tokens"),
+                        "total_output_tokens": r.get("total_output_tokens")})  # fmt: skip
+    return out
+
+
+def bench_unit(
+    ctx: StageContext, unit: Unit, by_name: dict[str, RunModel], teacher: str | None
+) -> dict[str, dict[str, Any]]:
+    cfg = ctx.recipe.stages.bench
     served = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
     label = served[0] if unit.base_name else f"{served[0]}-base"
+    gpus = max(cfg.gpus_for(n, n == teacher) for n in served)
     port = free_port()
     extra = list(cfg.server_args)
+    if gpus > 1:
+        extra += ["--tensor-parallel-size", str(gpus)]
     if unit.loras:
         extra += [
             "--max-lora-rank",
@@ -143,35 +198,36 @@ def bench_unit(ctx: StageContext, unit: Unit, by_name: dict[str, RunModel]) -> d
         ]
     # The base folder carries its own template: a template the recipe chose is passed explicitly.
     template = chosen_template_path(ctx.recipe.models.chat_template)
+    shape, fit = (cfg.input_len, cfg.output_len), cfg.fit()
     cmd = vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
-                       max_model_len=cfg.max_model_len or cfg.input_len + cfg.output_len + 64, extra_args=extra,
-                       chat_template=template)  # fmt: skip
+                       max_model_len=cfg.max_model_len or max(shape[0], fit.input_len) + max(shape[1], fit.output_len) + 64,
+                       extra_args=extra, chat_template=template)  # fmt: skip
     log = ctx.dir / (served[0]) / "server.log"
     print(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})", flush=True)
     results = {}
     with ManagedServer(cmd, port, log, env=cfg.env, startup_timeout=cfg.startup_timeout_s) as server:
         for name in served:
-            sweep = []
-            for c in cfg.concurrency:
-                n = cfg.num_prompts or max(16, 4 * c)
-                argv = benchmark_argv(server.base_url, name, unit.base_path, c, n, cfg.input_len, cfg.output_len, slo,
-                                      ctx.dir / name, f"concurrency-{c}.json", ctx.recipe.compute.seed)  # fmt: skip
-                point = summarise(run_point(server, argv, ctx.dir / name / f"concurrency-{c}.log"), slo)
-                assert_no_failures(point, name, server)
-                sweep.append(point)
-                print(f"    {name} @ concurrency {c}: {point['output_throughput']:.1f} output tok/s, "
-                      f"p50 TTFT {point['median_ttft_ms']:.1f} ms, p50 TPOT {point['median_tpot_ms']:.2f} ms", flush=True)  # fmt: skip
+            sweep = [
+                measure(ctx, server, name, unit.base_path, c, shape, "concurrency") for c in cfg.concurrency
+            ]
+            op = operating_point(sweep)
+            # the second shape at the concurrency prices are quoted at (best throughput if no SLO point)
+            priced = op or max(sweep, key=lambda p: p["output_throughput"] or 0)
+            second = (fit.input_len, fit.output_len)
+            fit_point = measure(ctx, server, name, unit.base_path, priced["max_concurrency"], second, "fit")
             m = by_name[name]
             lora = name in unit.loras
-            op = operating_point(sweep)
             results[name] = {
                 "served_as": "base + LoRA (--enable-lora)" if lora else "merged weights",
                 "model": m.path,
                 "base_model": unit.base_path if lora else None,
                 "adapter": unit.loras.get(name),
                 "weight_bytes": weight_bytes(unit.base_path, unit.loras.get(name)),
+                "gpus": gpus,
                 "sweep": sweep,
                 "operating_concurrency": op["max_concurrency"] if op else None,
+                "fit_point": fit_point,
+                "fit_runs": fit_runs(priced, fit_point, [shape, second]),
                 "shared_server_with": [s for s in served if s != name],
             }
             if lora and cfg.parity_prompts:
@@ -186,6 +242,7 @@ def run(ctx: StageContext) -> StageResult:
     selected = select_models(cfg.models, models)
     units, merged_because = plan_units(selected, cfg.lora)
     by_name = {m.name: m for m in selected}
+    teacher = final_teacher(models)
     results: dict[str, Any] = {}
     for unit in units:
         names = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
@@ -194,7 +251,7 @@ def run(ctx: StageContext) -> StageResult:
             print(f"  {', '.join(names)}: benchmarked in an earlier attempt (reused)", flush=True)
             results |= json.loads(done.read_text())
             continue
-        unit_results = bench_unit(ctx, unit, by_name)
+        unit_results = bench_unit(ctx, unit, by_name, teacher.name if teacher else None)
         atomic_write_json(done, unit_results)  # last: this unit is complete
         results |= unit_results
     from verticalft.serving.device import serving_device
@@ -204,6 +261,8 @@ def run(ctx: StageContext) -> StageResult:
         "concurrency": cfg.concurrency,
         "input_len": cfg.input_len,
         "output_len": cfg.output_len,
+        "fit_shape": cfg.fit().model_dump(),
+        "repeats": cfg.repeats,
         "slo": cfg.slo.model_dump(),
         "served_merged_because": merged_because,
         "models": results,

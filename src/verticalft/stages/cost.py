@@ -1,11 +1,20 @@
 """cost: dollars from what the run measured — no GPU, no model loading, rerun whenever prices change.
 
-Inputs (all from the manifest): the bench stage's sweeps, the eval stage's scores, each training
-stage's wall time. Per benchmarked model: $/1M input, output and blended tokens at the highest
-concurrency that meets the SLO, the monthly bill at the recipe's daily volume against each API in
-`cost.compare`, and the payback of the training spend; the decode bandwidth bound next to the
-measured TPOT (model-bandwidth utilisation). Every assumption is written next to the numbers.
-The arithmetic is `verticalft.cost` (pure, unit-tested on the seed's figures).
+Inputs (all from the run directory): the bench stage's sweeps, each stage's attempts
+(`attempts.jsonl`) and the recipe's prices and volumes. Per benchmarked model:
+
+- what an input and an output token each cost a replica (`cost.fit_token_seconds` on the bench's
+  two request shapes at the priced concurrency), hence the *saturated* $/1M of the recipe's own
+  token mix (`cost.input_fraction`) — the same mix the API bill uses;
+- replicas sized for the peak (`cost.peak_to_average`), the monthly bill at `cost.daily_tokens`
+  and the *effective* $/1M actually paid at that volume (bill ÷ tokens);
+- per API in `cost.compare`: its bill, the savings, the payback of the spend so far and the
+  break-even daily volume;
+- the decode bandwidth bound next to the measured TPOT (model-bandwidth utilisation).
+
+Throughput measured on one device is priced on `cost.serve_gpu` only when they are the same kind
+of device or the recipe states `cost.throughput_scale`. Every assumption is written next to the
+numbers; the arithmetic is `verticalft.cost` (pure, unit-tested by hand).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from verticalft.plan import GPUS
 from verticalft.stages.base import StageContext, StageResult
 
 TRAINING = ("cpt", "sft", "dpo", "distill")
+SERVING = ("eval", "bench")
 
 
 def gpu_and_price(name: str, price: float | None) -> tuple[Any, float]:
@@ -25,74 +35,167 @@ def gpu_and_price(name: str, price: float | None) -> tuple[Any, float]:
     return GPUS[name], price or GPUS[name].usd_per_hour
 
 
-def training_costs(ctx: StageContext, usd_per_hour: float) -> dict[str, Any]:
-    """Measured: wall time × GPUs × price per training stage; planned: `verticalft plan` beside it."""
+def same_device(serve_gpu: str, device: dict[str, Any] | None) -> bool | None:
+    """Whether the bench's device is the kind `serve_gpu` names (None: the bench did not say)."""
+    if not device:
+        return None
+    if serve_gpu == "cpu" or device.get("kind") == "cpu":
+        return serve_gpu == "cpu" and device.get("kind") == "cpu"
+    return serve_gpu.split("-")[0].lower() in str(device.get("name", "")).lower()
+
+
+def throughput_scale(ctx: StageContext, serve_gpu: str, device: dict[str, Any] | None) -> float:
+    """1.0 on the measured device; the recipe's stated factor elsewhere; an error without one."""
+    stated = ctx.recipe.cost.throughput_scale
+    if stated is not None:
+        return stated
+    if same_device(serve_gpu, device) is False:
+        raise ValueError(
+            f"the bench measured throughput on {device.get('name')} ({device.get('kind')}) but "  # type: ignore[union-attr]
+            f"cost.serve_gpu is '{serve_gpu}': run the bench on a {serve_gpu}, or state the assumption "
+            f"as cost.throughput_scale (throughput on {serve_gpu} ÷ throughput measured); the report shows it"
+        )
+    return 1.0
+
+
+def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str, Any]:
+    """GPU spend per stage over *every* attempt (done, failed, killed), measured wall time × GPUs ×
+    price; `verticalft plan`'s estimate beside each training stage. Runs from before the attempts
+    log count their finished attempt only (`attempts: null`)."""
     from verticalft.plan import plan_recipe
 
-    gpus = ctx.recipe.compute.training_gpus
+    recipe = ctx.recipe
     try:
-        planned = {s.stage: s.usd for s in plan_recipe(ctx.recipe).stages}
+        planned = {s.stage: s.usd for s in plan_recipe(recipe).stages}
     except Exception:  # noqa: BLE001 - the plan is context, never a reason to lose the measurement
         planned = {}
+    bench = recipe.stages.bench
+    serve_gpus = max([bench.gpus_for("teacher", True)] if bench else [1])
     out = {}
-    for stage in TRAINING:
+    for stage in (*TRAINING, *SERVING):
+        attempts = ctx.run.attempts(stage)
         rec = ctx.run.record(stage)
-        if rec.status == "done" and rec.wall_time_s:
-            plan_usd = sum(
-                v
-                for k, v in planned.items()
-                if k == stage or k.startswith(f"{stage}:") or k.startswith(f"{stage} ")
-            )
-            out[stage] = {
-                "wall_time_s": rec.wall_time_s,
-                "gpus": gpus,
-                "usd": round(c.training_cost(rec.wall_time_s, usd_per_hour, gpus), 6),
-                "planned_usd": round(plan_usd, 2) if plan_usd else None,
-            }
+        if attempts:
+            seconds = sum(a["seconds"] for a in attempts)
+        elif rec.status == "done" and rec.wall_time_s:
+            seconds = rec.wall_time_s
+        else:
+            continue
+        training = stage in TRAINING
+        gpus = recipe.compute.training_gpus if training else serve_gpus
+        price = train_price if training else serve_price
+        plan_usd = sum(
+            v for k, v in planned.items() if k == stage or k.startswith((f"{stage}:", f"{stage} "))
+        )
+        line = {
+            "wall_time_s": round(seconds, 2),
+            "attempts": len(attempts) or None,
+            "failed_or_killed": sum(a["status"] != "done" for a in attempts),
+            "gpus": gpus,
+            "usd_per_gpu_hour": price,
+            "usd": round(c.training_cost(seconds, price, gpus), 6),
+            "planned_usd": round(plan_usd, 2) if plan_usd else None,
+        }
+        if stage == "distill":
+            cache = rec.metrics.get("cache") or {}
+            line["of_which_cache_build_s"] = cache.get("build_seconds")
+        out[stage] = line
     return out
 
 
+def fitted_costs(bench: dict[str, Any]) -> tuple[c.TokenSeconds | None, str | None]:
+    """Input/output replica-seconds per token from the bench's two shapes, or why not."""
+    runs = [
+        (r["duration"], r["total_input_tokens"], r["total_output_tokens"])
+        for r in bench.get("fit_runs") or []
+        if r.get("duration") and r.get("total_input_tokens") is not None
+    ]
+    if not runs:
+        return None, "the bench ran one request shape (no fit_runs): priced at the benchmark's own mix"
+    try:
+        return c.fit_token_seconds(runs), None
+    except ValueError as exc:
+        return None, f"{exc}: priced at the benchmark's own mix"
+
+
 def price_model(
-    bench: dict[str, Any], ctx: StageContext, gpu: Any, usd_per_hour: float, upfront: float
+    name: str,
+    bench: dict[str, Any],
+    ctx: StageContext,
+    gpu: Any,
+    usd_per_hour: float,
+    upfront: float,
+    scale: float,
 ) -> dict[str, Any]:
     cfg = ctx.recipe.cost
-    gpus = ctx.recipe.stages.bench.gpus_per_model if ctx.recipe.stages.bench else 1
+    gpus = bench.get("gpus") or 1
     sweep = bench["sweep"]
     op = next((p for p in sweep if p["max_concurrency"] == bench.get("operating_concurrency")), None)
     # None: no point's SLO could be checked (no goodput figure), which is not "met"
     slo_met = None if all(p.get("meets_slo") is None for p in sweep) else op is not None
     if op is None:  # no point met the SLO (or none was checked): price the best throughput, and say so
         op = max(sweep, key=lambda p: p["output_throughput"] or 0)
-    prices = c.serving_prices(op["input_throughput"], op["output_throughput"], usd_per_hour, gpus)
-    total_tps = op["input_throughput"] + op["output_throughput"]
-    replicas = c.replicas_needed(cfg.daily_tokens, total_tps, cfg.utilisation)
-    monthly = c.monthly_from_hourly(usd_per_hour, gpus * replicas)
+    costs, why_not = fitted_costs(bench)
+    if costs is not None:
+        mix = cfg.input_fraction
+        costs = c.TokenSeconds(costs.input_s / scale, costs.output_s / scale, costs.clamped)
+        capacity = costs.capacity(mix)
+        per_kind = {
+            "input_usd_per_m": round(costs.input_s * gpus * usd_per_hour / 3600 * 1e6, 6),
+            "output_usd_per_m": round(costs.output_s * gpus * usd_per_hour / 3600 * 1e6, 6),
+        }
+    else:  # old bench: one shape, so only its own mix can be priced
+        capacity = (op["input_throughput"] + op["output_throughput"]) * scale
+        mix = op["input_throughput"] / (op["input_throughput"] + op["output_throughput"])
+        per_kind = {"input_usd_per_m": None, "output_usd_per_m": None}
+    saturated = c.usd_per_million_tokens(capacity, usd_per_hour, gpus)
+    replica_monthly = c.monthly_from_hourly(usd_per_hour, gpus)
+    replicas = c.replicas_for(cfg.daily_tokens, capacity, cfg.peak_to_average)
+    monthly = replicas * replica_monthly
+    effective = c.effective_usd_per_million(monthly, cfg.daily_tokens)
     comparisons = {}
     for api, price in cfg.compare.items():
         p_in, p_out = c.api_price(api, price.input_usd_per_m, price.output_usd_per_m)
-        cmp = c.compare_to_api(api, cfg.daily_tokens, p_in, p_out, monthly, upfront, cfg.input_fraction)
-        api_blended = cfg.input_fraction * p_in + (1 - cfg.input_fraction) * p_out
+        api_per_m = c.api_usd_per_million(p_in, p_out, cfg.input_fraction)
+        api_monthly = c.api_monthly_cost(cfg.daily_tokens, p_in, p_out, cfg.input_fraction)
+        savings = api_monthly - monthly
+        payback = c.payback_months(upfront, savings)
+        be = c.break_even_daily_tokens(replica_monthly, capacity, api_per_m, cfg.peak_to_average)
         comparisons[api] = {
-            "api_monthly_usd": round(cmp.api_monthly_usd, 2),
-            "monthly_savings_usd": round(cmp.monthly_savings_usd, 2),
-            "payback_months": None if cmp.payback_months == float("inf") else round(cmp.payback_months, 3),
-            "api_blended_usd_per_m": round(api_blended, 4),
-            "per_token_ratio": round(api_blended / prices["blended_usd_per_m"], 2),
+            "api_usd_per_m": round(api_per_m, 4),
+            "api_monthly_usd": round(api_monthly, 2),
+            "monthly_savings_usd": round(savings, 2),
+            "payback_months": None if payback == float("inf") else round(payback, 3),
+            "break_even_daily_tokens": None if be is None else round(be),
+            "effective_ratio": round(api_per_m / effective, 4) if effective != float("inf") else None,
+            "saturated_ratio": round(api_per_m / saturated, 4),
         }
     one = min(sweep, key=lambda p: p["max_concurrency"])
     floor = c.decode_floor_ms(bench["weight_bytes"], gpu.mem_bandwidth_tbs)
     tpot = one.get("median_tpot_ms")
+    unstable = [p["max_concurrency"] for p in [*sweep, bench.get("fit_point") or {}] if p.get("unstable")]
     return {
         "priced_at_concurrency": op["max_concurrency"],
         "slo_met": slo_met,
-        **{k: round(v, 6) for k, v in prices.items()},
+        "gpus": gpus,
+        "token_seconds": None
+        if costs is None
+        else {"input_s": costs.input_s, "output_s": costs.output_s, "clamped": costs.clamped},
+        "priced_mix": round(mix, 4),
+        "mix_note": why_not,
+        **per_kind,
+        "capacity_tokens_per_s": round(capacity, 3),
+        "saturated_usd_per_m": round(saturated, 6),
+        "effective_usd_per_m": None if effective == float("inf") else round(effective, 6),
+        "replicas": replicas,
+        "replica_monthly_usd": round(replica_monthly, 2),
+        "self_hosted_monthly_usd": round(monthly, 2),
+        "unstable_points": unstable,
         "output_tokens_per_s": round(op["output_throughput"], 2),
         "p50_e2el_ms": op.get("median_e2el_ms"),
         "p99_e2el_ms": op.get("p99_e2el_ms"),
         "p50_ttft_ms": op.get("median_ttft_ms"),
         "p99_ttft_ms": op.get("p99_ttft_ms"),
-        "replicas": replicas,
-        "self_hosted_monthly_usd": round(monthly, 2),
         "compare": comparisons,
         "decode_floor_ms": round(floor, 6),
         "measured_tpot_ms_at_1": tpot,
@@ -112,39 +215,52 @@ def run(ctx: StageContext) -> StageResult:
         serve_name,
         cfg.serve_usd_per_gpu_hour or (cfg.usd_per_gpu_hour if serve_name == compute.gpu else None),
     )
-    training = training_costs(ctx, train_price)
-    upfront = sum(t["usd"] for t in training.values()) + cfg.other_upfront_usd
-    bench = ctx.run.record("bench").metrics.get("models", {}) if ctx.run.is_done("bench") else {}
-    models = {name: price_model(b, ctx, serve_gpu, serve_price, upfront) for name, b in bench.items()}
+    spent = spend(ctx, train_price, serve_price)
+    upfront = sum(t["usd"] for t in spent.values()) + cfg.other_upfront_usd
+    bench_metrics = ctx.run.record("bench").metrics if ctx.run.is_done("bench") else {}
+    bench = bench_metrics.get("models", {})
+    device = bench_metrics.get("device")
+    scale = throughput_scale(ctx, serve_name, device) if bench else 1.0
+    models = {
+        name: price_model(name, b, ctx, serve_gpu, serve_price, upfront, scale) for name, b in bench.items()
+    }
     on_cpu = serve_name == "cpu"
     assumptions = {
         "serve_gpu": serve_name,
         "serve_usd_per_gpu_hour": serve_price,
+        "serve_gpu_bandwidth_tb_per_s": serve_gpu.mem_bandwidth_tbs,
+        "serve_gpu_peak_tflops": serve_gpu.bf16_tflops,
+        "gpus_per_replica": {n: m["gpus"] for n, m in models.items()},
+        "bench_device": device,
+        "throughput_scale": cfg.throughput_scale,
         "train_gpu": compute.gpu,
         "train_usd_per_gpu_hour": train_price,
+        "training_gpus": compute.training_gpus,
         "daily_tokens": cfg.daily_tokens,
         "input_fraction": cfg.input_fraction,
-        "utilisation": cfg.utilisation,
+        "peak_to_average": cfg.peak_to_average,
         "hours_per_month": c.HOURS_PER_MONTH,
         "other_upfront_usd": cfg.other_upfront_usd,
-        "api_prices": {
-            api: c.api_price(api, p.input_usd_per_m, p.output_usd_per_m) for api, p in cfg.compare.items()
-        },
+        "api_prices": {api: c.api_price_row(api, p) for api, p in cfg.compare.items()},
         "note": (
             "CPU run: throughput, latency and $ are CPU figures (the price is the GPU table's 'cpu' row), "
             "not a forecast for a GPU deployment; the bandwidth line uses a CPU memory bandwidth."
             if on_cpu
-            else "Prices at the measured operating point; input and output $/1M each charge the whole GPU-hour."
+            else "Saturated $/1M: a replica busy all month; effective $/1M: the bill at the stated volume ÷ its tokens."
         ),
     }
     metrics = {
         "assumptions": assumptions,
-        "training": training,
+        "spend": spent,
         "upfront_usd": round(upfront, 4),
         "models": models,
     }
     summary = (
-        "; ".join(f"{n}: ${m['blended_usd_per_m']:.4g}/1M tokens" for n, m in models.items())
+        "; ".join(
+            f"{n}: ${m['effective_usd_per_m'] or float('inf'):.4g}/1M effective, "
+            f"${m['saturated_usd_per_m']:.4g}/1M saturated"
+            for n, m in models.items()
+        )
         or "no bench results to price"
     )
     return StageResult(outputs={}, metrics=metrics, summary=summary)

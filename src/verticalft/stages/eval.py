@@ -7,7 +7,8 @@ process for every model, `serving.offline`) or, where vLLM is not installed, tra
 label, numeric with a tolerance, multiple choice.
 
 Writes `eval/<model>.jsonl` (one line per item: prompt, answer, prediction, finish reason,
-correct) and puts per model the overall / per-task / per-difficulty scores in the manifest,
+correct, and the model's confidence in its answer — the geometric-mean probability of its tokens,
+which the route stage uses to decide when a student escalates) and puts per model the overall / per-task / per-difficulty scores in the manifest,
 with retention = student / final teacher (overall and per task) and, on the general set,
 retention = model / base (forgetting). Gates (`stages.eval.gates`) are checked after every result
 is saved: a failed gate fails the stage with what fell short, and the report still shows it.
@@ -23,7 +24,7 @@ from typing import Any
 from verticalft.data import DataError, load_source, parse_jsonl
 from verticalft.recipe import Source
 from verticalft.rundir import atomic_write_text
-from verticalft.scoring import KINDS, score_items, summarise
+from verticalft.scoring import KINDS, confidence, score_items, summarise
 from verticalft.stages.base import (
     PartialFailure,
     RunModel,
@@ -81,7 +82,10 @@ def generate_all(
             flush=True,
         )
         outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
-        return {n: {"texts": o.texts, "finish_reasons": o.finish_reasons} for n, o in outs.items()}
+        return {
+            n: {"texts": o.texts, "finish_reasons": o.finish_reasons, "mean_logprobs": o.mean_logprobs}
+            for n, o in outs.items()
+        }
     import gc
 
     from verticalft.models import load_model, load_tokenizer
@@ -92,8 +96,12 @@ def generate_all(
     for m in models:
         model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code)
         tokenizer = load_tokenizer(m.path, ctx.recipe.models.chat_template)
-        pairs = generate(model, tokenizer, prompts, max_new_tokens, batch)
-        results[m.name] = {"texts": [t for t, _ in pairs], "finish_reasons": [r for _, r in pairs]}
+        done = generate(model, tokenizer, prompts, max_new_tokens, batch)
+        results[m.name] = {
+            "texts": [c.text for c in done],
+            "finish_reasons": [c.finish_reason for c in done],
+            "mean_logprobs": [c.mean_logprob for c in done],
+        }
         del model
         gc.collect()
     return results
@@ -153,6 +161,7 @@ def run(ctx: StageContext) -> StageResult:
         for set_name, rows in items.items():
             texts = gen["texts"][start : start + len(rows)]
             reasons = gen["finish_reasons"][start : start + len(rows)]
+            logps = (gen.get("mean_logprobs") or [None] * len(gen["texts"]))[start : start + len(rows)]
             start += len(rows)
             correct = score_items(rows, texts, ev.numeric_tolerance)
             per_model[set_name] = summarise(rows, correct)
@@ -168,9 +177,11 @@ def run(ctx: StageContext) -> StageResult:
                         "prediction": text,
                         "finish_reason": why,
                         "correct": ok,
+                        "mean_logprob": lp,
+                        "confidence": confidence(lp),
                     }
                 )  # fmt: skip
-                for it, text, why, ok in zip(rows, texts, reasons, correct, strict=True)
+                for it, text, why, ok, lp in zip(rows, texts, reasons, correct, logps, strict=True)
             ]
         atomic_write_text(ctx.dir / f"{m.name}.jsonl", "\n".join(lines) + "\n")
         outputs[m.name] = str(ctx.dir / f"{m.name}.jsonl")
