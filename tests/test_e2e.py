@@ -302,7 +302,7 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     proc = subprocess.Popen([sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.time() + 900
-    while not list((root / "bench").glob("*/concurrency-1.json")):  # first sweep point written
+    while not list((root / "bench").glob("*/concurrency-1-r1.json")):  # first sweep point written
         assert proc.poll() is None, proc.stdout.read()[-5000:]
         assert time.time() < deadline, "the benchmark never started"
         time.sleep(0.5)
@@ -322,7 +322,7 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
 
     proc = vft(*args)  # the rerun works
     m = manifest(runs, recipe)
-    assert all(m[s]["status"] == "done" for s in ("eval", "bench", "cost"))
+    assert all(m[s]["status"] == "done" for s in ("eval", "bench", "cost", "route"))
     ev = m["eval"]["metrics"]
     assert ev["backend"] == "vllm" and ev["teacher"] == "dpo"
     scores = ev["models"]
@@ -332,8 +332,10 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     assert scores["student-s"]["retention"]["overall"] == round(
         scores["student-s"]["domain"]["score"] / scores["dpo"]["domain"]["score"], 4
     )
-    rows = (root / "eval" / "student-s.jsonl").read_text().splitlines()
-    assert len(rows) == ev["items"]["domain"] and {"prediction", "correct"} <= set(json.loads(rows[0]))
+    rows = [json.loads(line) for line in (root / "eval" / "student-s.jsonl").read_text().splitlines()]
+    assert len(rows) == ev["items"]["domain"] and {"prediction", "correct"} <= set(rows[0])
+    # vLLM's logprobs give each answer a confidence: a mean token probability, in (0, 1]
+    assert all(0.0 < r["confidence"] <= 1.0 and r["mean_logprob"] <= 0.0 for r in rows)
 
     bench = m["bench"]["metrics"]["models"]
     assert set(bench) == {"dpo", "student-s"}
@@ -343,28 +345,36 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     assert teacher["parity"]["prompts"] == 16 and teacher["parity"]["identical"] == 16, teacher["parity"]
     for b in bench.values():
         assert [p["max_concurrency"] for p in b["sweep"]] == [1, 4]
-        for p in b["sweep"]:
+        for p in [*b["sweep"], b["fit_point"]]:
             assert p["completed"] == 8 and p["failed"] == 0 and p["output_throughput"] > 0
             assert (
                 p["median_ttft_ms"] > 0
                 and p["median_tpot_ms"] > 0
                 and p["p99_e2el_ms"] >= p["median_e2el_ms"]
             )
+            assert len(p["repeats"]) == 2 and p["spread"] >= 0  # every point measured twice
+        # the cost fit's runs: 2 repeats of the priced point (64 in / 32 out) + 2 of the second shape (16 / 32)
+        assert sorted((r["input_len"], r["output_len"]) for r in b["fit_runs"]) == [(16, 32)] * 2 + [(64, 32)] * 2
     cost = m["cost"]["metrics"]
     assert cost["assumptions"]["serve_gpu"] == "cpu" and "CPU figures" in cost["assumptions"]["note"]
     for name, c in cost["models"].items():
-        point = next(p for p in bench[name]["sweep"] if p["max_concurrency"] == c["priced_at_concurrency"])
-        assert c["output_usd_per_m"] == pytest.approx(
-            0.10 / (point["output_throughput"] * 3600) * 1e6, rel=1e-3
-        )
-        assert c["compare"]["claude-sonnet"]["api_monthly_usd"] == 1350.0
+        t = c["token_seconds"]
+        assert t["output_s"] > 0 and t["input_s"] >= 0
+        # half input, half output, at the cpu row's $0.10/h
+        per_token = 0.5 * t["input_s"] + 0.5 * t["output_s"]
+        assert c["saturated_usd_per_m"] == pytest.approx(per_token * 0.10 / 3600 * 1e6, rel=1e-3)
+        assert c["effective_usd_per_m"] == pytest.approx(c["replicas"] * 72.0 / 150, rel=1e-4)
+        # claude-sonnet (shipped row: $2 / $10) at half input is $6/1M → $900/month at 5M/day
+        assert c["compare"]["claude-sonnet"]["api_monthly_usd"] == 900.0
+    routed = m["route"]["metrics"]["cascades"]["student-s → dpo"]
+    assert 0.0 <= routed["chosen"]["quality"] <= 1.0 and sum(routed["chosen"]["shares"]) == pytest.approx(1.0)
     report = (root / "report.md").read_text()
     for name in ("dpo", "student-s"):
         assert name in report
     assert _api_servers(runs) == []
 
     # `verticalft report` re-prices from what was measured, without serving anything.
-    before = cost["models"]["student-s"]["blended_usd_per_m"]
+    before = cost["models"]["student-s"]["effective_usd_per_m"]
     vft(
         "report",
         f"recipes/{recipe}.yaml",
@@ -375,5 +385,5 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
         "--set",
         "cost.usd_per_gpu_hour=0.2",
     )
-    after = manifest(runs, recipe)["cost"]["metrics"]["models"]["student-s"]["blended_usd_per_m"]
+    after = manifest(runs, recipe)["cost"]["metrics"]["models"]["student-s"]["effective_usd_per_m"]
     assert after == pytest.approx(2 * before, rel=1e-3)

@@ -91,6 +91,8 @@ def test_pruned_student_is_served_and_priced(small_run):
     for b in bench.values():
         assert [p["completed"] for p in b["sweep"]] == [4] and all(p["failed"] == 0 for p in b["sweep"])
     cost = m["cost"]["metrics"]["models"]
-    assert cost[STUDENT]["blended_usd_per_m"] > 0
+    assert cost[STUDENT]["saturated_usd_per_m"] > 0 and cost[STUDENT]["effective_usd_per_m"] > 0
+    routed = m["route"]["metrics"]["cascades"]
+    assert f"{STUDENT} → dpo" in routed
     scores = m["eval"]["metrics"]["models"]
     assert {"base", "cpt", "sft", "dpo", STUDENT} <= set(scores)

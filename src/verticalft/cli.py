@@ -77,7 +77,7 @@ def plan(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt)
     r = _load(recipe, profile, overrides)
     p = plan_recipe(r)
     table = Table(
-        title=f"plan: {r.name} ({profile}) on {p.gpu.name} × {r.compute.training_gpus} ({r.compute.nodes} node(s) × {r.compute.gpus_per_node}), MFU {r.compute.mfu:.0%}"
+        title=f"plan: {r.name} ({profile}) on {p.gpu.name} × {r.compute.training_gpus} ({r.compute.nodes} node(s) × {r.compute.gpus_per_node})"
     )
     for col in (
         "stage",

@@ -10,11 +10,18 @@ Pure functions, no torch import. The formulas, so a reader can check them:
 - DPO: policy forward+backward on chosen *and* rejected (D counts both) plus a reference forward
   (2·N·D; with PEFT the reference is the base with the adapter off).
 - GPU-hours = FLOPs / (peak bf16 dense FLOP/s × MFU) / 3600; dollars = GPU-hours × $/GPU-hour.
-- Memory per GPU = weights (bf16 2 B/param; NF4 with double quantization 4.127 bit/param, QLoRA
-  paper) + trainable state (16 B/param: bf16 weight and grad, fp32 master, Adam m and v; sharded
-  over GPUs under FSDP/ZeRO-3) + activations (34·s·b·h bytes per layer with fused attention,
-  Korthikanti et al.; with checkpointing only one layer's plus 2·s·b·h per layer) + fp32 logits
-  (4·s·b·V bytes).
+- MFU per method (`compute.mfu`, one number or per method): defaults full 0.40 (Llama 3 report:
+  38–43 % BF16 MFU on H100 clusters), and — assumptions, not published figures — LoRA 0.35 (same
+  matmuls, smaller optimizer step), QLoRA 0.25 (every matmul dequantizes NF4 weights first),
+  inference 0.30 (teacher forward passes).
+- Memory per GPU = weights (bf16 2 B/param; QLoRA: NF4 with double quantization 4.127 bit/param
+  for the blocks, QLoRA paper, while bitsandbytes leaves embeddings and `lm_head` in 16 bit) +
+  trainable state (16 B/param: bf16 weight and grad, fp32 master, Adam m and v; sharded over GPUs
+  under FSDP/ZeRO-3) + activations (Korthikanti et al.'s 34·s·b·h bytes per layer is for a GELU
+  MLP of 4h; with SwiGLU of intermediate I it is (18 + 8·I/h)·s·b·h — attention and norms 15,
+  the MLP input 3, gate, up, their SiLU and product 2 bytes each per intermediate element; with
+  checkpointing one layer's plus 2·s·b·h per layer) + logits (12 B per element when training:
+  bf16 logits, their fp32 upcast, fp32 log-softmax and a bf16 gradient; 4 B at inference).
 - Distillation, per student: its own training (6·N_s·D or 4·N_s·D) plus the teacher's work —
   a forward 2·N_t·D over the same tokens (online logits, the cache pass, on-policy scoring) or
   over the generated tokens (sequence). Memory per student depends on the kind: online logits
@@ -31,6 +38,20 @@ from typing import Any
 
 NF4_BYTES_PER_PARAM = 4.127 / 8
 TRAINABLE_STATE_BYTES = 16
+TRAIN_LOGIT_BYTES = 12  # bf16 logits 2 + fp32 upcast 4 + fp32 log-softmax 4 + bf16 gradient 2
+MFU_DEFAULTS = {"full": 0.40, "lora": 0.35, "qlora": 0.25, "inference": 0.30}
+
+
+def mfu_for(compute: Any, method: str) -> float:
+    """The recipe's `compute.mfu` for a method (`full`, `lora`, `qlora`, `inference`): one number
+    for all, a per-method table, or the defaults above."""
+    key = "inference" if method.startswith("inference") else method
+    given = getattr(compute, "mfu", None)
+    if isinstance(given, int | float):
+        return float(given)
+    return float((given or {}).get(key) or MFU_DEFAULTS[key])
+
+
 CHINCHILLA_TOKENS_PER_PARAM = 20
 
 
@@ -73,6 +94,11 @@ class Arch:
         mlp = 3 * self.hidden * self.intermediate
         embed = self.vocab * self.hidden * (1 if self.tied else 2)
         return embed + self.layers * (attn + mlp + 2 * self.hidden) + self.hidden
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embedding + `lm_head` (one matrix when tied): kept in 16 bit under QLoRA."""
+        return self.vocab * self.hidden * (1 if self.tied else 2)
 
     def lora_params(self, r: int) -> int:
         """LoRA on every linear layer of every block (`all-linear`): r·(in + out) each."""
@@ -147,14 +173,14 @@ def training_memory_gb(
         weights = 0.0  # counted in the trainable state (bf16 weight is part of the 16 B)
         trainable = n * TRAINABLE_STATE_BYTES / shards
     else:
-        weights = n * (NF4_BYTES_PER_PARAM if method == "qlora" else 2.0)
+        weights = _frozen_weight_bytes(arch, "nf4" if method == "qlora" else "none")
         trainable = arch.lora_params(lora_r) * TRAINABLE_STATE_BYTES
     tokens = seq_len * micro_batch * sequences_per_example
-    per_layer = 34.0 * tokens * arch.hidden
+    per_layer = (18.0 + 8.0 * arch.intermediate / arch.hidden) * tokens * arch.hidden
     activations = (
         (per_layer + 2.0 * tokens * arch.hidden * arch.layers) if checkpointing else per_layer * arch.layers
     )
-    logits = 4.0 * tokens * arch.vocab
+    logits = TRAIN_LOGIT_BYTES * tokens * arch.vocab
     parts = {"weights": weights, "trainable_state": trainable, "activations": activations, "logits": logits}
     out = {k: round(v / 1e9, 3) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / 1e9, 3)
@@ -167,9 +193,17 @@ def _breakdown(mem: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
 
 
+def _frozen_weight_bytes(arch: Arch, quantization: str) -> float:
+    """A frozen model's weights: 16 bit, or 4-bit blocks with 16-bit embeddings and `lm_head`
+    (bitsandbytes quantizes the linear layers of the blocks only)."""
+    if quantization not in ("nf4", "fp4"):
+        return arch.params * 2.0
+    return (arch.params - arch.embedding_params) * NF4_BYTES_PER_PARAM + arch.embedding_params * 2.0
+
+
 def inference_memory_gb(arch: Arch, quantization: str, seq_len: int, micro_batch: int) -> float:
     """A frozen model that only runs forward: weights + its fp32 logits for one micro-batch."""
-    weights = arch.params * (NF4_BYTES_PER_PARAM if quantization in ("nf4", "fp4") else 2.0)
+    weights = _frozen_weight_bytes(arch, quantization)
     return round((weights + 4.0 * seq_len * micro_batch * arch.vocab) / 1e9, 3)
 
 
@@ -319,6 +353,11 @@ def plan_recipe(recipe: Any) -> Plan:
         "FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
         "DPO adds a reference forward 2·N·D"
     )
+    plan.notes.append(
+        "MFU: " + ", ".join(f"{m} {mfu_for(c, m):.0%}" for m in MFU_DEFAULTS)
+        + (" (the recipe's compute.mfu)" if isinstance(c.mfu, int | float) else
+           " (defaults: full from the Llama 3 report's 38–43 %; the others assumed — set compute.mfu)")
+    )  # fmt: skip
     d = recipe.data
     for stage in ("cpt", "sft", "dpo"):
         cfg = getattr(recipe.stages, stage)
@@ -342,7 +381,7 @@ def plan_recipe(recipe: Any) -> Plan:
             flops = dpo_flops(arch.params, tokens, "lora" if method != "full" else "full", ckpt)
         else:
             flops = training_flops(arch.params, tokens, method, ckpt)
-        hours = gpu_hours(flops, gpu, c.mfu)
+        hours = gpu_hours(flops, gpu, mfu_for(c, method))
         mem = training_memory_gb(
             arch,
             method,
@@ -401,7 +440,7 @@ def plan_distill(
     if not beside:
         what = "top-k cache" if cfg.kind == "logits" else "generation"
         flops = 2.0 * teacher.params * tokens
-        hours = gpu_hours(flops, gpu, c.mfu)
+        hours = gpu_hours(flops, gpu, mfu_for(c, "inference"))
         plan.stages.append(
             StagePlan(
                 f"distill: teacher {what}",
@@ -444,7 +483,7 @@ def plan_distill(
         flops = training_flops(arch.params, trained, cfg.method, ckpt)
         if beside:
             flops += 2.0 * teacher.params * trained
-        hours = gpu_hours(flops, gpu, c.mfu)
+        hours = gpu_hours(flops, gpu, mfu_for(c, cfg.method))
         fits = mem["total"] <= gpu.vram_gb * 0.95
         plan.stages.append(
             StagePlan(

@@ -478,6 +478,21 @@ class Stages(Strict):
 
 
 # --------------------------------------------------------------------------- compute / cost
+def _check_mfu(v: Any) -> float | dict[str, float] | None:
+    """`compute.mfu`: a share in (0, 1], or one per method."""
+    methods = ("full", "lora", "qlora", "inference")
+    ok = lambda x: isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= 1  # noqa: E731
+    if v is None or ok(v):
+        return v
+    if isinstance(v, dict):
+        bad = [k for k in v if k not in methods]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(map(str, bad))}; one of {', '.join(methods)}")
+        if all(ok(x) for x in v.values()):
+            return v
+    raise ValueError(f"a share in (0, 1] (e.g. 0.4), or one per method ({', '.join(methods)}): got {v!r}")
+
+
 class Compute(Strict):
     """Where training runs. One definition of "GPUs": `nodes` × `gpus_per_node`, one process per
     GPU. The launcher starts that many processes, `plan` shards over them and `cost` charges them
@@ -486,7 +501,9 @@ class Compute(Strict):
     gpu: str = "h100-sxm"
     nodes: int = Field(default=1, ge=1)  # > 1: run on every node with NODE_RANK/MASTER_ADDR/MASTER_PORT set
     gpus_per_node: int = Field(default=1, ge=1)  # = processes per node (on a CPU machine: processes)
-    mfu: float = Field(default=0.4, gt=0.0, le=1.0)
+    # Model FLOPs utilisation: one number, or per method (full, lora, qlora, inference); the plan
+    # shows what it used (default per method: verticalft.plan.MFU_DEFAULTS).
+    mfu: Annotated[Any, AfterValidator(_check_mfu)] = None
     launcher: Literal["none", "torchrun", "accelerate"] = "none"
     accelerate_config: str = "ddp"  # ddp | fsdp2 | deepspeed-zero3 | a path to your own config
     seed: int = 42
@@ -575,7 +592,9 @@ class Route(Strict):
         named = {n.removeprefix("api:") for cas in self.cascades or [] for n in cas if n.startswith("api:")}
         missing = sorted(named - set(self.apis))
         if missing:
-            raise ValueError(f"tier(s) {', '.join('api:' + m for m in missing)} need their answers in route.apis")
+            raise ValueError(
+                f"tier(s) {', '.join('api:' + m for m in missing)} need their answers in route.apis"
+            )
         return self
 
 

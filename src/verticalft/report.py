@@ -308,6 +308,8 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
         f"peak {_num(a.get('serve_gpu_peak_tflops'), '{:g}')} bf16 TFLOP/s); "
         f"training: `{a.get('train_gpu')}` × {_num(a.get('training_gpus'), '{:.0f}')} at "
         f"{_usd(a.get('train_usd_per_gpu_hour'))}/GPU-hour",
+        "- MFU behind the planned $ (`verticalft plan`): "
+        + (", ".join(f"{k} {v:.0%}" for k, v in (a.get("mfu") or {}).items()) or "–"),
         "- GPUs per replica (vLLM tensor parallelism): "
         + (", ".join(f"{n} {g}" for n, g in gpus.items()) or "–"),
         f"- Volume: {_num(a.get('daily_tokens'), '{:,.0f}')} tokens/day, "

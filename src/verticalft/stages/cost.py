@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from verticalft import cost as c
-from verticalft.plan import GPUS
+from verticalft.plan import GPUS, MFU_DEFAULTS, mfu_for
 from verticalft.stages.base import StageContext, StageResult
 
 TRAINING = ("cpt", "sft", "dpo", "distill")
@@ -236,6 +236,7 @@ def run(ctx: StageContext) -> StageResult:
         "train_gpu": compute.gpu,
         "train_usd_per_gpu_hour": train_price,
         "training_gpus": compute.training_gpus,
+        "mfu": {m: mfu_for(compute, m) for m in MFU_DEFAULTS},  # behind the planned $ of each stage
         "daily_tokens": cfg.daily_tokens,
         "input_fraction": cfg.input_fraction,
         "peak_to_average": cfg.peak_to_average,
