@@ -144,6 +144,7 @@ def test_repeats_combine_to_the_slower_one_and_flag_a_wide_spread():
     # (600 − 500) / 500 = 0.2: at the limit, not over it; the 500 tok/s repeat is the one priced
     assert p["output_throughput"] == 500 and p["spread"] == pytest.approx(0.2) and p["unstable"] is False
     assert [r["output_throughput"] for r in p["repeats"]] == [600, 500]
+    assert [r["total_input_tokens"] for r in p["repeats"]] == [2048, 2048]  # what the cost fit reads
     # the two demo runs: 357 vs 1,654 tok/s → spread 3.63, flagged
     p = combine_repeats([summarise(_point(16, 357, 10.0), slo), summarise(_point(16, 1654, 10.0), slo)], 0.2)
     assert p["spread"] == pytest.approx(3.6331, abs=1e-4) and p["unstable"] is True
@@ -153,3 +154,9 @@ def test_repeats_combine_to_the_slower_one_and_flag_a_wide_spread():
     assert combine_repeats([a, summarise(_point(8, 600, goodput=None), slo)])["meets_slo"] is None
     assert combine_repeats([a, b])["meets_slo"] is True
     assert combine_repeats([a])["unstable"] is False
+    # same throughput, but the TPOT of one repeat is 1/600 of the other's (a stream delivered in one
+    # burst: vLLM then measures the whole answer as time to first token) → flagged too
+    fast = {**_point(1, 450, 10.0), "median_tpot_ms": 1.85}
+    burst = {**_point(1, 450, 10.0), "median_tpot_ms": 0.003}
+    p = combine_repeats([summarise(fast, slo), summarise(burst, slo)])
+    assert p["spread"] == 0 and p["tpot_spread"] == pytest.approx(615.6667, abs=1e-3) and p["unstable"]

@@ -354,10 +354,13 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
             )
             assert len(p["repeats"]) == 2 and p["spread"] >= 0  # every point measured twice
         # the cost fit's runs: 2 repeats of the priced point (64 in / 32 out) + 2 of the second shape (16 / 32)
-        assert sorted((r["input_len"], r["output_len"]) for r in b["fit_runs"]) == [(16, 32)] * 2 + [(64, 32)] * 2
+        assert (
+            sorted((r["input_len"], r["output_len"]) for r in b["fit_runs"])
+            == [(16, 32)] * 2 + [(64, 32)] * 2
+        )
     cost = m["cost"]["metrics"]
     assert cost["assumptions"]["serve_gpu"] == "cpu" and "CPU figures" in cost["assumptions"]["note"]
-    for name, c in cost["models"].items():
+    for c in cost["models"].values():
         t = c["token_seconds"]
         assert t["output_s"] > 0 and t["input_s"] >= 0
         # half input, half output, at the cpu row's $0.10/h

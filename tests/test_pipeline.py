@@ -12,12 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_profile_adds_the_tiny_models_stage():
-    full = ["curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost"]
+    full = ["curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost", "route"]
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == ["tiny_models", *full]
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == full
     # cost prices what eval/bench measured: without them there is nothing to price
     r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.eval=null", "stages.bench=null"])
     assert enabled_stages(r)[-1] == "distill"
+    # route needs answers (eval) and prices (bench): without bench, cost prices the spend alone
+    r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.bench=null"])
+    assert enabled_stages(r)[-2:] == ["eval", "cost"]
 
 
 def test_preflight_lists_every_missing_file_before_any_work(tmp_path):

@@ -19,7 +19,13 @@ from verticalft.rundir import RunDir, atomic_write_json
 
 FIXTURE = Path(__file__).parent / "data" / "report_manifest.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SERVING_PLOTS = ("quality_vs_cost", "monthly_cost", "latency_vs_throughput")
+SERVING_PLOTS = (
+    "quality_vs_cost",
+    "monthly_cost",
+    "latency_vs_throughput",
+    "routing_frontier",
+    "calibration",
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +80,12 @@ def test_decision_comes_first_with_each_models_numbers(manifest: dict[str, Any])
         assert f"| {e['domain']['score']:.3f} |" in row
         if name in priced:
             c = priced[name]
-            assert _usd(c["blended_usd_per_m"]) in row
-            assert _usd(c["output_usd_per_m"]) in row
+            assert f"| {_usd(c['effective_usd_per_m'])} | {_usd(c['saturated_usd_per_m'])} |" in row
             assert f"{c['p50_e2el_ms']:,.0f} / {c['p99_e2el_ms']:,.0f}" in row
             assert f"{c['output_tokens_per_s']:,.0f}" in row
-            assert f"| {c['priced_at_concurrency']} |" in row
-    # The formatter keeps the fixture's student-s price readable, not rounded to $0.01 or 6.761e-03.
-    assert "| $0.006761 |" in _row(text, "student-s")
+            assert f"| {c['priced_at_concurrency']}" in row
+    # The formatter keeps small prices readable: never rounded to $0.00 or written as 6.761e-03.
+    assert "e-0" not in _section(text, "Decision") and "| $0.00 |" not in _section(text, "Decision")
 
 
 def test_retention_and_sentences_come_from_the_numbers(manifest: dict[str, Any]) -> None:
@@ -92,9 +97,9 @@ def test_retention_and_sentences_come_from_the_numbers(manifest: dict[str, Any])
     for name in ("student-s", "student-m"):
         ret = ev["models"][name]["retention"]["overall"]
         assert f"| {ret:.3f} |" in _row(text, name)
-        ratio = priced[name]["blended_usd_per_m"] / priced[teacher]["blended_usd_per_m"]
+        ratio = priced[name]["effective_usd_per_m"] / priced[teacher]["effective_usd_per_m"]
         assert f"**{name}** keeps {ret:.0%} of the teacher `{teacher}`'s domain score" in text
-        assert f"at {ratio:.0%} of its cost per token" in text
+        assert f"at {ratio:.0%} of its effective cost per token" in text
     daily = _cost(manifest)["assumptions"]["daily_tokens"]
     s = priced["student-s"]
     sonnet = s["compare"]["claude-sonnet"]
@@ -107,11 +112,12 @@ def test_retention_and_sentences_come_from_the_numbers(manifest: dict[str, Any])
 
 def test_payback_none_renders_never(manifest: dict[str, Any]) -> None:
     s = _cost(manifest)["models"]["student-s"]["compare"]
-    assert s["gpt-4o-mini"]["payback_months"] is None  # the fixture: the small API is cheaper
-    s["claude-sonnet"]["payback_months"] = 3.25
+    s["gpt-4o-mini"]["payback_months"], s["gpt-4o-mini"]["break_even_daily_tokens"] = None, None
+    s["claude-sonnet"]["payback_months"], s["claude-sonnet"]["break_even_daily_tokens"] = 3.25, 400_000
     text = render(manifest, "t")
-    assert "vs gpt-4o-mini $56.25/month → payback never" in text
-    assert "vs claude-sonnet $1,350/month → payback 3.25 months" in text
+    mini, sonnet = _usd(s["gpt-4o-mini"]["api_monthly_usd"]), _usd(s["claude-sonnet"]["api_monthly_usd"])
+    assert f"vs gpt-4o-mini {mini}/month → payback never, the API is cheaper at any volume" in text
+    assert f"vs claude-sonnet {sonnet}/month → payback 3.25 months, break-even at 400,000 tokens/day" in text
     assert "None" not in _section(text, "Decision")
 
 
@@ -132,11 +138,18 @@ def test_assumptions_and_training_cost(manifest: dict[str, Any]) -> None:
     text = render(manifest, "t")
     a = _section(text, "Assumptions")
     assert "5,000,000 tokens/day, 50% input / 50% output" in a
-    assert "claude-sonnet $3.00 / $15.00; gpt-4o-mini $0.15 / $0.60" in a
-    assert "A month is 720 hours" in a
-    t = _section(text, "Training cost")
-    for stage, row in _cost(manifest)["training"].items():
-        assert f"| {stage} | {row['wall_time_s']:,.0f}s | {row['gpus']} | {_usd(row['usd'])} |" in t
+    # each API price with its versioned model id, date and source (the shipped table's rows)
+    sonnet = _cost(manifest)["assumptions"]["api_prices"]["claude-sonnet"]
+    assert (
+        f"| claude-sonnet | `{sonnet['model']}` | $2.00 | $10.00 | {sonnet['as_of']} | {sonnet['source']} |"
+        in a
+    )
+    assert "A month is 720 hours" in a and "Peak-to-average: 2 " in a
+    assert "MFU behind the planned $" in a and "GPUs per replica (vLLM tensor parallelism): " in a
+    assert "TB/s behind the decode floor" in a
+    t = _section(text, "Spend so far")
+    for stage, row in _cost(manifest)["spend"].items():
+        assert f"| {stage} | {row['attempts']}" in t and f"| {_usd(row['usd'])} |" in t
     assert _usd(_cost(manifest)["upfront_usd"]) in t
 
 
@@ -151,7 +164,8 @@ def test_mbu_above_one_is_flagged(manifest: dict[str, Any]) -> None:
 
 
 def test_slo_miss_and_lora_parity_are_shown(manifest: dict[str, Any]) -> None:
-    _cost(manifest)["models"]["dpo"]["slo_met"] = False
+    dpo = _cost(manifest)["models"]["dpo"]
+    dpo["slo_met"] = False
     manifest["stages"]["bench"]["metrics"]["models"]["student-s"]["parity"] = {
         "prompts": 32,
         "identical": 31,
@@ -159,7 +173,7 @@ def test_slo_miss_and_lora_parity_are_shown(manifest: dict[str, Any]) -> None:
         "mismatches": [],
     }
     text = render(manifest, "t")
-    assert "| 16 (SLO not met) |" in _row(text, "dpo")
+    assert f"| {dpo['priced_at_concurrency']} (SLO not met) |" in _row(text, "dpo")
     assert _row(text, "student-s").endswith("| 31/32 |")
     assert _row(text, "student-m").endswith("| – |")
 
@@ -185,13 +199,13 @@ def test_plots_are_real_pngs_embedded_in_the_report(full_run: tuple[Path, str]) 
 
 
 def test_a_run_without_eval_bench_cost_still_renders(manifest: dict[str, Any], tmp_path: Path) -> None:
-    for stage in ("eval", "bench", "cost"):
+    for stage in ("eval", "bench", "cost", "route"):
         del manifest["stages"][stage]
     manifest["stage_order"] = [s for s in manifest["stage_order"] if s in manifest["stages"]]
     # A student trained without a recorded loss curve is simply left out of the loss plot.
     del manifest["stages"]["distill"]["metrics"]["students"]["student-m"]["train"]["loss_curve"]
     path, text = _run(tmp_path, manifest)
-    for heading in ("Decision", "Assumptions", "Physical limit", "Training cost"):
+    for heading in ("Decision", "Assumptions", "Physical limit", "Spend so far"):
         assert f"## {heading}" not in text
     assert "## Stages" in text and "## Distillation" in text
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loss_curves.png"]
@@ -232,3 +246,26 @@ def test_serving_device_reads_this_machine() -> None:
     dev = serving_device()
     assert dev["kind"] == "cpu" and dev["count"] >= 1 and dev["memory_gb"] > 1  # no GPU here
     assert dev["name"] and dev["name"] != "cpu"
+
+
+def test_routing_section_says_the_chosen_point_in_words(manifest: dict[str, Any]) -> None:
+    route = manifest["stages"]["route"]["metrics"]
+    text = _section(
+        render(manifest, "t"), "Routing: the student answers first, the teacher when it is unsure"
+    )
+    for name, cas in route["cascades"].items():
+        assert f"- **{name}**: {cas['sentence']}." in text
+        assert _row(text, name).count("|") == 8
+    for name, cal in route["calibration"].items():
+        assert f"| {name} | {cal['ece']:.3f} |" in text
+    assert f"on the other {route['items']['report']}" in text
+
+
+def test_unstable_repeats_are_flagged_not_priced_silently(manifest: dict[str, Any]) -> None:
+    assert "repeats disagree" not in render(manifest, "t") or any(
+        c.get("unstable_points") for c in _cost(manifest)["models"].values()
+    )
+    _cost(manifest)["models"]["student-s"]["unstable_points"] = [4]
+    text = render(manifest, "t")
+    assert "⚠ repeats disagree" in _row(text, "student-s")
+    assert "`student-s` concurrency 4" in _section(text, "Decision")

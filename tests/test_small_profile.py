@@ -50,7 +50,7 @@ def small_run(tmp_path_factory):
 
 def test_every_stage_runs_on_the_real_model(small_run):
     root, m = small_run
-    stages = ("curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost")
+    stages = ("curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost", "route")
     assert {s: m[s]["status"] for s in stages} == dict.fromkeys(stages, "done")
     assert (root / "report.md").is_file()
     # The base model is the converted GGUF: SmolLM2's shape, an ordinary HF folder.

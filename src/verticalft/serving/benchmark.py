@@ -161,26 +161,28 @@ def slo_attainment(goodput: float | None, request_throughput: float | None) -> f
 def combine_repeats(repeats: list[dict[str, Any]], max_spread: float = 0.2) -> dict[str, Any]:
     """One sweep point from its repeated measurements: the figures of the slower repeat by output
     throughput (the lower median: prices are not quoted from the lucky run), the SLO met only if
-    every repeat met it (unchecked if any was unchecked), and the spread — (max − min) / min of
-    output throughput — with `unstable` set when it exceeds `max_spread`."""
+    every repeat met it (unchecked if any was unchecked), and the spreads — (max − min) / min of
+    output throughput and of median TPOT — with `unstable` set when either exceeds `max_spread`."""
     if not repeats:
         raise ValueError("no repeats to combine")
     ranked = sorted(repeats, key=lambda p: p.get("output_throughput") or 0.0)
     point = dict(ranked[(len(ranked) - 1) // 2])
     flags = [p.get("meets_slo") for p in repeats]
     point["meets_slo"] = False if False in flags else (None if None in flags else True)
-    tps = [p.get("output_throughput") or 0.0 for p in repeats]
-    spread = (max(tps) - min(tps)) / min(tps) if min(tps) > 0 else float("inf")
-    point["repeats"] = [
-        {
-            k: p.get(k)
-            for k in ("output_throughput", "duration", "median_ttft_ms", "median_tpot_ms", "meets_slo")
-        }
-        for p in repeats
-    ]
-    point["spread"] = round(spread, 4) if spread != float("inf") else None
-    point["unstable"] = len(repeats) > 1 and not spread <= max_spread
+    point["repeats"] = [{k: p.get(k) for k in REPEAT_KEYS} for p in repeats]
+    point["spread"] = relative_spread([p.get("output_throughput") for p in repeats])
+    point["tpot_spread"] = relative_spread([p.get("median_tpot_ms") for p in repeats])
+    point["unstable"] = len(repeats) > 1 and any(
+        x is not None and x > max_spread for x in (point["spread"], point["tpot_spread"])
+    )
     return point
+
+
+def relative_spread(values: list[float | None]) -> float | None:
+    """(max − min) / min; None when a value is missing or the smallest is not positive."""
+    if any(v is None for v in values) or min(values) <= 0:  # type: ignore[type-var]
+        return None
+    return round((max(values) - min(values)) / min(values), 4)  # type: ignore[type-var, operator]
 
 
 def operating_point(sweep: list[dict[str, Any]]) -> dict[str, Any] | None:
