@@ -11,7 +11,7 @@ round by round so drift hits all alike:
 The first `cold` repeat runs right after the server's start-up, as the old bench's first point did.
 Reports per setting every repeat's output tok/s and median TPOT, and the spread (max − min) / min.
 
-    .venv/bin/python benchmarks/bench_bench_repeatability.py --model runs/finance/tiny/student-s/model \\
+    .venv/bin/python benchmarks/bench_bench_repeatability.py --model runs/finance/tiny/distill/student-s/model \\
         --concurrency 16 --repeats 4
 
 Writes benchmarks/results/bench_repeatability_<model>.json.

@@ -145,3 +145,43 @@ def test_route_chooses_on_one_half_and_reports_on_the_other(tmp_path):
         (1 - share_all) * 0.1 + share_all * 0.2, abs=1e-4
     )
     assert m["items"] == {"pick": len(pick), "report": len(report)}
+
+
+def test_an_api_tier_is_scored_from_its_answers_and_billed_per_token(tmp_path):
+    run = _run_dir(tmp_path)
+    prompts = [f"question {i}" for i in range(40)]
+    hard = {p for i, p in enumerate(prompts) if i % 4 == 0}
+    (tmp_path / "eval").mkdir(exist_ok=True)
+    student = _eval_rows(
+        tmp_path / "eval/student-s.jsonl", [(p, p not in hard, 0.2 if p in hard else 0.9) for p in prompts]
+    )
+    _stage(
+        run, "eval", {"teacher": "dpo", "models": {"student-s": {"role": "student"}}}, {"student-s": student}
+    )
+    answers = tmp_path / "gpt4o.jsonl"
+    answers.write_text("".join(json.dumps({"prompt": p, "prediction": "x"}) + "\n" for p in prompts))
+    eval_file = tmp_path / "eval_items.jsonl"  # the recipe's eval set: the answer to every prompt is "x"
+    eval_file.write_text(
+        "".join(json.dumps({"prompt": p, "answer": "x", "kind": "label"}) + "\n" for p in prompts)
+    )
+    recipe = load_recipe(ROOT / "recipes/finance.yaml", "tiny", [
+        f"data.eval.path={eval_file}",
+        f"route.apis={{gpt-4o: {{answers: {answers}}}}}",
+        "route.cascades=[[student-s, api:gpt-4o]]",
+        "route.target={min_quality: 1.0}",
+    ])  # fmt: skip
+    _stage(run, "cost", cost.run(StageContext(recipe, run, "cost")).metrics)
+    m = route.run(StageContext(recipe, run, "route")).metrics
+    cas = m["cascades"]["student-s → api:gpt-4o"]
+    _, report = split_halves(prompts)
+    h = sum(prompts[i] in hard for i in report) / len(report)
+    # gpt-4o: $2.50 in / $10 out at half input = $6.25 per 1M, paid per token on the escalated share;
+    # the student's replica ($72 / 150M tokens = $0.48 per 1M) serves everything
+    assert cas["chosen"]["quality"] == 1.0 and cas["chosen"]["thresholds"] == [0.9]
+    assert cas["chosen"]["usd_per_m"] == pytest.approx(0.48 + h * 6.25, abs=1e-6)
+    assert m["singles"]["api:gpt-4o"] == {
+        "thresholds": [],
+        "quality": 1.0,
+        "shares": [1.0],
+        "usd_per_m": 6.25,
+    }

@@ -390,3 +390,8 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     )
     after = manifest(runs, recipe)["cost"]["metrics"]["models"]["student-s"]["effective_usd_per_m"]
     assert after == pytest.approx(2 * before, rel=1e-3)
+    # `verticalft route` re-decides the cascade for another target, without serving anything.
+    vft("route", f"recipes/{recipe}.yaml", "-p", "tiny", "--runs-dir", str(runs),
+        "--set", "route.target={max_usd_per_m: 1000}")  # fmt: skip
+    routed = manifest(runs, recipe)["route"]["metrics"]["cascades"]["student-s → dpo"]
+    assert routed["target"] == {"max_usd_per_m": 1000.0} and routed["target_met_on_pick_half"] is True
