@@ -28,3 +28,17 @@ def test_c4_web_defaults():
     assert c4_lines(prose + "\nThe template uses {name} here.").reason == "curly_bracket"
     assert c4_lines("One sentence only.").reason == "too_few_sentences"
     assert c4_lines(prose, LineRules(min_num_sentences=7)).reason == "too_few_sentences"
+
+
+def test_noise_check_judges_boilerplate_lines_against_what_was_planted():
+    from verticalft.curation.noise_check import check_planted_noise
+
+    planted = ["Share this page: Facebook Twitter LinkedIn Email", "Copyright 2024. All rights reserved."]
+    body = "Revenue rose 4% to $12 million. Margins held."
+    labels = [{"id": "a", "kind": "boilerplate_lines", "detail": planted},
+              {"id": "b", "kind": "boilerplate_lines", "detail": planted}]  # fmt: skip
+    # a: every planted line gone (an unplanted menu line may stay: not this check's business);
+    # b: one planted line survived → missed, whatever the filter's regex thinks of it
+    kept = {"a": body + "\nHome | About", "b": body + "\n" + planted[1]}
+    out = check_planted_noise(labels, kept, {})["kinds"]["boilerplate_lines"]
+    assert (out["planted"], out["caught"], out["missed"]) == (2, 1, ["b"])

@@ -168,10 +168,10 @@ def plant_noise(
             doc["text"] += " " + " ".join(PII_SENTENCES[k].format(v=values[k]) for k in kinds)
             labels.append({"id": doc["id"], "kind": "pii", "detail": {k: values[k] for k in kinds}})
         else:
-            doc["text"] = (
-                "\n".join(rng.sample(BOILERPLATE, 2)) + "\n" + doc["text"] + "\n" + rng.choice(BOILERPLATE)
-            )
-            labels.append({"id": doc["id"], "kind": "boilerplate_lines", "detail": ""})
+            head, tail = rng.sample(BOILERPLATE, 2), rng.choice(BOILERPLATE)
+            doc["text"] = "\n".join(head) + "\n" + doc["text"] + "\n" + tail
+            # the planted lines themselves: the noise check looks for these, not for the filter's regex
+            labels.append({"id": doc["id"], "kind": "boilerplate_lines", "detail": [*head, tail]})
 
     extra: list[dict[str, Any]] = []
     for _ in range(count(0.03)):

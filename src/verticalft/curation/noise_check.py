@@ -4,8 +4,9 @@ and how many clean documents were lost with it.
 
 Caught means: dropped, for kinds that should go (duplicates, boilerplate pages, non-English,
 too short, stale, non-redistributable); every planted value gone from the kept text (or from the
-audit copy, when another rule dropped the document), for `pii`; no boilerplate line left in the kept text, for
-`boilerplate_lines` (the page is good, its navigation lines are not).
+audit copy, when another rule dropped the document), for `pii`; none of the planted navigation/cookie lines (the label's `detail`) left in the kept
+text, for `boilerplate_lines` (the page is good, its navigation lines are not) — judged against
+what was planted, not against the filter's own pattern.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def _caught(label: dict[str, Any], kept: dict[str, str], dropped: dict[str, dict
         return text is not None and all(str(v) not in text for v in values)
     if rid not in kept:
         return False
-    return not any(BOILERPLATE.search(line) for line in kept[rid].splitlines())
+    planted = label["detail"] if isinstance(label["detail"], list) else []
+    if not planted:  # labels written before the planted lines were recorded
+        return not any(BOILERPLATE.search(line) for line in kept[rid].splitlines())
+    lines = {line.strip() for line in kept[rid].splitlines()}
+    return not any(p.strip() in lines for p in planted)
 
 
 def check_planted_noise(
