@@ -23,7 +23,13 @@ def test_new_vertical_validates_and_points_at_its_own_data(tmp_path):
         "build_sample.py",
         "sample",
     ]
-    assert "data_pipelines/legal/data/" in (tmp_path / "recipes/legal.yaml").read_text()
+    text = (tmp_path / "recipes/legal.yaml").read_text()
+    assert "data_pipelines/legal/data/" in text
+    # nothing of finance's own comes along: no comment naming its connector, no noise labels of
+    # its documents (a legal corpus would be scored against them)
+    assert "edgar.py" not in text and "EDGAR filings" not in text
+    assert "license: {allow: [sec-edgar-public]}" in text  # settings stay: the author edits them
+    assert not (tmp_path / "data_pipelines/legal/sample/noise_labels.jsonl").exists()
     with pytest.raises(ValueError, match="already exists"):
         scaffold_vertical("legal", "finance", tmp_path)
     with pytest.raises(ValueError, match="not a valid vertical name"):

@@ -15,13 +15,35 @@ NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # What a new vertical takes from its template: the sample builder and its output. Connectors
-# (data_pipelines/finance/edgar.py) and fetched `data/` belong to the template's domain.
+# (data_pipelines/finance/edgar.py) and fetched `data/` belong to the template's domain, and so
+# does the sample's `noise_labels.jsonl`: it labels the template's documents, and a curation report
+# would score the new vertical's own corpus against it (the builder writes new labels when run).
 TEMPLATE_PARTS = {"build_sample.py", "sample"}
+TEMPLATE_SAMPLE_ONLY = {"noise_labels.jsonl"}
 
 
 def _template_only(folder: str, names: list[str]) -> set[str]:
     top = Path(folder).name != "sample"
-    return {n for n in names if (top and n not in TEMPLATE_PARTS) or n == "__pycache__"}
+    return {
+        n
+        for n in names
+        if (top and n not in TEMPLATE_PARTS) or (not top and n in TEMPLATE_SAMPLE_ONLY) or n == "__pycache__"
+    }
+
+
+def _drop_connector_comments(text: str, template: str) -> str:
+    """Remove YAML comments that name a file of the template's folder the copy leaves behind
+    (e.g. `# EDGAR filings (data_pipelines/finance/edgar.py)`)."""
+    names = re.compile(rf"data_pipelines/{re.escape(template)}/([\w./-]+)")
+
+    def strip(line: str) -> str:
+        code, sep, comment = line.partition(" #")
+        mentioned = names.findall(comment) if sep else []
+        if any(m.split("/")[0] not in TEMPLATE_PARTS and m.split("/")[0] != "data" for m in mentioned):
+            return code.rstrip()
+        return line
+
+    return "\n".join(strip(line) for line in text.split("\n"))
 
 
 def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
@@ -41,7 +63,7 @@ def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
     for path in (dst_recipe, dst_data):
         if path.exists():
             raise ValueError(f"{path} already exists; pick another name or remove it")
-    text = src_recipe.read_text()
+    text = _drop_connector_comments(src_recipe.read_text(), template)
     text = re.sub(rf"^name: {template}$", f"name: {domain}", text, flags=re.M)
     text = text.replace(f"data_pipelines/{template}/", f"data_pipelines/{domain}/")
     header = f"# {domain}: scaffolded from recipes/{template}.yaml by `verticalft new`; edit freely.\n"
