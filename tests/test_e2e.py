@@ -296,7 +296,7 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     root = runs / recipe / "tiny"
     # --only: the distill test above left its own (shortened) distill settings in place.
     args = ["run", f"recipes/{recipe}.yaml", "-p", "tiny", "--runs-dir", str(runs), "--only", "eval",
-            "--only", "bench", "--only", "cost",
+            "--only", "bench", "--only", "cost", "--only", "route",
             "--set", "stages.bench.concurrency=[1, 4]", "--set", "stages.bench.num_prompts=8"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, env=env, text=True,
