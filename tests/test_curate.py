@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 from sample_helpers import DOMAINS, ROOT, noise_kinds
 
+from verticalft.curation import shards
 from verticalft.pipeline import StageFailed, run_recipe
 from verticalft.recipe import load_recipe
 from verticalft.rundir import RunDir
-from verticalft.stages import curate as curate_stage
 
 
 def curate(tmp: Path, domain: str = "finance", overrides: tuple[str, ...] = ()) -> dict:
@@ -127,7 +127,7 @@ def test_malformed_rows_are_quarantined_and_nothing_else_is_lost(tmp_path):
 
 def test_a_killed_run_resumes_from_its_finished_shards(tmp_path, monkeypatch):
     calls = []
-    real = curate_stage.curate_shard
+    real = shards.curate_shard
 
     def dies_on_third(*args):
         calls.append(1)
@@ -135,11 +135,11 @@ def test_a_killed_run_resumes_from_its_finished_shards(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the run is killed mid-way
         return real(*args)
 
-    monkeypatch.setattr(curate_stage, "curate_shard", dies_on_third)
+    monkeypatch.setattr(shards, "curate_shard", dies_on_third)
     over = ("stages.curate.num_workers=1",)  # in-process, so the patch applies
     with pytest.raises(KeyboardInterrupt):
         curate(tmp_path / "run", overrides=over)
-    monkeypatch.setattr(curate_stage, "curate_shard", real)
+    monkeypatch.setattr(shards, "curate_shard", real)
     resumed = curate(tmp_path / "run", overrides=over)
     assert resumed["metrics"]["shards_resumed"] == 2
     fresh = curate(tmp_path / "fresh", overrides=over)

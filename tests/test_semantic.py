@@ -158,14 +158,14 @@ def test_a_bad_semantic_block_is_reported_with_its_path(tmp_path):
 
 
 def test_seed_files_travel_as_text_and_their_content_is_a_stage_input(tmp_path, monkeypatch):
+    from verticalft.curation.semantic import inline_seeds
     from verticalft.pipeline import stage_fingerprints
-    from verticalft.stages.curate import _inline_seeds
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "seeds.txt").write_text(SEEDS[0])
     path, i = _recipe_with(tmp_path, {"seeds": ["seeds.txt"], "seed_texts": [SEEDS[1]]})
     recipe = load_recipe(path)
-    inlined = _inline_seeds(recipe.stages.curate).filters[i].semantic_relevance
+    inlined = inline_seeds(recipe.stages.curate).filters[i].semantic_relevance
     assert inlined.seeds == [] and inlined.seed_texts == [SEEDS[0], SEEDS[1]]  # workers need no files
     before = stage_fingerprints(recipe, ["curate"])["curate"]
     (tmp_path / "seeds.txt").write_text(SEEDS[2])

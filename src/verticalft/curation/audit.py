@@ -70,3 +70,35 @@ class Funnel:
     @classmethod
     def from_list(cls, data: list[dict[str, Any]]) -> Funnel:
         return cls({d["step"]: StepCount(d["in"], d["kept"], Counter(d["dropped"])) for d in data})
+
+
+def dropped_row(r: dict[str, Any], redact: bool) -> dict[str, Any]:
+    """The audit copy of a dropped record; PII is redacted here too (the audit trail is read by
+    people, so it must not be the one place raw card numbers survive)."""
+    import json
+
+    from verticalft.curation import pii
+
+    text = r.get("text") if isinstance(r.get("text"), str) else json.dumps(r.get("row"), default=str)
+    return {
+        "id": str(r.get("id")),
+        "step": r["step"],
+        "reason": r["reason"],
+        "detail": r.get("detail"),
+        "source": r.get("source"),
+        "text": pii.redact(text).text if redact else text,
+    }
+
+
+def sample_dropped(dropped: list[dict[str, Any]], cap: int | None) -> list[dict[str, Any]]:
+    """All dropped records, or the first `cap` (by id) per reason for huge inputs."""
+    rows = sorted(dropped, key=lambda r: (r["step"], r["reason"], str(r["id"])))
+    if cap is None:
+        return rows
+    seen: Counter = Counter()
+    out = []
+    for r in rows:
+        seen[(r["step"], r["reason"])] += 1
+        if seen[(r["step"], r["reason"])] <= cap:
+            out.append(r)
+    return out

@@ -64,3 +64,20 @@ def check_planted_noise(
             "examples": sorted(lost)[:10],
         },
     }
+
+
+def check_sources(
+    sources: list[Any], kept: list[dict[str, Any]], dropped: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """When a source ships `noise_labels.jsonl` beside it (the samples do), how much was caught."""
+    import json
+    from pathlib import Path
+
+    labels = []
+    for s in sources:
+        path = Path(s.path).parent / "noise_labels.jsonl"
+        if path.is_file():
+            labels += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not labels:
+        return None
+    return check_planted_noise(labels, {r["id"]: r["text"] for r in kept}, {str(r["id"]): r for r in dropped})

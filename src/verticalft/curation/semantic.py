@@ -157,3 +157,19 @@ class SemanticRelevance:
     def semantic_reason(self, text: str) -> str | None:
         """None when the document is close enough to a seed, else `off_topic_semantic`."""
         return self.semantic_reasons([text])[0]
+
+
+def inline_seeds(cfg: Any) -> Any:
+    """The curate config with `semantic_relevance` seed files read into `seed_texts`, once:
+    workers (Ray nodes included) get the texts, and a shard's hash changes when a seed file's
+    content does."""
+    steps = []
+    for step in cfg.filters:
+        sem = step.semantic_relevance
+        if sem is not None and sem.seeds:
+            texts = [*read_seeds(sem.seeds), *sem.seed_texts]
+            step = step.model_copy(
+                update={"semantic_relevance": sem.model_copy(update={"seeds": [], "seed_texts": texts})}
+            )
+        steps.append(step)
+    return cfg.model_copy(update={"filters": steps})

@@ -73,6 +73,39 @@ def iter_records(source: Source, required: tuple[str, ...] = ()) -> Iterator[dic
 
 
 # --------------------------------------------------------------------------- one record
+def read_sources(
+    sources: list[Source], required: tuple[str, ...] = ()
+) -> tuple[list[dict[str, Any]], list[Quarantined]]:
+    """Every good record of `sources` (ids unique) and every quarantined row."""
+    rows: list[dict[str, Any]] = []
+    bad: list[Quarantined] = []
+    seen: dict[str, str] = {}
+    for source in sources:
+        for item in iter_records(source, required):
+            if isinstance(item, Quarantined):
+                bad.append(item)
+            elif item["id"] in seen:
+                bad.append(
+                    Quarantined(
+                        source.path, 0, f"duplicate id {item['id']!r} (first in {seen[item['id']]})", ""
+                    )
+                )
+            else:
+                seen[item["id"]] = source.path
+                rows.append(item)
+    return rows, bad
+
+
+def eval_prompts(source: Source | None) -> list[list[str]]:
+    """[id, prompt text] of every eval item: what decontamination matches against."""
+    from verticalft.curation import records
+
+    if source is None:
+        return []
+    rows, _ = read_sources([source], ("prompt",))
+    return [[str(r["id"]), records.content(r["prompt"])] for r in rows]
+
+
 def _raw(value: bytes | str) -> str:
     text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
     text = text.rstrip("\r\n")

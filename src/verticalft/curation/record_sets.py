@@ -1,0 +1,99 @@
+"""The SFT and preference sets through curation: field-aware rules, PII redaction, prompt dedup and
+decontamination of prompts against the eval set (n-grams common in training data do not count)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from verticalft.curation import pii, records
+from verticalft.curation.audit import Funnel
+from verticalft.curation.shards import eval_index, write_parts
+from verticalft.curation.sources import read_sources
+from verticalft.recipe import CurateStage, Source
+
+
+def curate_records(
+    name: str,
+    source: Source,
+    required: tuple[str, ...],
+    cfg: CurateStage,
+    eval_items: list[list[str]],
+    corpus_freq: Counter,
+    out: Path,
+) -> dict[str, Any]:
+    """One set (`sft` / `preferences`) written to `out/<name>/`; returns its counts, funnel,
+    quarantined rows and dropped rows."""
+    rows, bad = read_sources([source], required)
+    rc = cfg.records
+    rules = records.RecordRules(
+        rc.dedup_prompt, rc.min_response_chars, rc.max_prompt_chars, rc.max_response_chars
+    )
+    funnel = Funnel()
+    kept, dropped, pii_counts = [], [], Counter()
+    for r in rows:
+        reason = records.record_reason(r, rules)
+        funnel.record("records", reason)
+        if reason:
+            dropped.append({"id": r["id"], "row": r, "step": f"{name}.records", "reason": reason})
+            continue
+        if cfg.pii:
+            r = redact_row(r, pii_counts)
+        kept.append(r)
+    funnel.step("records")
+    by_id = {r["id"]: r for r in kept}
+    dups = {d.id: d.kept for d in records.prompt_duplicates(by_id.items())} if rc.dedup_prompt else {}
+    mode = getattr(cfg.decontaminate, name)
+    index = eval_index(cfg, eval_items) if mode != "off" else None
+    if index is not None:
+        prompts = [records.fields_of(r)["prompt"] for r in kept]
+        index = index.without_common(
+            corpus_freq + index.doc_frequency(prompts), cfg.decontaminate.max_train_docs
+        )
+    survivors, flagged = [], 0
+    for r in kept:
+        if r["id"] in dups:
+            funnel.record("prompt_dedup", "duplicate_prompt")
+            dropped.append({"id": r["id"], "row": r, "step": f"{name}.prompt_dedup", "reason": "duplicate_prompt",
+                            "detail": dups[r["id"]]})  # fmt: skip
+            continue
+        funnel.record("prompt_dedup", None)
+        m = index.match(records.fields_of(r)["prompt"]) if index is not None else None
+        if m is not None:
+            flagged += 1
+        if m is not None and mode == "drop":
+            funnel.record("decontaminate", "contains_eval_item")
+            dropped.append({"id": r["id"], "row": r, "step": f"{name}.decontaminate",
+                            "reason": "contains_eval_item", "detail": m.eval_id})  # fmt: skip
+            continue
+        funnel.record("decontaminate", None)
+        survivors.append(r)
+    funnel.check()
+    write_parts(survivors, out / name, max(len(survivors), 1))
+    return {
+        "in": len(rows),
+        "kept": len(survivors),
+        "quarantined": bad,
+        "dropped_rows": dropped,
+        "funnel": funnel.to_list(),
+        "pii": dict(pii_counts),
+        "contaminated": flagged,
+    }
+
+
+def redact_row(row: dict[str, Any], counts: Counter) -> dict[str, Any]:
+    """The row with PII redacted in every message content / text field."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            red = pii.redact(value)
+            counts.update(red.counts)
+            return red.text
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) if k == "content" else v for k, v in value.items()}
+        return value
+
+    return {k: clean(v) if k in ("messages", "prompt", "chosen", "rejected") else v for k, v in row.items()}
