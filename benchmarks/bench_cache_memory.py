@@ -77,8 +77,8 @@ def old_teacher_rows(teacher: Any, rows: list[dict], k: int, temperature: float,
     position of the batch, then the response positions picked out of them."""
     import torch
 
+    from verticalft.distill.batching import DistillCollator
     from verticalft.distill.losses import teacher_topk
-    from verticalft.distill.trainer import DistillCollator
 
     collate = DistillCollator(0)
     teacher.eval()

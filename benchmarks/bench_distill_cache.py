@@ -68,7 +68,7 @@ def _tokenizer(path: str) -> Any:
 
 
 def _examples(tok: Any, n: int, max_length: int) -> list[dict]:
-    from verticalft.distill.trainer import chat_example
+    from verticalft.distill.batching import chat_example
 
     examples = [chat_example(tok, m, max_length) for m in _conversations(n)]
     answer_tokens = sum(sum(e["response_mask"]) for e in examples)
@@ -130,8 +130,9 @@ def job_train(a: argparse.Namespace, student: str, mode: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig
 
+    from verticalft.distill.batching import DistillCollator
     from verticalft.distill.cache import TeacherCache
-    from verticalft.distill.trainer import DistillCollator, LogitDistillTrainer, LossSettings
+    from verticalft.distill.trainer import LogitDistillTrainer, LossSettings
     from verticalft.models import load_model
 
     folders = _folders(a)

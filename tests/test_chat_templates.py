@@ -16,8 +16,8 @@ import pytest
 from transformers import AutoTokenizer, LlamaConfig
 
 from verticalft import chat_templates as ct
+from verticalft.distill.batching import chat_example
 from verticalft.distill.preflight import check_pair
-from verticalft.distill.trainer import chat_example
 from verticalft.models import CHAT_TEMPLATE, load_tokenizer, train_tiny_tokenizer
 from verticalft.recipe import RecipeError, load_recipe
 from verticalft.serving.server import vllm_command

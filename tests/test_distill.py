@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from verticalft.distill import cache as tc
+from verticalft.distill.batching import DistillCollator, chat_example
 from verticalft.distill.preflight import check_pair
-from verticalft.distill.trainer import DistillCollator, LogitDistillTrainer, LossSettings, chat_example
+from verticalft.distill.trainer import LogitDistillTrainer, LossSettings
 from verticalft.models import build_tiny_models, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

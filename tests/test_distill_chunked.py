@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from verticalft.distill import cache as tc
+from verticalft.distill.batching import DistillCollator, response_hidden
 from verticalft.distill.losses import (
     distill_loss,
     label_cross_entropy,
@@ -26,13 +27,7 @@ from verticalft.distill.losses import (
     teacher_topk,
     topk_distill_loss,
 )
-from verticalft.distill.trainer import (
-    DistillCollator,
-    LogitDistillTrainer,
-    LossSettings,
-    cached_rows,
-    response_hidden,
-)
+from verticalft.distill.trainer import LogitDistillTrainer, LossSettings, cached_rows
 
 VOCAB = 300  # model rows
 USED = 290  # tokenizer ids: the last rows are padding, trimmed like Qwen's

@@ -171,8 +171,8 @@ def teacher_rows(
     import torch
     from tqdm.auto import tqdm
 
+    from verticalft.distill.batching import DistillCollator, response_hidden
     from verticalft.distill.losses import DEFAULT_CHUNK, teacher_topk
-    from verticalft.distill.trainer import DistillCollator, response_hidden
 
     collate = DistillCollator(pad_id)
     teacher.eval()

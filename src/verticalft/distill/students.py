@@ -112,7 +112,8 @@ def train_logits(
     from peft import get_peft_model
     from trl import SFTConfig
 
-    from verticalft.distill.trainer import DistillCollator, LogitDistillTrainer, LossSettings
+    from verticalft.distill.batching import DistillCollator
+    from verticalft.distill.trainer import LogitDistillTrainer, LossSettings
 
     cfg = sctx.recipe.stages.distill
     model, peft = load_student(sctx, path, tokenizer)

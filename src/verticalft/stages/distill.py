@@ -91,7 +91,7 @@ def run(ctx: StageContext) -> StageResult:
 
     cache = examples = rows = None
     if todo and cfg.kind == "logits":
-        from verticalft.distill.trainer import chat_example
+        from verticalft.distill.batching import chat_example
 
         examples = [chat_example(tokenizer, m, cfg.max_length) for m in convs]
         if cfg.cache:
