@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from verticalft.report import _usd, render, write_report
+from verticalft.formatting import usd
+from verticalft.report import render, write_report
 from verticalft.rundir import RunDir, atomic_write_json
 
 FIXTURE = Path(__file__).parent / "data" / "report_manifest.json"
@@ -80,7 +81,7 @@ def test_decision_comes_first_with_each_models_numbers(manifest: dict[str, Any])
         assert f"| {e['domain']['score']:.3f} |" in row
         if name in priced:
             c = priced[name]
-            assert f"| {_usd(c['effective_usd_per_m'])} | {_usd(c['saturated_usd_per_m'])} |" in row
+            assert f"| {usd(c['effective_usd_per_m'])} | {usd(c['saturated_usd_per_m'])} |" in row
             assert f"{c['p50_e2el_ms']:,.0f} / {c['p99_e2el_ms']:,.0f}" in row
             assert f"{c['output_tokens_per_s']:,.0f}" in row
             assert f"| {c['priced_at_concurrency']}" in row
@@ -104,10 +105,10 @@ def test_retention_and_sentences_come_from_the_numbers(manifest: dict[str, Any])
     s = priced["student-s"]
     sonnet = s["compare"]["claude-sonnet"]
     assert (
-        f"At {daily:,.0f} tokens/day, **student-s** self-hosted costs {_usd(s['self_hosted_monthly_usd'])}/month"
+        f"At {daily:,.0f} tokens/day, **student-s** self-hosted costs {usd(s['self_hosted_monthly_usd'])}/month"
         in text
     )
-    assert f"vs claude-sonnet {_usd(sonnet['api_monthly_usd'])}/month" in text
+    assert f"vs claude-sonnet {usd(sonnet['api_monthly_usd'])}/month" in text
 
 
 def test_payback_none_renders_never(manifest: dict[str, Any]) -> None:
@@ -115,7 +116,7 @@ def test_payback_none_renders_never(manifest: dict[str, Any]) -> None:
     s["gpt-4o-mini"]["payback_months"], s["gpt-4o-mini"]["break_even_daily_tokens"] = None, None
     s["claude-sonnet"]["payback_months"], s["claude-sonnet"]["break_even_daily_tokens"] = 3.25, 400_000
     text = render(manifest, "t")
-    mini, sonnet = _usd(s["gpt-4o-mini"]["api_monthly_usd"]), _usd(s["claude-sonnet"]["api_monthly_usd"])
+    mini, sonnet = usd(s["gpt-4o-mini"]["api_monthly_usd"]), usd(s["claude-sonnet"]["api_monthly_usd"])
     assert f"vs gpt-4o-mini {mini}/month → payback never, the API is cheaper at any volume" in text
     assert f"vs claude-sonnet {sonnet}/month → payback 3.25 months, break-even at 400,000 tokens/day" in text
     assert "None" not in _section(text, "Decision")
@@ -149,8 +150,8 @@ def test_assumptions_and_training_cost(manifest: dict[str, Any]) -> None:
     assert "TB/s behind the decode floor" in a
     t = _section(text, "Spend so far")
     for stage, row in _cost(manifest)["spend"].items():
-        assert f"| {stage} | {row['attempts']}" in t and f"| {_usd(row['usd'])} |" in t
-    assert _usd(_cost(manifest)["upfront_usd"]) in t
+        assert f"| {stage} | {row['attempts']}" in t and f"| {usd(row['usd'])} |" in t
+    assert usd(_cost(manifest)["upfront_usd"]) in t
 
 
 def test_mbu_above_one_is_flagged(manifest: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from verticalft.report import _cpu, _is_num, _metrics, _num, _usd
+from verticalft.formatting import cpu_run, is_num, metrics_of, num, usd
 
 
 def _loss_curves(manifest: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
@@ -24,7 +24,7 @@ def _loss_curves(manifest: dict[str, Any]) -> dict[str, list[tuple[float, float]
     ]
     curves: dict[str, list[dict[str, Any]]] = {}
     for name in order:
-        m = _metrics(stages, name)
+        m = metrics_of(stages, name)
         if m.get("loss_curve"):
             curves[name] = m["loss_curve"]
         for student, st in (m.get("students") or {}).items():
@@ -33,7 +33,7 @@ def _loss_curves(manifest: dict[str, Any]) -> dict[str, list[tuple[float, float]
                 curves[f"{name}: {student}"] = curve
     out = {}
     for label, curve in curves.items():
-        pts = [(p["step"], p["loss"]) for p in curve if _is_num(p.get("step")) and _is_num(p.get("loss"))]
+        pts = [(p["step"], p["loss"]) for p in curve if is_num(p.get("step")) and is_num(p.get("loss"))]
         if pts:
             out[label] = pts
     return out
@@ -77,9 +77,9 @@ def _plot_loss(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None
 def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    bench = _metrics(manifest.get("stages", {}), "bench")
+    bench = metrics_of(manifest.get("stages", {}), "bench")
     models = {
-        n: sorted((p for p in b.get("sweep") or [] if _is_num(p.get("output_throughput"))), key=_conc)
+        n: sorted((p for p in b.get("sweep") or [] if is_num(p.get("output_throughput"))), key=_conc)
         for n, b in (bench.get("models") or {}).items()
     }
     models = {n: s for n, s in models.items() if s}
@@ -90,7 +90,7 @@ def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
         color = f"C{i}"
         x = [p["output_throughput"] for p in sweep]
         for key, style, tag in (("median_e2el_ms", "-o", "p50"), ("p99_e2el_ms", "--s", "p99")):
-            pts = [(xi, p[key], p) for xi, p in zip(x, sweep, strict=True) if _is_num(p.get(key))]
+            pts = [(xi, p[key], p) for xi, p in zip(x, sweep, strict=True) if is_num(p.get(key))]
             if not pts:
                 continue
             ax.plot(
@@ -111,7 +111,7 @@ def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
                         fontsize=7,
                     )
     slo = (bench.get("slo") or {}).get("e2el_ms")
-    if _is_num(slo):
+    if is_num(slo):
         ax.axhline(slo, color="grey", linestyle=":", label="e2e latency SLO")
     ax.set_xlabel("output tokens/s")
     ax.set_ylabel("end-to-end latency (ms)")
@@ -124,23 +124,21 @@ def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
 
 def _conc(p: dict[str, Any]) -> float:
     c = p.get("max_concurrency")
-    return c if _is_num(c) else math.inf
+    return c if is_num(c) else math.inf
 
 
 def _plot_monthly(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    cost = _metrics(manifest.get("stages", {}), "cost")
+    cost = metrics_of(manifest.get("stages", {}), "cost")
     priced = cost.get("models") or {}
     apis: dict[str, float] = {}
     for c in priced.values():
         for api, x in (c.get("compare") or {}).items():
-            if _is_num(x.get("api_monthly_usd")):
+            if is_num(x.get("api_monthly_usd")):
                 apis.setdefault(api, x["api_monthly_usd"])
     hosted = {
-        n: c["self_hosted_monthly_usd"]
-        for n, c in priced.items()
-        if _is_num(c.get("self_hosted_monthly_usd"))
+        n: c["self_hosted_monthly_usd"] for n, c in priced.items() if is_num(c.get("self_hosted_monthly_usd"))
     }
     if not hosted:
         return None
@@ -152,11 +150,11 @@ def _plot_monthly(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     if min(values) > 0 and max(values) / min(values) > 30:  # a $1,350 bill would flatten a $7 one
         ax.set_yscale("log")
     for bar, v in zip(bars, values, strict=True):
-        ax.annotate(_usd(v), (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+        ax.annotate(usd(v), (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("USD per month")
     daily = (cost.get("assumptions") or {}).get("daily_tokens")
-    title = f"Monthly cost at {_num(daily, '{:,.0f}')} tokens/day{suffix}"
+    title = f"Monthly cost at {num(daily, '{:,.0f}')} tokens/day{suffix}"
     ax.set_title(title)
     return _save(fig, path, title)
 
@@ -165,14 +163,14 @@ def _plot_quality(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     import matplotlib.pyplot as plt
 
     stages = manifest.get("stages", {})
-    ev = _metrics(stages, "eval").get("models") or {}
-    priced = _metrics(stages, "cost").get("models") or {}
+    ev = metrics_of(stages, "eval").get("models") or {}
+    priced = metrics_of(stages, "cost").get("models") or {}
     pts = [
         (n, priced[n]["effective_usd_per_m"], ev[n]["domain"]["score"])
         for n in ev
         if n in priced
-        and _is_num(priced[n].get("effective_usd_per_m"))
-        and _is_num((ev[n].get("domain") or {}).get("score"))
+        and is_num(priced[n].get("effective_usd_per_m"))
+        and is_num((ev[n].get("domain") or {}).get("score"))
     ]
     if not pts:
         return None
@@ -198,9 +196,9 @@ def _plot_routing(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     (dots), its frontier (line) and the chosen point (star)."""
     import matplotlib.pyplot as plt
 
-    m = _metrics(manifest.get("stages", {}), "route")
+    m = metrics_of(manifest.get("stages", {}), "route")
     cascades, singles = m.get("cascades") or {}, m.get("singles") or {}
-    ok = lambda p: _is_num(p.get("usd_per_m")) and _is_num(p.get("quality"))  # noqa: E731
+    ok = lambda p: is_num(p.get("usd_per_m")) and is_num(p.get("quality"))  # noqa: E731
     if not cascades and not singles:
         return None
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
@@ -247,7 +245,7 @@ def _plot_calibration(manifest: dict[str, Any], path: Path, suffix: str) -> Path
     """Reliability diagram: per confidence bin, accuracy against mean confidence, per model."""
     import matplotlib.pyplot as plt
 
-    cal = _metrics(manifest.get("stages", {}), "route").get("calibration") or {}
+    cal = metrics_of(manifest.get("stages", {}), "route").get("calibration") or {}
     cal = {n: x for n, x in cal.items() if x.get("bins")}
     if not cal:
         return None
@@ -256,7 +254,7 @@ def _plot_calibration(manifest: dict[str, Any], path: Path, suffix: str) -> Path
     for i, (name, x) in enumerate(cal.items()):
         bins = x["bins"]
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=f"C{i}",
-                label=f"{name} (ECE {_num(x.get('ece'), '{:.3f}')})")  # fmt: skip
+                label=f"{name} (ECE {num(x.get('ece'), '{:.3f}')})")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (mean over the bin)")
@@ -287,7 +285,7 @@ def write_plots(manifest: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    suffix = " (CPU figures)" if _cpu(manifest.get("stages", {})) else ""
+    suffix = " (CPU figures)" if cpu_run(manifest.get("stages", {})) else ""
     out: dict[str, Path] = {}
     for name, plot in PLOTS.items():
         try:

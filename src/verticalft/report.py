@@ -12,11 +12,11 @@ PNGs and `write_report` ties both to the run directory. matplotlib is imported o
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
+from verticalft.formatting import cpu_run, is_num, metrics_of, num, score, usd
 from verticalft.rundir import RunDir, atomic_write_text
 
 PLOT_ALTS = {
@@ -30,50 +30,16 @@ PLOT_ALTS = {
 }
 
 
-# ---- formatting
-
-
-def _score(m: dict[str, Any] | None) -> str:
-    return f"{m['score']:.3f}" if isinstance(m, dict) and isinstance(m.get("score"), int | float) else "–"
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _num(x: Any, fmt: str = "{:,.4g}") -> str:
-    return fmt.format(x) if _is_num(x) else "–"
-
-
-def _usd(x: Any) -> str:
-    """Dollars readable at any scale: $1,350 / $72.00 / $0.006761 (4 significant digits below $1)."""
-    if not _is_num(x):
-        return "–"
-    sign, x = ("-" if x < 0 else ""), abs(x)
-    if x >= 1000:
-        return f"{sign}${x:,.0f}"
-    if x >= 1 or x == 0:
-        return f"{sign}${x:,.2f}"
-    digits = max(2, 3 - math.floor(math.log10(x)))  # 4 significant digits, never 1e-05 notation
-    return f"{sign}${f'{x:.{digits}f}'.rstrip('0').ljust(4, '0')}"
+# ---- formatting (the rest: verticalft.formatting)
 
 
 def _months(p: Any) -> str:
     """Payback period; None means the savings never repay the spend (the API is cheaper)."""
     if p is None:
         return "never"
-    if not _is_num(p):
+    if not is_num(p):
         return "–"
     return "< 0.01 months" if p < 0.01 else f"{p:,.2f} months"
-
-
-def _metrics(stages: dict[str, Any], name: str) -> dict[str, Any]:
-    return (stages.get(name) or {}).get("metrics") or {}
-
-
-def _cpu(stages: dict[str, Any]) -> bool:
-    """Serving was measured on CPU: every $ and latency figure must say so."""
-    return (_metrics(stages, "cost").get("assumptions") or {}).get("serve_gpu") == "cpu"
 
 
 # ---- the report
@@ -102,8 +68,8 @@ def _img(images: dict[str, str], name: str) -> list[str]:
 
 def _decision_models(stages: dict[str, Any]) -> list[str]:
     """Models with eval and/or cost results, in eval order (base → teachers → students)."""
-    ev = _metrics(stages, "eval").get("models") or {}
-    priced = _metrics(stages, "cost").get("models") or {}
+    ev = metrics_of(stages, "eval").get("models") or {}
+    priced = metrics_of(stages, "cost").get("models") or {}
     return list(ev) + [n for n in priced if n not in ev]
 
 
@@ -111,15 +77,15 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
     names = _decision_models(stages)
     if not names:
         return []
-    ev_m = _metrics(stages, "eval")
+    ev_m = metrics_of(stages, "eval")
     ev, teacher = ev_m.get("models") or {}, ev_m.get("teacher")
-    cost = _metrics(stages, "cost")
+    cost = metrics_of(stages, "cost")
     priced, note = cost.get("models") or {}, (cost.get("assumptions") or {}).get("note")
-    bench = _metrics(stages, "bench").get("models") or {}
-    students = set((_metrics(stages, "distill").get("students") or {}).keys())
+    bench = metrics_of(stages, "bench").get("models") or {}
+    students = set((metrics_of(stages, "distill").get("students") or {}).keys())
     lines = ["", "## Decision", ""]
     if note:
-        lines += [f"> **{'CPU figures. ' if _cpu(stages) else ''}Note:** {note}", ""]
+        lines += [f"> **{'CPU figures. ' if cpu_run(stages) else ''}Note:** {note}", ""]
     general = any("general_retention" in m for m in ev.values())
     lines += [
         "| model | role | domain eval score | retention vs teacher "
@@ -134,8 +100,8 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
         if name == teacher:
             role, ret = "teacher (final)", "1.000"
         else:
-            ret = _num((e.get("retention") or {}).get("overall"), "{:.3f}")
-        conc = _num(c.get("priced_at_concurrency"), "{:.0f}")
+            ret = num((e.get("retention") or {}).get("overall"), "{:.3f}")
+        conc = num(c.get("priced_at_concurrency"), "{:.0f}")
         if c and c.get("slo_met") is False:
             conc += " (SLO not met)"
         elif c and "slo_met" in c and c["slo_met"] is None:
@@ -149,11 +115,11 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
             else "–"
         )
         lines.append(
-            f"| {name} | {role} | {_score(e.get('domain'))} | {ret} "
-            + (f"| {_num(e.get('general_retention'), '{:.3f}')} " if general else "")
-            + f"| {_usd(c.get('effective_usd_per_m'))} | {_usd(c.get('saturated_usd_per_m'))} "
-            f"| {_num(c.get('p50_e2el_ms'), '{:,.0f}')} / {_num(c.get('p99_e2el_ms'), '{:,.0f}')} "
-            f"| {_num(c.get('output_tokens_per_s'), '{:,.0f}')} | {conc} | {par} |"
+            f"| {name} | {role} | {score(e.get('domain'))} | {ret} "
+            + (f"| {num(e.get('general_retention'), '{:.3f}')} " if general else "")
+            + f"| {usd(c.get('effective_usd_per_m'))} | {usd(c.get('saturated_usd_per_m'))} "
+            f"| {num(c.get('p50_e2el_ms'), '{:,.0f}')} / {num(c.get('p99_e2el_ms'), '{:,.0f}')} "
+            f"| {num(c.get('output_tokens_per_s'), '{:,.0f}')} | {conc} | {par} |"
         )
     items = (ev_m.get("items") or {}).get("domain")
     if items:
@@ -185,7 +151,7 @@ def _decision_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
 def _decision_sentences(stages: dict[str, Any]) -> list[str]:
     """Student vs teacher (quality kept, effective cost per token), then self-hosted vs each API
     per month, with the payback and the break-even volume."""
-    ev_m, cost = _metrics(stages, "eval"), _metrics(stages, "cost")
+    ev_m, cost = metrics_of(stages, "eval"), metrics_of(stages, "cost")
     ev, teacher = ev_m.get("models") or {}, ev_m.get("teacher")
     priced, a = cost.get("models") or {}, cost.get("assumptions") or {}
     t_score = ((ev.get(teacher) or {}).get("domain") or {}).get("score")
@@ -196,20 +162,20 @@ def _decision_sentences(stages: dict[str, Any]) -> list[str]:
     for name in student_names:
         m = ev[name]
         ret = (m.get("retention") or {}).get("overall")
-        if not _is_num(ret):
+        if not is_num(ret):
             continue
         s = (
             f"**{name}** keeps {ret:.0%} of the teacher `{teacher}`'s domain score "
-            f"({_score(m.get('domain'))} vs {_num(t_score, '{:.3f}')})"
+            f"({score(m.get('domain'))} vs {num(t_score, '{:.3f}')})"
         )
         price = (priced.get(name) or {}).get("effective_usd_per_m")
-        if _is_num(price) and _is_num(t_price) and t_price > 0:
+        if is_num(price) and is_num(t_price) and t_price > 0:
             s += (
                 f" at {price / t_price:.0%} of its effective cost per token "
-                f"({_usd(price)} vs {_usd(t_price)} per 1M tokens at {_num(daily, '{:,.0f}')} tokens/day)"
+                f"({usd(price)} vs {usd(t_price)} per 1M tokens at {num(daily, '{:,.0f}')} tokens/day)"
             )
-        elif _is_num(price):
-            s += f" at {_usd(price)} per 1M tokens (effective)"
+        elif is_num(price):
+            s += f" at {usd(price)} per 1M tokens (effective)"
         out.append(s + ".")
     # Which deployments to set against the APIs: the students if any were priced, else the teacher,
     # else whatever was priced.
@@ -222,20 +188,20 @@ def _decision_sentences(stages: dict[str, Any]) -> list[str]:
         if not compare:
             continue
         vs = "; ".join(
-            f"vs {api} {_usd(x.get('api_monthly_usd'))}/month → payback {_months(x.get('payback_months'))}"
+            f"vs {api} {usd(x.get('api_monthly_usd'))}/month → payback {_months(x.get('payback_months'))}"
             + (
-                f", break-even at {_num(x['break_even_daily_tokens'], '{:,.0f}')} tokens/day"
-                if _is_num(x.get("break_even_daily_tokens"))
+                f", break-even at {num(x['break_even_daily_tokens'], '{:,.0f}')} tokens/day"
+                if is_num(x.get("break_even_daily_tokens"))
                 else (", the API is cheaper at any volume" if "break_even_daily_tokens" in x else "")
             )
             for api, x in compare.items()
         )
         replicas = c.get("replicas")
         out.append(
-            f"At {_num(daily, '{:,.0f}')} tokens/day, **{name}** self-hosted costs "
-            f"{_usd(c.get('self_hosted_monthly_usd'))}/month"
-            + (f" ({replicas} replica{'s' if replicas != 1 else ''})" if _is_num(replicas) else "")
-            + f": {vs} (payback = months of savings to repay the {_usd(cost.get('upfront_usd'))} "
+            f"At {num(daily, '{:,.0f}')} tokens/day, **{name}** self-hosted costs "
+            f"{usd(c.get('self_hosted_monthly_usd'))}/month"
+            + (f" ({replicas} replica{'s' if replicas != 1 else ''})" if is_num(replicas) else "")
+            + f": {vs} (payback = months of savings to repay the {usd(cost.get('upfront_usd'))} "
             "spent so far)."
         )
     return out
@@ -244,7 +210,7 @@ def _decision_sentences(stages: dict[str, Any]) -> list[str]:
 def _routing_section(stages: dict[str, Any], images: dict[str, str]) -> list[str]:
     """Cascades: the chosen point in words and numbers (on the half it was not chosen on), the
     frontier, and how well each model's confidence tracks its accuracy."""
-    m = _metrics(stages, "route")
+    m = metrics_of(stages, "route")
     if not m:
         return []
     items = m.get("items") or {}
@@ -255,7 +221,7 @@ def _routing_section(stages: dict[str, Any], images: dict[str, str]) -> list[str
         f"A tier answers when its confidence (geometric-mean probability of its answer's tokens) is at "
         f"least its threshold, else passes the query on; an escalated query pays for both tiers. Thresholds "
         f"are chosen on {items.get('pick', '–')} eval items and every figure below is on the other "
-        f"{items.get('report', '–')}; $/1M is effective at {_num(m.get('daily_tokens'), '{:,.0f}')} tokens/day.",
+        f"{items.get('report', '–')}; $/1M is effective at {num(m.get('daily_tokens'), '{:,.0f}')} tokens/day.",
         "",
         "| cascade | target | thresholds | answered by each tier | quality | effective $/1M | last tier alone |",
         "|---|---|---|---|---:|---:|---|",
@@ -270,8 +236,8 @@ def _routing_section(stages: dict[str, Any], images: dict[str, str]) -> list[str
             f"{t} {x:.0%}" for t, x in zip(cas.get("tiers") or [], ch.get("shares") or [], strict=False)
         )
         lines.append(
-            f"| {name} | {target} | {ths} | {shares} | {_num(ch.get('quality'), '{:.3f}')} "
-            f"| {_usd(ch.get('usd_per_m'))} | {_num(top.get('quality'), '{:.3f}')} at {_usd(top.get('usd_per_m'))} |"
+            f"| {name} | {target} | {ths} | {shares} | {num(ch.get('quality'), '{:.3f}')} "
+            f"| {usd(ch.get('usd_per_m'))} | {num(top.get('quality'), '{:.3f}')} at {usd(top.get('usd_per_m'))} |"
         )
     lines += [""] + [f"- **{n}**: {cas['sentence']}." for n, cas in (m.get("cascades") or {}).items()]
     lines += _img(images, "routing_frontier")
@@ -286,14 +252,14 @@ def _routing_section(stages: dict[str, Any], images: dict[str, str]) -> list[str
         ]
         for n, x in cal.items():
             counted = sum(b.get("items", 0) for b in x.get("bins") or [])
-            lines.append(f"| {n} | {_num(x.get('ece'), '{:.3f}')} | {counted} |")
+            lines.append(f"| {n} | {num(x.get('ece'), '{:.3f}')} | {counted} |")
         lines += _img(images, "calibration")
     return lines
 
 
 def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
     """What the dollars rest on, so a reader can redo the arithmetic with their own prices."""
-    a = _metrics(stages, "cost").get("assumptions")
+    a = metrics_of(stages, "cost").get("assumptions")
     if not a:
         return []
     lines = ["", "## Assumptions", ""]
@@ -303,29 +269,29 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
     gpus = a.get("gpus_per_replica") or {}
     scale = a.get("throughput_scale")
     lines += [
-        f"- Serving: `{a.get('serve_gpu')}` at {_usd(a.get('serve_usd_per_gpu_hour'))}/GPU-hour "
-        f"(memory bandwidth {_num(a.get('serve_gpu_bandwidth_tb_per_s'), '{:g}')} TB/s behind the decode floor, "
-        f"peak {_num(a.get('serve_gpu_peak_tflops'), '{:g}')} bf16 TFLOP/s); "
-        f"training: `{a.get('train_gpu')}` × {_num(a.get('training_gpus'), '{:.0f}')} at "
-        f"{_usd(a.get('train_usd_per_gpu_hour'))}/GPU-hour",
+        f"- Serving: `{a.get('serve_gpu')}` at {usd(a.get('serve_usd_per_gpu_hour'))}/GPU-hour "
+        f"(memory bandwidth {num(a.get('serve_gpu_bandwidth_tb_per_s'), '{:g}')} TB/s behind the decode floor, "
+        f"peak {num(a.get('serve_gpu_peak_tflops'), '{:g}')} bf16 TFLOP/s); "
+        f"training: `{a.get('train_gpu')}` × {num(a.get('training_gpus'), '{:.0f}')} at "
+        f"{usd(a.get('train_usd_per_gpu_hour'))}/GPU-hour",
         "- MFU behind the planned $ (`verticalft plan`): "
         + (", ".join(f"{k} {v:.0%}" for k, v in (a.get("mfu") or {}).items()) or "–"),
         "- GPUs per replica (vLLM tensor parallelism): "
         + (", ".join(f"{n} {g}" for n, g in gpus.items()) or "–"),
-        f"- Volume: {_num(a.get('daily_tokens'), '{:,.0f}')} tokens/day, "
-        + (f"{frac:.0%} input / {1 - frac:.0%} output" if _is_num(frac) else "token mix –")
+        f"- Volume: {num(a.get('daily_tokens'), '{:,.0f}')} tokens/day, "
+        + (f"{frac:.0%} input / {1 - frac:.0%} output" if is_num(frac) else "token mix –")
         + " — the same mix prices the self-hosted models and the APIs",
-        f"- Peak-to-average: {_num(a.get('peak_to_average'), '{:g}')} (replicas carry the busiest hour "
+        f"- Peak-to-average: {num(a.get('peak_to_average'), '{:g}')} (replicas carry the busiest hour "
         "at full measured capacity)",
         "- Throughput: "
         + (
             f"measured × {scale:g} (the recipe's cost.throughput_scale: {a.get('serve_gpu')} vs the bench device)"
-            if _is_num(scale)
+            if is_num(scale)
             else "as measured on the bench device"
         ),
-        f"- A month is {_num(a.get('hours_per_month'), '{:,.0f}')} hours",
-        f"- Other upfront spend: {_usd(a.get('other_upfront_usd'))}; total upfront (GPU spend + other): "
-        f"{_usd(_metrics(stages, 'cost').get('upfront_usd'))}",
+        f"- A month is {num(a.get('hours_per_month'), '{:,.0f}')} hours",
+        f"- Other upfront spend: {usd(a.get('other_upfront_usd'))}; total upfront (GPU spend + other): "
+        f"{usd(metrics_of(stages, 'cost').get('upfront_usd'))}",
     ]
     prices = a.get("api_prices") or {}
     if prices:
@@ -337,13 +303,15 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
         for api, p in prices.items():
             if isinstance(p, dict):
                 lines.append(
-                    f"| {api} | `{p.get('model')}` | {_usd(p.get('input_usd_per_m'))} | {_usd(p.get('output_usd_per_m'))} "
+                    f"| {api} | `{p.get('model')}` | {usd(p.get('input_usd_per_m'))} | {usd(p.get('output_usd_per_m'))} "
                     f"| {p.get('as_of') or '–'} | {p.get('source') or '–'} |"
                 )
             else:  # runs priced before sources were recorded: (input, output)
-                lines.append(f"| {api} | – | {_usd(p[0])} | {_usd(p[1])} | – | – |")
+                lines.append(f"| {api} | – | {usd(p[0])} | {usd(p[1])} | – | – |")
         lines.append("")
-    fits = {n: m for n, m in (_metrics(stages, "cost").get("models") or {}).items() if m.get("token_seconds")}
+    fits = {
+        n: m for n, m in (metrics_of(stages, "cost").get("models") or {}).items() if m.get("token_seconds")
+    }
     if fits:
         lines.append(
             "- Token costs fitted on the bench's two request shapes (replica-seconds per 1k tokens, input / output): "
@@ -357,19 +325,19 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
                 for n, m in fits.items()
             )
         )
-    for n, m in (_metrics(stages, "cost").get("models") or {}).items():
+    for n, m in (metrics_of(stages, "cost").get("models") or {}).items():
         if m.get("mix_note"):
-            lines.append(f"- `{n}`: {m['mix_note']} ({_num(m.get('priced_mix'), '{:.0%}')} input)")
-    b = _metrics(stages, "bench")
+            lines.append(f"- `{n}`: {m['mix_note']} ({num(m.get('priced_mix'), '{:.0%}')} input)")
+    b = metrics_of(stages, "bench")
     if b:
         slo = b.get("slo") or {}
         bounds = [
-            f"{k.removesuffix('_ms').upper()} ≤ {_num(v, '{:,.0f}')} ms"
+            f"{k.removesuffix('_ms').upper()} ≤ {num(v, '{:,.0f}')} ms"
             for k, v in slo.items()
-            if k.endswith("_ms") and _is_num(v)
+            if k.endswith("_ms") and is_num(v)
         ]
         lines.append(
-            f"- Benchmark: {_num(b.get('input_len'), '{:.0f}')} input / {_num(b.get('output_len'), '{:.0f}')} "
+            f"- Benchmark: {num(b.get('input_len'), '{:.0f}')} input / {num(b.get('output_len'), '{:.0f}')} "
             f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}"
             + (
                 f", each point {b['repeats']}× (spread recorded), plus {b['fit_shape']['input_len']} in / "
@@ -379,15 +347,11 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
             )
             + "; "
             f"SLO {', '.join(bounds) or 'none'}"
-            + (
-                f" for ≥ {slo['min_attainment']:.0%} of requests"
-                if _is_num(slo.get("min_attainment"))
-                else ""
-            )
+            + (f" for ≥ {slo['min_attainment']:.0%} of requests" if is_num(slo.get("min_attainment")) else "")
         )
         dev = b.get("device") or {}
         if dev:
-            memory = f", {dev['memory_gb']:g} GB" if _is_num(dev.get("memory_gb")) else ""
+            memory = f", {dev['memory_gb']:g} GB" if is_num(dev.get("memory_gb")) else ""
             unit = "GPU(s)" if dev.get("kind") == "gpu" else "cores"
             lines.append(f"- Benchmarked on: {dev.get('name')} × {dev.get('count')} {unit}{memory}")
         for name, why in (b.get("served_merged_because") or {}).items():
@@ -399,8 +363,8 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
 
 def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[str]:
     """Measured decode speed against the memory-bandwidth bound: a sanity check on the bench."""
-    priced = _metrics(stages, "cost").get("models") or {}
-    bench = _metrics(stages, "bench").get("models") or {}
+    priced = metrics_of(stages, "cost").get("models") or {}
+    bench = metrics_of(stages, "bench").get("models") or {}
     rows = [n for n in priced if any(k in priced[n] for k in ("decode_floor_ms", "bandwidth_utilisation"))]
     if not rows and "latency_vs_throughput" not in images:
         return []
@@ -417,11 +381,11 @@ def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
         for name in rows:
             c, wb = priced[name], (bench.get(name) or {}).get("weight_bytes")
             mbu = c.get("bandwidth_utilisation")
-            flag = "**check the measurement** (MBU > 1)" if _is_num(mbu) and mbu > 1 else ""
-            size = f"{wb:,} ({wb / 1e6:,.1f} MB)" if _is_num(wb) else "–"
+            flag = "**check the measurement** (MBU > 1)" if is_num(mbu) and mbu > 1 else ""
+            size = f"{wb:,} ({wb / 1e6:,.1f} MB)" if is_num(wb) else "–"
             lines.append(
-                f"| {name} | {size} | {_num(c.get('decode_floor_ms'), '{:.4g}')} "
-                f"| {_num(c.get('measured_tpot_ms_at_1'), '{:.4g}')} | {_num(mbu, '{:.1%}')} | {flag} |"
+                f"| {name} | {size} | {num(c.get('decode_floor_ms'), '{:.4g}')} "
+                f"| {num(c.get('measured_tpot_ms_at_1'), '{:.4g}')} | {num(mbu, '{:.1%}')} | {flag} |"
             )
     lines += _img(images, "latency_vs_throughput")
     return lines
@@ -429,7 +393,7 @@ def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
 
 def _training_cost_section(stages: dict[str, Any]) -> list[str]:
     """GPU spend per stage over every attempt (failed and killed ones too), next to the plan."""
-    cost = _metrics(stages, "cost")
+    cost = metrics_of(stages, "cost")
     spent = cost.get("spend") or cost.get("training") or {}  # "training": runs priced before attempts
     if not spent:
         return []
@@ -441,17 +405,17 @@ def _training_cost_section(stages: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for stage, t in spent.items():
-        tries = _num(t.get("attempts"), "{:.0f}")
+        tries = num(t.get("attempts"), "{:.0f}")
         if t.get("failed_or_killed"):
             tries += f" ({t['failed_or_killed']} failed or killed)"
-        wall = _num(t.get("wall_time_s"), "{:,.0f}s")
-        if _is_num(t.get("of_which_cache_build_s")):
+        wall = num(t.get("wall_time_s"), "{:,.0f}s")
+        if is_num(t.get("of_which_cache_build_s")):
             wall += f" (teacher cache {t['of_which_cache_build_s']:,.0f}s)"
         lines.append(
-            f"| {stage} | {tries} | {wall} | {_num(t.get('gpus'), '{:.0f}')} | {_usd(t.get('usd_per_gpu_hour'))} "
-            f"| {_usd(t.get('usd'))} | {_usd(t.get('planned_usd'))} |"
+            f"| {stage} | {tries} | {wall} | {num(t.get('gpus'), '{:.0f}')} | {usd(t.get('usd_per_gpu_hour'))} "
+            f"| {usd(t.get('usd'))} | {usd(t.get('planned_usd'))} |"
         )
-    lines.append(f"| **upfront total** (incl. other spend) | | | | | {_usd(cost.get('upfront_usd'))} | |")
+    lines.append(f"| **upfront total** (incl. other spend) | | | | | {usd(cost.get('upfront_usd'))} | |")
     return lines
 
 
@@ -476,10 +440,10 @@ def _stage_section(manifest: dict[str, Any], images: dict[str, str]) -> list[str
         notes = []
         if m.get("heldout_perplexity_before") is not None:
             notes.append(
-                f"held-out perplexity {_num(m['heldout_perplexity_before'])} → {_num(m.get('heldout_perplexity_after'))}"
+                f"held-out perplexity {num(m['heldout_perplexity_before'])} → {num(m.get('heldout_perplexity_after'))}"
             )
         if m.get("reward_accuracy") is not None:
-            notes.append(f"reward accuracy {m['reward_accuracy']:.3f}, margin {_num(m.get('reward_margin'))}")
+            notes.append(f"reward accuracy {m['reward_accuracy']:.3f}, margin {num(m.get('reward_margin'))}")
         if m.get("resumed_from"):
             notes.append(f"resumed from {m['resumed_from']}")
         if name == "curate" and "read" in m:
@@ -490,8 +454,8 @@ def _stage_section(manifest: dict[str, Any], images: dict[str, str]) -> list[str
         if name == "tiny_models":
             notes.append(", ".join(f"{k.removesuffix('_parameters')} {v / 1e6:.2f}M" for k, v in m.items()))
         lines.append(
-            f"| {name} | {rec.get('status')} | {_num(rec.get('wall_time_s'), '{:.0f}s')} | {_num(m.get('tokens_seen'), '{:,}')} "
-            f"| {_num(m.get('first_loss'))} → {_num(m.get('last_loss'))} | {_score(before)} → {_score(after)} | {'; '.join(notes)} |"
+            f"| {name} | {rec.get('status')} | {num(rec.get('wall_time_s'), '{:.0f}s')} | {num(m.get('tokens_seen'), '{:,}')} "
+            f"| {num(m.get('first_loss'))} → {num(m.get('last_loss'))} | {score(before)} → {score(after)} | {'; '.join(notes)} |"
         )
     lines += _img(images, "loss_curves") + _img(images, "funnel")
     final = next(
@@ -527,13 +491,13 @@ def _distill_section(rec: dict[str, Any] | None) -> list[str]:
         "",
         "| model | eval score | retention | train time | peak RSS | teacher in memory |",
         "|---|---|---|---|---|---|",
-        f"| teacher `{m.get('teacher')}` | {_score(m.get('teacher_eval'))} | 1.000 | – | – | – |",
+        f"| teacher `{m.get('teacher')}` | {score(m.get('teacher_eval'))} | 1.000 | – | – | – |",
     ]
     for name, st in m.get("students", {}).items():
         train = st.get("train", {})
         lines.append(
-            f"| {name} | {_score(st.get('eval'))} | {_num(st.get('retention'), '{:.3f}')} "
-            f"| {_num(train.get('train_seconds'), '{:.0f}s')} | {_num(st.get('peak_rss_mb'), '{:,.0f} MB')} "
+            f"| {name} | {score(st.get('eval'))} | {num(st.get('retention'), '{:.3f}')} "
+            f"| {num(train.get('train_seconds'), '{:.0f}s')} | {num(st.get('peak_rss_mb'), '{:,.0f} MB')} "
             f"| {'yes' if st.get('teacher_in_memory') else 'no'} |"
         )
     for name, err in (m.get("failed_students") or {}).items():
