@@ -24,10 +24,9 @@ from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
 from verticalft.recipe import Recipe, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
+from verticalft.stage_names import STAGE_ORDER, TRAINING_STAGES
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 
-STAGE_ORDER = ["tiny_models", "curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost", "route"]
-TRAINING_STAGES = {"cpt", "sft", "dpo", "distill"}
 RESULT_FILE = "result.json"
 VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"]
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verticalft.stage_names import MODEL_STAGES
+
 NF4_BYTES_PER_PARAM = 4.127 / 8
 TRAINABLE_STATE_BYTES = 16
 TRAIN_LOGIT_BYTES = 12  # bf16 logits 2 + fp32 upcast 4 + fp32 log-softmax 4 + bf16 gradient 2
@@ -359,7 +361,7 @@ def plan_recipe(recipe: Any) -> Plan:
            " (defaults: full from the Llama 3 report's 38–43 %; the others assumed — set compute.mfu)")
     )  # fmt: skip
     d = recipe.data
-    for stage in ("cpt", "sft", "dpo"):
+    for stage in MODEL_STAGES:
         cfg = getattr(recipe.stages, stage)
         if cfg is None:
             continue

@@ -18,9 +18,9 @@ from verticalft.launch import has_gpu, is_fsdp_run
 from verticalft.models import is_tiny, tiny_name
 from verticalft.recipe import Recipe, Source
 from verticalft.rundir import RunDir
+from verticalft.stage_names import MODEL_STAGES
 
 # Stages that produce a model, in pipeline order; the input of a stage is the newest of these.
-MODEL_STAGES = ["cpt", "sft", "dpo"]
 
 
 @dataclass

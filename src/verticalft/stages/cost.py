@@ -23,10 +23,8 @@ from typing import Any
 
 from verticalft import cost as c
 from verticalft.plan import GPUS, MFU_DEFAULTS, mfu_for
+from verticalft.stage_names import SERVING_STAGES, TRAINING_STAGES
 from verticalft.stages.base import StageContext, StageResult
-
-TRAINING = ("cpt", "sft", "dpo", "distill")
-SERVING = ("eval", "bench")
 
 
 def gpu_and_price(name: str, price: float | None) -> tuple[Any, float]:
@@ -72,7 +70,7 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
     bench = recipe.stages.bench
     serve_gpus = max([bench.gpus_for("teacher", True)] if bench else [1])
     out = {}
-    for stage in (*TRAINING, *SERVING):
+    for stage in (*TRAINING_STAGES, *SERVING_STAGES):
         attempts = ctx.run.attempts(stage)
         rec = ctx.run.record(stage)
         if attempts:
@@ -81,7 +79,7 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
             seconds = rec.wall_time_s
         else:
             continue
-        training = stage in TRAINING
+        training = stage in TRAINING_STAGES
         gpus = recipe.compute.training_gpus if training else serve_gpus
         price = train_price if training else serve_price
         plan_usd = sum(
