@@ -44,7 +44,7 @@ def test_benchmark_argv_is_what_vllm_bench_serve_parses(tmp_path):
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     argv = benchmark_argv(
-        "http://127.0.0.1:8000", "dpo", "/m", 4, 32, 64, 16, Slo(500, 50), tmp_path, "c4.json"
+        "http://127.0.0.1:8000", "dpo", "/m", 4, 32, 64, 16, Slo(ttft_ms=500, tpot_ms=50), tmp_path, "c4.json"
     )
     args = parser.parse_args(argv)
     assert (args.max_concurrency, args.num_prompts, args.random_input_len, args.random_output_len) == (
@@ -116,7 +116,7 @@ def test_a_point_without_goodput_is_not_checked_never_met():
     assert operating_point(unchecked) is None  # before: both counted as met, 8 priced
     free = [
         summarise(_point(1, 100), Slo(ttft_ms=None, tpot_ms=None)),
-        summarise(_point(8, 600), Slo(None, None)),
+        summarise(_point(8, 600), Slo(ttft_ms=None, tpot_ms=None)),
     ]
     assert [p["meets_slo"] for p in free] == [True, True]  # no objective set: nothing to miss
     assert operating_point(free)["max_concurrency"] == 8

@@ -8,9 +8,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from verticalft.distill.generate import Generation, generate_openai, pick_backend
+from verticalft.distill.generate import generate_openai
 from verticalft.distill.students import student_name
 from verticalft.distill.teacher import generated_set
+from verticalft.serving.offline import pick_backend
 
 
 class _Endpoint(BaseHTTPRequestHandler):
@@ -75,11 +76,16 @@ def test_missing_key_is_a_clear_error(endpoint, monkeypatch):
         generate_openai(endpoint, "m", ["x"], 8, 0.0, api_key_env="NO_SUCH_KEY")
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
+    import importlib.util
+
     assert pick_backend("auto", "http://127.0.0.1:8000/v1") == "openai"
     assert pick_backend("hf", None) == "hf"
-    assert pick_backend("auto", None) in ("vllm", "hf")
-    assert Generation("a", "stop").finish_reason == "stop"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else real(name))
+    assert pick_backend("auto") == "hf"  # no vLLM installed: transformers
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert pick_backend("auto") == "vllm"  # this environment has vLLM
 
 
 def test_student_folder_names():

@@ -6,8 +6,8 @@ import pytest
 
 from verticalft.data import DataError
 from verticalft.recipe import Gates, Source
-from verticalft.scoring import choice_letter, score_answer, score_items
-from verticalft.stages.eval import check_gates, load_items, retention
+from verticalft.scoring import choice_letter, load_items, score_answer, score_items
+from verticalft.stages.eval import check_gates, retention
 
 
 def test_every_kind_scores_what_it_should():

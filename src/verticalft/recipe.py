@@ -421,6 +421,15 @@ class Slo(Strict):
     e2el_ms: float | None = Field(default=None, gt=0)
     min_attainment: float = Field(default=0.9, gt=0.0, le=1.0)
 
+    def goodput_args(self) -> list[str]:
+        """`vllm bench serve --goodput` arguments for the objectives set (none: no goodput)."""
+        pairs = [
+            f"{k}:{v:g}"
+            for k, v in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms), ("e2el", self.e2el_ms))
+            if v is not None
+        ]
+        return ["--goodput", *pairs] if pairs else []
+
 
 class FitShape(Strict):
     input_len: int = Field(ge=1)

@@ -13,7 +13,6 @@ or was cut at `max_new_tokens` ("length"), so truncated generations can be dropp
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import threading
@@ -30,15 +29,6 @@ from typing import Any
 class Generation:
     text: str
     finish_reason: str  # "stop" | "length"
-
-
-def pick_backend(requested: str, endpoint: str | None) -> str:
-    """`auto` → openai when an endpoint is set, vLLM when importable, else HF."""
-    if requested != "auto":
-        return requested
-    if endpoint:
-        return "openai"
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
 def chats(prompts: list[str]) -> list[list[dict[str, str]]]:

@@ -100,10 +100,11 @@ def teacher_generations(
     ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
 ) -> tuple[list[Any], str]:
     from verticalft.distill import generate as g
+    from verticalft.serving.offline import pick_backend
 
     cfg = ctx.recipe.stages.distill
     gen, t = cfg.generation, cfg.teacher
-    backend = g.pick_backend(gen.backend, t.endpoint)
+    backend = pick_backend(gen.backend, t.endpoint)
     if backend == "openai":
         if not t.endpoint:
             raise ValueError("stages.distill.generation.backend=openai needs stages.distill.teacher.endpoint")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verticalft.recipe import Slo  # the recipe's objectives, as `stages.bench.slo` gives them
 from verticalft.serving.server import ManagedServer, ServerError
 
 PERCENTILES = (50, 90, 99)
@@ -21,24 +21,6 @@ LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 # what each repeat of a point keeps: its throughput, latency, SLO, and the totals the cost fit uses
 REPEAT_KEYS = ("output_throughput", "duration", "total_input_tokens", "total_output_tokens",
                "median_ttft_ms", "median_tpot_ms", "meets_slo")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Slo:
-    """Service-level objectives in milliseconds (None: no objective on that metric)."""
-
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2el_ms: float | None = None
-    min_attainment: float = 0.9  # share of requests that must meet every objective
-
-    def goodput_args(self) -> list[str]:
-        pairs = [
-            f"{k}:{v:g}"
-            for k, v in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms), ("e2el", self.e2el_ms))
-            if v is not None
-        ]
-        return ["--goodput", *pairs] if pairs else []
 
 
 def benchmark_argv(

@@ -24,6 +24,18 @@ from pathlib import Path
 from typing import Any
 
 
+def pick_backend(requested: str, endpoint: str | None = None) -> str:
+    """Where generation runs: `auto` → openai when an endpoint is set, vLLM when importable, else
+    transformers (`hf`); any other value as given."""
+    import importlib.util
+
+    if requested != "auto":
+        return requested
+    if endpoint:
+        return "openai"
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
 class OfflineGenerationError(RuntimeError):
     """The vLLM child process failed; the message carries the tail of its log."""
 

@@ -92,12 +92,12 @@ class StageContext:
         return [source] if source else None
 
     def eval_items(self) -> list[dict[str, Any]]:
-        from verticalft.data import load_source
+        """The recipe's eval items (checked, as the eval stage reads them) for the quick eval."""
+        from verticalft.scoring import load_items
 
         if self.recipe.data.eval is None:
             return []
-        items = load_source(self.recipe.data.eval, ("prompt", "answer")).to_list()
-        return items[: self.recipe.evaluation.max_items] if self.recipe.evaluation.max_items else items
+        return load_items(self.recipe.data.eval, self.recipe.evaluation.max_items)
 
 
 @dataclass(frozen=True)

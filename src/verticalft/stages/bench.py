@@ -27,7 +27,6 @@ from typing import Any
 from verticalft.chat_templates import chosen_template_path
 from verticalft.rundir import atomic_write_json
 from verticalft.serving.benchmark import (
-    Slo,
     assert_no_failures,
     benchmark_argv,
     combine_repeats,
@@ -111,7 +110,7 @@ def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str
 def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) -> dict[str, Any]:
     """Greedy answers of base + LoRA on the server vs the merged weights, on the first n eval prompts."""
     from verticalft.distill.generate import generate_openai
-    from verticalft.stages.eval import load_items
+    from verticalft.scoring import load_items
 
     items = load_items(ctx.recipe.data.eval, n) if ctx.recipe.data.eval else []
     prompts = [it["prompt"] for it in items]
@@ -145,7 +144,7 @@ def measure(
     """One point of the sweep at concurrency `c`, measured `repeats` times (vLLM result file and
     printed table per repeat), combined into one point that carries its spread."""
     cfg = ctx.recipe.stages.bench
-    slo = Slo(cfg.slo.ttft_ms, cfg.slo.tpot_ms, cfg.slo.e2el_ms, cfg.slo.min_attainment)
+    slo = cfg.slo
     n = cfg.num_prompts or max(16, 4 * c)
     repeats = []
     for r in range(cfg.repeats):

@@ -16,15 +16,13 @@ is saved: a failed gate fails the stage with what fell short, and the report sti
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from typing import Any
 
-from verticalft.data import DataError, load_source, parse_jsonl
-from verticalft.recipe import Source
+from verticalft.data import DataError
 from verticalft.rundir import atomic_write_text
-from verticalft.scoring import KINDS, confidence, score_items, summarise
+from verticalft.scoring import confidence, load_items, score_items, summarise
+from verticalft.serving.offline import pick_backend
 from verticalft.stages.base import (
     PartialFailure,
     RunModel,
@@ -33,35 +31,6 @@ from verticalft.stages.base import (
     final_teacher,
     models_in_run,
 )
-
-
-def load_items(source: Source, max_items: int | None = None) -> list[dict[str, Any]]:
-    """Eval rows, each checked (prompt, answer, a known kind); errors name the file and line."""
-    path = Path(source.path)
-    if path.suffix.lower() in {".jsonl", ".ndjson"} and path.is_file():
-        located = [(f"{path}:{n}", row) for n, row, _ in parse_jsonl(path)]
-    else:
-        located = [(f"{source.path} row {i + 1}", row) for i, row in enumerate(load_source(source).to_list())]
-    items = []
-    for where, row in located:
-        if isinstance(row, str):
-            raise DataError(f"{where}: {row}")
-        missing = [k for k in ("prompt", "answer") if row.get(k) in (None, "")]
-        if missing:
-            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-        kind = row.get("kind") or "label"
-        if kind not in KINDS:
-            raise DataError(f"{where}: unknown kind '{kind}'; one of {', '.join(KINDS)}")
-        if kind == "choice" and not row.get("choices"):
-            raise DataError(f"{where}: a `choice` item needs its options in `choices`")
-        items.append({**row, "kind": kind, "answer": str(row["answer"])})
-    return items[:max_items] if max_items else items
-
-
-def pick_backend(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
 def generate_all(

@@ -21,9 +21,8 @@ from verticalft import cost as c
 from verticalft import routing as r
 from verticalft.data import DataError, parse_jsonl
 from verticalft.rundir import atomic_write_json
-from verticalft.scoring import score_answer
+from verticalft.scoring import load_items, score_answer
 from verticalft.stages.base import StageContext, StageResult
-from verticalft.stages.eval import load_items
 
 
 def eval_rows(path: str) -> list[dict[str, Any]]:
