@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verticalft.distill.students import students
+from verticalft.distill.students import pruned_student, students
 from verticalft.plan import plan_recipe
 from verticalft.pruning import (
     block_influence,
@@ -18,7 +18,6 @@ from verticalft.pruning import (
     influence_layers,
     parse_prune,
     prune_name,
-    pruned_student,
     pruning_record,
 )
 from verticalft.recipe import RecipeError, load_recipe

@@ -25,12 +25,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from verticalft.recipe import Recipe
 from verticalft.rundir import RunDir
+
+if TYPE_CHECKING:
+    from verticalft.recipe import Recipe
 
 ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
 # Keys of a DeepSpeed block in an accelerate config that the HF trainer owns.

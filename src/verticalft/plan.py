@@ -275,6 +275,19 @@ def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | 
     return KNOWN_ARCHS.get(ref)
 
 
+def teacher_layers(recipe: Any) -> int | None:
+    """Layer count of the model a `prune://teacher` student is cut from, when readable without loading it.
+
+    CPT/SFT/DPO keep the architecture, so the recipe's teacher (or `stages.distill.teacher.model`)
+    has the same layers as the trained model the distill stage actually prunes.
+    """
+    distill = recipe.stages.distill
+    ref = (distill.teacher.model if distill else None) or recipe.models.teacher
+    specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
+    arch = resolve_arch(ref, recipe.tiny.vocab_size, specs)
+    return arch.layers if arch else None
+
+
 def pruned_arch(ref: str, teacher: Arch | None) -> Arch | None:
     """A `prune://teacher?layers=N` student: the teacher with N of its blocks. Embeddings, head and
     final norm stay, and `Arch.params` counts attention + MLP + norms per block, so the parameters

@@ -27,19 +27,14 @@ folder with its marker (`PRUNED.json`: kept layers, influence scores) and rename
 from __future__ import annotations
 
 import difflib
-import fcntl
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-if TYPE_CHECKING:
-    from verticalft.recipe import Recipe
-    from verticalft.stages.base import StageContext
 
 PRUNE_SCHEME = "prune://"
 SOURCES = ("teacher",)
@@ -113,21 +108,6 @@ def spec_problems(ref: str, teacher_layers: int | None) -> list[str]:
             f"(layers between 1 and {teacher_layers - 1})"
         )
     return problems
-
-
-def teacher_layers(recipe: Recipe) -> int | None:
-    """Layer count of the model a `prune://teacher` student is cut from, when readable without loading it.
-
-    CPT/SFT/DPO keep the architecture, so the recipe's teacher (or `stages.distill.teacher.model`)
-    has the same layers as the trained model the distill stage actually prunes.
-    """
-    from verticalft.plan import resolve_arch
-
-    distill = recipe.stages.distill
-    ref = (distill.teacher.model if distill else None) or recipe.models.teacher
-    specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
-    arch = resolve_arch(ref, recipe.tiny.vocab_size, specs)
-    return arch.layers if arch else None
 
 
 def prune_name(ref: str) -> str:
@@ -304,27 +284,3 @@ def pruning_record(folder: str | Path) -> dict[str, Any] | None:
     """What `build_pruned` recorded (kept layers, scores …) for a student folder, else None."""
     marker = Path(folder) / MARKER
     return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def pruned_student(ctx: StageContext, ref: str, teacher: str) -> str:
-    """The distill stage's hook: `distill/<student>/pruned/` cut from the stage's teacher, reused when complete."""
-    from verticalft.distill.teacher import conversations
-
-    out = ctx.run.stage_dir("distill") / prune_name(ref) / "pruned"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with (out.parent / ".pruned.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # launched ranks resolve students too: one builds, the rest reuse
-        done = pruning_record(out)
-        if done and done.get("format") == FORMAT and done["spec"] == ref and done["teacher"] == teacher:
-            print(f"  pruned student {out.parent.name}: reusing {out}", flush=True)
-            return str(out)
-        layers = parse_prune(ref).layers
-        print(f"  pruned student {out.parent.name}: cutting {teacher} to {layers} layers", flush=True)
-        folder = build_pruned(ref, teacher, out, conversations(ctx), ctx.recipe.models.trust_remote_code)
-    rec = pruning_record(folder) or {}
-    print(
-        f"  pruned student {out.parent.name}: kept layers {rec.get('kept_layers')} "
-        f"({rec.get('parameters', 0) / 1e6:.1f}M parameters, {rec.get('seconds')}s)",
-        flush=True,
-    )
-    return folder

@@ -756,6 +756,7 @@ def _model_ref_problems(recipe: Recipe) -> list[Problem]:
     when a stage starts: a GGUF file transformers cannot load (gguf_source) and a `prune://`
     student that does not fit its teacher (pruning)."""
     from verticalft import gguf_source, pruning
+    from verticalft.plan import teacher_layers
 
     distill = recipe.stages.distill
     teachers = [("models.teacher", recipe.models.teacher)]
@@ -773,7 +774,7 @@ def _model_ref_problems(recipe: Recipe) -> list[Problem]:
         if pruning.is_prune(ref)
     ]
     if any(pruning.is_prune(ref) for _, ref in students):
-        layers = None if any(pruning.is_prune(ref) for _, ref in teachers) else pruning.teacher_layers(recipe)
+        layers = None if any(pruning.is_prune(ref) for _, ref in teachers) else teacher_layers(recipe)
         problems += [
             Problem(path=p, message=m) for p, ref in students for m in pruning.spec_problems(ref, layers)
         ]

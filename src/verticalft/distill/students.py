@@ -5,13 +5,14 @@ DistillationTrainer) — then eval and save."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from typing import Any
 
-from verticalft.distill.teacher import teacher_path
+from verticalft.distill.teacher import conversations, teacher_path
 from verticalft.models import fit_trainable_dtype, load_model, lora_config
-from verticalft.pruning import is_prune, prune_name, pruned_student
+from verticalft.pruning import FORMAT, build_pruned, is_prune, parse_prune, prune_name, pruning_record
 from verticalft.stages.base import (
     StageContext,
     quick_eval,
@@ -222,3 +223,25 @@ def finish_student(
     score = after["score"] if after else None
     retention = round(score / teacher_score, 4) if score is not None and teacher_score else None
     return {"outputs": outputs, "eval": after, "score": score, "retention": retention}
+
+
+def pruned_student(ctx: StageContext, ref: str, teacher: str) -> str:
+    """The distill stage's hook: `distill/<student>/pruned/` cut from the stage's teacher, reused when complete."""
+    out = ctx.run.stage_dir("distill") / prune_name(ref) / "pruned"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (out.parent / ".pruned.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # launched ranks resolve students too: one builds, the rest reuse
+        done = pruning_record(out)
+        if done and done.get("format") == FORMAT and done["spec"] == ref and done["teacher"] == teacher:
+            print(f"  pruned student {out.parent.name}: reusing {out}", flush=True)
+            return str(out)
+        layers = parse_prune(ref).layers
+        print(f"  pruned student {out.parent.name}: cutting {teacher} to {layers} layers", flush=True)
+        folder = build_pruned(ref, teacher, out, conversations(ctx), ctx.recipe.models.trust_remote_code)
+    rec = pruning_record(folder) or {}
+    print(
+        f"  pruned student {out.parent.name}: kept layers {rec.get('kept_layers')} "
+        f"({rec.get('parameters', 0) / 1e6:.1f}M parameters, {rec.get('seconds')}s)",
+        flush=True,
+    )
+    return folder
