@@ -67,6 +67,27 @@ def test_bad_recipe_lists_every_problem_with_paths_and_hints(tmp_path):
     assert len(problems) == 5
 
 
+@pytest.mark.parametrize(
+    "stage,key,controller",
+    [
+        ("sft", "packing", "stages.sft.packing"),
+        ("sft", "assistant_only_loss", "models.chat_template"),
+        ("cpt", "packing_strategy", "packed plain text"),
+        ("cpt", "dataset_text_field", "packed plain text"),
+        ("cpt", "completion_only_loss", "loss on every token"),
+        ("dpo", "beta", "stages.dpo.beta"),
+        ("distill", "remove_unused_columns", "keeps each example's index"),
+        ("distill", "temperature", "stages.distill.temperature"),
+    ],
+)
+def test_a_trainer_key_the_stage_manages_names_what_controls_it(stage, key, controller):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(ROOT / "recipes/finance.yaml", overrides=[f"stages.{stage}.trainer.{key}=1"])
+    problems = {p.path: p.message for p in exc.value.problems}
+    assert problems[f"stages.{stage}.trainer.{key}"].startswith("set by verticalft from ")
+    assert controller in problems[f"stages.{stage}.trainer.{key}"]
+
+
 def test_cli_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "verticalft.cli", "validate", str(_bad_recipe(tmp_path))],

@@ -36,17 +36,27 @@ from pydantic import (
 )
 
 PROFILE_DIR_NAME = "profiles"
-# Keys the toolkit sets itself in every trainer config; a recipe setting them would be ignored
-# silently, so we reject them.
-MANAGED_TRAINER_KEYS = {
-    "output_dir",
-    "resume_from_checkpoint",
-    "max_length",
-    "packing",
-    "beta",
-    "temperature",  # distill.temperature (on_policy: TRL's loss and sampling temperature)
-    "teacher_model_init_kwargs",  # distill.teacher.quantization
+# Trainer keys a stage sets itself (stages pass them as `managed=` to stages.base.trainer_config),
+# and what controls each: a recipe setting one in `trainer:` would be overridden silently, so
+# validation rejects it and names the recipe key to use instead.
+_EVERY_STAGE = {
+    "output_dir": "the run directory (<run>/<stage>/checkpoints)",
+    "resume_from_checkpoint": "the run itself (a rerun resumes a killed attempt)",
 }
+_FIXED_TEXT = "fixed by the stage (packed plain text, loss on every token)"
+_FIXED_CHAT = "fixed by the stage (loss on assistant tokens, marked by models.chat_template)"
+MANAGED_TRAINER_KEYS: dict[str, dict[str, str]] = {
+    "cpt": {**_EVERY_STAGE, "max_length": "stages.cpt.max_length", "packing": _FIXED_TEXT,
+            "packing_strategy": _FIXED_TEXT, "dataset_text_field": _FIXED_TEXT, "completion_only_loss": _FIXED_TEXT},
+    "sft": {**_EVERY_STAGE, "max_length": "stages.sft.max_length", "packing": "stages.sft.packing",
+            "assistant_only_loss": _FIXED_CHAT},
+    "dpo": {**_EVERY_STAGE, "max_length": "stages.dpo.max_length", "beta": "stages.dpo.beta"},
+    "distill": {**_EVERY_STAGE, "max_length": "stages.distill.max_length", "packing": _FIXED_CHAT,
+                "assistant_only_loss": _FIXED_CHAT, "beta": "stages.distill.beta",
+                "temperature": "stages.distill.temperature",
+                "remove_unused_columns": "fixed by the stage (the logit trainer keeps each example's index)",
+                "teacher_model_init_kwargs": "stages.distill.teacher.quantization"},
+}  # fmt: skip
 STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig", "distill": "SFTConfig"}
 # distill.kind on_policy passes its trainer block to TRL's DistillationConfig instead.
 ON_POLICY_TRAINER_CONFIG = "DistillationConfig"
@@ -738,11 +748,9 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
         fields = trainer_config_fields(cls)
         for key in trainer:
             path = f"stages.{stage}.trainer.{key}"
-            if key in MANAGED_TRAINER_KEYS:
+            if key in MANAGED_TRAINER_KEYS[stage]:
                 problems.append(
-                    Problem(
-                        path=path, message=f"set by verticalft; use stages.{stage}.{key} if it exists there"
-                    )
+                    Problem(path=path, message=f"set by verticalft from {MANAGED_TRAINER_KEYS[stage][key]}")
                 )
             elif key not in fields:
                 problems.append(
