@@ -7,7 +7,11 @@ the toolkit adds no cost; ours includes its checkpoint saves and TensorBoard log
 (2) packing efficiency of the batches our stage feeds the model: the fraction of non-padding
 tokens in the input tensors (target ≥ 0.95) and how full the packed max_length bins are,
 next to the same data unpacked (padded per batch) for contrast.
-Runs are interleaved (bare, ours, bare, ours …) and the median is reported: the machine is noisy.
+Like for like: both sides load the same 4-bit NF4 base with the same compute dtype and train their
+LoRA adapters in that dtype (`--dtype`, default float32: on a CPU without AVX-512-BF16 bf16
+matmuls are ~30x slower, which would measure the dtype, not the toolkit), with the same seed in a
+round. Rounds are interleaved and the order alternates (bare first in even rounds, ours first in
+odd ones, recorded); the median is reported: the machine is noisy.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def bare_trl(model_path: str, recipe, steps: int, out: Path) -> float:
+def bare_trl(model_path: str, recipe, steps: int, out: Path, seed: int, dtype_name: str) -> float:
     """What a user writes with TRL alone (QLoRA NF4 + LoRA + packing + assistant-only loss)."""
     import torch
     from datasets import load_dataset
@@ -36,15 +40,16 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path) -> float:
     from trl import SFTConfig, SFTTrainer
 
     cfg = recipe.stages.sft
+    dtype = getattr(torch, dtype_name)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
-        dtype=torch.bfloat16,
+        dtype=dtype,
         quantization_config=BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         ),
     )
     ds = load_dataset("json", data_files=recipe.data.sft.path, split="train").select_columns(["messages"])
@@ -62,7 +67,7 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path) -> float:
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        seed=recipe.compute.seed,
+        seed=seed,
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
         bf16=False,
@@ -81,19 +86,22 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path) -> float:
             task_type="CAUSAL_LM",
         ),
     )
+    for p in trainer.model.parameters():  # TRL makes QLoRA adapters bf16; train them in `dtype`, as ours does
+        if p.requires_grad:
+            p.data = p.data.to(dtype)
     t0 = time.perf_counter()
     trainer.train()
     return time.perf_counter() - t0
 
 
-def ours(recipe_path: str, runs: Path, steps: int, round_: int) -> tuple[float, dict]:
+def ours(recipe_path: str, runs: Path, steps: int, seed: int) -> tuple[float, dict]:
     from verticalft.pipeline import run_dir_for, run_recipe
     from verticalft.recipe import load_recipe
 
     r = load_recipe(
         recipe_path,
         "tiny",
-        [f"stages.sft.trainer.max_steps={steps}", "evaluation.max_items=1", f"compute.seed={42 + round_}"],
+        [f"stages.sft.trainer.max_steps={steps}", "evaluation.max_items=1", f"compute.seed={seed}"],
     )
     rd = run_dir_for(r, "tiny", runs)
     run_recipe(r, rd, until="sft", only=["tiny_models", "sft"], echo=lambda s: None)
@@ -148,6 +156,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/finance.yaml")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", help="compute and adapter dtype of both sides")
     parser.add_argument("--out", default="benchmarks/results/sft_overhead.json")
     a = parser.parse_args()
     from verticalft.pipeline import run_dir_for, run_recipe
@@ -159,16 +168,38 @@ def main() -> None:
     run_recipe(recipe, base, until="tiny_models", echo=lambda s: None)
     model_path = base.output("tiny_models", "teacher")
 
-    bare_s, ours_s = [], []
+    import torch
+
+    from verticalft.models import training_dtype
+
+    if getattr(torch, a.dtype) != training_dtype():
+        raise SystemExit(
+            f"ours trains in {training_dtype()} here; run with --dtype {str(training_dtype())[6:]}"
+        )
+    bare_s, ours_s, orders = [], [], []
     for i in range(a.rounds):
-        bare_s.append(bare_trl(model_path, recipe, a.steps, work / f"bare{i}"))
-        t, _ = ours(a.recipe, work / f"ours{i}", a.steps, i)
-        ours_s.append(t)
-        print(f"round {i}: bare {bare_s[-1]:.1f}s, ours {ours_s[-1]:.1f}s", file=sys.stderr)
+        seed = 42 + i  # the same seed on both sides of a round
+        order = ["bare", "ours"] if i % 2 == 0 else ["ours", "bare"]
+        for side in order:
+            if side == "bare":
+                bare_s.append(bare_trl(model_path, recipe, a.steps, work / f"bare{i}", seed, a.dtype))
+            else:
+                ours_s.append(ours(a.recipe, work / f"ours{i}", a.steps, seed)[0])
+        orders.append(order)
+        print(
+            f"round {i} ({' then '.join(order)}): bare {bare_s[-1]:.1f}s, ours {ours_s[-1]:.1f}s",
+            file=sys.stderr,
+        )
     bare_med, ours_med = statistics.median(bare_s), statistics.median(ours_s)
     result = {
+        "command": "python benchmarks/bench_sft_overhead.py " + " ".join(sys.argv[1:]),
+        "load_average_1_5_15": os.getloadavg(),
         "steps": a.steps,
         "rounds": a.rounds,
+        "dtype": a.dtype,
+        "order_per_round": orders,
+        "bare_seconds": [round(x, 2) for x in bare_s],
+        "ours_seconds": [round(x, 2) for x in ours_s],
         "bare_trl_steps_per_s": round(a.steps / bare_med, 3),
         "ours_steps_per_s": round(a.steps / ours_med, 3),
         "throughput_ratio_ours_over_bare": round(bare_med / ours_med, 3),
