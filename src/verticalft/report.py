@@ -1,10 +1,12 @@
 """The run report: `runs/<recipe>/<profile>/report.md` (+ `plots/*.png`), rebuilt from the manifest.
 
-The first screen answers "buy or not": one row per model with its eval score, retention, $/1M
-tokens, latency and throughput at the priced operating point, then sentences computed from those
-numbers (student vs teacher, self-hosted vs each API). Below: the assumptions the dollars rest
-on, the bandwidth bound next to the measured decode speed, what training cost, and the per-stage
-detail. Every figure is read from `manifest.json`; nothing here is measured or hard-coded.
+The first screen answers "buy or not": one row per model with its eval score, retention, effective
+and saturated $/1M tokens, latency and throughput at the priced operating point, then sentences
+computed from those numbers (student vs teacher, self-hosted vs each API with payback and
+break-even volume). Then the routing decision (which model answers, when it escalates), the
+assumptions the dollars rest on (each API price with its source), the bandwidth bound next to the
+measured decode speed, the GPU spend so far, and the per-stage detail. Every figure is read from
+`manifest.json`; nothing here is measured or hard-coded.
 
 `render` is pure (manifest in, markdown out) so it is testable and cheap; `plots.write_plots` draws the
 PNGs and `write_report` ties both to the run directory. matplotlib is imported only when plotting.
