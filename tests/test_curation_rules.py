@@ -7,7 +7,7 @@ from sample_helpers import ROOT
 from verticalft.curation import langid, records, relevance
 from verticalft.curation.audit import AuditError, Funnel
 from verticalft.curation.chain import build_chain, rules_for, run_chain
-from verticalft.curation.quality import FINANCE_RULES
+from verticalft.curation.quality import STRUCTURED_RULES
 from verticalft.recipe import CurateStage, RecipeError, load_recipe
 
 EN = "The company reported quarterly revenue of 4.2 billion dollars and raised its full-year guidance."
@@ -150,9 +150,18 @@ def test_recipe_rule_overrides_lay_over_the_preset():
     step = cfg.filters[0]
     rules = rules_for(step.name, step.config)
     assert rules.min_doc_words == 5
-    assert rules.max_non_alpha_words_ratio == FINANCE_RULES.max_non_alpha_words_ratio
+    assert rules.max_non_alpha_words_ratio == STRUCTURED_RULES.max_non_alpha_words_ratio
     off = CurateStage.model_validate({"filters": [{"gopher_quality": {"min_stop_words": None}}]})
     assert rules_for("gopher_quality", off.filters[0].config).min_stop_words is None
+
+
+def test_the_finance_preset_is_the_structured_one():
+    # renamed for what it is (figure-heavy, tabular text: filings, listings, leases); the old name works
+    for name in ("gopher_quality", "gopher_repetition", "fineweb_quality", "c4_lines"):
+        old = CurateStage.model_validate({"filters": [{name: {"preset": "finance"}}]}).filters[0]
+        new = CurateStage.model_validate({"filters": [{name: {"preset": "structured"}}]}).filters[0]
+        web = CurateStage.model_validate({"filters": [{name: {"preset": "web"}}]}).filters[0]
+        assert rules_for(name, old.config) == rules_for(name, new.config) != rules_for(name, web.config)
 
 
 def test_bad_curate_blocks_name_every_problem(tmp_path):
@@ -160,7 +169,7 @@ def test_bad_curate_blocks_name_every_problem(tmp_path):
     src = (ROOT / "recipes/finance.yaml").read_text()
     src = src.replace("- length: {min_words: 20}", "- length: {min_word: 20}\n      - gopher_qualty: {}")
     src = src.replace(
-        "gopher_quality: {preset: finance}", "gopher_quality: {preset: finance, min_doc_word: 3}"
+        "gopher_quality: {preset: structured}", "gopher_quality: {preset: structured, min_doc_word: 3}"
     )
     path.write_text(src)
     with pytest.raises(RecipeError) as err:

@@ -1,7 +1,7 @@
 import pytest
 from sample_helpers import DOMAINS, noise_kinds, rows
 
-from verticalft.curation.fineweb import FINANCE_RULES, FineWebRules, fineweb_quality
+from verticalft.curation.fineweb import STRUCTURED_RULES, FineWebRules, fineweb_quality
 
 S1 = "Quarterly revenue rose because demand for the new product line held up in every region."
 S2 = "Management expects margins to improve next year as freight costs ease and pricing stays firm."
@@ -105,30 +105,30 @@ def test_options():
 def test_finance_preset_keeps_statements_ledgers_and_bullet_lists():
     for text in (STATEMENT, LEDGER, RISKS):
         assert fineweb_quality(text) == "line_punct_ratio"
-        assert fineweb_quality(text, FINANCE_RULES) is None
+        assert fineweb_quality(text, STRUCTURED_RULES) is None
     # Repeated row labels within a statement ("Goodwill" twice, a repeated header row) are fine too.
     repeated = STATEMENT + "\n|  | 2024 | 2023 | \n| Goodwill | 812.3 | 812.3 | "
     assert fineweb_quality(repeated) == "line_punct_ratio"
-    assert fineweb_quality(repeated, FINANCE_RULES) is None
+    assert fineweb_quality(repeated, STRUCTURED_RULES) is None
 
 
 def test_finance_preset_still_drops_lists_and_fragments():
-    assert fineweb_quality("\n".join(["Home", "About", "Contact", "Careers", "Login"]), FINANCE_RULES) == (
+    assert fineweb_quality("\n".join(["Home", "About", "Contact", "Careers", "Login"]), STRUCTURED_RULES) == (
         "short_line_ratio"
     )
-    assert fineweb_quality(WORD_LIST, FINANCE_RULES) is None  # two words a line: a label and a figure
-    assert fineweb_quality(LINKS, FINANCE_RULES) == "list_ratio"  # one a line
-    assert fineweb_quality("\n".join([S1, S1, S1, S2]), FINANCE_RULES) == "char_dup_ratio"
+    assert fineweb_quality(WORD_LIST, STRUCTURED_RULES) is None  # two words a line: a label and a figure
+    assert fineweb_quality(LINKS, STRUCTURED_RULES) == "list_ratio"  # one a line
+    assert fineweb_quality("\n".join([S1, S1, S1, S2]), STRUCTURED_RULES) == "char_dup_ratio"
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_finance_preset_keeps_clean_domain_documents(domain):
     kinds = noise_kinds(domain)
     clean = [doc["text"] for doc in rows(domain, "corpus.jsonl") if kinds.get(doc["id"], "clean") == "clean"]
-    assert sum(bool(fineweb_quality(t, FINANCE_RULES)) for t in clean) <= 0.02 * len(clean)
+    assert sum(bool(fineweb_quality(t, STRUCTURED_RULES)) for t in clean) <= 0.02 * len(clean)
     # The web defaults drop ledgers and worksheets wholesale: why the preset exists (finance ledgers;
     # real-estate prose is closer to web text, so there the preset only has to do no harm).
     web = sum(bool(fineweb_quality(t)) for t in clean)
-    assert sum(bool(fineweb_quality(t, FINANCE_RULES)) for t in clean) <= web
+    assert sum(bool(fineweb_quality(t, STRUCTURED_RULES)) for t in clean) <= web
     if domain == "finance":
         assert web > 0.08 * len(clean)

@@ -1,7 +1,7 @@
 import pytest
 from sample_helpers import DOMAINS, noise_kinds, rows
 
-from verticalft.curation.lines import FINANCE_LINE_RULES, LineRules, c4_lines
+from verticalft.curation.lines import STRUCTURED_LINE_RULES, LineRules, c4_lines
 from verticalft.sample_data import BOILERPLATE
 
 
@@ -10,7 +10,7 @@ def test_boilerplate_removed_and_clean_text_untouched(domain):
     kinds = noise_kinds(domain)
     for doc in rows(domain, "corpus.jsonl"):
         kind = kinds.get(doc["id"], "clean")
-        res = c4_lines(doc["text"], FINANCE_LINE_RULES)
+        res = c4_lines(doc["text"], STRUCTURED_LINE_RULES)
         if kind == "clean":
             assert res.text == doc["text"].strip()
         elif kind == "boilerplate":

@@ -1,7 +1,7 @@
 import pytest
 from sample_helpers import DOMAINS, noise_kinds, rows
 
-from verticalft.curation.quality import FINANCE_RULES, GopherRules, gopher_quality
+from verticalft.curation.quality import STRUCTURED_RULES, GopherRules, gopher_quality
 
 PROSE = (
     "The company reported that revenue of the group rose, and management said that the outlook "
@@ -18,10 +18,10 @@ def _corpus(domain):
 def test_domain_preset_keeps_clean_filings_and_drops_junk(domain):
     corpus = _corpus(domain)
     clean = [doc for doc, kind in corpus if kind == "clean"]
-    dropped_clean = [doc for doc in clean if gopher_quality(doc["text"], FINANCE_RULES)]
+    dropped_clean = [doc for doc in clean if gopher_quality(doc["text"], STRUCTURED_RULES)]
     assert len(dropped_clean) <= 0.02 * len(clean)
     junk = [doc for doc, kind in corpus if kind == "too_short"]
-    assert all(gopher_quality(doc["text"], FINANCE_RULES) == "gopher_short_doc" for doc in junk)
+    assert all(gopher_quality(doc["text"], STRUCTURED_RULES) == "gopher_short_doc" for doc in junk)
     # The web defaults would throw away a large share of good domain text: why the preset exists.
     assert sum(bool(gopher_quality(doc["text"])) for doc in clean) > 0.3 * len(clean)
 

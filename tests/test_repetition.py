@@ -2,7 +2,7 @@ import pytest
 from sample_helpers import DOMAINS, noise_kinds, rows
 
 from verticalft.curation.quality import words
-from verticalft.curation.repetition import FINANCE_RULES, RepetitionRules, gopher_repetition
+from verticalft.curation.repetition import STRUCTURED_RULES, RepetitionRules, gopher_repetition
 
 S1 = "Quarterly revenue rose because demand for the new product line held up in every region."
 S2 = "Management expects margins to improve next year as freight costs ease and pricing stays firm."
@@ -122,22 +122,22 @@ def test_ngrams_are_counted_over_spacy_style_words():
 
 def test_finance_preset_keeps_tables_and_forms_but_not_spam():
     assert gopher_repetition(FILING) is None  # rows differ in their figures: the web defaults keep them
-    assert gopher_repetition(FILING, FINANCE_RULES) is None
+    assert gopher_repetition(FILING, STRUCTURED_RULES) is None
     assert gopher_repetition(WORKSHEET) == "top_4_gram"  # "Categorise this bank transaction": 17%
-    assert gopher_repetition(WORKSHEET, FINANCE_RULES) is None
-    assert gopher_repetition("\n".join([S1, S2, S1, S3, S1]), FINANCE_RULES) == "dup_line_frac"
-    assert gopher_repetition(PROSE + " cheap loans" * 40, FINANCE_RULES) == "top_2_gram"
-    assert gopher_repetition(PROSE + " " + PROSE, FINANCE_RULES) == "duplicated_5_n_grams"
+    assert gopher_repetition(WORKSHEET, STRUCTURED_RULES) is None
+    assert gopher_repetition("\n".join([S1, S2, S1, S3, S1]), STRUCTURED_RULES) == "dup_line_frac"
+    assert gopher_repetition(PROSE + " cheap loans" * 40, STRUCTURED_RULES) == "top_2_gram"
+    assert gopher_repetition(PROSE + " " + PROSE, STRUCTURED_RULES) == "duplicated_5_n_grams"
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_finance_preset_keeps_clean_domain_documents(domain):
     kinds = noise_kinds(domain)
     clean = [doc["text"] for doc in rows(domain, "corpus.jsonl") if kinds.get(doc["id"], "clean") == "clean"]
-    assert sum(bool(gopher_repetition(t, FINANCE_RULES)) for t in clean) <= 0.01 * len(clean)
+    assert sum(bool(gopher_repetition(t, STRUCTURED_RULES)) for t in clean) <= 0.01 * len(clean)
     # The web limits drop templated domain documents by the dozen: why the preset exists (finance ledgers;
     # real-estate prose is closer to web text, so there the preset only has to do no harm).
     web = sum(bool(gopher_repetition(t)) for t in clean)
-    assert sum(bool(gopher_repetition(t, FINANCE_RULES)) for t in clean) <= web
+    assert sum(bool(gopher_repetition(t, STRUCTURED_RULES)) for t in clean) <= web
     if domain == "finance":
         assert web > 0.08 * len(clean)

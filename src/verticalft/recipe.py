@@ -258,12 +258,16 @@ def _curation_rule_models() -> dict[str, type[BaseModel]]:
     from verticalft.curation import fineweb, lines, quality, repetition
 
     return {
-        "gopher_quality": _rules_model("GopherQualityFilter", quality.GopherRules, ("web", "finance")),
-        "gopher_repetition": _rules_model(
-            "GopherRepetitionFilter", repetition.RepetitionRules, ("web", "finance")
+        "gopher_quality": _rules_model(
+            "GopherQualityFilter", quality.GopherRules, ("web", "structured", "finance")
         ),
-        "fineweb_quality": _rules_model("FineWebQualityFilter", fineweb.FineWebRules, ("web", "finance")),
-        "c4_lines": _rules_model("C4LinesFilter", lines.LineRules, ("web", "finance")),
+        "gopher_repetition": _rules_model(
+            "GopherRepetitionFilter", repetition.RepetitionRules, ("web", "structured", "finance")
+        ),
+        "fineweb_quality": _rules_model(
+            "FineWebQualityFilter", fineweb.FineWebRules, ("web", "structured", "finance")
+        ),
+        "c4_lines": _rules_model("C4LinesFilter", lines.LineRules, ("web", "structured", "finance")),
     }
 
 
@@ -324,7 +328,7 @@ class SemanticRelevanceFilter(Strict):
 
 
 class FilterStep(Strict):
-    """One document filter; exactly one key, e.g. `- gopher_quality: {preset: finance}`."""
+    """One document filter; exactly one key, e.g. `- gopher_quality: {preset: structured}`."""
 
     license: LicenseFilter | None = None
     recency: RecencyFilter | None = None

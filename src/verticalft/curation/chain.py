@@ -34,12 +34,16 @@ from verticalft.curation import (
 from verticalft.curation.audit import Funnel
 from verticalft.recipe import CurateStage, FilterStep, LicenseFilter
 
+# `web`: the published rules (Gopher, C4, FineWeb); `structured`: figure-heavy text with tables,
+# bullet lists and numbered clauses (filings, statements, listings, leases). `finance`, its first
+# user's name, still works.
 PRESETS: dict[str, dict[str, Any]] = {
-    "gopher_quality": {"web": quality.GopherRules(), "finance": quality.FINANCE_RULES},
-    "gopher_repetition": {"web": repetition.RepetitionRules(), "finance": repetition.FINANCE_RULES},
-    "fineweb_quality": {"web": fineweb.FineWebRules(), "finance": fineweb.FINANCE_RULES},
-    "c4_lines": {"web": lines.LineRules(), "finance": lines.FINANCE_LINE_RULES},
+    "gopher_quality": {"web": quality.GopherRules(), "structured": quality.STRUCTURED_RULES},
+    "gopher_repetition": {"web": repetition.RepetitionRules(), "structured": repetition.STRUCTURED_RULES},
+    "fineweb_quality": {"web": fineweb.FineWebRules(), "structured": fineweb.STRUCTURED_RULES},
+    "c4_lines": {"web": lines.LineRules(), "structured": lines.STRUCTURED_LINE_RULES},
 }
+PRESET_ALIASES = {"finance": "structured"}
 
 
 @dataclass
@@ -70,7 +74,7 @@ class BatchStep:
 def rules_for(name: str, block: Any) -> Any:
     """The preset's rule dataclass with the keys the recipe set laid over it."""
     overrides = {k: getattr(block, k) for k in block.model_fields_set if k != "preset"}
-    return dataclasses.replace(PRESETS[name][block.preset], **overrides)
+    return dataclasses.replace(PRESETS[name][PRESET_ALIASES.get(block.preset, block.preset)], **overrides)
 
 
 def _text_rule(fn: Callable[[str], str | None]) -> Step:

@@ -8,7 +8,7 @@ in terminal punctuation); `short_line_ratio` (too many lines of at most 30 chara
 (newlines per word, words as `quality.tokens` splits them, which is datatrove's English tokenizer).
 The web thresholds were tuned on these exact counts, so they are reproduced, not approximated.
 
-`FINANCE_RULES`: statements, ledgers and filings are line items and tables. Rows end in figures,
+`STRUCTURED_RULES`: statements, ledgers and filings are line items and tables. Rows end in figures,
 not full stops (every clean ledger in the finance sample fails `line_punct_ratio`, and so does a
 filing's balance sheet), headings and bullet points carry no punctuation either, and worksheets and
 statements repeat short lines ("Category: dining", a column header row), which `char_dup_ratio` at
@@ -38,7 +38,7 @@ class FineWebRules:
     new_line_ratio: float | None = 0.3  # max newlines per word
 
 
-FINANCE_RULES = FineWebRules(
+STRUCTURED_RULES = FineWebRules(
     line_punct_thr=None, short_line_thr=0.9, char_duplicates_ratio=0.1, new_line_ratio=0.5
 )
 

@@ -1,10 +1,10 @@
 """C4 line rules (Raffel et al. 2020) as datatrove's `C4QualityFilter` applies them, plus a
-boilerplate-line list, with a finance preset.
+boilerplate-line list, with a `structured` preset (tables, bullet lists, numbered clauses).
 
 `c4_lines(text, rules) -> LineResult`: the text with bad lines removed, or a document-level drop
 reason (`lorem_ipsum`, `curly_bracket`, `too_few_sentences`). Line drops are counted per reason
 for the audit trail. The web defaults keep only lines ending in terminal punctuation; ledgers,
-tables and bullet lists in filings do not, so `FINANCE_LINE_RULES` turns that off and relies on
+tables and bullet lists in filings do not, so `STRUCTURED_LINE_RULES` turns that off and relies on
 the boilerplate patterns instead.
 """
 
@@ -45,7 +45,7 @@ class LineRules:
     filter_boilerplate: bool = False  # not a C4 rule; on in the domain preset
 
 
-FINANCE_LINE_RULES = LineRules(
+STRUCTURED_LINE_RULES = LineRules(
     filter_no_terminal_punct=False, min_num_sentences=1, min_words_per_line=2, filter_boilerplate=True
 )
 

@@ -2,7 +2,7 @@
 
 `gopher_quality(text, rules) -> None | reason`: None keeps the document, a reason string drops
 it (the same reason names datatrove uses, so audit trails compare). Thresholds are datatrove's
-defaults (`GopherRules()`); `FINANCE_RULES` is the domain preset: filings and statements are
+defaults (`GopherRules()`); `STRUCTURED_RULES` is the domain preset: filings and statements are
 dense with figures, tickers and bullet lists, which the web-text thresholds would throw away.
 
 Every ratio is computed as datatrove computes it (hash and ellipsis counts and the alphabetic share
@@ -72,7 +72,7 @@ class GopherRules:
 # Statements and tables: short documents, many numeric tokens, bullet-style line items. Forms
 # ("Categorise this bank transaction: … Category: fees") hold none of Gopher's eight stop words,
 # so that rule is off (it dropped 7 clean finance worksheets at 1); junk still fails the others.
-FINANCE_RULES = GopherRules(
+STRUCTURED_RULES = GopherRules(
     min_doc_words=20, max_non_alpha_words_ratio=0.5, max_bullet_lines_ratio=None, min_stop_words=None
 )
 

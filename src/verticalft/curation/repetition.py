@@ -15,7 +15,7 @@ n from the previous one), top n-grams come from one `Counter`, and the greedy wa
 even every repeated occurrence could not reach the threshold, and otherwise visits only the
 positions whose n-gram occurred before.
 
-`FINANCE_RULES` relaxes the n-gram rules only. Domain documents built on forms repeat their stems
+`STRUCTURED_RULES` relaxes the n-gram rules only. Domain documents built on forms repeat their stems
 ("Categorise this bank transaction:", "What was net revenue, in $ millions?", "compared with the
 three months ended ..."): the web thresholds drop 163 of the 930 clean finance sample documents
 (17.5%) and 95 of 930 in real estate, nearly all by `duplicated_5_n_grams` and `top_4_gram`. With
@@ -56,7 +56,7 @@ class RepetitionRules:
     )  # fmt: skip
 
 
-FINANCE_RULES = RepetitionRules(
+STRUCTURED_RULES = RepetitionRules(
     top_n_grams=((2, 0.35), (3, 0.315), (4, 0.28)),
     dup_n_grams=((5, 0.375), (6, 0.35), (7, 0.325), (8, 0.3), (9, 0.275), (10, 0.25)),
 )
