@@ -65,3 +65,25 @@ def test_fingerprints_follow_data_and_config_and_chain(tmp_path, monkeypatch):
     hash_file.__defaults__[0].clear()
     changed = stage_fingerprints(r, stages)
     assert changed["sft"] == base["sft"] and changed["dpo"] != base["dpo"]
+
+
+def test_every_attempt_is_logged_a_killed_one_by_the_next(tmp_path):
+    import os
+
+    run = RunDir(tmp_path)
+    record, _ = run.begin("sft", "fp1", {})
+    # the attempt is SIGKILLed: its RUNNING marker names a dead process; it started 100 s before
+    # the newest file it wrote
+    marker = json.loads((tmp_path / "sft" / "RUNNING.json").read_text())
+    (tmp_path / "sft" / "RUNNING.json").write_text(json.dumps({**marker, "pid": 2**22 + 12345, "t0": 1000.0}))
+    ckpt = tmp_path / "sft" / "checkpoint.bin"
+    ckpt.write_text("x")
+    os.utime(tmp_path / "sft" / "RUNNING.json", (1000.0, 1000.0))
+    os.utime(ckpt, (1100.0, 1100.0))
+    assert run.interrupted("sft")
+    record, resumable = run.begin("sft", "fp1", {})  # the rerun logs what the killed one spent
+    assert resumable
+    run.finish("sft", record)
+    run.log_attempt("sft", "done", 42.0, "fp1")
+    assert [(a["status"], a["seconds"]) for a in run.attempts("sft")] == [("killed", 100.0), ("done", 42.0)]
+    assert run.attempts("cpt") == []
