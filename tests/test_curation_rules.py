@@ -6,7 +6,8 @@ from sample_helpers import ROOT
 
 from verticalft.curation import langid, records, relevance
 from verticalft.curation.audit import AuditError, Funnel
-from verticalft.curation.chain import build_chain, rules_for, run_chain
+from verticalft.curation.chain import build_chain, run_chain
+from verticalft.curation.filters import rules_for
 from verticalft.curation.quality import STRUCTURED_RULES
 from verticalft.recipe import CurateStage, RecipeError, load_recipe
 

@@ -11,7 +11,8 @@ import yaml
 from sample_helpers import ROOT
 
 from verticalft.curation import semantic
-from verticalft.curation.chain import BatchStep, build_chain, run_chain
+from verticalft.curation.chain import build_chain, run_chain
+from verticalft.curation.filters import BatchStep
 from verticalft.recipe import CurateStage, RecipeError, load_recipe
 
 SEEDS = [

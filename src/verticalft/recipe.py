@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import difflib
-import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +24,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -34,6 +31,9 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from verticalft.curation.filters import FILTERS
+from verticalft.schema import Strict
 
 PROFILE_DIR_NAME = "profiles"
 # Trainer keys a stage sets itself (stages pass them as `managed=` to stages.base.trainer_config),
@@ -77,10 +77,6 @@ def _coerce_numbers(block: dict[str, Any]) -> dict[str, Any]:
 
 
 TrainerBlock = Annotated[dict[str, Any], AfterValidator(_coerce_numbers)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -241,108 +237,12 @@ class DistillStage(Strict):
 
 
 # --------------------------------------------------------------------------- curate
-def _rules_model(name: str, rules_cls: type, presets: tuple[str, ...]) -> type[BaseModel]:
-    """A strict recipe block for a rule dataclass: `preset` plus any of its thresholds.
-
-    Generated from the dataclass so the curation module stays the one place a threshold is
-    defined; only the keys a recipe sets override the preset (an explicit null turns a rule off).
-    """
-    hints = typing.get_type_hints(rules_cls)
-    fields: dict[str, Any] = {"preset": (Literal[presets], presets[0])}  # type: ignore[valid-type]
-    for f in dataclasses.fields(rules_cls):
-        fields[f.name] = (hints[f.name] | None, None)
-    return create_model(name, __base__=Strict, **fields)
-
-
-def _curation_rule_models() -> dict[str, type[BaseModel]]:
-    from verticalft.curation import fineweb, lines, quality, repetition
-
-    return {
-        "gopher_quality": _rules_model(
-            "GopherQualityFilter", quality.GopherRules, ("web", "structured", "finance")
-        ),
-        "gopher_repetition": _rules_model(
-            "GopherRepetitionFilter", repetition.RepetitionRules, ("web", "structured", "finance")
-        ),
-        "fineweb_quality": _rules_model(
-            "FineWebQualityFilter", fineweb.FineWebRules, ("web", "structured", "finance")
-        ),
-        "c4_lines": _rules_model("C4LinesFilter", lines.LineRules, ("web", "structured", "finance")),
-    }
-
-
-_RULES = _curation_rule_models()
-GopherQualityFilter = _RULES["gopher_quality"]
-GopherRepetitionFilter = _RULES["gopher_repetition"]
-FineWebQualityFilter = _RULES["fineweb_quality"]
-C4LinesFilter = _RULES["c4_lines"]
-
-
-class LicenseFilter(Strict):
-    allow: list[str] = Field(default_factory=list)  # accepted on top of the redistributable list
-
-
-class RecencyFilter(Strict):
-    not_before: datetime.date
-
-
-class LengthFilter(Strict):
-    min_words: int = Field(default=20, ge=0)
-    max_words: int | None = Field(default=100_000, ge=1)
-
-
-class LanguageFilter(Strict):
-    languages: list[str] = Field(default_factory=lambda: ["en"])
-    # drop a document when the model is at least this sure it is in another language
-    min_score: float = Field(default=0.65, ge=0.0, le=1.0)
-
-
-class RelevanceFilter(Strict):
-    keywords: list[str] = Field(default_factory=list)
-    patterns: list[str] = Field(default_factory=list)  # regular expressions
-    min_hits_per_1k_words: float = Field(default=2.0, ge=0.0)
-
-
-def _seed_file(path: str) -> str:
-    if not path.endswith((".txt", ".jsonl")):
-        raise ValueError("a seed file is .txt (one document) or .jsonl (`text` on every line)")
-    return path
-
-
-class SemanticRelevanceFilter(Strict):
-    """Embedding similarity to a handful of seed documents (curation/semantic.py); optional:
-    needs `pip install 'verticalft[embed]'`. Seed paths are read by the worker that runs a shard,
-    relative to its working directory (on a multi-node Ray cluster: absolute paths every node has,
-    or `seed_texts`)."""
-
-    seeds: list[Annotated[str, AfterValidator(_seed_file)]] = Field(default_factory=list)
-    seed_texts: list[str] = Field(default_factory=list)  # seed documents written inline
-    min_similarity: float = Field(default=0.3, ge=-1.0, le=1.0)  # best cosine to a seed
-    max_chars: int = Field(default=2000, ge=1)  # only the start of a document is embedded
+class _OneFilter(Strict):
+    """One document filter; exactly one key, e.g. `- gopher_quality: {preset: structured}`. The
+    keys and their blocks come from the filter registry (`curation.filters.FILTERS`)."""
 
     @model_validator(mode="after")
-    def _has_seeds(self) -> SemanticRelevanceFilter:
-        if not self.seeds and not self.seed_texts:
-            raise ValueError("give seed documents: `seeds` (files) or `seed_texts`")
-        return self
-
-
-class FilterStep(Strict):
-    """One document filter; exactly one key, e.g. `- gopher_quality: {preset: structured}`."""
-
-    license: LicenseFilter | None = None
-    recency: RecencyFilter | None = None
-    length: LengthFilter | None = None
-    language: LanguageFilter | None = None
-    c4_lines: C4LinesFilter | None = None  # type: ignore[valid-type]
-    gopher_quality: GopherQualityFilter | None = None  # type: ignore[valid-type]
-    gopher_repetition: GopherRepetitionFilter | None = None  # type: ignore[valid-type]
-    fineweb_quality: FineWebQualityFilter | None = None  # type: ignore[valid-type]
-    relevance: RelevanceFilter | None = None
-    semantic_relevance: SemanticRelevanceFilter | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> FilterStep:
+    def _exactly_one(self) -> _OneFilter:
         if len(self.model_fields_set) != 1:
             raise ValueError(
                 f"give exactly one filter per list item, one of: {', '.join(type(self).model_fields)}"
@@ -362,6 +262,11 @@ class FilterStep(Strict):
     @property
     def config(self) -> BaseModel:
         return getattr(self, self.name)
+
+
+FilterStep = create_model(
+    "FilterStep", __base__=_OneFilter, **{n: (f.config | None, None) for n, f in FILTERS.items()}
+)
 
 
 class NearDedup(Strict):
@@ -398,7 +303,7 @@ class CurateStage(Strict):
     executor: Literal["local", "ray"] = "local"
     num_workers: int | None = Field(default=None, ge=1)  # default: every core
     shard_size: int = Field(default=5_000, ge=1)  # documents per shard (the unit of resume)
-    filters: list[FilterStep] = Field(default_factory=list)
+    filters: list[FilterStep] = Field(default_factory=list)  # type: ignore[valid-type]
     pii: bool = True  # redact e-mails, phones, IPs, cards, IBANs, SSNs, account numbers
     dedup: Dedup = Field(default_factory=Dedup)
     decontaminate: Decontaminate = Field(default_factory=Decontaminate)
