@@ -22,7 +22,7 @@ def _point(c, out_tps, in_tps, meets=True, tpot=10.0):
 
 def _bench_model(gpus=1):
     # shape A 100 in / 50 out took 0.6 s, shape B 25 in / 50 out 0.525 s
-    # → 0.001 s per input token, 0.01 s per output token (solved by hand in tests/test_cost.py)
+    # → 0.001 s per input token, 0.01 s per output token (solved by hand in tests/test_pricing.py)
     return {"gpus": gpus, "weight_bytes": 1_000_000, "operating_concurrency": 4,
             "sweep": [_point(1, 50, 100), _point(4, 150, 300)],
             "fit_runs": [{"duration": 0.6, "total_input_tokens": 100, "total_output_tokens": 50},

@@ -448,7 +448,7 @@ class Compute(Strict):
 
 
 class ApiPrice(Strict):
-    """$ per 1M tokens; leave both out for an API in the shipped table (`cost.API_PRICES`).
+    """$ per 1M tokens; leave both out for an API in the shipped table (`pricing.API_PRICES`).
     `source` and `as_of` say where an override's figures come from (shown in the report)."""
 
     input_usd_per_m: float | None = Field(default=None, ge=0)
@@ -474,7 +474,7 @@ class Cost(Strict):
 
     @model_validator(mode="after")
     def _priced(self) -> Cost:
-        from verticalft.cost import api_price
+        from verticalft.pricing import api_price
 
         for name, price in self.compare.items():
             api_price(name, price.input_usd_per_m, price.output_usd_per_m)  # ValueError names the fix

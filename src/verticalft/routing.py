@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from verticalft import cost as c
+from verticalft import pricing as c
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ Inputs (all from the run directory): the bench stage's sweeps, each stage's atte
 
 Throughput measured on one device is priced on `cost.serve_gpu` only when they are the same kind
 of device or the recipe states `cost.throughput_scale`. Every assumption is written next to the
-numbers; the arithmetic is `verticalft.cost` (pure, unit-tested by hand).
+numbers; the arithmetic is `verticalft.pricing` (pure, unit-tested by hand).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from verticalft import cost as c
+from verticalft import pricing as c
 from verticalft.plan import GPUS, MFU_DEFAULTS, mfu_for
 from verticalft.stage_names import SERVING_STAGES, TRAINING_STAGES
 from verticalft.stages.base import StageContext, StageResult

@@ -89,7 +89,7 @@ def run(ctx: StageContext) -> StageResult:
     }
     if noise:
         metrics["planted_noise"] = noise
-    from verticalft.curation.report import write_report
+    from verticalft.curation.curation_report import write_report
 
     report = write_report(out, recipe.name, metrics)
     outputs = {"corpus": str(out / "corpus"), "report": str(report), "dropped": str(out / "dropped")}

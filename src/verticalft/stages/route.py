@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from verticalft import cost as c
+from verticalft import pricing as c
 from verticalft import routing as r
 from verticalft.data import DataError, parse_jsonl
 from verticalft.rundir import atomic_write_json

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from verticalft.cost import (
+from verticalft.pricing import (
     api_monthly_cost,
     compare_to_api,
     hourly_from_monthly,
@@ -55,7 +55,7 @@ def test_bad_inputs_raise():
 
 
 def test_fit_separates_input_and_output_token_costs():
-    from verticalft.cost import fit_token_seconds
+    from verticalft.pricing import fit_token_seconds
 
     # by hand: 0.001 s per input token, 0.01 s per output token
     # shape A 100 in / 50 out: 0.1 + 0.5 = 0.6 s; shape B 25 in / 50 out: 0.025 + 0.5 = 0.525 s
@@ -69,7 +69,7 @@ def test_fit_separates_input_and_output_token_costs():
 def test_fit_with_repeats_is_least_squares():
     import numpy as np
 
-    from verticalft.cost import fit_token_seconds
+    from verticalft.pricing import fit_token_seconds
 
     runs = [(0.61, 100, 50), (0.59, 100, 50), (0.53, 25, 50), (0.52, 25, 50)]
     ref, *_ = np.linalg.lstsq(
@@ -80,7 +80,7 @@ def test_fit_with_repeats_is_least_squares():
 
 
 def test_fit_clamps_a_negative_cost_and_refuses_one_shape():
-    from verticalft.cost import fit_token_seconds
+    from verticalft.pricing import fit_token_seconds
 
     # free fit: 100a + 50b = 1.0, 25a + 50b = 1.1 → a = −0.1/75 < 0; so a = 0 and
     # b = Σ d·o / Σ o² = (50 + 55) / (2500 + 2500) = 0.021
@@ -93,7 +93,7 @@ def test_fit_clamps_a_negative_cost_and_refuses_one_shape():
 
 
 def test_saturated_price_of_a_mix():
-    from verticalft.cost import TokenSeconds, usd_per_million_at_mix
+    from verticalft.pricing import TokenSeconds, usd_per_million_at_mix
 
     t = TokenSeconds(0.001, 0.01)
     # 0.0028 s/token × $2.50/h ÷ 3600 × 1e6 = $1.9444 per 1M tokens; two GPUs per replica double it
@@ -102,7 +102,7 @@ def test_saturated_price_of_a_mix():
 
 
 def test_replicas_carry_the_peak():
-    from verticalft.cost import replicas_for
+    from verticalft.pricing import replicas_for
 
     # 5M tokens/day = 57.87 tokens/s on average, 115.74 at a peak of twice that: one replica of 357
     assert replicas_for(5e6, 357.14, 2.0) == 1
@@ -114,7 +114,7 @@ def test_replicas_carry_the_peak():
 
 
 def test_effective_price_at_the_stated_volume():
-    from verticalft.cost import effective_usd_per_million, monthly_bill, monthly_from_hourly
+    from verticalft.pricing import effective_usd_per_million, monthly_bill, monthly_from_hourly
 
     # The example: one H100 at $2.50/h is $1,800/month; 5M tokens/day is 150M a month,
     # so each million tokens actually served costs $12 — whatever the saturated price is.
@@ -127,7 +127,7 @@ def test_effective_price_at_the_stated_volume():
 
 
 def test_break_even_volume_against_an_api():
-    from verticalft.cost import api_usd_per_million, break_even_daily_tokens
+    from verticalft.pricing import api_usd_per_million, break_even_daily_tokens
 
     sonnet = api_usd_per_million(3.0, 15.0, 0.5)  # $9/1M at half input
     assert sonnet == pytest.approx(9.0)
@@ -143,7 +143,7 @@ def test_break_even_volume_against_an_api():
 def test_api_table_rows_carry_model_date_and_source():
     from types import SimpleNamespace
 
-    from verticalft.cost import API_PRICES, api_price_row
+    from verticalft.pricing import API_PRICES, api_price_row
 
     for name in ("gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku", "gemini-flash", "gemini-flash-lite",
                  "deepseek"):  # fmt: skip
@@ -167,7 +167,7 @@ def test_api_table_rows_carry_model_date_and_source():
 
 
 def test_bandwidth_bound_and_utilisation():
-    from verticalft.cost import bandwidth_utilisation, decode_floor_ms
+    from verticalft.pricing import bandwidth_utilisation, decode_floor_ms
 
     # An 8B model in bf16 (16 GB) on an H100 (3.35 TB/s) cannot decode faster than ~4.8 ms/token.
     assert decode_floor_ms(16e9, 3.35) == pytest.approx(4.776, abs=1e-3)
@@ -176,7 +176,7 @@ def test_bandwidth_bound_and_utilisation():
 
 
 def test_api_prices_come_from_the_recipe_or_the_shipped_table():
-    from verticalft.cost import api_price
+    from verticalft.pricing import api_price
     from verticalft.recipe import RecipeError, load_recipe
 
     assert api_price("claude-sonnet-4", None, None) == (3.0, 15.0)
