@@ -3,7 +3,7 @@
 Inputs (all from the run directory): the bench stage's sweeps, each stage's attempts
 (`attempts.jsonl`) and the recipe's prices and volumes. Per benchmarked model:
 
-- what an input and an output token each cost a replica (`cost.fit_token_seconds` on the bench's
+- what an input and an output token each cost a replica (`pricing.fit_token_seconds` on the bench's
   two request shapes at the priced concurrency), hence the *saturated* $/1M of the recipe's own
   token mix (`cost.input_fraction`) — the same mix the API bill uses;
 - replicas sized for the peak (`cost.peak_to_average`), the monthly bill at `cost.daily_tokens`
