@@ -108,16 +108,19 @@ def _eval_rows(path: Path, rows: list[tuple[str, bool, float]]) -> str:
     return str(path)
 
 
-def test_route_chooses_on_one_half_and_reports_on_the_other(tmp_path):
+def _student_answers(tmp_path: Path) -> tuple[RunDir, list[str], set[str], str]:
+    """40 eval items, every 4th hard: the student is sure (0.9) and right on easy items, unsure
+    (0.2) and wrong on hard ones."""
     run = _run_dir(tmp_path)
     prompts = [f"question {i}" for i in range(40)]
     hard = {p for i, p in enumerate(prompts) if i % 4 == 0}
-    # the student is sure (0.9) and right on easy items, unsure (0.2) and wrong on hard ones; the
-    # teacher is right everywhere
     (tmp_path / "eval").mkdir(exist_ok=True)
-    student = _eval_rows(
-        tmp_path / "eval/student-s.jsonl", [(p, p not in hard, 0.2 if p in hard else 0.9) for p in prompts]
-    )
+    rows = [(p, p not in hard, 0.2 if p in hard else 0.9) for p in prompts]
+    return run, prompts, hard, _eval_rows(tmp_path / "eval/student-s.jsonl", rows)
+
+
+def test_route_chooses_on_one_half_and_reports_on_the_other(tmp_path):
+    run, prompts, hard, student = _student_answers(tmp_path)  # the teacher is right everywhere
     teacher = _eval_rows(tmp_path / "eval/dpo.jsonl", [(p, True, 0.5) for p in prompts])
     _stage(run, "eval", {"teacher": "dpo", "models": {"student-s": {"role": "student"}, "dpo": {"role": "teacher"}}},
            {"student-s": student, "dpo": teacher})  # fmt: skip
@@ -148,13 +151,7 @@ def test_route_chooses_on_one_half_and_reports_on_the_other(tmp_path):
 
 
 def test_an_api_tier_is_scored_from_its_answers_and_billed_per_token(tmp_path):
-    run = _run_dir(tmp_path)
-    prompts = [f"question {i}" for i in range(40)]
-    hard = {p for i, p in enumerate(prompts) if i % 4 == 0}
-    (tmp_path / "eval").mkdir(exist_ok=True)
-    student = _eval_rows(
-        tmp_path / "eval/student-s.jsonl", [(p, p not in hard, 0.2 if p in hard else 0.9) for p in prompts]
-    )
+    run, prompts, hard, student = _student_answers(tmp_path)
     _stage(
         run, "eval", {"teacher": "dpo", "models": {"student-s": {"role": "student"}}}, {"student-s": student}
     )

@@ -41,10 +41,7 @@ def api_monthly_cost(
     days: float = DAYS_PER_MONTH,
 ) -> float:
     """An API bill for a month at `daily_tokens`, split input/output by `input_fraction`."""
-    if not 0.0 <= input_fraction <= 1.0:
-        raise ValueError("input_fraction must be within [0, 1]")
-    per_m = input_fraction * input_usd_per_m + (1.0 - input_fraction) * output_usd_per_m
-    return daily_tokens * days / 1e6 * per_m
+    return daily_tokens * days / 1e6 * api_usd_per_million(input_usd_per_m, output_usd_per_m, input_fraction)
 
 
 def training_cost(wall_seconds: float, usd_per_gpu_hour: float, gpus: int = 1) -> float:
@@ -271,6 +268,8 @@ def effective_usd_per_million(monthly_usd: float, daily_tokens: float, days: flo
 
 def api_usd_per_million(input_usd_per_m: float, output_usd_per_m: float, input_fraction: float) -> float:
     """An API's list price for a mix: input and output prices weighted by the token shares."""
+    if not 0.0 <= input_fraction <= 1.0:
+        raise ValueError("input_fraction must be within [0, 1]")
     return input_fraction * input_usd_per_m + (1.0 - input_fraction) * output_usd_per_m
 
 

@@ -68,7 +68,7 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
     except Exception:  # noqa: BLE001 - the plan is context, never a reason to lose the measurement
         planned = {}
     bench = recipe.stages.bench
-    serve_gpus = max([bench.gpus_for("teacher", True)] if bench else [1])
+    serve_gpus = bench.gpus_for("teacher", True) if bench else 1  # the widest served model
     out = {}
     for stage in (*TRAINING_STAGES, *SERVING_STAGES):
         attempts = ctx.run.attempts(stage)
@@ -117,7 +117,6 @@ def fitted_costs(bench: dict[str, Any]) -> tuple[c.TokenSeconds | None, str | No
 
 
 def price_model(
-    name: str,
     bench: dict[str, Any],
     ctx: StageContext,
     gpu: Any,
@@ -138,9 +137,9 @@ def price_model(
         mix = cfg.input_fraction
         costs = c.TokenSeconds(costs.input_s / scale, costs.output_s / scale, costs.clamped)
         capacity = costs.capacity(mix)
-        per_kind = {
-            "input_usd_per_m": round(costs.input_s * gpus * usd_per_hour / 3600 * 1e6, 6),
-            "output_usd_per_m": round(costs.output_s * gpus * usd_per_hour / 3600 * 1e6, 6),
+        per_kind = {  # marginal prices: a mix of only input (fraction 1) or only output (0) tokens
+            "input_usd_per_m": round(c.usd_per_million_at_mix(costs, 1.0, usd_per_hour, gpus), 6),
+            "output_usd_per_m": round(c.usd_per_million_at_mix(costs, 0.0, usd_per_hour, gpus), 6),
         }
     else:  # old bench: one shape, so only its own mix can be priced
         capacity = (op["input_throughput"] + op["output_throughput"]) * scale
@@ -155,15 +154,13 @@ def price_model(
     for api, price in cfg.compare.items():
         p_in, p_out = c.api_price(api, price.input_usd_per_m, price.output_usd_per_m)
         api_per_m = c.api_usd_per_million(p_in, p_out, cfg.input_fraction)
-        api_monthly = c.api_monthly_cost(cfg.daily_tokens, p_in, p_out, cfg.input_fraction)
-        savings = api_monthly - monthly
-        payback = c.payback_months(upfront, savings)
+        cmp = c.compare_to_api(api, cfg.daily_tokens, p_in, p_out, monthly, upfront, cfg.input_fraction)
         be = c.break_even_daily_tokens(replica_monthly, capacity, api_per_m, cfg.peak_to_average)
         comparisons[api] = {
             "api_usd_per_m": round(api_per_m, 4),
-            "api_monthly_usd": round(api_monthly, 2),
-            "monthly_savings_usd": round(savings, 2),
-            "payback_months": None if payback == float("inf") else round(payback, 3),
+            "api_monthly_usd": round(cmp.api_monthly_usd, 2),
+            "monthly_savings_usd": round(cmp.monthly_savings_usd, 2),
+            "payback_months": None if cmp.payback_months == float("inf") else round(cmp.payback_months, 3),
             "break_even_daily_tokens": None if be is None else round(be),
             "effective_ratio": round(api_per_m / effective, 4) if effective != float("inf") else None,
             "saturated_ratio": round(api_per_m / saturated, 4),
@@ -219,9 +216,7 @@ def run(ctx: StageContext) -> StageResult:
     bench = bench_metrics.get("models", {})
     device = bench_metrics.get("device")
     scale = throughput_scale(ctx, serve_name, device) if bench else 1.0
-    models = {
-        name: price_model(name, b, ctx, serve_gpu, serve_price, upfront, scale) for name, b in bench.items()
-    }
+    models = {name: price_model(b, ctx, serve_gpu, serve_price, upfront, scale) for name, b in bench.items()}
     on_cpu = serve_name == "cpu"
     assumptions = {
         "serve_gpu": serve_name,
