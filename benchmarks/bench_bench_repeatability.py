@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--work", default="/tmp/bench_repeatability")
     args = ap.parse_args(argv)
 
-    from verticalft.serving.benchmark import Slo, benchmark_argv, relative_spread, run_point, summarise
+    from verticalft.serving.benchmark import BenchClient, Slo, benchmark_argv, relative_spread, summarise
     from verticalft.serving.server import ManagedServer, free_port, vllm_command
 
     load_before = os.getloadavg()
@@ -59,12 +59,15 @@ def main(argv: list[str]) -> int:
     }
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in settings}
     slo = Slo()
-    with ManagedServer(cmd, port, work / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as server:
+    with (
+        BenchClient(work / "client.log") as client,
+        ManagedServer(cmd, port, work / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as server,
+    ):
         for r in range(args.repeats):
             for name, (warmups, n) in settings.items():
                 av = benchmark_argv(server.base_url, "m", model, args.concurrency, n, args.input_len, args.output_len,
                                     slo, work, f"{name}-{r}.json", seed=r, warmups=warmups)  # fmt: skip
-                p = summarise(run_point(server, av, work / f"{name}-{r}.log"), slo)
+                p = summarise(client.run_point(server, av, work / f"{name}-{r}.log"), slo)
                 runs[name].append(
                     {k: p[k] for k in ("output_throughput", "median_tpot_ms", "median_ttft_ms", "duration")}
                 )

@@ -32,14 +32,17 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] 
     if _LIBC is None:
         return None
     parent = os.getpid()
-    libc = _LIBC
+    return lambda: exit_with_parent(parent, sig)
 
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
 
-    return preexec
+def exit_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Called in a child (a `preexec_fn`, a process pool's initializer): get `sig` when the
+    parent, whose pid was `parent` when it started us, dies; if it already has, get it now."""
+    if _LIBC is None:
+        return
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 def guarded(command: list[str], grace_s: float = 20.0) -> list[str]:

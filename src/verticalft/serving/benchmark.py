@@ -1,7 +1,7 @@
 """vLLM's own serving benchmark (`vllm.benchmarks.serve`) against a managed server, one concurrency
 at a time, plus the pure logic that reads a sweep: SLO attainment and the operating point.
 
-The benchmark runs in a thread of this process while the caller's thread watches the server: if
+The benchmark runs in a child process (`BenchClient`) while this process watches the server: if
 the server dies mid-run the stage fails at once with the server's log tail (`ServerError`)
 instead of waiting for every request to time out.
 """
@@ -9,7 +9,7 @@ instead of waiting for every request to time out.
 from __future__ import annotations
 
 import contextlib
-import threading
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,42 +67,87 @@ def benchmark_argv(
     ]  # fmt: skip
 
 
-def run_point(
-    server: ManagedServer, argv: list[str], log_path: Path | None = None, poll_seconds: float = 0.5
-) -> dict[str, Any]:
-    """Run one benchmark; raise ServerError (with the server's log tail) if the server dies.
-    vLLM's printed result table goes to `log_path` (the numbers are in the returned dict)."""
+class BenchClient:
+    """vLLM's benchmark client in one child process, reused for every point of a stage.
+
+    Why a child: importing `vllm.benchmarks.serve` pulls in triton, whose nanobind bindings print
+    screens of "nanobind: leaked …" lines when the importing interpreter exits. In the child those
+    lines, and anything else vLLM prints, go to `log_path`. The import starts at once, so it
+    overlaps the first server's start-up; the child dies with this process (procs.exit_with_parent).
+
+        with BenchClient(run_dir / "client.log") as client:
+            result = client.run_point(server, argv, log_path)
+    """
+
+    def __init__(self, log_path: Path):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_client_init,
+            initargs=(os.getpid(), str(log_path)),
+        )
+        self._pool.submit(_import_client)
+
+    def __enter__(self) -> BenchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_point(
+        self, server: ManagedServer, argv: list[str], log_path: Path | None = None, poll_seconds: float = 0.5
+    ) -> dict[str, Any]:
+        """Run one benchmark; raise ServerError (with the server's log tail) if the server dies.
+        vLLM's printed result table goes to `log_path` (the numbers are in the returned dict)."""
+        from concurrent.futures import wait
+
+        future = self._pool.submit(_run_benchmark, argv, str(log_path) if log_path else None)
+        while not wait([future], timeout=poll_seconds).done:
+            server.check_alive("during the benchmark")
+        error = future.exception()
+        result = None if error else future.result()
+        if error or (result or {}).get("failed"):
+            # Requests failing is often the first sign of a server that is dying: give its exit a
+            # moment to show, so the error names the server (and its log) rather than the requests.
+            server.wait_exit(3.0)
+        server.check_alive("during the benchmark")
+        if error:
+            raise error
+        return result  # type: ignore[return-value]
+
+
+def _client_init(parent: int, log_path: str) -> None:
+    from verticalft.procs import exit_with_parent
+
+    exit_with_parent(parent)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def _import_client() -> None:
+    import vllm.benchmarks.serve  # noqa: F401
+
+
+def _run_benchmark(argv: list[str], log_path: str | None) -> dict[str, Any]:
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     args = parser.parse_args(argv)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with contextlib.ExitStack() as stack:
-                if log_path is not None:
-                    log = stack.enter_context(log_path.open("w"))
-                    stack.enter_context(contextlib.redirect_stdout(log))
-                box["result"] = main(args)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name="vllm-bench", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(poll_seconds)
-        server.check_alive("during the benchmark")
-    if "error" in box or (box.get("result") or {}).get("failed"):
-        # Requests failing is often the first sign of a server that is dying: give its exit a
-        # moment to show, so the error names the server (and its log) rather than the requests.
-        server.wait_exit(3.0)
-    server.check_alive("during the benchmark")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    with contextlib.ExitStack() as stack:
+        if log_path is not None:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(log_path, "w"))))
+        return main(args)
 
 
 def summarise(result: dict[str, Any], slo: Slo) -> dict[str, Any]:

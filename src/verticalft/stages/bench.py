@@ -14,7 +14,8 @@ what an input and an output token each cost and price the recipe's own mix. A mo
 `gpus_per_model` GPUs as vLLM tensor parallelism.
 
 Per model `bench/<model>/`: `server.log`, one vLLM result file per point and repeat,
-`result.json` (written last: a killed run reuses finished models on rerun).
+`result.json` (written last: a killed run reuses finished models on rerun). The benchmark client
+runs in one child process for the stage (`bench/client.log`: serving.benchmark.BenchClient).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from typing import Any
 from verticalft.chat_templates import chosen_template_path
 from verticalft.rundir import atomic_write_json
 from verticalft.serving.benchmark import (
+    BenchClient,
     assert_no_failures,
     benchmark_argv,
     combine_repeats,
     operating_point,
-    run_point,
     summarise,
 )
 from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
@@ -134,6 +135,7 @@ def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) 
 
 def measure(
     ctx: StageContext,
+    client: BenchClient,
     server: ManagedServer,
     name: str,
     tokenizer: str,
@@ -151,7 +153,7 @@ def measure(
         stem = f"{tag}-{c}-r{r + 1}"
         argv = benchmark_argv(server.base_url, name, tokenizer, c, n, *shape, slo, ctx.dir / name,
                               f"{stem}.json", ctx.recipe.compute.seed + r)  # fmt: skip
-        point = summarise(run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
+        point = summarise(client.run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
         assert_no_failures(point, name, server)
         repeats.append(point)
     point = combine_repeats(repeats, cfg.max_spread)
@@ -178,7 +180,7 @@ def fit_runs(
 
 
 def bench_unit(
-    ctx: StageContext, unit: Unit, by_name: dict[str, RunModel], teacher: str | None
+    ctx: StageContext, client: BenchClient, unit: Unit, by_name: dict[str, RunModel], teacher: str | None
 ) -> dict[str, dict[str, Any]]:
     cfg = ctx.recipe.stages.bench
     served = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
@@ -207,13 +209,16 @@ def bench_unit(
     with ManagedServer(cmd, port, log, env=cfg.env, startup_timeout=cfg.startup_timeout_s) as server:
         for name in served:
             sweep = [
-                measure(ctx, server, name, unit.base_path, c, shape, "concurrency") for c in cfg.concurrency
+                measure(ctx, client, server, name, unit.base_path, c, shape, "concurrency")
+                for c in cfg.concurrency
             ]
             op = operating_point(sweep)
             # the second shape at the concurrency prices are quoted at (best throughput if no SLO point)
             priced = op or max(sweep, key=lambda p: p["output_throughput"] or 0)
             second = (fit.input_len, fit.output_len)
-            fit_point = measure(ctx, server, name, unit.base_path, priced["max_concurrency"], second, "fit")
+            fit_point = measure(
+                ctx, client, server, name, unit.base_path, priced["max_concurrency"], second, "fit"
+            )
             m = by_name[name]
             lora = name in unit.loras
             results[name] = {
@@ -243,16 +248,21 @@ def run(ctx: StageContext) -> StageResult:
     by_name = {m.name: m for m in selected}
     teacher = final_teacher(models)
     results: dict[str, Any] = {}
+    todo = []
     for unit in units:
         names = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
         done = ctx.dir / names[0] / "result.json"
         if ctx.resume and done.is_file():
             print(f"  {', '.join(names)}: benchmarked in an earlier attempt (reused)", flush=True)
             results |= json.loads(done.read_text())
-            continue
-        unit_results = bench_unit(ctx, unit, by_name, teacher.name if teacher else None)
-        atomic_write_json(done, unit_results)  # last: this unit is complete
-        results |= unit_results
+        else:
+            todo.append((unit, done))
+    if todo:
+        with BenchClient(ctx.dir / "client.log") as client:
+            for unit, done in todo:
+                unit_results = bench_unit(ctx, client, unit, by_name, teacher.name if teacher else None)
+                atomic_write_json(done, unit_results)  # last: this unit is complete
+                results |= unit_results
     from verticalft.serving.device import serving_device
 
     metrics = {
