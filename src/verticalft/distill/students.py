@@ -1,25 +1,18 @@
 """The student side of the distill stage: which students (pruned ones are cut here), the
-vocabulary preflight, and one trainer per kind — logits (`LogitDistillTrainer`, from the cache or
+vocabulary preflight, and one trainer per kind (each a stages.training job) — logits (`LogitDistillTrainer`, from the cache or
 the teacher online), sequence (TRL's SFTTrainer on the teacher's answers), on_policy (TRL's
 DistillationTrainer) — then eval and save."""
 
 from __future__ import annotations
 
 import fcntl
-import os
-import threading
 from typing import Any
 
 from verticalft.distill.teacher import conversations, teacher_path
-from verticalft.models import fit_trainable_dtype, load_model, lora_config
+from verticalft.models import lora_config
 from verticalft.pruning import FORMAT, build_pruned, is_prune, parse_prune, prune_name, pruning_record
-from verticalft.stages.base import (
-    StageContext,
-    quick_eval,
-    save_outputs,
-    train_and_measure,
-    trainer_config,
-)
+from verticalft.stages.base import StageContext
+from verticalft.stages.training import Trained, TrainingJob, train_model
 
 LOGIT_KINDS = ("logits", "on_policy")
 
@@ -64,40 +57,28 @@ def vocab_preflight(
     }
 
 
-class PeakRss:
-    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
-
-    def __enter__(self) -> PeakRss:
-        self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def mb(self) -> float:
-        return round(self.peak / 2**20, 1)
+def _job(
+    sctx: StageContext, path: str, tokenizer: Any, config_cls: type, make_trainer: Any, **kw: Any
+) -> TrainingJob:
+    """A student's TrainingJob: the recipe's method (full, LoRA, QLoRA), no eval before training
+    (a fresh or pruned student scores nothing worth recording), merged folder after it."""
+    method = sctx.recipe.stages.distill.method
+    return TrainingJob(
+        model_path=path,
+        tokenizer=tokenizer,
+        quantization="nf4" if method == "qlora" else "none",
+        config_cls=config_cls,
+        make_trainer=make_trainer,
+        is_peft=method != "full",
+        merge=True,
+        eval_before=False,
+        **kw,
+    )
 
 
-def load_student(ctx: StageContext, path: str, tokenizer: Any) -> tuple[Any, Any]:
-    """(model, peft_config or None) for the recipe's student method."""
-    cfg = ctx.recipe.stages.distill
-    quant = "nf4" if cfg.method == "qlora" else "none"
-    model = load_model(path, quant, ctx.recipe.models.trust_remote_code)
-    return model, (None if cfg.method == "full" else lora_config(cfg.lora, tokenizer))
+def _peft(sctx: StageContext, tokenizer: Any) -> Any:
+    cfg = sctx.recipe.stages.distill
+    return None if cfg.method == "full" else lora_config(cfg.lora, tokenizer)
 
 
 def train_logits(
@@ -108,7 +89,7 @@ def train_logits(
     vocab: int,
     teacher: Any,
     cache: Any,
-) -> tuple[Any, dict[str, Any]]:
+) -> Trained:
     from datasets import Dataset
     from peft import get_peft_model
     from trl import SFTConfig
@@ -117,91 +98,90 @@ def train_logits(
     from verticalft.distill.trainer import LogitDistillTrainer, LossSettings
 
     cfg = sctx.recipe.stages.distill
-    model, peft = load_student(sctx, path, tokenizer)
-    if peft is not None:
-        model = get_peft_model(model, peft)
-        fit_trainable_dtype(model)
     data = Dataset.from_list([{**ex, "example_index": i} for i, ex in enumerate(examples)])
-    args = trainer_config(
-        sctx, SFTConfig, defaults={"learning_rate": 1e-4}, managed={"remove_unused_columns": False}
-    )
     settings = LossSettings(cfg.loss, cfg.temperature, cfg.beta, cfg.ce_weight, vocab)
-    trainer = LogitDistillTrainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        data_collator=DistillCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        settings=settings,
-        teacher=None if cache is not None else teacher,
-        cache=cache,
-    )
-    metrics = train_and_measure(trainer, sctx)
-    kd = trainer.kd_log
-    metrics["distill_loss_first"] = round(kd[0], 5) if kd else None
-    metrics["distill_loss_last"] = round(sum(kd[-10:]) / len(kd[-10:]), 5) if kd else None
-    return trainer, metrics
+    peft = _peft(sctx, tokenizer)
+
+    def make_trainer(model: Any, args: Any) -> Any:
+        # an HF Trainer subclass takes no peft_config: the adapter goes on here
+        return LogitDistillTrainer(
+            model=get_peft_model(model, peft) if peft is not None else model,
+            args=args,
+            train_dataset=data,
+            data_collator=DistillCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            settings=settings,
+            teacher=None if cache is not None else teacher,
+            cache=cache,
+        )
+
+    done = train_model(
+        sctx,
+        _job(sctx, path, tokenizer, SFTConfig, make_trainer,
+             defaults={"learning_rate": 1e-4}, managed={"remove_unused_columns": False}),
+    )  # fmt: skip
+    kd = done.trainer.kd_log
+    done.metrics["distill_loss_first"] = round(kd[0], 5) if kd else None
+    done.metrics["distill_loss_last"] = round(sum(kd[-10:]) / len(kd[-10:]), 5) if kd else None
+    return done
 
 
-def train_sequence(
-    sctx: StageContext, path: str, tokenizer: Any, rows: list[dict[str, Any]]
-) -> tuple[Any, dict[str, Any]]:
+def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dict[str, Any]]) -> Trained:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     cfg = sctx.recipe.stages.distill
-    model, peft = load_student(sctx, path, tokenizer)
-    args = trainer_config(
+    return train_model(
         sctx,
-        SFTConfig,
-        defaults={"learning_rate": 1e-4},
-        managed={"max_length": cfg.max_length, "packing": False, "assistant_only_loss": True},
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=peft,
-    )
-    fit_trainable_dtype(trainer.model)
-    return trainer, train_and_measure(trainer, sctx)
+        _job(
+            sctx, path, tokenizer, SFTConfig,
+            lambda model, args: SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                peft_config=_peft(sctx, tokenizer),
+            ),
+            defaults={"learning_rate": 1e-4},
+            managed={"max_length": cfg.max_length, "packing": False, "assistant_only_loss": True},
+        ),
+    )  # fmt: skip
 
 
 def train_on_policy(
     sctx: StageContext, path: str, tokenizer: Any, teacher: str, prompts: list[str]
-) -> tuple[Any, dict[str, Any]]:
+) -> Trained:
+    import copy
+
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
     cfg = sctx.recipe.stages.distill
     beta = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(cfg.loss, cfg.beta)
-    model, peft = load_student(sctx, path, tokenizer)
-    tokenizer.padding_side = "left"
-    args = trainer_config(
-        sctx,
-        DistillationConfig,
-        defaults={"learning_rate": 1e-4, "max_completion_length": cfg.generation.max_new_tokens},
-        managed={
-            "beta": beta,
-            "temperature": cfg.temperature,
-            "teacher_model_init_kwargs": _teacher_init_kwargs(cfg.teacher.quantization),
-        },
-    )
+    # the student generates during training: left padding for TRL, the saved tokenizer stays as is
+    generating = copy.deepcopy(tokenizer)
+    generating.padding_side = "left"
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
-    trainer = DistillationTrainer(
-        model=model,
-        teacher_model=teacher,
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        peft_config=peft,
-    )
-    fit_trainable_dtype(trainer.model)
-    try:
-        return trainer, train_and_measure(trainer, sctx)
-    finally:
-        tokenizer.padding_side = "right"
+    return train_model(
+        sctx,
+        _job(
+            sctx, path, tokenizer, DistillationConfig,
+            lambda model, args: DistillationTrainer(
+                model=model,
+                teacher_model=teacher,
+                args=args,
+                train_dataset=data,
+                processing_class=generating,
+                peft_config=_peft(sctx, tokenizer),
+            ),
+            defaults={"learning_rate": 1e-4, "max_completion_length": cfg.generation.max_new_tokens},
+            managed={
+                "beta": beta,
+                "temperature": cfg.temperature,
+                "teacher_model_init_kwargs": _teacher_init_kwargs(cfg.teacher.quantization),
+            },
+        ),
+    )  # fmt: skip
 
 
 def _teacher_init_kwargs(quantization: str) -> dict[str, Any]:
@@ -214,15 +194,18 @@ def _teacher_init_kwargs(quantization: str) -> dict[str, Any]:
     return kwargs
 
 
-def finish_student(
-    sctx: StageContext, trainer: Any, tokenizer: Any, path: str, teacher_score: float | None
-) -> dict[str, Any]:
-    cfg = sctx.recipe.stages.distill
-    after = quick_eval(sctx, trainer.model, tokenizer)
-    outputs = save_outputs(sctx, trainer, tokenizer, path, is_peft=cfg.method != "full", merge=True)
-    score = after["score"] if after else None
+def student_result(done: Trained, teacher_score: float | None) -> dict[str, Any]:
+    """What the distill stage records per student: outputs, eval, retention, training figures."""
+    score = done.eval_after["score"] if done.eval_after else None
     retention = round(score / teacher_score, 4) if score is not None and teacher_score else None
-    return {"outputs": outputs, "eval": after, "score": score, "retention": retention}
+    return {
+        "outputs": done.outputs,
+        "eval": done.eval_after,
+        "score": score,
+        "retention": retention,
+        "train": done.metrics,
+        "peak_rss_mb": done.metrics["peak_rss_mb"],
+    }
 
 
 def pruned_student(ctx: StageContext, ref: str, teacher: str) -> str:

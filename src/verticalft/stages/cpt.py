@@ -8,17 +8,12 @@ Records held-out domain perplexity before and after.
 
 from __future__ import annotations
 
+from typing import Any
+
 from verticalft.data import load_texts, mix_replay
-from verticalft.models import load_model, load_tokenizer, lora_config
-from verticalft.stages.base import (
-    StageContext,
-    StageResult,
-    perplexity,
-    quick_eval,
-    save_outputs,
-    train_and_measure,
-    trainer_config,
-)
+from verticalft.models import load_tokenizer, lora_config
+from verticalft.stages.base import StageContext, StageResult, perplexity
+from verticalft.stages.training import TrainingJob, train_model
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -34,47 +29,52 @@ def run(ctx: StageContext) -> StageResult:
             train, load_texts([recipe.data.replay]), recipe.data.replay.ratio, recipe.compute.seed
         )
     heldout = load_texts([recipe.data.heldout]) if recipe.data.heldout else None
-
+    lora = cfg.method == "lora"
     tokenizer = load_tokenizer(base, recipe.models.chat_template)  # saved with the model for later stages
-    model = load_model(base, "none", recipe.models.trust_remote_code)
-    base_eval = quick_eval(ctx, model, tokenizer)
-    args = trainer_config(
+
+    def held_out_loss(trainer: Any) -> dict[str, Any]:
+        return {"eval_loss": trainer.evaluate().get("eval_loss") if heldout is not None else None}
+
+    done = train_model(
         ctx,
-        SFTConfig,
-        defaults={
-            "learning_rate": 2e-4 if cfg.method == "lora" else 5e-5,
-        },
-        managed={
-            "max_length": cfg.max_length,
-            "packing": True,
-            "packing_strategy": "wrapped",
-            "dataset_text_field": "text",
-            "completion_only_loss": False,
-        },
+        TrainingJob(
+            model_path=base,
+            tokenizer=tokenizer,
+            quantization="none",
+            config_cls=SFTConfig,
+            defaults={"learning_rate": 2e-4 if lora else 5e-5},
+            managed={
+                "max_length": cfg.max_length,
+                "packing": True,
+                "packing_strategy": "wrapped",
+                "dataset_text_field": "text",
+                "completion_only_loss": False,
+            },
+            make_trainer=lambda model, args: SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=train,
+                eval_dataset=heldout,
+                processing_class=tokenizer,
+                peft_config=lora_config(cfg.lora, tokenizer) if lora else None,
+            ),
+            is_peft=lora,
+            merge=True,
+            measure=held_out_loss,
+            eval_after=False,  # the eval stage scores every model; the base score is the reference
+            fit_dtype=False,
+        ),
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=heldout,
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora, tokenizer) if cfg.method == "lora" else None,
-    )
-    loss_before = trainer.evaluate().get("eval_loss") if heldout is not None else None
-    metrics = train_and_measure(trainer, ctx)
-    loss_after = trainer.evaluate().get("eval_loss") if heldout is not None else None
+    loss_before, loss_after = done.measured_before["eval_loss"], done.measured_after["eval_loss"]  # type: ignore[index]
     ppl_before, ppl_after = perplexity(loss_before), perplexity(loss_after)
-    outputs = save_outputs(ctx, trainer, tokenizer, base, cfg.method == "lora", merge=True)
-    metrics.update(
-        {
-            "domain_docs": n_domain,
-            "replay_docs": len(train) - n_domain,
-            "eval_loss_before": loss_before,
-            "eval_loss": loss_after,
-            "heldout_perplexity_before": ppl_before,
-            "heldout_perplexity_after": ppl_after,
-            "eval_base": base_eval,
-        }
-    )
+    metrics = done.metrics | {
+        "domain_docs": n_domain,
+        "replay_docs": len(train) - n_domain,
+        "eval_loss_before": loss_before,
+        "eval_loss": loss_after,
+        "heldout_perplexity_before": ppl_before,
+        "heldout_perplexity_after": ppl_after,
+        "eval_base": done.eval_before,
+    }
     summary = f"held-out perplexity {ppl_before} → {ppl_after}, {metrics['tokens_seen']:,} tokens"
-    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+    return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)

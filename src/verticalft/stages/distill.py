@@ -25,8 +25,7 @@ import traceback
 from typing import Any
 
 from verticalft.distill.students import (
-    PeakRss,
-    finish_student,
+    student_result,
     students,
     train_logits,
     train_on_policy,
@@ -52,6 +51,7 @@ from verticalft.stages.base import (
     is_main_process,
     quick_eval,
 )
+from verticalft.stages.training import PeakRss
 
 __all__ = ["STUDENT_DONE", "run"]
 
@@ -121,24 +121,21 @@ def run(ctx: StageContext) -> StageResult:
         sctx = ctx.sub(name)
         print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
         try:
-            with PeakRss() as mem:
-                if cfg.kind == "logits":
-                    trainer, train = train_logits(sctx, path, tokenizer, examples, size, teacher, cache)
-                elif cfg.kind == "sequence":
-                    trainer, train = train_sequence(sctx, path, tokenizer, rows)
-                else:
-                    trainer, train = train_on_policy(sctx, path, tokenizer, t_path, prompts)
+            if cfg.kind == "logits":
+                done = train_logits(sctx, path, tokenizer, examples, size, teacher, cache)
+            elif cfg.kind == "sequence":
+                done = train_sequence(sctx, path, tokenizer, rows)
+            else:
+                done = train_on_policy(sctx, path, tokenizer, t_path, prompts)
             result = {
-                **finish_student(sctx, trainer, tokenizer, path, teacher_score),
-                "train": train,
-                "peak_rss_mb": mem.mb,
+                **student_result(done, teacher_score),
                 "teacher_in_memory": cfg.kind == "on_policy" or (cfg.kind == "logits" and cache is None),
             }
             if is_main_process():  # one set of results under a launcher
                 atomic_write_json(sctx.dir / "result.json", result)
                 atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
             results[name] = result
-            del trainer
+            del done
             gc.collect()
         except Exception as exc:  # one student's failure must not lose the others
             failures[name] = f"{type(exc).__name__}: {exc}"

@@ -7,23 +7,19 @@ margins on held-out pairs before and after, and the domain eval score.
 
 from __future__ import annotations
 
+from typing import Any
+
 from verticalft.data import load_source
-from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config
-from verticalft.stages.base import (
-    StageContext,
-    StageResult,
-    fmt_score,
-    quick_eval,
-    save_outputs,
-    train_and_measure,
-    trainer_config,
-)
+from verticalft.models import load_tokenizer, lora_config
+from verticalft.stages.base import StageContext, StageResult, fmt_score
+from verticalft.stages.training import TrainingJob, train_model
 
 
-def _rewards(metrics: dict) -> dict:
+def _rewards(trainer: Any) -> dict[str, Any]:
+    """Held-out DPO figures (loss, rewards/accuracies, rewards/margins …) from TRL's evaluate()."""
     return {
         k.removeprefix("eval_"): round(v, 5)
-        for k, v in metrics.items()
+        for k, v in trainer.evaluate().items()
         if k.startswith("eval_rewards/") or k == "eval_loss"
     }
 
@@ -38,44 +34,40 @@ def run(ctx: StageContext) -> StageResult:
     )
     data = data.select_columns(["prompt", "chosen", "rejected"])
     split = data.train_test_split(test_size=cfg.eval_fraction, seed=recipe.compute.seed)
-
     tokenizer = load_tokenizer(base, recipe.models.chat_template)
-    model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
-    before = quick_eval(ctx, model, tokenizer)
-    args = trainer_config(
+
+    done = train_model(
         ctx,
-        DPOConfig,
-        defaults={
-            "learning_rate": 5e-5,
-        },
-        managed={"beta": cfg.beta, "max_length": cfg.max_length},
+        TrainingJob(
+            model_path=base,
+            tokenizer=tokenizer,
+            quantization=cfg.quantization,
+            config_cls=DPOConfig,
+            defaults={"learning_rate": 5e-5},
+            managed={"beta": cfg.beta, "max_length": cfg.max_length},
+            make_trainer=lambda model, args: DPOTrainer(
+                model=model,
+                args=args,
+                train_dataset=split["train"],
+                eval_dataset=split["test"],
+                processing_class=tokenizer,
+                peft_config=lora_config(cfg.lora, tokenizer),
+            ),
+            merge=cfg.merge,
+            measure=_rewards,
+        ),
     )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=split["train"],
-        eval_dataset=split["test"],
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora, tokenizer),
-    )
-    fit_trainable_dtype(trainer.model)
-    rewards_before = _rewards(trainer.evaluate())
-    metrics = train_and_measure(trainer, ctx)
-    rewards_after = _rewards(trainer.evaluate())
-    after = quick_eval(ctx, trainer.model, tokenizer)
-    outputs = save_outputs(ctx, trainer, tokenizer, base, is_peft=True, merge=cfg.merge)
-    metrics.update(
-        {
-            "preference_eval_before": rewards_before,
-            "preference_eval_after": rewards_after,
-            "reward_accuracy": rewards_after.get("rewards/accuracies"),
-            "reward_margin": rewards_after.get("rewards/margins"),
-            "eval_before": before,
-            "eval_after": after,
-        }
-    )
+    rewards_before, rewards_after = done.measured_before or {}, done.measured_after or {}
+    metrics = done.metrics | {
+        "preference_eval_before": rewards_before,
+        "preference_eval_after": rewards_after,
+        "reward_accuracy": rewards_after.get("rewards/accuracies"),
+        "reward_margin": rewards_after.get("rewards/margins"),
+        "eval_before": done.eval_before,
+        "eval_after": done.eval_after,
+    }
     summary = (
         f"reward accuracy {metrics['reward_accuracy']}, margin {metrics['reward_margin']}, "
-        f"eval score {fmt_score(before)} → {fmt_score(after)}"
+        f"eval score {fmt_score(done.eval_before)} → {fmt_score(done.eval_after)}"
     )
-    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+    return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)

@@ -9,17 +9,12 @@ into the full-precision base for later stages.
 
 from __future__ import annotations
 
+from typing import Any
+
 from verticalft.data import load_source
-from verticalft.models import fit_trainable_dtype, load_model, load_tokenizer, lora_config
-from verticalft.stages.base import (
-    StageContext,
-    StageResult,
-    fmt_score,
-    quick_eval,
-    save_outputs,
-    train_and_measure,
-    trainer_config,
-)
+from verticalft.models import load_tokenizer, lora_config
+from verticalft.stages.base import StageContext, StageResult, fmt_score
+from verticalft.stages.training import TrainingJob, train_model
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -29,39 +24,43 @@ def run(ctx: StageContext) -> StageResult:
     base = ctx.input_model()
     data = load_source(ctx.curated("sft") or recipe.data.sft, ("messages",)).select_columns(["messages"])
     split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
-
     # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in
     tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True)
-    model = load_model(base, cfg.quantization, recipe.models.trust_remote_code)
-    before = quick_eval(ctx, model, tokenizer)
-    args = trainer_config(
+
+    def eval_loss(trainer: Any) -> dict[str, Any]:
+        return {"eval_loss": trainer.evaluate().get("eval_loss")}
+
+    done = train_model(
         ctx,
-        SFTConfig,
-        defaults={
-            "learning_rate": 2e-4,
-        },
-        managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": True},
+        TrainingJob(
+            model_path=base,
+            tokenizer=tokenizer,
+            quantization=cfg.quantization,
+            config_cls=SFTConfig,
+            defaults={"learning_rate": 2e-4},
+            managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": True},
+            make_trainer=lambda model, args: SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=split["train"],
+                eval_dataset=split["test"],
+                processing_class=tokenizer,
+                peft_config=lora_config(cfg.lora, tokenizer),
+            ),
+            merge=cfg.merge,
+            measure=eval_loss,
+            measure_before=False,
+        ),
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=split["train"],
-        eval_dataset=split["test"],
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora, tokenizer),
+    metrics = done.metrics | {
+        "eval_loss": done.measured_after["eval_loss"],  # type: ignore[index]
+        "eval_before": done.eval_before,
+        "eval_after": done.eval_after,
+        "quantization": cfg.quantization,
+        "train_examples": len(split["train"]),
+    }
+    summary = (
+        f"eval score {fmt_score(done.eval_before)} → {fmt_score(done.eval_after)}, "
+        f"eval loss {metrics['eval_loss']:.4f}"
     )
-    fit_trainable_dtype(trainer.model)
-    metrics = train_and_measure(trainer, ctx)
-    metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
-    after = quick_eval(ctx, trainer.model, tokenizer)
-    outputs = save_outputs(ctx, trainer, tokenizer, base, is_peft=True, merge=cfg.merge)
-    metrics.update(
-        {
-            "eval_before": before,
-            "eval_after": after,
-            "quantization": cfg.quantization,
-            "train_examples": len(split["train"]),
-        }
-    )
-    summary = f"eval score {fmt_score(before)} → {fmt_score(after)}, eval loss {metrics['eval_loss']:.4f}"
-    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+    return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)
