@@ -59,6 +59,7 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path, seed: int, dtype_na
         output_dir=str(out),
         max_steps=steps,
         per_device_train_batch_size=t["per_device_train_batch_size"],
+        gradient_accumulation_steps=t.get("gradient_accumulation_steps", 1),
         learning_rate=t["learning_rate"],
         max_length=cfg.max_length,
         packing=True,
