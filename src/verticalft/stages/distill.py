@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from verticalft.distill.students import (
@@ -58,60 +59,34 @@ __all__ = ["STUDENT_DONE", "run"]
 STUDENT_DONE = "STUDENT_DONE.json"
 
 
+@dataclass
+class TeacherSide:
+    """What the students train from: the teacher's score and, per kind, its cache or answers."""
+
+    teacher: Any = None  # the loaded teacher, only where a student needs it in memory (online logits)
+    eval: dict[str, Any] | None = None  # its quick eval (rank 0), the base of every retention
+    examples: list[dict[str, list[int]]] | None = None  # logits: tokenized conversations + masks
+    cache: Any = None  # logits with `cache: true`: the top-k cache (distill/cache.py)
+    rows: list[dict[str, Any]] | None = None  # sequence: the teacher's curated answers
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg, recipe = ctx.recipe.stages.distill, ctx.recipe
-    t_path = teacher_path(ctx)
-    studs = students(ctx)
-    fp = _fingerprint(ctx)
+    t_path, studs, fp = teacher_path(ctx), students(ctx), _fingerprint(ctx)
     vocab = vocab_preflight(
         t_path, studs, cfg.kind, recipe.models.trust_remote_code, recipe.models.chat_template
     )
     todo = {n: p for n, p in studs.items() if not _student_done(ctx, n, fp)}
     # the run's template in its training variant: the logit kinds' masks and sequence's SFT need it
     tokenizer = load_tokenizer(t_path, recipe.models.chat_template, require_mask=cfg.kind != "on_policy")
-    size = len(tokenizer)
     convs = conversations(ctx)[: cfg.max_examples]
     prompts = [m[0]["content"] for m in convs if m and m[0].get("role") == "user"]
 
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
-    # Under a launcher only rank 0 scores the teacher (it writes the results) and, with a cache,
-    # the rank that builds it loads it (build_cache); the others need it only for online logits.
-    needed_here = is_main_process() or (cfg.kind == "logits" and not cfg.cache)
-    teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None and needed_here else None
-    if not is_main_process():
-        teacher_eval = None
-    else:
-        teacher_eval = (
-            quick_eval(ctx, teacher, tokenizer) if teacher is not None else recorded_teacher_eval(ctx)
-        )
-    metrics["teacher_eval"] = teacher_eval
-    teacher_score = teacher_eval["score"] if teacher_eval else None
-
-    cache = examples = rows = None
-    if todo and cfg.kind == "logits":
-        from verticalft.distill.batching import chat_example
-
-        examples = [chat_example(tokenizer, m, cfg.max_length) for m in convs]
-        if cfg.cache:
-            with PeakRss() as mem:
-                cache, build_s = build_cache(ctx, teacher, tokenizer, examples, size)
-            metrics["cache"] = {
-                **{k: cache.meta[k] for k in ("k", "tokens", "examples", "bytes_per_token")},
-                "path": str(cache.root),
-                "build_seconds": build_s,
-                "build_peak_rss_mb": mem.mb,
-            }
-            teacher = None  # students train from the cache alone
-            gc.collect()
-    elif todo and cfg.kind == "sequence":
-        rows, metrics["generations"] = sequence_rows(ctx, teacher, tokenizer, prompts)
-        teacher = None
-        gc.collect()
-    elif cfg.kind == "on_policy":
-        teacher = None  # TRL loads it from the path itself
-        gc.collect()
+    side = _teacher_side(ctx, t_path, tokenizer, convs, prompts, bool(todo), metrics)
+    teacher_score = side.eval["score"] if side.eval else None
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
@@ -120,35 +95,16 @@ def run(ctx: StageContext) -> StageResult:
     for name, path in todo.items():
         sctx = ctx.sub(name)
         print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
-        try:
-            if cfg.kind == "logits":
-                done = train_logits(sctx, path, tokenizer, examples, size, teacher, cache)
-            elif cfg.kind == "sequence":
-                done = train_sequence(sctx, path, tokenizer, rows)
-            else:
-                done = train_on_policy(sctx, path, tokenizer, t_path, prompts)
-            result = {
-                **student_result(done, teacher_score),
-                "teacher_in_memory": cfg.kind == "on_policy" or (cfg.kind == "logits" and cache is None),
-            }
-            if is_main_process():  # one set of results under a launcher
-                atomic_write_json(sctx.dir / "result.json", result)
-                atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
-            results[name] = result
-            del done
-            gc.collect()
-        except Exception as exc:  # one student's failure must not lose the others
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            (sctx.dir).mkdir(parents=True, exist_ok=True)
-            (sctx.dir / "error.log").write_text(traceback.format_exc())
-            print(
-                f"  student {name} FAILED: {failures[name]} (traceback: {sctx.dir / 'error.log'})", flush=True
-            )
+        try:  # one student's failure must not lose the others
+            results[name] = _train_student(sctx, path, t_path, tokenizer, prompts, side, teacher_score, fp)
+        except Exception as exc:
+            failures[name] = _record_failure(sctx, name, exc)
+        gc.collect()
 
     metrics["students"] = {n: {k: v for k, v in r.items() if k != "outputs"} for n, r in results.items()}
     outputs = {f"{n}/{k}": v for n, r in results.items() for k, v in r["outputs"].items()}
     outputs.update({n: r["outputs"].get("model", "") for n, r in results.items()})
-    summary = f"teacher {fmt_score(teacher_eval)}; " + ", ".join(
+    summary = f"teacher {fmt_score(side.eval)}; " + ", ".join(
         f"{n} {fmt_score(r['eval'])} (retention {r['retention']})" for n, r in results.items()
     )
     result = StageResult(outputs=outputs, metrics=metrics, summary=summary)
@@ -161,6 +117,87 @@ def run(ctx: StageContext) -> StageResult:
             result,
         )
     return result
+
+
+def _teacher_side(
+    ctx: StageContext,
+    t_path: str,
+    tokenizer: Any,
+    convs: list[list[dict[str, str]]],
+    prompts: list[str],
+    any_todo: bool,
+    metrics: dict[str, Any],
+) -> TeacherSide:
+    """Load and score the teacher, then build what the students need from it (the logit cache or
+    the curated answers) and unload it when no student needs it in memory."""
+    cfg = ctx.recipe.stages.distill
+    side = TeacherSide()
+    # Under a launcher only rank 0 scores the teacher (it writes the results) and, with a cache,
+    # the rank that builds it loads it (build_cache); the others need it only for online logits.
+    needed_here = is_main_process() or (cfg.kind == "logits" and not cfg.cache)
+    teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None and needed_here else None
+    if is_main_process():
+        side.eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else recorded_teacher_eval(ctx)
+    metrics["teacher_eval"] = side.eval
+    if any_todo and cfg.kind == "logits":
+        from verticalft.distill.batching import chat_example
+
+        side.examples = [chat_example(tokenizer, m, cfg.max_length) for m in convs]
+        if cfg.cache:
+            with PeakRss() as mem:
+                side.cache, build_s = build_cache(ctx, teacher, tokenizer, side.examples, len(tokenizer))
+            metrics["cache"] = {
+                **{k: side.cache.meta[k] for k in ("k", "tokens", "examples", "bytes_per_token")},
+                "path": str(side.cache.root),
+                "build_seconds": build_s,
+                "build_peak_rss_mb": mem.mb,
+            }
+            teacher = None  # students train from the cache alone
+    elif any_todo and cfg.kind == "sequence":
+        side.rows, metrics["generations"] = sequence_rows(ctx, teacher, tokenizer, prompts)
+        teacher = None
+    elif cfg.kind == "on_policy":
+        teacher = None  # TRL loads it from the path itself
+    side.teacher = teacher
+    gc.collect()
+    return side
+
+
+def _train_student(
+    sctx: StageContext,
+    path: str,
+    t_path: str,
+    tokenizer: Any,
+    prompts: list[str],
+    side: TeacherSide,
+    teacher_score: float | None,
+    fp: str,
+) -> dict[str, Any]:
+    """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
+    kind = sctx.recipe.stages.distill.kind
+    if kind == "logits":
+        done = train_logits(sctx, path, tokenizer, side.examples, len(tokenizer), side.teacher, side.cache)
+    elif kind == "sequence":
+        done = train_sequence(sctx, path, tokenizer, side.rows)
+    else:
+        done = train_on_policy(sctx, path, tokenizer, t_path, prompts)
+    result = {
+        **student_result(done, teacher_score),
+        "teacher_in_memory": kind == "on_policy" or (kind == "logits" and side.cache is None),
+    }
+    if is_main_process():  # one set of results under a launcher
+        atomic_write_json(sctx.dir / "result.json", result)
+        atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
+    return result
+
+
+def _record_failure(sctx: StageContext, name: str, exc: Exception) -> str:
+    """The failure in one line for the stage's message; the traceback in the student's error.log."""
+    message = f"{type(exc).__name__}: {exc}"
+    sctx.dir.mkdir(parents=True, exist_ok=True)
+    (sctx.dir / "error.log").write_text(traceback.format_exc())
+    print(f"  student {name} FAILED: {message} (traceback: {sctx.dir / 'error.log'})", flush=True)
+    return message
 
 
 def _fingerprint(ctx: StageContext) -> str:
