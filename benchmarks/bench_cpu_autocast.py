@@ -17,14 +17,13 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.chdir(ROOT)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, results_header  # noqa: E402
+from common import RESULTS, alternating_rounds, results_header  # noqa: E402
 
 
 def cpu_flags() -> list[str]:
@@ -59,17 +58,9 @@ def main() -> None:
         return float(loss)
 
     losses = {"fp32": step(False), "bf16": step(True)}
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    orders = []
-    for r in range(args.rounds):
-        order = ["fp32", "bf16"] if r % 2 == 0 else ["bf16", "fp32"]
-        orders.append(order)
-        for name in order:
-            step(name == "bf16")  # warm-up
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                step(name == "bf16")
-            times[name].append((time.perf_counter() - t) / args.steps)
+    times, orders = alternating_rounds(
+        {"fp32": lambda: step(False), "bf16": lambda: step(True)}, args.rounds, args.steps
+    )
     fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
     result = {
         **results_header(Path(__file__).name, sys.argv[1:], load_before),

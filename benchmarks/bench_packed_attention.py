@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ os.chdir(ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, results_header  # noqa: E402
+from common import RESULTS, alternating_rounds, results_header  # noqa: E402
 
 
 def main() -> None:
@@ -86,19 +85,15 @@ def main() -> None:
         grads[per] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     rel = float((grads[1] - grads[args.rows]).norm() / grads[args.rows].norm())
 
-    times: dict[str, list[float]] = {"flat": [], "per_row": []}
-    orders = []
-    for r in range(args.rounds):
-        order = ["flat", "per_row"] if r % 2 == 0 else ["per_row", "flat"]
-        orders.append(order)
-        for name in order:
-            per = args.rows if name == "flat" else 1
-            step(batches[0], per)  # warm-up
-            t = time.perf_counter()
-            for rows in batches:
-                model.zero_grad()
-                step(rows, per)
-            times[name].append((time.perf_counter() - t) / args.steps)
+    def optimizer_steps(per: int) -> None:  # every timed batch, as `per`-row micro-batches
+        for rows in batches:
+            model.zero_grad()
+            step(rows, per)
+
+    times, orders = alternating_rounds(
+        {"flat": lambda: optimizer_steps(args.rows), "per_row": lambda: optimizer_steps(1)}, args.rounds, 1
+    )
+    times = {k: [t / args.steps for t in v] for k, v in times.items()}
     flat, per_row = statistics.median(times["flat"]), statistics.median(times["per_row"])
     tokens = statistics.mean(int(collate(b)["input_ids"].numel()) for b in batches)
     result = {

@@ -12,6 +12,8 @@ import os
 import platform
 import re
 import shlex
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +57,24 @@ def resolve_model(ref: str) -> str:
     from verticalft.gguf_source import is_gguf, resolve_gguf
 
     return str(resolve_gguf(ref)) if is_gguf(ref) else ref
+
+
+def alternating_rounds(
+    workloads: dict[str, Callable[[], None]], rounds: int, repeats: int
+) -> tuple[dict[str, list[float]], list[list[str]]]:
+    """Seconds per call of each workload, per round: rounds interleave the workloads and the order
+    alternates (given order in even rounds, reversed in odd ones); each is called once untimed
+    first (warm-up), then `repeats` times. Returns the times per workload and the orders run."""
+    names = list(workloads)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    orders = []
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        orders.append(order)
+        for name in order:
+            workloads[name]()
+            t = time.perf_counter()
+            for _ in range(repeats):
+                workloads[name]()
+            times[name].append((time.perf_counter() - t) / repeats)
+    return times, orders

@@ -69,6 +69,10 @@ class TeacherSide:
     cache: Any = None  # logits with `cache: true`: the top-k cache (distill/cache.py)
     rows: list[dict[str, Any]] | None = None  # sequence: the teacher's curated answers
 
+    @property
+    def score(self) -> float | None:
+        return self.eval["score"] if self.eval else None
+
 
 def run(ctx: StageContext) -> StageResult:
     cfg, recipe = ctx.recipe.stages.distill, ctx.recipe
@@ -86,7 +90,6 @@ def run(ctx: StageContext) -> StageResult:
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
     side = _teacher_side(ctx, t_path, tokenizer, convs, prompts, bool(todo), metrics)
-    teacher_score = side.eval["score"] if side.eval else None
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
@@ -96,7 +99,7 @@ def run(ctx: StageContext) -> StageResult:
         sctx = ctx.sub(name)
         print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
         try:  # one student's failure must not lose the others
-            results[name] = _train_student(sctx, path, t_path, tokenizer, prompts, side, teacher_score, fp)
+            results[name] = _train_student(sctx, path, t_path, tokenizer, prompts, side, fp)
         except Exception as exc:
             failures[name] = _record_failure(sctx, name, exc)
         gc.collect()
@@ -170,7 +173,6 @@ def _train_student(
     tokenizer: Any,
     prompts: list[str],
     side: TeacherSide,
-    teacher_score: float | None,
     fp: str,
 ) -> dict[str, Any]:
     """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
@@ -182,7 +184,7 @@ def _train_student(
     else:
         done = train_on_policy(sctx, path, tokenizer, t_path, prompts)
     result = {
-        **student_result(done, teacher_score),
+        **student_result(done, side.score),
         "teacher_in_memory": kind == "on_policy" or (kind == "logits" and side.cache is None),
     }
     if is_main_process():  # one set of results under a launcher
