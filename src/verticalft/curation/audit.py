@@ -46,6 +46,13 @@ class Funnel:
         else:
             s.dropped[reason] += 1
 
+    def count(self, name: str, seen: int, dropped: Counter) -> None:
+        """`seen` records through step `name`, `dropped` of them by reason (a whole step at once)."""
+        s = self.step(name)
+        s.seen += seen
+        s.kept += seen - sum(dropped.values())
+        s.dropped.update(dropped)
+
     def merge(self, other: Funnel) -> Funnel:
         for name, o in other.steps.items():
             s = self.step(name)

@@ -67,7 +67,10 @@ class EvalIndex:
         for g in ngrams(text, self.n):
             for item_id in self.grams.get(g, ()):
                 hits[item_id] += 1
-                example.setdefault(item_id, g)
+                # The alphabetically first shared n-gram: a set's order changes from process to
+                # process (string hashing is salted), the audit trail must not.
+                if g < example.get(item_id, "\U0010ffff"):
+                    example[item_id] = g
         best: Contamination | None = None
         for item_id, count in sorted(hits.items()):
             overlap = count / self.sizes[item_id]

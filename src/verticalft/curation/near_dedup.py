@@ -162,6 +162,36 @@ def _shingle_hashes(texts: Sequence[str], n: int, block_chars: int = _BLOCK_CHAR
     return np.concatenate(pieces), np.concatenate(offsets)
 
 
+def band_shape(config: NearDedupConfig) -> tuple[int, int]:
+    """(bands, rows) of the LSH index for `config` (see the module docstring)."""
+    return optimal_bands(config.threshold, config.num_perm, VERIFY_FP_WEIGHT if config.verify else 0.5)
+
+
+def signature_matrix(texts: Sequence[str], config: NearDedupConfig):
+    """The MinHash signatures of `texts`, an (n, num_perm) uint32 array, sketched a block at a time.
+
+    A row depends on its text alone, so signatures computed shard by shard equal those of the whole
+    corpus (what the sharded global steps rely on)."""
+    import numpy as np
+    import rensa
+
+    out = np.zeros((len(texts), config.num_perm), dtype=np.uint32)
+    for lo, hi in _blocks(texts, _BLOCK_CHARS):
+        hashes, offsets = _block_shingle_hashes(texts[lo:hi], config.ngram)
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
+            hashes, offsets, config.num_perm, config.seed
+        )
+        out[lo:hi] = np.array(matrix.to_rows(), dtype=np.uint32).reshape(hi - lo, config.num_perm)
+    return out
+
+
+def shingle_hash_sets(texts: Sequence[str], n: int) -> list[frozenset[int]]:
+    """Each text's hashed word n-grams as a set: what `verify` compares by exact Jaccard."""
+    hashes, offsets = _shingle_hashes(texts, n)
+    flat, bounds = hashes.tolist(), offsets.tolist()
+    return [frozenset(flat[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
+
+
 def _ranges(start, stop):
     """Indices of the concatenated ranges [start[k], stop[k]) (int64 arrays), in order."""
     import numpy as np
@@ -265,7 +295,7 @@ def _sorted_runs(matrix):
     return order, run
 
 
-def _equal_row_groups(matrix) -> list[list[int]]:
+def equal_row_groups(matrix) -> list[list[int]]:
     """Groups (ascending row numbers, two or more) of identical rows of a 2-D array."""
     import numpy as np
 
@@ -276,7 +306,7 @@ def _equal_row_groups(matrix) -> list[list[int]]:
     return [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
 
 
-def _equal_row_pairs(matrix):
+def equal_row_pairs(matrix):
     """Row pairs (i, j), i < j, of a 2-D array whose rows are identical (an (k, 2) int array).
 
     Pairs come from shifting the sorted run labels by 1, 2, … so only a long run of equal rows
@@ -301,7 +331,7 @@ def _band_pairs(signatures, members, bands: int, rows: int):
     import numpy as np
 
     found = [
-        members[_equal_row_pairs(signatures[members, band * rows : (band + 1) * rows])]
+        members[equal_row_pairs(signatures[members, band * rows : (band + 1) * rows])]
         for band in range(bands)
     ]
     return np.unique(np.concatenate(found), axis=0)
@@ -320,7 +350,7 @@ def near_duplicates(
     import numpy as np
     import rensa
 
-    bands, rows = optimal_bands(config.threshold, config.num_perm, VERIFY_FP_WEIGHT if config.verify else 0.5)
+    bands, rows = band_shape(config)
     ordered = sorted(records, key=lambda r: r[0])
     if len(ordered) < 2:
         return []
@@ -378,7 +408,7 @@ def near_duplicates(
     # the first of each shingle set enters the band pairing, so a thousand copies of a page cost a
     # thousand set builds, not half a million candidate pairs.
     active = np.ones(len(flagged), dtype=bool)
-    for group in _equal_row_groups(signatures):
+    for group in equal_row_groups(signatures):
         first_with: dict[object, int] = {}
         for j in group:
             keep = first_with.setdefault(shingle_set(j) if config.verify else None, j)
