@@ -1,18 +1,24 @@
 """The cross-shard half of curation: exact dedup, MinHash near-dedup and decontamination against
 the eval set, each step audited in the funnel and every drop kept with its reason.
 
-These steps see every kept document at once (one process today; issue 15 moves them onto Ray).
+Two implementations with the same answers (tests/test_sharded_steps.py): `global_steps` holds every
+kept document in this process (executor=local, small corpora); `sharded_steps` runs the steps as
+tasks over the shard files (executor=ray), so no process holds the corpus. `corpus_steps` picks one
+and writes the corpus parts.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from verticalft.curation import near_dedup
 from verticalft.curation.audit import Funnel
 from verticalft.curation.dedup import exact_duplicates
-from verticalft.curation.shards import eval_index
+from verticalft.curation.sharded_steps import ShardFile, sharded_global_steps
+from verticalft.curation.shards import eval_index, kept_path, load_kept, merge_parts, write_parts
 from verticalft.recipe import CurateStage
 
 
@@ -63,3 +69,40 @@ def global_steps(
                 flagged.append({"id": r["id"], "eval_id": m.eval_id, "overlap": m.overlap, "ngram": m.ngram})
         remove("decontaminate", "contains_eval_item", hits if cfg.decontaminate.corpus == "drop" else {})
     return kept, dropped, flagged, unmatchable
+
+
+@dataclass
+class CuratedCorpus:
+    parts: list[str]  # corpus/part-*.parquet names, rows sorted by id
+    n_kept: int
+    dropped: list[dict[str, Any]]
+    flagged: list[dict[str, Any]]
+    unmatchable: list[str]
+
+
+def corpus_steps(
+    cfg: CurateStage,
+    shards: Path,
+    results: dict[int, dict[str, Any]],
+    eval_items: list[list[str]],
+    freq: Counter,
+    funnel: Funnel,
+    out: Path,
+) -> CuratedCorpus:
+    """The global steps over the filtered shards (`results`: shard number → summary), the corpus
+    written to `out/corpus` in parts of `shard_size` rows sorted by id — same bytes either way."""
+    if cfg.executor == "local":
+        kept = [r for k in sorted(results) for r in load_kept(shards, k, results[k]["n_kept"])]
+        kept, dropped, flagged, unmatchable = global_steps(cfg, kept, eval_items, freq, funnel)
+        kept.sort(key=lambda r: r["id"])
+        return CuratedCorpus(
+            write_parts(kept, out / "corpus", cfg.shard_size), len(kept), dropped, flagged, unmatchable
+        )
+    files = [
+        ShardFile(k, str(kept_path(shards, k)), r["hash"], r["n_kept"]) for k, r in sorted(results.items())
+    ]
+    res = sharded_global_steps(
+        cfg, files, eval_items, freq, funnel, out / "global", cfg.executor, cfg.num_workers
+    )
+    parts = merge_parts(res.survivors, out / "corpus", cfg.shard_size)
+    return CuratedCorpus(parts, res.n_kept, res.dropped, res.flagged, res.unmatchable)

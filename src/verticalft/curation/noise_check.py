@@ -66,10 +66,8 @@ def check_planted_noise(
     }
 
 
-def check_sources(
-    sources: list[Any], kept: list[dict[str, Any]], dropped: list[dict[str, Any]]
-) -> dict[str, Any] | None:
-    """When a source ships `noise_labels.jsonl` beside it (the samples do), how much was caught."""
+def noise_labels(sources: list[Any]) -> list[dict[str, Any]]:
+    """The planted-noise labels shipped beside the sources (`noise_labels.jsonl`; the samples have them)."""
     import json
     from pathlib import Path
 
@@ -78,6 +76,4 @@ def check_sources(
         path = Path(s.path).parent / "noise_labels.jsonl"
         if path.is_file():
             labels += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not labels:
-        return None
-    return check_planted_noise(labels, {r["id"]: r["text"] for r in kept}, {str(r["id"]): r for r in dropped})
+    return labels

@@ -8,35 +8,90 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from verticalft.curation import decontam
+from verticalft.curation.audit import sample_dropped
 from verticalft.curation.chain import build_chain, run_chain
 from verticalft.curation.executors import map_shards
-from verticalft.recipe import CurateStage
+from verticalft.curation.sources import Quarantined, stream_sources
+from verticalft.recipe import CurateStage, Source
 from verticalft.rundir import atomic_write_json, atomic_write_text
 
 CORPUS_COLUMNS = ["id", "text", "source", "date", "license"]
-SHARD_FIELDS = ("dropped", "funnel", "details", "doc_freq")
 
 
-def curate_shard(rows: list[dict[str, Any]], cfg_json: str, eval_json: str) -> dict[str, Any]:
-    """The per-document chain on one shard, plus the eval n-gram counts of what it kept.
+@dataclass(frozen=True)
+class InputShard:
+    """Shard `k` of the corpus as read: its rows' file (absent when an earlier attempt finished the
+    shard) and the key of its rows + settings, which names its result."""
 
-    Top-level and config-in/data-out so a process pool or Ray can run it anywhere.
+    k: int
+    path: str
+    key: str
+
+
+def cut_shards(
+    sources: list[Source], size: int, cfg_json: str, eval_json: str, folder: Path
+) -> tuple[list[InputShard], list[Quarantined], int]:
+    """Stream the corpus sources into shards of `size` rows (`input-KKKKK.parquet`), holding one
+    shard at a time; returns the shards, the quarantined rows and how many records were read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[InputShard] = []
+    bad: list[Quarantined] = []
+    rows: list[dict[str, Any]] = []
+    read = 0
+
+    def flush() -> None:
+        k = len(shards)
+        key = shard_hash(rows, cfg_json, eval_json)
+        path = folder / f"input-{k:05d}.parquet"
+        if not _finished(folder, k, key):
+            write_parquet(rows, path)
+        shards.append(InputShard(k, str(path), key))
+        rows.clear()
+
+    for item in stream_sources(sources):
+        if isinstance(item, Quarantined):
+            bad.append(item)
+            continue
+        rows.append(corpus_row(item))
+        read += 1
+        if len(rows) == size:
+            flush()
+    if rows:
+        flush()
+    return shards, bad, read
+
+
+def curate_shard(
+    input_path: str, cfg_json: str, eval_json: str, folder: str, k: int, key: str
+) -> dict[str, Any]:
+    """The per-document chain on one shard, plus the eval n-gram counts of what it kept; the kept
+    rows go to the shard's file here, in the worker, and only the summary travels back.
+
+    Top-level and config-in/files-out so a process pool or Ray can run it anywhere (on a cluster
+    `folder` must be storage every node sees).
     """
     cfg = CurateStage.model_validate_json(cfg_json)
-    res = run_chain(rows, build_chain(cfg))
+    res = run_chain(read_parquet(Path(input_path)), build_chain(cfg))
     index = eval_index(cfg, json.loads(eval_json))
     freq = index.doc_frequency(r["text"] for r in res.kept) if index else Counter()
-    return {
-        "kept": res.kept,
-        "dropped": res.dropped,
+    meta = {
+        # A capped audit sample can be cut per shard: the first `cap` per reason of the corpus are
+        # among the first `cap` of their shard.
+        "dropped": res.dropped
+        if cfg.max_dropped_per_reason is None
+        else sample_dropped(res.dropped, cfg.max_dropped_per_reason),
         "funnel": res.funnel.to_list(),
         "details": dict(res.details),
         "doc_freq": dict(freq),
     }
+    save_shard(Path(folder), k, key, res.kept, meta)
+    return {"hash": key, "n_kept": len(res.kept), **meta}
 
 
 def eval_index(cfg: CurateStage, items: list[list[str]]) -> decontam.EvalIndex | None:
@@ -48,33 +103,26 @@ def eval_index(cfg: CurateStage, items: list[list[str]]) -> decontam.EvalIndex |
 
 
 def run_shards(
-    shards: list[list[dict[str, Any]]],
-    cfg_json: str,
-    eval_json: str,
-    folder: Path,
-    executor: str,
-    workers: int | None,
+    shards: list[InputShard], cfg_json: str, eval_json: str, folder: Path, executor: str, workers: int | None
 ) -> tuple[dict[int, dict[str, Any]], int]:
-    """Every shard's result, reusing the ones an earlier attempt finished (same content hash);
-    returns the results by shard number and how many were reused."""
+    """Every shard's summary (`curate_shard`'s, without the kept rows: `load_kept` reads them),
+    reusing the ones an earlier attempt finished; returns them by shard number and how many were
+    reused. A shard's input file is removed once its result is on disk."""
     from tqdm.auto import tqdm
 
     results: dict[int, dict[str, Any]] = {}
     jobs, job_shards = [], []
-    for k, rows in enumerate(shards):
-        key = shard_hash(rows, cfg_json, eval_json)
-        marker = folder / f"shard-{k:05d}.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("hash") == key:
-            results[k] = load_shard(folder, k)  # finished by an earlier (killed) attempt
+    for s in shards:
+        if _finished(folder, s.k, s.key):
+            results[s.k] = json.loads(_marker(folder, s.k).read_text())  # an earlier (killed) attempt's
         else:
-            jobs.append((rows, cfg_json, eval_json))
-            job_shards.append((k, key))
+            jobs.append((s.path, cfg_json, eval_json, str(folder), s.k, s.key))
+            job_shards.append(s)
     resumed = len(results)
     with tqdm(total=len(shards), initial=resumed, desc=f"curate ({executor})", unit="shard") as bar:
         for j, res in map_shards(curate_shard, jobs, executor, workers):
-            k, key = job_shards[j]
-            save_shard(folder, k, key, res)
-            results[k] = res
+            results[job_shards[j].k] = res
+            Path(job_shards[j].path).unlink(missing_ok=True)
             bar.update()
     return results, resumed
 
@@ -86,17 +134,27 @@ def shard_hash(rows: list[dict[str, Any]], cfg_json: str, eval_json: str) -> str
     return h.hexdigest()[:20]
 
 
-def save_shard(folder: Path, k: int, key: str, res: dict[str, Any]) -> None:
-    if res["kept"]:
-        write_parquet(res["kept"], folder / f"shard-{k:05d}.kept.parquet")
-    meta = {"hash": key, "n_kept": len(res["kept"]), **{f: res[f] for f in SHARD_FIELDS}}
-    atomic_write_json(folder / f"shard-{k:05d}.json", meta)  # the marker: written last
+def _marker(folder: Path, k: int) -> Path:
+    return folder / f"shard-{k:05d}.json"
 
 
-def load_shard(folder: Path, k: int) -> dict[str, Any]:
-    meta = json.loads((folder / f"shard-{k:05d}.json").read_text())
-    kept = read_parquet(folder / f"shard-{k:05d}.kept.parquet") if meta["n_kept"] else []
-    return {"kept": kept, **{f: meta[f] for f in SHARD_FIELDS}}
+def _finished(folder: Path, k: int, key: str) -> bool:
+    marker = _marker(folder, k)
+    return marker.is_file() and json.loads(marker.read_text()).get("hash") == key
+
+
+def kept_path(folder: Path, k: int) -> Path:
+    return folder / f"shard-{k:05d}.kept.parquet"
+
+
+def save_shard(folder: Path, k: int, key: str, kept: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    if kept:
+        write_parquet(kept, kept_path(folder, k))
+    atomic_write_json(_marker(folder, k), {"hash": key, "n_kept": len(kept), **meta})  # the marker: last
+
+
+def load_kept(folder: Path, k: int, n_kept: int) -> list[dict[str, Any]]:
+    return read_parquet(kept_path(folder, k)) if n_kept else []
 
 
 # --------------------------------------------------------------------------- files
@@ -126,15 +184,47 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
 
 def write_parts(rows: list[dict[str, Any]], folder: Path, size: int) -> list[str]:
     """Rows (already in their final order) as `part-00000.parquet` … of `size` rows each."""
+    _clear_parts(folder)
+    return [
+        _write_part(rows[start : start + size], folder, k)
+        for k, start in enumerate(range(0, max(len(rows), 1), size))
+    ]
+
+
+def merge_parts(paths: list[str], folder: Path, size: int) -> list[str]:
+    """`write_parts` of the rows of `paths` (each sorted by id) merged by id, streamed: a few
+    batches per file in memory, never the corpus. Same parts, same bytes as `write_parts`."""
+    import heapq
+
+    import pyarrow.parquet as pq
+
+    def rows(path: str) -> Iterator[dict[str, Any]]:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+
+    _clear_parts(folder)
+    names: list[str] = []
+    part: list[dict[str, Any]] = []
+    for row in heapq.merge(*(rows(p) for p in paths), key=lambda r: r["id"]):
+        part.append(row)
+        if len(part) == size:
+            names.append(_write_part(part, folder, len(names)))
+            part = []
+    if part or not names:
+        names.append(_write_part(part, folder, len(names)))
+    return names
+
+
+def _clear_parts(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("part-*.parquet"):
         old.unlink()
-    names = []
-    for k, start in enumerate(range(0, max(len(rows), 1), size)):
-        path = folder / f"part-{k:05d}.parquet"
-        write_parquet(rows[start : start + size], path)
-        names.append(path.name)
-    return names
+
+
+def _write_part(rows: list[dict[str, Any]], folder: Path, k: int) -> str:
+    path = folder / f"part-{k:05d}.parquet"
+    write_parquet(rows, path)
+    return path.name
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:

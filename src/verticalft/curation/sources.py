@@ -18,6 +18,7 @@ batch), .csv, a folder of .txt/.html/.htm pages (HTML → text with trafilatura,
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -73,26 +74,35 @@ def iter_records(source: Source, required: tuple[str, ...] = ()) -> Iterator[dic
 
 
 # --------------------------------------------------------------------------- one record
+def stream_sources(
+    sources: list[Source], required: tuple[str, ...] = ()
+) -> Iterator[dict[str, Any] | Quarantined]:
+    """Every record of `sources` in order, or `Quarantined`; a repeated id is quarantined naming the
+    source of its first use. Holds a 16-byte digest per id seen, never the records, so a corpus of
+    any size streams through (the curate stage cuts it into shards as it goes)."""
+    first: dict[bytes, int] = {}
+    for n, source in enumerate(sources):
+        for item in iter_records(source, required):
+            if isinstance(item, Quarantined):
+                yield item
+                continue
+            digest = hashlib.blake2b(repr(item["id"]).encode(), digest_size=16).digest()
+            if digest in first:
+                error = f"duplicate id {item['id']!r} (first in {sources[first[digest]].path})"
+                yield Quarantined(source.path, 0, error, "")
+            else:
+                first[digest] = n
+                yield item
+
+
 def read_sources(
     sources: list[Source], required: tuple[str, ...] = ()
 ) -> tuple[list[dict[str, Any]], list[Quarantined]]:
-    """Every good record of `sources` (ids unique) and every quarantined row."""
+    """Every good record of `sources` (ids unique) and every quarantined row, in memory."""
     rows: list[dict[str, Any]] = []
     bad: list[Quarantined] = []
-    seen: dict[str, str] = {}
-    for source in sources:
-        for item in iter_records(source, required):
-            if isinstance(item, Quarantined):
-                bad.append(item)
-            elif item["id"] in seen:
-                bad.append(
-                    Quarantined(
-                        source.path, 0, f"duplicate id {item['id']!r} (first in {seen[item['id']]})", ""
-                    )
-                )
-            else:
-                seen[item["id"]] = source.path
-                rows.append(item)
+    for item in stream_sources(sources, required):
+        (bad if isinstance(item, Quarantined) else rows).append(item)  # type: ignore[arg-type]
     return rows, bad
 
 

@@ -19,16 +19,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from verticalft.curation import pii
 from verticalft.curation.audit import Funnel, dropped_row, sample_dropped
-from verticalft.curation.global_steps import global_steps
-from verticalft.curation.noise_check import check_sources
+from verticalft.curation.global_steps import corpus_steps
+from verticalft.curation.noise_check import check_planted_noise, noise_labels
 from verticalft.curation.record_sets import curate_records
 from verticalft.curation.semantic import inline_seeds
-from verticalft.curation.shards import corpus_row, run_shards, write_jsonl, write_parts
-from verticalft.curation.sources import eval_prompts, read_sources
+from verticalft.curation.shards import cut_shards, read_parquet, run_shards, write_jsonl, write_parts
+from verticalft.curation.sources import eval_prompts
 from verticalft.stages.base import StageContext, StageResult
 
 SETS = (("sft", ("messages",)), ("preferences", ("prompt", "chosen", "rejected")))
@@ -41,20 +42,17 @@ def run(ctx: StageContext) -> StageResult:
     # what a shard produces, so switching executors reuses finished shards.
     cfg_json = cfg.model_dump_json(exclude_unset=True, exclude={"executor", "num_workers"})
     eval_items = eval_prompts(recipe.data.eval)
+    eval_json = json.dumps(eval_items)
 
-    docs, quarantined = read_sources(recipe.data.corpus)
-    docs = [corpus_row(r) for r in docs]
-    shards = [docs[i : i + cfg.shard_size] for i in range(0, len(docs), cfg.shard_size)]
-    results, resumed = run_shards(shards, cfg_json, json.dumps(eval_items), out / "shards", cfg.executor,
-                                  cfg.num_workers)  # fmt: skip
-    kept, dropped, funnel, details, freq = merge([results[k] for k in range(len(shards))])
-
-    kept, global_drops, flagged, unmatchable = global_steps(cfg, kept, eval_items, freq, funnel)
-    dropped += global_drops
+    shards, quarantined, read = cut_shards(
+        recipe.data.corpus, cfg.shard_size, cfg_json, eval_json, out / "shards"
+    )
+    results, resumed = run_shards(shards, cfg_json, eval_json, out / "shards", cfg.executor, cfg.num_workers)
+    dropped, funnel, details, freq = merge([results[s.k] for s in shards])
+    corpus = corpus_steps(cfg, out / "shards", results, eval_items, freq, funnel, out)
+    dropped += corpus.dropped
     funnel.check()
-    kept.sort(key=lambda r: r["id"])
-    parts = write_parts(kept, out / "corpus", cfg.shard_size)
-    noise = check_sources(recipe.data.corpus, kept, [dropped_row(r, cfg.pii) for r in dropped])
+    noise = _noise_check(recipe.data.corpus, cfg, out / "corpus", dropped)
 
     sets = {}
     for name, required in SETS:
@@ -69,21 +67,21 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.pii:
         quarantined = [dataclasses.replace(q, raw=pii.redact(q.raw).text) for q in quarantined]
     write_jsonl([q.__dict__ for q in quarantined], out / "quarantine.jsonl")
-    write_jsonl(flagged, out / "flagged.jsonl")
+    write_jsonl(corpus.flagged, out / "flagged.jsonl")
 
     metrics: dict[str, Any] = {
-        "read": len(docs),
+        "read": read,
         "quarantined": len(quarantined),
-        "kept": len(kept),
+        "kept": corpus.n_kept,
         "dropped": sum(sum(s.dropped.values()) for s in funnel.steps.values()),
         "shards": len(shards),
         "shards_resumed": resumed,
         "executor": cfg.executor,
         "funnel": funnel.to_list(),
         "details": dict(sorted(details.items())),
-        "flagged_contamination": len(flagged),
-        "eval_items_unmatchable": len(unmatchable),
-        "corpus_parts": parts,
+        "flagged_contamination": len(corpus.flagged),
+        "eval_items_unmatchable": len(corpus.unmatchable),
+        "corpus_parts": corpus.parts,
         "records": sets,
         "quarantine": [q.__dict__ for q in quarantined[:50]],
     }
@@ -95,22 +93,32 @@ def run(ctx: StageContext) -> StageResult:
     outputs = {"corpus": str(out / "corpus"), "report": str(report), "dropped": str(out / "dropped")}
     outputs |= {name: str(out / name) for name in sets}
     summary = (
-        f"{len(docs)} docs → {len(kept)} kept, {metrics['dropped']} dropped, {len(quarantined)} quarantined"
+        f"{read} docs → {corpus.n_kept} kept, {metrics['dropped']} dropped, {len(quarantined)} quarantined"
         + "".join(f"; {n} {s['in']} → {s['kept']}" for n, s in sets.items())
     )
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)
 
 
-def merge(results: list[dict[str, Any]]) -> tuple[list[Any], list[Any], Funnel, Counter, Counter]:
-    """The shards' results as one: kept and dropped records in shard order, the summed funnel,
-    filter details and eval n-gram document frequencies."""
+def merge(results: list[dict[str, Any]]) -> tuple[list[Any], Funnel, Counter, Counter]:
+    """The shards' summaries as one: dropped records in shard order, the summed funnel, filter
+    details and eval n-gram document frequencies."""
     funnel, details, freq = Funnel(), Counter(), Counter()
-    kept: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
     for res in results:
         funnel.merge(Funnel.from_list(res["funnel"]))
         details.update(res["details"])
         freq.update(res["doc_freq"])
-        kept += res["kept"]
         dropped += res["dropped"]
-    return kept, dropped, funnel, details, freq
+    return dropped, funnel, details, freq
+
+
+def _noise_check(
+    sources: list[Any], cfg: Any, corpus: Path, dropped: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """How much planted noise was caught, when the sources ship labels (the samples do); it reads
+    the whole corpus back, and needs every drop (so not with a capped audit sample)."""
+    labels = noise_labels(sources)
+    if not labels or cfg.max_dropped_per_reason is not None:
+        return None
+    kept = {r["id"]: r["text"] for part in sorted(corpus.glob("part-*.parquet")) for r in read_parquet(part)}
+    return check_planted_noise(labels, kept, {str(r["id"]): dropped_row(r, cfg.pii) for r in dropped})
