@@ -135,3 +135,14 @@ def test_status_shows_a_killed_stage_as_interrupted_and_later_ones_stale(tmp_pat
     run_recipe(r, run, until="dpo", echo=out.append)
     assert ran == ["sft", "dpo"] and any("resuming a killed attempt" in line for line in out)
     assert {stage_state(run, stages, s, fps[s]) for s in stages} == {"done"}
+
+
+def test_only_checks_what_it_will_run(tmp_path, monkeypatch):
+    # Measured before: `--only curate` refused to start because bench needed vLLM.
+    ran = _fake_stages(monkeypatch)
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["data.heldout.path=nowhere.jsonl"])
+    with pytest.raises(StageFailed, match="nowhere.jsonl"):
+        run_recipe(r, RunDir(tmp_path / "all"), echo=lambda s: None)
+    assert ran == []
+    run_recipe(r, RunDir(tmp_path / "one"), only=["curate"], echo=lambda s: None)
+    assert ran == ["curate"]

@@ -329,10 +329,11 @@ def run_recipe(
         if until not in STAGE_ORDER:
             raise StageFailed(f"unknown stage '{until}'; stages: {', '.join(STAGE_ORDER)}")
         stages = [s for s in stages if STAGE_ORDER.index(s) <= STAGE_ORDER.index(until)]
-    problems = preflight(recipe, stages)
+    to_run = [s for s in stages if not only or s in only]  # only what will run needs checking
+    problems = preflight(recipe, to_run)
     if problems:
         raise StageFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
-    for note in preflight_notes(recipe, stages):
+    for note in preflight_notes(recipe, to_run):
         echo(f"note: {note}")
     fps = stage_fingerprints(recipe, stages)
     (run.root / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe))
