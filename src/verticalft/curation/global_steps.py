@@ -83,24 +83,22 @@ class CuratedCorpus:
 def corpus_steps(
     cfg: CurateStage,
     shards: Path,
-    results: dict[int, dict[str, Any]],
+    kept: dict[int, tuple[str, int]],
     eval_items: list[list[str]],
     freq: Counter,
     funnel: Funnel,
     out: Path,
 ) -> CuratedCorpus:
-    """The global steps over the filtered shards (`results`: shard number → summary), the corpus
-    written to `out/corpus` in parts of `shard_size` rows sorted by id — same bytes either way."""
+    """The global steps over the filtered shards (`kept`: shard number → its key and kept rows),
+    the corpus written to `out/corpus` in parts of `shard_size` rows sorted by id — same bytes
+    either way."""
     if cfg.executor == "local":
-        kept = [r for k in sorted(results) for r in load_kept(shards, k, results[k]["n_kept"])]
-        kept, dropped, flagged, unmatchable = global_steps(cfg, kept, eval_items, freq, funnel)
-        kept.sort(key=lambda r: r["id"])
-        return CuratedCorpus(
-            write_parts(kept, out / "corpus", cfg.shard_size), len(kept), dropped, flagged, unmatchable
-        )
-    files = [
-        ShardFile(k, str(kept_path(shards, k)), r["hash"], r["n_kept"]) for k, r in sorted(results.items())
-    ]
+        rows = [r for k in sorted(kept) for r in load_kept(shards, k, kept[k][1])]
+        rows, dropped, flagged, unmatchable = global_steps(cfg, rows, eval_items, freq, funnel)
+        rows.sort(key=lambda r: r["id"])
+        parts = write_parts(rows, out / "corpus", cfg.shard_size)
+        return CuratedCorpus(parts, len(rows), dropped, flagged, unmatchable)
+    files = [ShardFile(k, str(kept_path(shards, k)), key, n) for k, (key, n) in sorted(kept.items())]
     res = sharded_global_steps(
         cfg, files, eval_items, freq, funnel, out / "global", cfg.executor, cfg.num_workers
     )

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from verticalft.curation import near_dedup
-from verticalft.curation.audit import Funnel
+from verticalft.curation.audit import Funnel, sample_dropped
 from verticalft.curation.decontam import EvalIndex
 from verticalft.curation.dedup import text_hash
 from verticalft.curation.executors import map_shards
@@ -181,10 +181,16 @@ def verify_pairs(
 
 
 def finish_shard(
-    kept_path: str, drops: dict[str, tuple[str, str, str]], index: EvalIndex | None, mode: str, out_path: str
+    kept_path: str,
+    drops: dict[str, tuple[str, str, str]],
+    index: EvalIndex | None,
+    mode: str,
+    out_path: str,
+    cap: int | None = None,
 ) -> dict[str, Any]:
     """Step 4 for one shard: drop the dedup drops, match the rest against the eval index, write the
-    survivors sorted by id; returns the dropped rows and the contamination found."""
+    survivors sorted by id; returns the dropped rows (the first `cap` per reason, when set) and the
+    contamination found."""
     dropped, flagged, survivors = [], [], []
     for r in read_parquet(Path(kept_path)):
         if r["id"] in drops:
@@ -203,6 +209,8 @@ def finish_shard(
         survivors.append(r)
     survivors.sort(key=lambda r: r["id"])
     write_parquet(survivors, Path(out_path))
+    if cap is not None:
+        dropped = sample_dropped(dropped, cap)
     return {"dropped": dropped, "flagged": flagged, "n_kept": len(survivors)}
 
 
@@ -334,9 +342,12 @@ def sharded_global_steps(
     for ref, (rid, step, reason, detail) in drops.items():
         by_shard[ref >> 32][rid] = (step, reason, detail)
     survivors = [str(folder / "survivors" / f"shard-{s.k:05d}.parquet") for s in shards]
-    jobs = [(s.path, by_shard[s.k], index, mode, out) for s, out in zip(shards, survivors, strict=True)]
+    cap = cfg.max_dropped_per_reason
+    jobs = [(s.path, by_shard[s.k], index, mode, out, cap) for s, out in zip(shards, survivors, strict=True)]
     results = run("decontaminate", finish_shard, jobs)
     dropped = [row for res in results for row in res["dropped"]]
+    if cap is not None:
+        dropped = sample_dropped(dropped, cap)
     flagged = [f for res in results for f in res["flagged"]]
     n_kept = sum(res["n_kept"] for res in results)
     if index is not None:

@@ -9,12 +9,12 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from verticalft.curation import decontam
-from verticalft.curation.audit import sample_dropped
+from verticalft.curation.audit import Funnel, sample_dropped
 from verticalft.curation.chain import build_chain, run_chain
 from verticalft.curation.executors import map_shards
 from verticalft.curation.sources import Quarantined, stream_sources
@@ -102,29 +102,57 @@ def eval_index(cfg: CurateStage, items: list[list[str]]) -> decontam.EvalIndex |
     return decontam.EvalIndex.build([(i, t) for i, t in items], d.ngram, d.min_overlap)
 
 
+@dataclass
+class ShardSummaries:
+    """The shards' summaries folded as they arrive, so the driver never holds them all: summed
+    funnel, filter details and eval n-gram document frequencies, each shard's key and kept count,
+    and the dropped records (only the audit sample when `cap` is set)."""
+
+    cap: int | None = None
+    funnel: Funnel = field(default_factory=Funnel)
+    details: Counter = field(default_factory=Counter)
+    freq: Counter = field(default_factory=Counter)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    kept: dict[int, tuple[str, int]] = field(default_factory=dict)  # shard → (key, kept rows)
+    resumed: int = 0
+
+    def add(self, k: int, summary: dict[str, Any], reused: bool) -> None:
+        self.funnel.merge(Funnel.from_list(summary["funnel"]))
+        self.details.update(summary["details"])
+        self.freq.update(summary["doc_freq"])
+        self.dropped += summary["dropped"]
+        if self.cap is not None and len(self.dropped) > 4 * self.cap:
+            self.dropped = sample_dropped(self.dropped, self.cap)
+        self.kept[k] = (summary["hash"], summary["n_kept"])
+        self.resumed += reused
+
+
 def run_shards(
-    shards: list[InputShard], cfg_json: str, eval_json: str, folder: Path, executor: str, workers: int | None
-) -> tuple[dict[int, dict[str, Any]], int]:
-    """Every shard's summary (`curate_shard`'s, without the kept rows: `load_kept` reads them),
-    reusing the ones an earlier attempt finished; returns them by shard number and how many were
-    reused. A shard's input file is removed once its result is on disk."""
+    shards: list[InputShard],
+    cfg_json: str,
+    eval_json: str,
+    folder: Path,
+    executor: str,
+    workers: int | None,
+    summaries: ShardSummaries,
+) -> None:
+    """Every shard's summary (`curate_shard`'s, without the kept rows) folded into `summaries`,
+    reusing the ones an earlier attempt finished. A shard's input file is removed once its result
+    is on disk."""
     from tqdm.auto import tqdm
 
-    results: dict[int, dict[str, Any]] = {}
     jobs, job_shards = [], []
     for s in shards:
         if _finished(folder, s.k, s.key):
-            results[s.k] = json.loads(_marker(folder, s.k).read_text())  # an earlier (killed) attempt's
+            summaries.add(s.k, json.loads(_marker(folder, s.k).read_text()), reused=True)
         else:
             jobs.append((s.path, cfg_json, eval_json, str(folder), s.k, s.key))
             job_shards.append(s)
-    resumed = len(results)
-    with tqdm(total=len(shards), initial=resumed, desc=f"curate ({executor})", unit="shard") as bar:
+    with tqdm(total=len(shards), initial=summaries.resumed, desc=f"curate ({executor})", unit="shard") as bar:
         for j, res in map_shards(curate_shard, jobs, executor, workers):
-            results[job_shards[j].k] = res
+            summaries.add(job_shards[j].k, res, reused=False)
             Path(job_shards[j].path).unlink(missing_ok=True)
             bar.update()
-    return results, resumed
 
 
 def shard_hash(rows: list[dict[str, Any]], cfg_json: str, eval_json: str) -> str:

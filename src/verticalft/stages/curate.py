@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from verticalft.curation import pii
-from verticalft.curation.audit import Funnel, dropped_row, sample_dropped
+from verticalft.curation import executors, pii
+from verticalft.curation.audit import dropped_row, sample_dropped
 from verticalft.curation.global_steps import corpus_steps
 from verticalft.curation.noise_check import check_planted_noise, noise_labels
 from verticalft.curation.record_sets import curate_records
 from verticalft.curation.semantic import inline_seeds
-from verticalft.curation.shards import cut_shards, read_parquet, run_shards, write_jsonl, write_parts
+from verticalft.curation.shards import (
+    ShardSummaries,
+    cut_shards,
+    read_parquet,
+    run_shards,
+    write_jsonl,
+    write_parts,
+)
 from verticalft.curation.sources import eval_prompts
 from verticalft.stages.base import StageContext, StageResult
 
@@ -47,9 +53,11 @@ def run(ctx: StageContext) -> StageResult:
     shards, quarantined, read = cut_shards(
         recipe.data.corpus, cfg.shard_size, cfg_json, eval_json, out / "shards"
     )
-    results, resumed = run_shards(shards, cfg_json, eval_json, out / "shards", cfg.executor, cfg.num_workers)
-    dropped, funnel, details, freq = merge([results[s.k] for s in shards])
-    corpus = corpus_steps(cfg, out / "shards", results, eval_items, freq, funnel, out)
+    merged = ShardSummaries(cfg.max_dropped_per_reason)
+    with executors.session(cfg.executor, cfg.num_workers):
+        run_shards(shards, cfg_json, eval_json, out / "shards", cfg.executor, cfg.num_workers, merged)
+        corpus = corpus_steps(cfg, out / "shards", merged.kept, eval_items, merged.freq, merged.funnel, out)
+    dropped, funnel, freq = merged.dropped, merged.funnel, merged.freq
     dropped += corpus.dropped
     funnel.check()
     noise = _noise_check(recipe.data.corpus, cfg, out / "corpus", dropped)
@@ -75,10 +83,10 @@ def run(ctx: StageContext) -> StageResult:
         "kept": corpus.n_kept,
         "dropped": sum(sum(s.dropped.values()) for s in funnel.steps.values()),
         "shards": len(shards),
-        "shards_resumed": resumed,
+        "shards_resumed": merged.resumed,
         "executor": cfg.executor,
         "funnel": funnel.to_list(),
-        "details": dict(sorted(details.items())),
+        "details": dict(sorted(merged.details.items())),
         "flagged_contamination": len(corpus.flagged),
         "eval_items_unmatchable": len(corpus.unmatchable),
         "corpus_parts": corpus.parts,
@@ -97,19 +105,6 @@ def run(ctx: StageContext) -> StageResult:
         + "".join(f"; {n} {s['in']} → {s['kept']}" for n, s in sets.items())
     )
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)
-
-
-def merge(results: list[dict[str, Any]]) -> tuple[list[Any], Funnel, Counter, Counter]:
-    """The shards' summaries as one: dropped records in shard order, the summed funnel, filter
-    details and eval n-gram document frequencies."""
-    funnel, details, freq = Funnel(), Counter(), Counter()
-    dropped: list[dict[str, Any]] = []
-    for res in results:
-        funnel.merge(Funnel.from_list(res["funnel"]))
-        details.update(res["details"])
-        freq.update(res["doc_freq"])
-        dropped += res["dropped"]
-    return dropped, funnel, details, freq
 
 
 def _noise_check(
