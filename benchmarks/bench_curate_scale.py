@@ -161,10 +161,12 @@ def main() -> None:
         for ex in args.executors:
             row[ex].pop("funnel")
         results[str(n)] = row
+    # Runs of other sizes (another command) stay in the file, each with its own command line.
     out = RESULTS / "curate_scale.json"
-    out.write_text(
-        json.dumps({**results_header(Path(__file__).name, sys.argv[1:], load), "sizes": results}, indent=1)
-    )
+    old = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    old["runs"] = [r for r in old["runs"] if not set(r["sizes"]) & set(results)]
+    old["runs"].append({**results_header(Path(__file__).name, sys.argv[1:], load), "sizes": results})
+    out.write_text(json.dumps(old, indent=1))
     print(f"wrote {out}")
 
 

@@ -41,7 +41,7 @@ from verticalft.curation.audit import Funnel, sample_dropped
 from verticalft.curation.decontam import EvalIndex
 from verticalft.curation.dedup import text_hash
 from verticalft.curation.executors import map_shards
-from verticalft.curation.shards import eval_index, read_parquet, write_parquet
+from verticalft.curation.shards import MERGE_ROW_GROUP, eval_index, read_parquet, write_parquet
 from verticalft.recipe import CurateStage
 
 RANGE_DOCS = 200_000  # documents per bucket range of a dedup task (keeps each task's memory flat)
@@ -208,7 +208,7 @@ def finish_shard(
                 continue
         survivors.append(r)
     survivors.sort(key=lambda r: r["id"])
-    write_parquet(survivors, Path(out_path))
+    write_parquet(survivors, Path(out_path), MERGE_ROW_GROUP)
     if cap is not None:
         dropped = sample_dropped(dropped, cap)
     return {"dropped": dropped, "flagged": flagged, "n_kept": len(survivors)}

@@ -22,6 +22,7 @@ from verticalft.recipe import CurateStage, Source
 from verticalft.rundir import atomic_write_json, atomic_write_text
 
 CORPUS_COLUMNS = ["id", "text", "source", "date", "license"]
+MERGE_ROW_GROUP = 256  # rows per row group of files `merge_parts` streams (one group per file in memory)
 
 
 @dataclass(frozen=True)
@@ -194,13 +195,15 @@ def corpus_row(r: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+def write_parquet(rows: list[dict[str, Any]], path: Path, row_group_size: int | None = None) -> None:
+    """Rows as one Parquet file, atomically. `row_group_size`: rows per row group (default: all in
+    one), the unit a streaming reader holds in memory."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    pq.write_table(pa.Table.from_pylist(rows), tmp, row_group_size=row_group_size)
     tmp.replace(path)
 
 
@@ -220,14 +223,15 @@ def write_parts(rows: list[dict[str, Any]], folder: Path, size: int) -> list[str
 
 
 def merge_parts(paths: list[str], folder: Path, size: int) -> list[str]:
-    """`write_parts` of the rows of `paths` (each sorted by id) merged by id, streamed: a few
-    batches per file in memory, never the corpus. Same parts, same bytes as `write_parts`."""
+    """`write_parts` of the rows of `paths` (each sorted by id) merged by id, streamed: one row group
+    per file in memory (write them with small ones: `MERGE_ROW_GROUP`), never the corpus. Same
+    parts, same bytes as `write_parts`."""
     import heapq
 
     import pyarrow.parquet as pq
 
     def rows(path: str) -> Iterator[dict[str, Any]]:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGE_ROW_GROUP):
             yield from batch.to_pylist()
 
     _clear_parts(folder)
