@@ -45,7 +45,9 @@ from verticalft.curation.shards import MERGE_ROW_GROUP, eval_index, read_parquet
 from verticalft.recipe import CurateStage
 
 RANGE_DOCS = 200_000  # documents per bucket range of a dedup task (keeps each task's memory flat)
-VERIFY_PAIRS = 50_000  # candidate pairs per verification task
+# Candidate pairs per verification task: it holds the shingle sets of up to twice as many documents,
+# ~13.5 KB each (Python ints in a frozenset); 50,000 pairs took a Ray worker to 965 MB at 1M documents.
+VERIFY_PAIRS = 2_000
 BUCKETS = 256  # arrays in a signature file are grouped by their first byte
 
 
@@ -158,6 +160,7 @@ def verify_pairs(
     """Step 3b for a chunk of candidate pairs: (ref, id, ref, id) of those whose exact Jaccard of
     shingle sets reaches `threshold` (all of them without `verify`)."""
     import numpy as np
+    import pyarrow.parquet as pq
 
     needed: dict[int, set[int]] = {}
     for ref in np.unique(pairs).tolist():
@@ -165,14 +168,13 @@ def verify_pairs(
     ids: dict[int, str] = {}
     sets: dict[int, frozenset[int]] = {}
     for k, rows in sorted(needed.items()):
-        table = read_parquet(Path(kept_paths[k]))
-        chosen = sorted(rows)
-        texts = [table[i]["text"] for i in chosen]
+        chosen = sorted(rows)  # only these rows become Python objects, not the whole shard
+        table = pq.read_table(kept_paths[k], columns=["id", "text"]).take(chosen)
+        texts = table["text"].to_pylist()
         shingled = near_dedup.shingle_hash_sets(texts, ngram) if verify else [frozenset()] * len(chosen)
-        for i, s in zip(chosen, shingled, strict=True):
-            ids[(k << 32) | i] = table[i]["id"]
+        for i, rid, s in zip(chosen, table["id"].to_pylist(), shingled, strict=True):
+            ids[(k << 32) | i] = rid
             sets[(k << 32) | i] = s
-        del table
     out = []
     for a, b in pairs.tolist():
         if not verify or near_dedup.jaccard(sets[a], sets[b]) >= threshold:

@@ -1,17 +1,20 @@
 """curate: raw sources → curated corpus (sharded Parquet) + SFT/preference sets, every drop audited.
 
 Flow (DESIGN.md, "Heavy Curation"):
-1. read every corpus source; a malformed row goes to `quarantine.jsonl` with its file and line,
-   the run goes on (`curation.sources`);
-2. cut the records into shards of `shard_size` and run the per-document chain on each shard in
-   the executor (local process pool or Ray). A finished shard is written to `shards/` with a
-   small JSON marker (written last, keyed by the shard's content hash), so a killed run redoes
-   only the shards it had not finished (`curation.shards`);
+1. stream every corpus source into input shards of `shard_size` rows (`shards/input-*.parquet`,
+   one shard in memory at a time); a malformed row goes to `quarantine.jsonl` with its file and
+   line, the run goes on (`curation.sources`, `curation.shards.cut_shards`);
+2. run the per-document chain on each shard in the executor (local process pool or Ray); the
+   worker writes the shard's kept rows and a small JSON marker (written last, keyed by the shard's
+   content hash), so a killed run redoes only the shards it had not finished; the driver folds the
+   shards' summaries as they arrive (`curation.shards`);
 3. across shards: exact dedup, MinHash near-dedup, then decontamination against the eval set
-   (`curation.global_steps`; n-grams common in the training data do not count, see decontam.py);
+   (n-grams common in the training data do not count, see decontam.py) — in memory for the local
+   executor, as tasks over the shard files on Ray (`curation.global_steps.corpus_steps`);
 4. write `corpus/part-*.parquet` (sorted by id: identical bytes whatever the executor),
-   `dropped/*.parquet` (every dropped record with its step and reason), then the SFT and
-   preference sets through the field-aware rules (`curation.record_sets`), and the report.
+   `dropped/*.parquet` (every dropped record with its step and reason, or the first
+   `max_dropped_per_reason` of each), then the SFT and preference sets through the field-aware
+   rules (`curation.record_sets`), and the report.
 """
 
 from __future__ import annotations
