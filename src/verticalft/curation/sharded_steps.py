@@ -106,11 +106,16 @@ def write_signatures(kept_path: str, k: int, out_path: str, exact: bool, near_js
 
 
 def _save_npz(path: str, arrays: dict[str, Any]) -> None:
+    """Arrays to `path` (.npz, or .npy for a single `array`), atomically: a killed task leaves no
+    half file for a rerun to trust."""
     import numpy as np
 
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp.npz")
-    np.savez(tmp, **arrays)
+    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
+    if target.suffix == ".npy":
+        np.save(tmp, arrays["array"])
+    else:
+        np.savez(tmp, **arrays)
     tmp.replace(target)
 
 
@@ -147,10 +152,7 @@ def band_pairs(paths: Sequence[str], band: int, lo: int, hi: int, excluded, out_
     keep = ~np.isin(refs, excluded)
     keys, refs = keys[keep], refs[keep]
     pairs = np.sort(refs[near_dedup.equal_row_pairs(keys)], axis=1).astype(np.uint64)
-    target = Path(out_path)
-    tmp = target.with_name(f".{target.name}.tmp.npy")
-    np.save(tmp, pairs.reshape(-1, 2))
-    tmp.replace(target)
+    _save_npz(out_path, {"array": pairs.reshape(-1, 2)})
     return out_path
 
 

@@ -50,7 +50,7 @@ def cut_shards(
         k = len(shards)
         key = shard_hash(rows, cfg_json, eval_json)
         path = folder / f"input-{k:05d}.parquet"
-        if not _finished(folder, k, key):
+        if _finished(folder, k, key) is None:
             write_parquet(rows, path)
         shards.append(InputShard(k, str(path), key))
         rows.clear()
@@ -144,8 +144,9 @@ def run_shards(
 
     jobs, job_shards = [], []
     for s in shards:
-        if _finished(folder, s.k, s.key):
-            summaries.add(s.k, json.loads(_marker(folder, s.k).read_text()), reused=True)
+        done = _finished(folder, s.k, s.key)
+        if done is not None:
+            summaries.add(s.k, done, reused=True)
         else:
             jobs.append((s.path, cfg_json, eval_json, str(folder), s.k, s.key))
             job_shards.append(s)
@@ -167,9 +168,11 @@ def _marker(folder: Path, k: int) -> Path:
     return folder / f"shard-{k:05d}.json"
 
 
-def _finished(folder: Path, k: int, key: str) -> bool:
+def _finished(folder: Path, k: int, key: str) -> dict[str, Any] | None:
+    """Shard k's summary when an earlier attempt finished it with these rows and settings."""
     marker = _marker(folder, k)
-    return marker.is_file() and json.loads(marker.read_text()).get("hash") == key
+    meta = json.loads(marker.read_text()) if marker.is_file() else None
+    return meta if meta is not None and meta.get("hash") == key else None
 
 
 def kept_path(folder: Path, k: int) -> Path:
