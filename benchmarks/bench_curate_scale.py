@@ -15,7 +15,8 @@ Memory: every process of the run (the stage's own, its process-pool or Ray worke
 and GCS) is polled every 0.2 s for its peak resident set (`VmHWM` in /proc, the kernel's own
 high-water mark, so a spike between polls still counts); the stage process's own peak also comes
 from `getrusage` at its exit. Resident sets include shared pages a process touched (Ray's object
-store is shared memory), so per-process peaks are not additive. Agreement: the two executors'
+store is shared memory), so per-process peaks are not additive; each process's private memory
+(`RssAnon`, the highest polled) is recorded beside it to tell the two apart. Agreement: the two executors'
 corpus parts, dropped-audit parts and flagged lists are compared byte for byte, and the funnels.
 """
 
@@ -63,14 +64,14 @@ def role(proc: psutil.Process, main_pid: int) -> str:
     return f"ray other ({name})" if "ray" in cmd else name
 
 
-def hwm_kb(pid: int) -> int | None:
+def memory_kb(pid: int) -> tuple[int, int] | None:
+    """(VmHWM, RssAnon) of a process: its peak resident set, and its private memory now (RssAnon
+    leaves out the shared pages — Ray's object store — that VmHWM counts)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return int(fields["VmHWM"].split()[0]), int(fields["RssAnon"].split()[0])
+    except (OSError, KeyError, ValueError):
         return None
-    return None
 
 
 def run_stage(corpus: Path, executor: str, runs: Path) -> dict[str, Any]:
@@ -85,15 +86,21 @@ def run_stage(corpus: Path, executor: str, runs: Path) -> dict[str, Any]:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         main = psutil.Process(proc.pid)
         peaks: dict[int, tuple[str, int]] = {}
+        anon: dict[
+            int, int
+        ] = {}  # highest RssAnon seen per process (a poll: spikes between polls are missed)
         while proc.poll() is None:
             try:
                 family = [main, *main.children(recursive=True)]
             except psutil.Error:
                 family = []
             for p in family:
-                kb = hwm_kb(p.pid)
-                if kb is not None and kb > peaks.get(p.pid, ("", 0))[1]:
-                    peaks[p.pid] = (peaks.get(p.pid, (None,))[0] or role(p, proc.pid), kb)
+                kb = memory_kb(p.pid)
+                if kb is None:
+                    continue
+                if kb[0] > peaks.get(p.pid, ("", 0))[1]:
+                    peaks[p.pid] = (peaks.get(p.pid, (None,))[0] or role(p, proc.pid), kb[0])
+                anon[p.pid] = max(anon.get(p.pid, 0), kb[1])
             time.sleep(0.2)
     wall = time.perf_counter() - t0
     text = log.read_text()
@@ -102,10 +109,11 @@ def run_stage(corpus: Path, executor: str, runs: Path) -> dict[str, Any]:
     own = max([int(line.split()[1]) for line in text.splitlines() if line.startswith("PEAK_RSS_KB")] or [0])
     peaks[proc.pid] = ("stage (driver)", max(own, peaks.get(proc.pid, ("", 0))[1]))
     by_role: dict[str, dict[str, Any]] = {}
-    for name, kb in peaks.values():
-        r = by_role.setdefault(name, {"processes": 0, "peak_mb": 0.0})
+    for pid, (name, kb) in peaks.items():
+        r = by_role.setdefault(name, {"processes": 0, "peak_mb": 0.0, "peak_private_mb": 0.0})
         r["processes"] += 1
         r["peak_mb"] = max(r["peak_mb"], round(kb / 1024, 1))
+        r["peak_private_mb"] = max(r["peak_private_mb"], round(anon.get(pid, 0) / 1024, 1))
     attempts = [json.loads(x) for x in (runs / "finance/tiny/attempts.jsonl").read_text().splitlines()]
     record = json.loads((runs / "finance/tiny/manifest.json").read_text())["stages"]["curate"]
     return {

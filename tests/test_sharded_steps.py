@@ -152,3 +152,35 @@ def test_bucket_ranges_cover_every_bucket_once():
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
         assert len(ranges) == min(256, -(-n // 200_000))
     assert bucket_ranges(0) == []
+
+
+def test_merge_in_rounds_writes_the_same_parts_as_an_in_memory_sort(tmp_path, monkeypatch):
+    from verticalft.curation import shards
+
+    rng = random.Random(7)
+    docs = [
+        {
+            "id": f"d{rng.randrange(10**6):07d}-{i}",
+            "text": " ".join(rng.choices(VOCAB, k=rng.randrange(1, 40))),
+        }
+        for i in range(1000)
+    ]
+    for i, d in enumerate(docs):  # a column all-null in some files, typed in others
+        d["date"] = "2024-01-02" if i >= 700 and i % 3 else None
+    files = []
+    for k in range(10):  # ten files, each sorted by id, ids interleaved across files
+        part = sorted(docs[k * 100 : (k + 1) * 100], key=lambda r: r["id"])
+        files.append(str(tmp_path / f"s{k}.parquet"))
+        write_parquet(part, Path(files[-1]), 16)
+    expected = shards.write_parts(sorted(docs, key=lambda r: r["id"]), tmp_path / "memory", 90)
+    monkeypatch.setattr(shards, "MERGE_FANIN", 3)  # 10 files → 4 → 2 → merged: two rounds
+    rounds, merge_file = [], shards._merge_file
+    monkeypatch.setattr(
+        shards, "_merge_file", lambda paths, path: rounds.append(len(paths)) or merge_file(paths, path)
+    )
+    got = shards.merge_parts(files, tmp_path / "merged", 90)
+    assert rounds == [3, 3, 3, 1, 3, 1]  # the rounds happened: 10 → 4 → 2 files, then the parts
+    assert got == expected and len(got) == 12
+    for name in got:
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "memory" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == got  # no scratch left

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -84,7 +85,8 @@ def _ray_map(
     started = _ray_init(workers)
     try:
         remote = ray.remote(num_cpus=1)(fn)
-        refs = {remote.remote(*job): i for i, job in enumerate(jobs)}
+        shared = _put_shared(jobs)
+        refs = {remote.remote(*(shared.get(id(a), a) for a in job)): i for i, job in enumerate(jobs)}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -93,3 +95,16 @@ def _ray_map(
     finally:
         if started:
             ray.shutdown()
+
+
+def _put_shared(jobs: Sequence[tuple[Any, ...]]) -> dict[int, Any]:
+    """Object refs for the arguments several jobs share (the same object: an eval index, a list of
+    files, the refs to leave out): Ray copies a big argument into its object store once per task
+    otherwise, and every task is submitted at once. Tasks receive the value, as before."""
+    import ray
+
+    counts = Counter(
+        id(a) for job in jobs for a in job if not isinstance(a, (bool, int, float, str, type(None)))
+    )
+    objects = {id(a): a for job in jobs for a in job}
+    return {key: ray.put(objects[key]) for key, n in counts.items() if n > 1}

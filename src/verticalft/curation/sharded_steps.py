@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,12 +264,16 @@ def sharded_global_steps(
     import numpy as np
     from tqdm.auto import tqdm
 
-    def run(desc: str, fn, jobs: list[tuple[Any, ...]]) -> list[Any]:
-        out: list[Any] = [None] * len(jobs)
+    def each(desc: str, fn, jobs: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         with tqdm(total=len(jobs), desc=f"curate {desc} ({executor})", unit="task") as bar:
             for j, res in map_shards(fn, jobs, executor, workers):
-                out[j] = res
+                yield j, res
                 bar.update()
+
+    def run(desc: str, fn, jobs: list[tuple[Any, ...]]) -> list[Any]:
+        out: list[Any] = [None] * len(jobs)
+        for j, res in each(desc, fn, jobs):
+            out[j] = res
         return out
 
     for sub in ("signatures", "pairs", "survivors"):
@@ -348,12 +352,21 @@ def sharded_global_steps(
     survivors = [str(folder / "survivors" / f"shard-{s.k:05d}.parquet") for s in shards]
     cap = cfg.max_dropped_per_reason
     jobs = [(s.path, by_shard[s.k], index, mode, out, cap) for s, out in zip(shards, survivors, strict=True)]
-    results = run("decontaminate", finish_shard, jobs)
-    dropped = [row for res in results for row in res["dropped"]]
-    if cap is not None:
-        dropped = sample_dropped(dropped, cap)
-    flagged = [f for res in results for f in res["flagged"]]
-    n_kept = sum(res["n_kept"] for res in results)
+    # Folded as shards finish: with a cap the driver keeps only the audit sample so far (the first
+    # `cap` by id per reason, whatever the arrival order), never every shard's dropped rows.
+    flagged_by: dict[int, list[dict[str, Any]]] = {}
+    dropped_by: dict[int, list[dict[str, Any]]] = {}
+    sample: list[dict[str, Any]] = []
+    n_kept = 0
+    for j, res in each("decontaminate", finish_shard, jobs):
+        flagged_by[j] = res["flagged"]
+        n_kept += res["n_kept"]
+        if cap is None:
+            dropped_by[j] = res["dropped"]
+        else:
+            sample = sample_dropped(sample + res["dropped"], cap)
+    dropped = sample if cap is not None else [row for j in sorted(dropped_by) for row in dropped_by[j]]
+    flagged = [f for j in sorted(flagged_by) for f in flagged_by[j]]
     if index is not None:
         hits = Counter({"contains_eval_item": len(flagged)} if mode == "drop" and flagged else {})
         funnel.count("decontaminate", total - len(drops), hits)

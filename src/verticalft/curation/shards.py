@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from verticalft.rundir import atomic_write_json, atomic_write_text
 
 CORPUS_COLUMNS = ["id", "text", "source", "date", "license"]
 MERGE_ROW_GROUP = 256  # rows per row group of files `merge_parts` streams (one group per file in memory)
+MERGE_FANIN = 32  # files `merge_parts` reads at once; more go through merge rounds
 
 
 @dataclass(frozen=True)
@@ -227,27 +229,66 @@ def write_parts(rows: list[dict[str, Any]], folder: Path, size: int) -> list[str
 
 def merge_parts(paths: list[str], folder: Path, size: int) -> list[str]:
     """`write_parts` of the rows of `paths` (each sorted by id) merged by id, streamed: one row group
-    per file in memory (write them with small ones: `MERGE_ROW_GROUP`), never the corpus. Same
-    parts, same bytes as `write_parts`."""
-    import heapq
-
-    import pyarrow.parquet as pq
-
-    def rows(path: str) -> Iterator[dict[str, Any]]:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGE_ROW_GROUP):
-            yield from batch.to_pylist()
-
+    from each of at most `MERGE_FANIN` files in memory (write them with small ones:
+    `MERGE_ROW_GROUP`), never the corpus. More files are merged in rounds through temporary files
+    — the external merge sort — so memory does not grow with the number of shards. Same parts,
+    same bytes as `write_parts`."""
     _clear_parts(folder)
+    scratch = folder / ".merge"
+    shutil.rmtree(scratch, ignore_errors=True)
+    rounds = 0
+    while len(paths) > MERGE_FANIN:
+        groups = [paths[i : i + MERGE_FANIN] for i in range(0, len(paths), MERGE_FANIN)]
+        paths = [_merge_file(g, scratch / f"round{rounds}-{j:05d}.parquet") for j, g in enumerate(groups)]
+        rounds += 1
     names: list[str] = []
     part: list[dict[str, Any]] = []
-    for row in heapq.merge(*(rows(p) for p in paths), key=lambda r: r["id"]):
+    for row in _merged(paths):
         part.append(row)
         if len(part) == size:
             names.append(_write_part(part, folder, len(names)))
             part = []
     if part or not names:
         names.append(_write_part(part, folder, len(names)))
+    shutil.rmtree(scratch, ignore_errors=True)
     return names
+
+
+def _sorted_rows(path: str) -> Iterator[dict[str, Any]]:
+    """A Parquet file's rows, one row group in memory at a time (Arrow's batch iterator reads ahead:
+    ~1.8 MB per open file against ~0.5 MB here, measured on 256-row groups)."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path, pre_buffer=False)
+    for i in range(f.num_row_groups):
+        yield from f.read_row_group(i).to_pylist()
+
+
+def _merged(paths: list[str]) -> Iterator[dict[str, Any]]:
+    import heapq
+
+    return heapq.merge(*(_sorted_rows(p) for p in paths), key=lambda r: r["id"])
+
+
+def _merge_file(paths: list[str], path: Path) -> str:
+    """One merge round: `paths` merged by id into `path`, in row groups of `MERGE_ROW_GROUP`. The
+    schema is the inputs' unified one (a column all-null in one file is typed in another); the
+    final parts are built from the rows again, so this file's types never reach them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
+    with pq.ParquetWriter(path, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for row in _merged(paths):
+            batch.append(row)
+            if len(batch) == MERGE_ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    return str(path)
 
 
 def _clear_parts(folder: Path) -> None:
