@@ -29,6 +29,8 @@ def results_header(
     header: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "cpu": cpu_model(),
+        "commit": _commit(),
     }
     if load_before is not None:
         header["load_average_1_5_15"] = {
@@ -37,6 +39,37 @@ def results_header(
         }
     header["command"] = f"python benchmarks/{script} " + shlex.join(argv)
     return header
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has AVX-512 / AMX: CI machines of one kind differ in
+    exactly these, and speeds (bf16 above all) differ with them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name.group(1) if name else 'unknown'} ({', '.join(extras) or 'no AVX-512'})"
+
+
+def _commit() -> str:
+    """The repository's commit, `-dirty` when the working tree differs from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def model_label(ref: str) -> str:
