@@ -169,10 +169,18 @@ def main() -> None:
         for ex in args.executors:
             row[ex].pop("funnel")
         results[str(n)] = row
-    # Runs of other sizes (another command) stay in the file, each with its own command line.
+    # Other runs (another command) stay in the file, each with its own command line; only the
+    # (size, executor) results measured again are replaced, with the agreement that used them.
     out = RESULTS / "curate_scale.json"
     old = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    old["runs"] = [r for r in old["runs"] if not set(r["sizes"]) & set(results)]
+    for run in old["runs"]:
+        for n in set(run["sizes"]) & set(results):
+            row = run["sizes"][n]
+            if any(row.pop(ex, None) for ex in args.executors):
+                row.pop("agreement", None)
+            if not set(row) - {"corpus_mb"}:
+                del run["sizes"][n]
+    old["runs"] = [r for r in old["runs"] if r["sizes"]]
     old["runs"].append({**results_header(Path(__file__).name, sys.argv[1:], load), "sizes": results})
     out.write_text(json.dumps(old, indent=1))
     print(f"wrote {out}")
