@@ -2,7 +2,7 @@
 steps in memory) vs executor=ray (global steps as tasks over shard files), and whether they agree.
 
     .venv/bin/python benchmarks/bench_curate_scale.py [--sizes 100000 250000 500000 1000000]
-        [--work /tmp/curate-scale] [--executors local ray]
+        [--work /tmp/curate-scale] [--executors local ray] [--compare]
 
 For each size, the first N documents of one generated corpus (`make_corpus.py`, not committed; N
 documents are a prefix of the biggest) go through `verticalft run recipes/finance.yaml -p tiny
@@ -135,12 +135,35 @@ def outputs(runs: Path) -> dict[str, bytes]:
     return {str(p.relative_to(stage)): p.read_bytes() for p in [*files, stage / "flagged.jsonl"]}
 
 
+def agreement(work: Path, n: int) -> dict[str, bool]:
+    """Whether the local and Ray runs of `n` documents under `work` wrote the same outputs."""
+    a, b = (outputs(work / f"runs-{ex}-{n}") for ex in ("local", "ray"))
+    funnels = [
+        json.loads((work / f"runs-{ex}-{n}/finance/tiny/manifest.json").read_text())["stages"]["curate"][
+            "metrics"
+        ]["funnel"]
+        for ex in ("local", "ray")
+    ]
+    return {
+        "same_files": sorted(a) == sorted(b),
+        "identical_bytes": a == b,
+        "same_funnel": funnels[0] == funnels[1],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 250_000, 500_000, 1_000_000])
     ap.add_argument("--executors", nargs="+", default=["local", "ray"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/curate-scale"))
+    ap.add_argument(
+        "--compare", action="store_true", help="only compare the existing local and Ray runs of each size"
+    )
     args = ap.parse_args()
+    if args.compare:  # runs of the two executors made by separate commands
+        for n in args.sizes:
+            print(n, agreement(args.work, n))
+        return
     load = os.getloadavg()
     biggest = args.work / f"corpus-{max(args.sizes)}.jsonl"
     if not biggest.is_file():
@@ -159,12 +182,7 @@ def main() -> None:
             row[ex] = run_stage(corpus, ex, args.work / f"runs-{ex}-{n}")
             print(n, ex, {k: v for k, v in row[ex].items() if k != "funnel"}, flush=True)
         if len(args.executors) == 2:
-            a, b = (outputs(args.work / f"runs-{ex}-{n}") for ex in args.executors)
-            row["agreement"] = {
-                "same_files": sorted(a) == sorted(b),
-                "identical_bytes": a == b,
-                "same_funnel": row[args.executors[0]]["funnel"] == row[args.executors[1]]["funnel"],
-            }
+            row["agreement"] = agreement(args.work, n)
             print(n, row["agreement"], flush=True)
         for ex in args.executors:
             row[ex].pop("funnel")
