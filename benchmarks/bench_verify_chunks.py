@@ -15,9 +15,7 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
-
-from verticalft.curation.sharded_steps import verify_pairs
+from verticalft.curation.sharded_steps import candidate_pairs, verify_pairs
 
 
 def main() -> None:
@@ -27,12 +25,7 @@ def main() -> None:
     ap.add_argument("--ngram", type=int, default=5)
     ap.add_argument("--threshold", type=float, default=0.8)
     args = ap.parse_args()
-    pairs = np.unique(
-        np.concatenate([np.load(p) for p in sorted((args.stage / "global/pairs").glob("*.npy"))]), axis=0
-    )
-    pairs = pairs[
-        np.lexsort((pairs[:, 1] >> np.uint64(32), pairs[:, 0] >> np.uint64(32)))
-    ]  # as the stage does
+    pairs = candidate_pairs(sorted((args.stage / "global/pairs").glob("*.npy")))
     paths = {int(p.name[6:11]): str(p) for p in (args.stage / "shards").glob("shard-*.kept.parquet")}
     t0, verified = time.perf_counter(), 0
     for i in range(0, len(pairs), args.chunk):

@@ -232,6 +232,15 @@ def bucket_ranges(n_docs: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+def candidate_pairs(paths: Sequence[Path]):
+    """The distinct ref pairs of the band files `paths`, ordered by the shards they touch, so a
+    chunk of consecutive pairs — one verification task — reads few shard files."""
+    import numpy as np
+
+    pairs = np.unique(np.concatenate([np.zeros((0, 2), np.uint64)] + [np.load(p) for p in paths]), axis=0)
+    return pairs[np.lexsort((pairs[:, 1] >> np.uint64(32), pairs[:, 0] >> np.uint64(32)))]
+
+
 def _components(edges: list[tuple[str, str]]) -> dict[str, str]:
     """Union-find over id pairs: every member of a cluster except its smallest id → that id."""
     parent: dict[str, str] = {}
@@ -319,11 +328,7 @@ def sharded_global_steps(
                 if not path.is_file():
                     jobs.append((sig_paths, b, lo, hi, excluded, str(path)))
         run("near-dedup buckets", band_pairs, jobs)
-        pairs = np.concatenate([np.zeros((0, 2), np.uint64)] + [np.load(p) for p in pair_paths])
-        pairs = np.unique(pairs, axis=0)
-        # Chunks of pairs grouped by the shards they touch, so a task reads few shard files.
-        order = np.lexsort((pairs[:, 1] >> np.uint64(32), pairs[:, 0] >> np.uint64(32)))
-        pairs = pairs[order]
+        pairs = candidate_pairs(pair_paths)
         kept_paths = {s.k: s.path for s in shards}
         jobs = [
             (kept_paths, pairs[i : i + VERIFY_PAIRS], near_cfg.ngram, near_cfg.threshold, near_cfg.verify)

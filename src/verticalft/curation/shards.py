@@ -241,22 +241,24 @@ def merge_parts(paths: list[str], folder: Path, size: int) -> list[str]:
         groups = [paths[i : i + MERGE_FANIN] for i in range(0, len(paths), MERGE_FANIN)]
         paths = [_merge_file(g, scratch / f"round{rounds}-{j:05d}.parquet") for j, g in enumerate(groups)]
         rounds += 1
-    names: list[str] = []
-    part: list[dict[str, Any]] = []
-    for row in _merged(paths):
-        part.append(row)
-        if len(part) == size:
-            names.append(_write_part(part, folder, len(names)))
-            part = []
-    if part or not names:
-        names.append(_write_part(part, folder, len(names)))
+    names = [_write_part(part, folder, k) for k, part in enumerate(_chunks(_merged(paths), size))]
+    if not names:
+        names.append(_write_part([], folder, 0))
     shutil.rmtree(scratch, ignore_errors=True)
     return names
 
 
+def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive lists of `size` rows (the last shorter), streamed."""
+    import itertools
+
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
 def _sorted_rows(path: str) -> Iterator[dict[str, Any]]:
-    """A Parquet file's rows, one row group in memory at a time (Arrow's batch iterator reads ahead:
-    ~1.8 MB per open file against ~0.5 MB here, measured on 256-row groups)."""
+    """A Parquet file's rows, one row group in memory at a time (Arrow's batch iterator reads ahead,
+    several times that per open file: `benchmarks/bench_merge_memory.py`)."""
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(path, pre_buffer=False)
@@ -273,20 +275,14 @@ def _merged(paths: list[str]) -> Iterator[dict[str, Any]]:
 def _merge_file(paths: list[str], path: Path) -> str:
     """One merge round: `paths` merged by id into `path`, in row groups of `MERGE_ROW_GROUP`. The
     schema is the inputs' unified one (a column all-null in one file is typed in another); the
-    final parts are built from the rows again, so this file's types never reach them."""
+    final parts are built from the rows again, as `write_parts` builds them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
     with pq.ParquetWriter(path, schema) as writer:
-        batch: list[dict[str, Any]] = []
-        for row in _merged(paths):
-            batch.append(row)
-            if len(batch) == MERGE_ROW_GROUP:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
+        for batch in _chunks(_merged(paths), MERGE_ROW_GROUP):
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
     return str(path)
 
