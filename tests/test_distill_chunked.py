@@ -177,3 +177,24 @@ def test_unknown_logit_post_processing_stops_instead_of_training_on_wrong_target
     inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
     with pytest.raises(ValueError, match="post-processes"):
         response_hidden(model, inputs, b["labels"][:, 1:] != -100)
+
+
+def test_a_cache_merged_from_parts_equals_a_one_pass_build(tmp_path):
+    """Parts of whole teacher batches, built in any order by any rank, merge to the same bytes as
+    one pass; the ranges cover every example once (13 examples, batches of 2, 4 parts asked)."""
+    rows, teacher = examples(13, seed=5), tiny(4, 96)
+    ranges = tc.part_ranges(len(rows), 2, parts=4)
+    assert ranges == [(0, 4), (4, 8), (8, 12), (12, 13)]  # ceil(13/4)=4 examples, a multiple of 2
+    assert tc.parts_of_rank(len(ranges), 1, 3) == [1] and tc.parts_of_rank(len(ranges), 0, 3) == [0, 3]
+    one = tc.write_cache(tmp_path / "one", tc.teacher_rows(teacher, rows, 16, 2.0, 2, USED), 13, 16, USED, {})
+    parts = [tmp_path / "parts" / f"part-{i}" for i in range(len(ranges))]
+    for i in (3, 1, 0, 2):  # the order ranks finish in does not matter
+        a, b = ranges[i]
+        tc.write_cache(parts[i], tc.teacher_rows(teacher, rows[a:b], 16, 2.0, 2, USED), b - a, 16, USED, {})
+    merged = tc.merge_parts(tmp_path / "merged", parts, USED, {})
+    assert tc.is_complete(tmp_path / "merged") and merged.meta["parts"] == 4 and len(merged) == 13
+    for name in ("offsets", "ids", "logprobs", "tail"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(one, name))
+    for i in range(13):
+        for got, want in zip(merged.example(i), one.example(i), strict=True):
+            np.testing.assert_array_equal(got, want)

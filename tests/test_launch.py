@@ -150,7 +150,20 @@ def test_qlora_under_sharding_stores_4bit_weights_in_the_compute_dtype(on_gpus, 
     q = kw["quantization_config"]
     # bitsandbytes' FSDP-QLoRA guide: quant storage = the dtype of the other (16-bit) parameters
     assert q.bnb_4bit_quant_storage == q.bnb_4bit_compute_dtype == torch.bfloat16
-    assert "device_map" not in kw  # FSDP / ZeRO-3 place the shards
+    if engine == "ACCELERATE_USE_FSDP":
+        # PEFT's FSDP-QLoRA guide: each rank quantizes onto its own GPU (bitsandbytes otherwise
+        # uses torch.cuda.current_device(), GPU 0 on every rank: 8 models on one card)
+        assert kw["device_map"] == {"": 3}
+    else:
+        assert "device_map" not in kw  # transformers refuses a device_map under ZeRO-3
+
+
+def test_a_teacher_loads_whole_onto_its_ranks_gpu(on_gpus):
+    from verticalft.models import load_kwargs
+
+    assert load_kwargs("none", inference=True)["device_map"] == {"": 3}
+    on_gpus.delenv("LOCAL_RANK")  # one process on a GPU machine: the first GPU, not the CPU
+    assert load_kwargs("none", inference=True)["device_map"] == {"": 0}
 
 
 def test_an_unlaunched_cpu_process_loads_as_before(monkeypatch):

@@ -54,15 +54,79 @@ def is_deepspeed_run() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def is_sharded_run() -> bool:
+    """FSDP or DeepSpeed (ZeRO-3): the model's weights are spread over the ranks once prepared."""
+    return is_fsdp_run() or is_deepspeed_run()
+
+
 def local_rank() -> int | None:
     """This process's device index under torchrun / accelerate (None when not launched)."""
     value = os.environ.get("LOCAL_RANK")
     return int(value) if value is not None else None
 
 
+def world_size() -> int:
+    """Processes in this launch (1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """True in a process of a multi-process launch (torchrun / accelerate)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_process_state(timeout_minutes: float) -> None:
+    """Under a launcher, make this process's distributed state before anything loads a model.
+
+    - `torch.cuda.set_device(LOCAL_RANK)`: bitsandbytes quantizes onto `torch.cuda.current_device()`,
+      which is 0 on every rank until something sets it (8 ranks' 4-bit models on GPU 0 otherwise);
+    - accelerate's `PartialState` with the recipe's timeout: the process group exists before
+      `from_pretrained`, so transformers' `is_fsdp_enabled()` holds at load time (FSDP's
+      `cpu_ram_efficient_loading`: only local rank 0 reads the weights) and every barrier waits
+      `compute.timeout_minutes`, not torch's default 10 minutes (a group made later by
+      `TrainingArguments` keeps this one's timeout: accelerate's state is shared).
+    A no-op outside a launcher.
+    """
+    if local_rank() is None:
+        return
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    if has_gpu():
+        torch.cuda.set_device(local_rank())
+    PartialState(cpu=not has_gpu(), timeout=timedelta(minutes=timeout_minutes))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (one all-reduce); `flag` outside a launch.
+
+    Ranks must take the same branch after a rank-local event (an OOM on one GPU, a failed
+    student): a rank that moves on alone meets the others in a different collective and hangs.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    on_gpu = "nccl" in str(dist.get_backend()) and "gloo" not in str(dist.get_backend())
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class FailedOnAnotherRank(RuntimeError):
+    """This rank's work succeeded, but another rank's failed: every rank gives the unit up together."""
+
+
+def agree_or_raise(error: BaseException | None, what: str) -> None:
+    """Raise on every rank when `what` failed on any rank (this rank's own error, if it had one)."""
+    if any_rank(error is not None):
+        if error is not None:
+            raise error
+        raise FailedOnAnotherRank(f"{what} failed on another rank (see that rank's output)")
 
 
 @contextmanager

@@ -146,15 +146,21 @@ def quantization_config(kind: str, sharded: bool = False) -> Any:
     )
 
 
-def load_kwargs(quantization: str = "none", trust_remote_code: bool = False) -> dict[str, Any]:
+def load_kwargs(
+    quantization: str = "none", trust_remote_code: bool = False, inference: bool = False
+) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for a training or teacher model in this process.
 
-    A 4-bit model is quantized as it loads, onto the device it loads to. Under a launcher:
-    - data parallel (DDP) on GPUs: each rank puts its copy on its own GPU,
-      `device_map={"": LOCAL_RANK}` (as TRL's `get_kbit_device_map`); without it every rank
-      would load onto GPU 0;
-    - FSDP or DeepSpeed ZeRO-3: no `device_map` (the sharding engine places the weights) and the
-      quantized storage in the compute dtype (`quantization_config(sharded=True)`).
+    A 4-bit model is quantized as it loads, onto the device it loads to, so it is placed there:
+    - DDP and FSDP on GPUs: each rank on its own GPU, `device_map={"": LOCAL_RANK}` (TRL's
+      `get_kbit_device_map`; PEFT's FSDP-QLoRA guide). Without it bitsandbytes uses
+      `torch.cuda.current_device()`, GPU 0 on every rank. Under FSDP the 4-bit storage is in the
+      compute dtype (`quantization_config(sharded=True)`) so FSDP can flatten it;
+    - DeepSpeed ZeRO-3: no `device_map` (transformers refuses one); ZeRO-3 partitions at load
+      because the trainer config exists first (`stages.training.train_model`) and the rank's
+      GPU is the current device (`launch.init_process_state`).
+    16-bit training models get no `device_map`: the Trainer (DDP) or FSDP places them. A model
+    loaded for `inference` (the distillation teacher) goes on this rank's GPU whole.
     """
     from verticalft.launch import has_gpu, is_deepspeed_run, is_fsdp_run, local_rank
 
@@ -164,9 +170,8 @@ def load_kwargs(quantization: str = "none", trust_remote_code: bool = False) -> 
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype
-        rank = local_rank()
-        if not sharded and rank is not None and has_gpu():
-            kwargs["device_map"] = {"": rank}
+    if has_gpu() and (inference or (qconfig is not None and not is_deepspeed_run())):
+        kwargs["device_map"] = {"": local_rank() or 0}
     return kwargs
 
 
@@ -211,12 +216,15 @@ def load_tokenizer(
     return use_run_template(tok, chat_template, require_mask)
 
 
-def load_model(path: str, quantization: str = "none", trust_remote_code: bool = False) -> PreTrainedModel:
+def load_model(
+    path: str, quantization: str = "none", trust_remote_code: bool = False, inference: bool = False
+) -> PreTrainedModel:
     """Load a causal LM from an HF id or folder, optionally 4-bit quantized with bitsandbytes,
     placed for the launcher this process runs under (`load_kwargs`)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quantization, trust_remote_code))
+    kwargs = load_kwargs(quantization, trust_remote_code, inference)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def chat_token_ids(tokenizer: Any) -> list[int]:

@@ -287,10 +287,15 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
     print(f"  launching: {' '.join(cmd)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent())  # torchrun stops its workers
-    if proc.returncode != 0 or not result_path.exists():
+    if not result_path.exists():
         raise StageFailed(f"{stage}: launched workers exited with code {proc.returncode}")
     data = json.loads(result_path.read_text())
-    return StageResult(outputs=data["outputs"], metrics=data["metrics"], summary=data.get("summary", ""))
+    result = StageResult(outputs=data["outputs"], metrics=data["metrics"], summary=data.get("summary", ""))
+    if data.get("failed"):  # some units (students) failed: the others are kept
+        raise PartialFailure(data["failed"], result)
+    if proc.returncode != 0:
+        raise StageFailed(f"{stage}: launched workers exited with code {proc.returncode}")
+    return result
 
 
 def upstream_completions(run: RunDir, stages: list[str], stage: str) -> dict[str, str | None]:
@@ -377,8 +382,9 @@ def run_recipe(
     return outcomes
 
 
-def write_worker_result(run: RunDir, stage: str, result: StageResult) -> None:
+def write_worker_result(run: RunDir, stage: str, result: StageResult, failed: str | None = None) -> None:
+    """Rank 0's result for the orchestrator; `failed`: the stage failed in part (PartialFailure)."""
     atomic_write_json(
         run.stage_dir(stage) / RESULT_FILE,
-        {"outputs": result.outputs, "metrics": result.metrics, "summary": result.summary},
+        {"outputs": result.outputs, "metrics": result.metrics, "summary": result.summary, "failed": failed},
     )

@@ -435,6 +435,10 @@ class Compute(Strict):
     launcher: Literal["none", "torchrun", "accelerate"] = "none"
     accelerate_config: str = "ddp"  # ddp | fsdp2 | deepspeed-zero3 | a path to your own config
     seed: int = 42
+    # How long a rank waits at a barrier for the others (torch's default is 10 minutes): longer
+    # than the longest step one rank does alone — rank 0 scoring the teacher before the cache
+    # barrier, merging an adapter into a 32B model. `plan` warns when a planned step exceeds it.
+    timeout_minutes: float = Field(default=120.0, gt=0)
 
     @property
     def world_size(self) -> int:

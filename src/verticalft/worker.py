@@ -12,10 +12,11 @@ import argparse
 
 import yaml
 
+from verticalft.launch import init_process_state
 from verticalft.pipeline import run_stage_in_process, write_worker_result
 from verticalft.recipe import Recipe
 from verticalft.rundir import RunDir
-from verticalft.stages.base import StageContext, is_main_process
+from verticalft.stages.base import PartialFailure, StageContext, is_main_process
 
 
 def main() -> None:
@@ -26,7 +27,14 @@ def main() -> None:
     args = parser.parse_args()
     run = RunDir(args.run_dir)
     recipe = Recipe.model_validate(yaml.safe_load((run.root / "recipe.resolved.yaml").read_text()))
-    result = run_stage_in_process(StageContext(recipe, run, args.stage, resume=args.resume))
+    # the process group (with the recipe's timeout) and this rank's GPU, before any model loads
+    init_process_state(recipe.compute.timeout_minutes)
+    try:
+        result = run_stage_in_process(StageContext(recipe, run, args.stage, resume=args.resume))
+    except PartialFailure as exc:  # the finished units (students) reach the manifest all the same
+        if is_main_process():
+            write_worker_result(run, args.stage, exc.result, failed=str(exc))
+        raise SystemExit(1) from exc
     if is_main_process():
         write_worker_result(run, args.stage, result)
 

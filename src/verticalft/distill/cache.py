@@ -16,6 +16,11 @@ rerun of the distill stage with other student settings reuses it):
     meta.json      the key's parts, k, temperature, dtypes, bytes per token
     DONE           written last: a folder without it is a killed build and is rebuilt
 
+It is built in parts (`<key>.parts/part-NNNNN/`, each a cache of the same layout for a range of
+examples, `part_ranges`): under a launcher every rank builds its share with its own copy of the
+teacher, a killed build resumes at the first unfinished part, and rank 0 merges the parts into
+the one folder above (`merge_parts`, the same bytes as a one-pass build).
+
 The key hashes the teacher (its folder's config and weight files' names/sizes, or the run
 fingerprint of the stage that produced it), the tokenizer's vocabulary, the chat template,
 the tokenized data, k and the temperature: change any of them and a new cache is built; one
@@ -102,6 +107,30 @@ def is_complete(root: Path) -> bool:
     return (root / DONE).exists()
 
 
+def _id_dtype(vocab_size: int) -> Any:
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def _fresh(root: Path) -> Path:
+    """The temporary folder a cache is written into before it is renamed to `root`."""
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish(tmp: Path, root: Path, info: dict[str, Any]) -> TeacherCache:
+    """meta.json, rename into place, DONE last (a folder without DONE is a killed build)."""
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    cache = TeacherCache(root)
+    info["bytes_per_token"] = round(cache.bytes_per_token(), 1)
+    (root / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    (root / DONE).write_text("ok\n")
+    return TeacherCache(root)
+
+
 def write_cache(
     root: Path,
     per_example: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -115,10 +144,8 @@ def write_cache(
     Rows go to a temporary folder first; it is renamed into place and DONE is written last,
     so a killed build leaves no folder that looks finished.
     """
-    id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    id_dtype = _id_dtype(vocab_size)
+    tmp = _fresh(root)
     ids_parts, lp_parts, tail_parts, offsets = [], [], [], [0]
     for ids, logprobs, tail in per_example:
         ids_parts.append(np.asarray(ids, dtype=id_dtype).reshape(-1, k))
@@ -131,23 +158,56 @@ def write_cache(
     np.save(tmp / "logprobs.npy", np.concatenate(lp_parts) if lp_parts else np.zeros((0, k), np.float16))
     np.save(tmp / "tail.npy", np.concatenate(tail_parts) if tail_parts else np.zeros((0,), np.float32))
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    tokens = offsets[-1]
-    info = {
-        **meta,
-        "k": k,
-        "examples": n_examples,
-        "tokens": tokens,
-        "id_dtype": np.dtype(id_dtype).name,
-        "logprob_dtype": "float16",
-    }
-    (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    cache = TeacherCache(root)
-    info["bytes_per_token"] = round(cache.bytes_per_token(), 1)
-    (root / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-    (root / DONE).write_text("ok\n")
-    return TeacherCache(root)
+    info = {**meta, "k": k, "examples": n_examples, "tokens": offsets[-1]}
+    info |= {"id_dtype": np.dtype(id_dtype).name, "logprob_dtype": "float16"}
+    return _finish(tmp, root, info)
+
+
+# --------------------------------------------------------------------------- built in parts
+PARTS = 64  # about this many parts per cache: 8 per rank on one 8-GPU node
+
+
+def part_ranges(n_examples: int, batch_size: int, parts: int = PARTS) -> list[tuple[int, int]]:
+    """[start, end) example ranges of the cache's parts: a whole number of teacher batches each,
+    so the batches (and with them every cached number) are the same whichever rank builds which
+    part and however many ranks there are."""
+    per = max(1, -(-n_examples // parts))
+    per = -(-per // batch_size) * batch_size
+    return [(a, min(a + per, n_examples)) for a in range(0, n_examples, per)]
+
+
+def parts_of_rank(n_parts: int, rank: int, world: int) -> list[int]:
+    """Round-robin: rank r builds parts r, r + world, … (equal shares when parts are equal)."""
+    return list(range(rank, n_parts, world))
+
+
+def merge_parts(root: Path, parts: list[Path], vocab_size: int, meta: dict[str, Any]) -> TeacherCache:
+    """One cache from its finished parts, in order, written through memory maps (one part's
+    rows in memory at a time); the same bytes as a cache written in one pass."""
+    from numpy.lib.format import open_memmap
+
+    readers = [TeacherCache(p) for p in parts]
+    k = readers[0].k if readers else int(meta.get("k", 1))
+    tokens = sum(int(r.offsets[-1]) for r in readers)
+    id_dtype = _id_dtype(vocab_size)
+    tmp = _fresh(root)
+    ids = open_memmap(tmp / "ids.npy", mode="w+", dtype=id_dtype, shape=(tokens, k))
+    lps = open_memmap(tmp / "logprobs.npy", mode="w+", dtype=np.float16, shape=(tokens, k))
+    tail = open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(tokens,))
+    offsets, at = [np.zeros(1, np.int64)], 0
+    for r in readers:
+        n = int(r.offsets[-1])
+        ids[at : at + n], lps[at : at + n], tail[at : at + n] = r.ids, r.logprobs, r.tail
+        offsets.append(r.offsets[1:] + at)
+        at += n
+    for array in (ids, lps, tail):
+        array.flush()
+    del ids, lps, tail
+    np.save(tmp / "offsets.npy", np.concatenate(offsets))
+    n_examples = sum(len(r) for r in readers)
+    info = {**meta, "k": k, "examples": n_examples, "tokens": tokens, "parts": len(parts)}
+    info |= {"id_dtype": np.dtype(id_dtype).name, "logprob_dtype": "float16"}
+    return _finish(tmp, root, info)
 
 
 def teacher_rows(

@@ -1,14 +1,15 @@
 """The teacher side of the distill stage: which teacher, its conversations, the top-k logit cache
-(built once, by rank 0 under a launcher) and, for `sequence`, its generated answers filtered like
+(built once, in parts shared by every rank under a launcher) and, for `sequence`, its generated answers filtered like
 curated SFT records (written once, reused by every rank and by a rerun)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from typing import Any
 
-from verticalft.launch import main_process_first
+from verticalft.launch import agree_or_raise, any_rank, main_process_first, world_size
 from verticalft.models import load_model
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import StageContext, rank
@@ -32,18 +33,20 @@ def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
 
 def load_teacher(ctx: StageContext, path: str) -> Any:
     cfg = ctx.recipe.stages.distill
-    return load_model(path, cfg.teacher.quantization, ctx.recipe.models.trust_remote_code)
+    return load_model(path, cfg.teacher.quantization, ctx.recipe.models.trust_remote_code, inference=True)
 
 
 def build_cache(
     ctx: StageContext, teacher: Any, tokenizer: Any, examples: list[dict[str, Any]], vocab: int
 ) -> tuple[Any, float]:
-    """(cache, seconds spent building it): reused when its key matches (0 s), else built.
+    """(cache, seconds this rank spent building its parts): reused when its key matches (0 s).
 
-    Under a launcher every rank runs the stage: rank 0 builds the cache while the others wait at
-    a barrier (`launch.main_process_first`), then they reuse it — one build, one teacher in memory
-    for it. A file lock beside the cache also keeps two independent runs from writing it at once.
-    `teacher` may be None (a rank that only needs the cache): it is loaded if this rank builds.
+    Under a launcher every rank builds its share of the parts (`cache.parts_of_rank`) with its own
+    copy of the teacher, quantized as the recipe says, on its own GPU; rank 0 then merges them
+    while the others wait (`main_process_first`, with `compute.timeout_minutes`). Finished parts
+    survive a crash: a rerun builds only the missing ones. A failure on one rank stops every
+    rank (`agree_or_raise`) instead of leaving the others at the barrier.
+    `teacher` may be None: it is loaded if this rank has parts to build.
     """
     import fcntl
 
@@ -58,42 +61,46 @@ def build_cache(
     # (epochs, learning rate, students) clears distill/ but reuses a cache whose key still matches.
     root = ctx.run.root / "teacher_cache" / key
     root.parent.mkdir(parents=True, exist_ok=True)
-    with main_process_first(), root.with_name(key + ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if tc.is_complete(root):
-            print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
-            return tc.TeacherCache(root), 0.0
-        print(f"  teacher cache: building {root} (rank {rank()})", flush=True)
-        return _write_cache(
-            ctx, teacher or load_teacher(ctx, t_path), tokenizer, examples, vocab, root, identity
-        )
-
-
-def _write_cache(
-    ctx: StageContext,
-    teacher: Any,
-    tokenizer: Any,
-    examples: list[dict[str, Any]],
-    vocab: int,
-    root: Any,
-    identity: Any,
-) -> tuple[Any, float]:
-    from verticalft.distill import cache as tc
-
-    cfg = ctx.recipe.stages.distill
-    t0 = time.time()
-    rows = tc.teacher_rows(
-        teacher,
-        examples,
-        cfg.top_k,
-        cfg.temperature,
-        ctx.recipe.evaluation.batch_size,
-        vocab,
-        tokenizer.pad_token_id,
-    )
+    # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
+    if not any_rank(not tc.is_complete(root)):
+        print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
+        return tc.TeacherCache(root), 0.0
+    batch, k = ctx.recipe.evaluation.batch_size, min(cfg.top_k, vocab)
+    ranges = tc.part_ranges(len(examples), batch)
+    parts_dir = root.with_name(key + ".parts")
     meta = {"teacher": identity, "temperature": cfg.temperature, "vocab_size": vocab}
-    cache = tc.write_cache(root, rows, len(examples), min(cfg.top_k, vocab), vocab, meta)
-    return cache, round(time.time() - t0, 2)
+    t0, error = time.time(), None
+    try:
+        mine = tc.parts_of_rank(len(ranges), rank(), world_size())
+        todo = [i for i in mine if not tc.is_complete(parts_dir / f"part-{i:05d}")]
+        print(
+            f"  teacher cache: rank {rank()} builds parts {todo} of {len(ranges)} "
+            f"({len(mine) - len(todo)} of its {len(mine)} done before)",
+            flush=True,
+        )
+        if todo and teacher is None:
+            teacher = load_teacher(ctx, t_path)
+        for i in todo:
+            a, b = ranges[i]
+            rows = tc.teacher_rows(
+                teacher, examples[a:b], k, cfg.temperature, batch, vocab, tokenizer.pad_token_id
+            )
+            tc.write_cache(parts_dir / f"part-{i:05d}", rows, b - a, k, vocab, {**meta, "examples_from": a})
+    except Exception as exc:  # noqa: BLE001 — re-raised on every rank just below
+        error = exc
+    agree_or_raise(error, "building the teacher cache")
+    seconds = round(time.time() - t0, 2)
+    with main_process_first(), root.with_name(key + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # and two independent runs never merge at once
+        if not tc.is_complete(root):
+            parts = [parts_dir / f"part-{i:05d}" for i in range(len(ranges))]
+            missing = [p.name for p in parts if not tc.is_complete(p)]
+            if missing:
+                raise RuntimeError(f"teacher cache: parts {missing} are not finished in {parts_dir}")
+            print(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})", flush=True)
+            tc.merge_parts(root, parts, vocab, meta)
+            shutil.rmtree(parts_dir, ignore_errors=True)
+    return tc.TeacherCache(root), seconds
 
 
 def teacher_generations(

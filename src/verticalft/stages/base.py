@@ -171,6 +171,8 @@ def trainer_config(
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.03,
         "eval_strategy": "no",
+        # the process group's timeout (launch.init_process_state made it with the same value)
+        "ddp_timeout": int(ctx.recipe.compute.timeout_minutes * 60),
         # TRL configs default to bf16=True; on a CPU without AVX-512-BF16/AMX that autocast makes
         # every step ~15-30x slower (models.fit_trainable_dtype), so it follows the hardware.
         "bf16": _bf16_ok(),
@@ -242,15 +244,23 @@ def perplexity(eval_loss: float | None) -> float | None:
     return round(math.exp(min(eval_loss, 50.0)), 4)
 
 
-def quick_eval(ctx: StageContext, model: Any, tokenizer: Any) -> dict[str, Any] | None:
-    """Domain eval score of `model` on the recipe's eval set (rank 0 only)."""
+def quick_eval(
+    ctx: StageContext, model: Any, tokenizer: Any, every_rank: bool = False
+) -> dict[str, Any] | None:
+    """Domain eval score of `model` on the recipe's eval set, returned on rank 0 only.
+
+    Rank 0 alone generates, unless `every_rank`: a model sharded by FSDP/ZeRO-3 gathers its
+    weights in every forward, so every rank must generate the same batches (transformers then
+    sets `synced_gpus`); rank 0 alone would wait for the others forever.
+    """
     from verticalft.scoring import evaluate_model
 
     items = ctx.eval_items()
-    if not items or not is_main_process():
+    if not items or not (is_main_process() or every_rank):
         return None
     ev = ctx.recipe.evaluation
-    return evaluate_model(model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance)
+    summary = evaluate_model(model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance)
+    return summary if is_main_process() else None
 
 
 def fmt_score(summary: dict[str, Any] | None) -> str:
@@ -262,6 +272,10 @@ def save_outputs(
 ) -> dict[str, str]:
     """Write the stage's HF/PEFT folders (rank 0) and return the manifest outputs."""
     outputs: dict[str, str] = {"base_model": base_model}
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # Trainer.save_model writes nothing under FSDP unless the state dict is FULL; checkpoints
+        # stay SHARDED (fast, resumable), the final save gathers (accelerate's intended override)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if is_peft:
         adapter = ctx.dir / "adapter"
         trainer.save_model(str(adapter))

@@ -32,8 +32,8 @@ def run(ctx: StageContext) -> StageResult:
     lora = cfg.method == "lora"
     tokenizer = load_tokenizer(base, recipe.models.chat_template)  # saved with the model for later stages
 
-    def held_out_loss(trainer: Any) -> dict[str, Any]:
-        return {"eval_loss": trainer.evaluate().get("eval_loss") if heldout is not None else None}
+    def held_out_loss(evaluated: dict[str, float]) -> dict[str, Any]:
+        return {"eval_loss": evaluated.get("eval_loss")}
 
     done = train_model(
         ctx,
@@ -65,7 +65,8 @@ def run(ctx: StageContext) -> StageResult:
             fit_dtype=False,
         ),
     )
-    loss_before, loss_after = done.measured_before["eval_loss"], done.measured_after["eval_loss"]  # type: ignore[index]
+    loss_before = (done.measured_before or {}).get("eval_loss")  # None without data.heldout
+    loss_after = (done.measured_after or {}).get("eval_loss")
     ppl_before, ppl_after = perplexity(loss_before), perplexity(loss_after)
     metrics = done.metrics | {
         "domain_docs": n_domain,

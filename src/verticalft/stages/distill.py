@@ -41,6 +41,7 @@ from verticalft.distill.teacher import (
     sequence_rows,
     teacher_path,
 )
+from verticalft.launch import FailedOnAnotherRank, any_rank, world_size
 from verticalft.models import load_tokenizer
 from verticalft.pruning import pruning_record
 from verticalft.rundir import atomic_write_json
@@ -51,6 +52,7 @@ from verticalft.stages.base import (
     fmt_score,
     is_main_process,
     quick_eval,
+    rank,
 )
 from verticalft.stages.training import PeakRss
 
@@ -98,10 +100,17 @@ def run(ctx: StageContext) -> StageResult:
     for name, path in todo.items():
         sctx = ctx.sub(name)
         print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
+        error: Exception | None = None
         try:  # one student's failure must not lose the others
             results[name] = _train_student(sctx, path, t_path, tokenizer, prompts, side, fp)
         except Exception as exc:
-            failures[name] = _record_failure(sctx, name, exc)
+            error = exc
+        # every rank gives the student up together (one rank moving on alone hangs the others)
+        if any_rank(error is not None):
+            results.pop(name, None)
+            failures[name] = _record_failure(
+                sctx, name, error or FailedOnAnotherRank("failed on another rank")
+            )
         gc.collect()
 
     metrics["students"] = {n: {k: v for k, v in r.items() if k != "outputs"} for n, r in results.items()}
@@ -194,11 +203,13 @@ def _train_student(
 
 
 def _record_failure(sctx: StageContext, name: str, exc: Exception) -> str:
-    """The failure in one line for the stage's message; the traceback in the student's error.log."""
+    """The failure in one line for the stage's message; the traceback in the student's error.log
+    (one per rank under a launcher: `error.rank<N>.log`)."""
     message = f"{type(exc).__name__}: {exc}"
     sctx.dir.mkdir(parents=True, exist_ok=True)
-    (sctx.dir / "error.log").write_text(traceback.format_exc())
-    print(f"  student {name} FAILED: {message} (traceback: {sctx.dir / 'error.log'})", flush=True)
+    log = sctx.dir / ("error.log" if world_size() == 1 else f"error.rank{rank()}.log")
+    log.write_text("".join(traceback.format_exception(exc)))
+    print(f"  student {name} FAILED on rank {rank()}: {message} (traceback: {log})", flush=True)
     return message
 
 

@@ -15,11 +15,11 @@ from verticalft.stages.base import StageContext, StageResult, fmt_score
 from verticalft.stages.training import TrainingJob, train_model
 
 
-def _rewards(trainer: Any) -> dict[str, Any]:
+def _rewards(evaluated: dict[str, float]) -> dict[str, Any]:
     """Held-out DPO figures (loss, rewards/accuracies, rewards/margins …) from TRL's evaluate()."""
     return {
         k.removeprefix("eval_"): round(v, 5)
-        for k, v in trainer.evaluate().items()
+        for k, v in evaluated.items()
         if k.startswith("eval_rewards/") or k == "eval_loss"
     }
 

@@ -63,7 +63,7 @@ def generate_all(
     batch = ctx.recipe.evaluation.batch_size
     results = {}
     for m in models:
-        model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code)
+        model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code, inference=True)
         tokenizer = load_tokenizer(m.path, ctx.recipe.models.chat_template)
         done = generate(model, tokenizer, prompts, max_new_tokens, batch)
         results[m.name] = {

@@ -27,8 +27,8 @@ def run(ctx: StageContext) -> StageResult:
     # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in
     tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True)
 
-    def eval_loss(trainer: Any) -> dict[str, Any]:
-        return {"eval_loss": trainer.evaluate().get("eval_loss")}
+    def eval_loss(evaluated: dict[str, float]) -> dict[str, Any]:
+        return {"eval_loss": evaluated.get("eval_loss")}
 
     done = train_model(
         ctx,

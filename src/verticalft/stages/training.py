@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from verticalft.launch import agree_or_raise, is_sharded_run
 from verticalft.models import fit_trainable_dtype, load_model
 from verticalft.stages.base import StageContext, quick_eval, save_outputs, train_and_measure, trainer_config
 
@@ -32,8 +33,9 @@ class TrainingJob:
     managed: dict[str, Any] = field(default_factory=dict)  # set by the stage (validate rejects them)
     is_peft: bool = True  # save a PEFT adapter (else the full model)
     merge: bool = True  # merge the adapter into a full folder for later stages
-    # held-out figures (eval loss, reward accuracy …) taken before and after training
-    measure: Callable[[Any], dict[str, Any]] | None = None
+    # held-out figures (eval loss, reward accuracy …) from the trainer's `evaluate()` metrics,
+    # taken before and after training (`train_model` skips them when the trainer has no eval set)
+    measure: Callable[[dict[str, float]], dict[str, Any]] | None = None
     measure_before: bool = True
     eval_before: bool = True  # the domain quick eval (stages.base.quick_eval) before training …
     eval_after: bool = True  # … and after it
@@ -53,21 +55,50 @@ class Trained:
 
 
 def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
-    """Run one training job in `ctx.dir` (checkpoints/, adapter/, model/, tensorboard/)."""
-    model = load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code)
-    before = quick_eval(ctx, model, job.tokenizer) if job.eval_before else None
+    """Run one training job in `ctx.dir` (checkpoints/, adapter/, model/, tensorboard/).
+
+    The order matters under a launcher:
+    - the trainer config (TrainingArguments: accelerate's process state, DeepSpeed's ZeRO-3 config)
+      exists before `from_pretrained`, so ZeRO-3 partitions at load and FSDP's
+      `cpu_ram_efficient_loading` applies (`launch.init_process_state` made the group already);
+    - a load or trainer build that fails on one rank fails it on every rank (`agree_or_raise`);
+    - under FSDP2 nothing evaluates an unprepared model (accelerate wants model and optimizer
+      prepared together): the held-out figures before training come from `eval_on_start`, the
+      domain quick eval before training is left to the eval stage, and the one after training
+      runs on every rank (generate on a sharded module needs all of them: `synced_gpus`).
+    """
+    sharded = is_sharded_run()
+    measure_before = job.measure is not None and job.measure_before
     args = trainer_config(ctx, job.config_cls, defaults=job.defaults, managed=job.managed)
-    trainer = job.make_trainer(model, args)
+    error: Exception | None = None
+    try:
+        model = load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code)
+        trainer = job.make_trainer(model, args)
+    except Exception as exc:  # noqa: BLE001 — re-raised on every rank just below
+        error = exc
+    agree_or_raise(error, f"loading {job.model_path}")
+    before = quick_eval(ctx, model, job.tokenizer) if job.eval_before and not sharded else None
     if job.fit_dtype:
         fit_trainable_dtype(trainer.model)
-    measured_before = job.measure(trainer) if job.measure and job.measure_before else None
+    has_eval = getattr(trainer, "eval_dataset", None) is not None
+    in_train = sharded and measure_before and has_eval
+    if in_train:
+        trainer.args.eval_on_start = True  # evaluated inside train(), after accelerate's prepare
+    measured_before = _measure(job, trainer) if measure_before and has_eval and not in_train else None
     with PeakRss() as mem:
         metrics = train_and_measure(trainer, ctx)
     metrics["peak_rss_mb"] = mem.mb
-    measured_after = job.measure(trainer) if job.measure else None
-    after = quick_eval(ctx, trainer.model, job.tokenizer) if job.eval_after else None
+    if in_train:
+        first = next((h for h in trainer.state.log_history if "eval_loss" in h), None)
+        measured_before = job.measure(first) if job.measure and first else None
+    measured_after = _measure(job, trainer) if job.measure and has_eval else None
+    after = quick_eval(ctx, trainer.model, job.tokenizer, every_rank=sharded) if job.eval_after else None
     outputs = save_outputs(ctx, trainer, job.tokenizer, job.model_path, job.is_peft, job.merge)
     return Trained(trainer, outputs, metrics, before, after, measured_before, measured_after)
+
+
+def _measure(job: TrainingJob, trainer: Any) -> dict[str, Any]:
+    return job.measure(trainer.evaluate()) if job.measure else {}
 
 
 class PeakRss:
