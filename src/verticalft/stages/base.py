@@ -250,7 +250,10 @@ def quick_eval(ctx: StageContext, model: Any, tokenizer: Any) -> dict[str, Any] 
     if not items or not is_main_process():
         return None
     ev = ctx.recipe.evaluation
-    return evaluate_model(model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance)
+    return evaluate_model(
+        model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance,
+        ctx.recipe.models.chat_template_kwargs,
+    )  # fmt: skip
 
 
 def fmt_score(summary: dict[str, Any] | None) -> str:
