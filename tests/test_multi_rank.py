@@ -87,7 +87,8 @@ def _one_process_cache(run_root: Path, out: Path):
     cfg = recipe.stages.distill
     path = teacher_path(ctx)
     tok = load_tokenizer(path, recipe.models.chat_template, require_mask=True)
-    examples = [chat_example(tok, m, cfg.max_length) for m in conversations(ctx)[: cfg.max_examples]]
+    kwargs = recipe.models.chat_template_kwargs
+    examples = [chat_example(tok, m, cfg.max_length, kwargs) for m in conversations(ctx)[: cfg.max_examples]]
     key = tc.cache_key(tc.teacher_identity(path), tok, examples, cfg.top_k, cfg.temperature)
     teacher = load_model(path, "none")
     rows = tc.teacher_rows(teacher, examples, cfg.top_k, cfg.temperature, 8, len(tok), tok.pad_token_id)

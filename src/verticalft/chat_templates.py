@@ -26,6 +26,15 @@ earlier assistant turns in multi-turn history; single-turn prompts are identical
 transformers' `apply_chat_template` too (it registers the same jinja extension), so served
 prompts are training prompts.
 
+Render variables: `models.chat_template_kwargs` (e.g. `{enable_thinking: false}`) go to every
+render of the template as jinja variables. Reasoning templates need them: Qwen3's renders an
+empty think block after the generation prompt only when `enable_thinking` is false, and without
+it the model thinks first (through all of an eval's `max_new_tokens`). Each path takes them its
+own library's way: `apply_chat_template(..., **kwargs)` (HF eval and teacher generation, the
+distillation mask), a `chat_template_kwargs` column on the rows TRL's SFT/DPO trainers tokenize
+(`with_template_kwargs`), DistillationConfig's `chat_template_kwargs`, vLLM's `LLM.chat(...,
+chat_template_kwargs=)` and its server's `--default-chat-template-kwargs` (`server_args`).
+
 Mask extent: the derived ChatML variant masks exactly the content and `<|im_end|>`. TRL's
 variants place the markers their own way, e.g. Qwen2.5's also covers the newline that ends the
 `<|im_start|>assistant` header and the one after `<|im_end|>` (fixed tokens, harmless to train).
@@ -37,6 +46,7 @@ import difflib
 import importlib.util
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +146,57 @@ def chosen_template(choice: str | None) -> str | None:
     """The text of the recipe's chosen template, None for the model's own."""
     path = chosen_template_path(choice)
     return path.read_text(encoding="utf-8") if path else None
+
+
+# --------------------------------------------------------------------------- render variables
+# apply_chat_template's own arguments: a recipe variable of the same name would clash with them
+RESERVED_KWARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "tools",
+        "documents",
+        "chat_template",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+
+
+def kwargs_problem(kwargs: Mapping[str, Any]) -> str | None:
+    """Why `models.chat_template_kwargs` cannot be passed to every render (None if it can): names
+    that are apply_chat_template's own arguments, and values vLLM's JSON flag cannot carry."""
+    clash = sorted(RESERVED_KWARGS & set(kwargs))
+    if clash:
+        return f"{', '.join(clash)}: apply_chat_template's own argument(s), not template variables"
+    try:
+        json.dumps(dict(kwargs))
+    except TypeError as exc:
+        return f"values must be JSON (vLLM's server takes them as JSON): {exc}"
+    return None
+
+
+def with_template_kwargs(dataset: Any, kwargs: Mapping[str, Any] | None) -> Any:
+    """`dataset` with a `chat_template_kwargs` column (the same dict on every row): how TRL's
+    SFTTrainer and DPOTrainer take template variables (they read `example["chat_template_kwargs"]`
+    when they tokenize; their configs have no such option). Unchanged when there are none."""
+    if not kwargs:
+        return dataset
+    return dataset.map(lambda _: {"chat_template_kwargs": dict(kwargs)})
+
+
+def server_args(kwargs: Mapping[str, Any] | None) -> list[str]:
+    """vLLM server arguments that make every request render with `kwargs` (request-level
+    `chat_template_kwargs` still win, as vLLM merges them over these defaults)."""
+    return ["--default-chat-template-kwargs", json.dumps(dict(kwargs))] if kwargs else []
 
 
 # --------------------------------------------------------------------------- the training variant

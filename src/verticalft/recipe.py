@@ -55,7 +55,8 @@ MANAGED_TRAINER_KEYS: dict[str, dict[str, str]] = {
                 "assistant_only_loss": _FIXED_CHAT, "beta": "stages.distill.beta",
                 "temperature": "stages.distill.temperature",
                 "remove_unused_columns": "fixed by the stage (the logit trainer keeps each example's index)",
-                "teacher_model_init_kwargs": "stages.distill.teacher.quantization"},
+                "teacher_model_init_kwargs": "stages.distill.teacher.quantization",
+                "chat_template_kwargs": "models.chat_template_kwargs"},
 }  # fmt: skip
 STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig", "distill": "SFTConfig"}
 # distill.kind on_policy passes its trainer block to TRL's DistillationConfig instead.
@@ -119,6 +120,15 @@ def _chat_template_choice(choice: str | None) -> str | None:
     return choice
 
 
+def _template_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    from verticalft.chat_templates import kwargs_problem
+
+    problem = kwargs_problem(kwargs)
+    if problem:
+        raise ValueError(problem)
+    return kwargs
+
+
 class Models(Strict):
     teacher: str  # HF id or local path; `tiny://teacher` in the tiny profile
     students: list[str] = Field(default_factory=list)
@@ -127,6 +137,12 @@ class Models(Strict):
     # variant ({% generation %} around assistant turns): null / `model` = the model's own; a TRL
     # training template name (qwen2_5, qwen3, llama3, …); or a path to a .jinja file.
     chat_template: Annotated[str | None, AfterValidator(_chat_template_choice)] = None
+    # Variables for every render of that template (HF apply_chat_template, TRL's trainers, vLLM
+    # offline and served), e.g. {enable_thinking: false} for Qwen3: its template otherwise lets
+    # the model think first and the eval scores the think block (chat_templates.py: render variables).
+    chat_template_kwargs: Annotated[dict[str, Any], AfterValidator(_template_kwargs)] = Field(
+        default_factory=dict
+    )
 
 
 class TinyModels(Strict):

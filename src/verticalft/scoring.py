@@ -6,7 +6,8 @@ matching rules (`score_answer`), so a score means the same thing everywhere.
 
 Kinds: `label` (classification: first line, case-insensitive), `exact` (the whole answer,
 whitespace-normalised), `number` (first number within a relative tolerance: figures in finance
-answers) and `choice` (multiple choice: the option letter, or the option's text).
+answers) and `choice` (multiple choice: the option letter, or the option's text). Every kind
+scores the answer after a leading think block (`strip_think`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -23,9 +25,28 @@ if TYPE_CHECKING:
     from verticalft.recipe import Source
 
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def strip_think(text: str) -> str:
+    """The answer after a leading think block (`<think>…</think>`), as the user would read it.
+
+    Why: reasoning templates (Qwen3, TRL's `qwen3` training variant) put a think block in front of
+    every answer, empty when thinking is off, and `<think>` is an ordinary added token there, so
+    decoding with `skip_special_tokens` keeps it; scored as it is, every first-line answer would be
+    "<think>". A block that never closes (the model thought until `max_new_tokens`) leaves no
+    answer: "" (wrong). Text without a leading block is returned unchanged.
+    """
+    head = text.lstrip()
+    if not head.startswith(THINK_OPEN):
+        return text
+    _, closed, answer = head.partition(THINK_CLOSE)
+    return answer.lstrip("\n") if closed else ""  # the newlines after it, as Qwen3's template drops them
 
 
 def normalise(text: str) -> str:
+    """First line of the answer (after any think block), lower-cased, without a final period."""
+    text = strip_think(text)
     return text.strip().splitlines()[0].strip().strip(".").lower() if text.strip() else ""
 
 
@@ -96,7 +117,7 @@ def score_answer(
             return False
         return abs(got - want) <= tolerance * max(1.0, abs(want))
     if kind == "exact":
-        return " ".join(prediction.split()) == " ".join(answer.split())
+        return " ".join(strip_think(prediction).split()) == " ".join(answer.split())
     if kind == "choice":
         want = choice_letter(answer, choices)
         return want is not None and choice_letter(prediction, choices) == want
@@ -138,11 +159,35 @@ def confidence(mean_logprob: float | None) -> float | None:
     return None if mean_logprob is None else math.exp(mean_logprob)
 
 
+def chat_prompts(
+    tokenizer: Any, prompts: list[str], chat_template_kwargs: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Each prompt as a one-turn chat through the tokenizer's template, ending on the generation
+    prompt, rendered with the run's template variables (`enable_thinking=False`: Qwen3's
+    template then ends the prompt on an empty think block, so the model answers directly)."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}],
+            tokenize=False,
+            add_generation_prompt=True,
+            **(chat_template_kwargs or {}),
+        )
+        for p in prompts
+    ]
+
+
 def generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[Completion]:
     """Greedy chat completions with HF generate (left padding), with each answer's mean token
-    log-probability (what vLLM's `logprobs` gives the eval stage on the other backend)."""
+    log-probability (what vLLM's `logprobs` gives the eval stage on the other backend).
+    `chat_template_kwargs` (the recipe's `models.chat_template_kwargs`) render the prompts, as
+    vLLM's `LLM.chat` gets them, e.g. `enable_thinking=False` so Qwen3 answers without thinking."""
     import torch
     from tqdm.auto import tqdm
 
@@ -155,10 +200,7 @@ def generate(
         for i in tqdm(
             range(0, len(prompts), batch_size), desc="generate (greedy)", unit="batch", leave=False
         ):
-            chats = [[{"role": "user", "content": p}] for p in prompts[i : i + batch_size]]
-            texts = [
-                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
-            ]
+            texts = chat_prompts(tokenizer, prompts[i : i + batch_size], chat_template_kwargs)
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 model.device
             )
@@ -192,10 +234,16 @@ def generate(
 
 
 def generate_answers(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Greedy answers with HF generate (left padding, chat template)."""
-    return [c.text for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size)]
+    """Greedy answers with HF generate (left padding, chat template with its variables)."""
+    done = generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs)
+    return [c.text for c in done]
 
 
 def evaluate_model(
@@ -205,8 +253,12 @@ def evaluate_model(
     max_new_tokens: int = 16,
     batch_size: int = 32,
     tolerance: float = 0.001,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    preds = generate_answers(model, tokenizer, [it["prompt"] for it in items], max_new_tokens, batch_size)
+    """The training stages' quick eval: greedy answers (prompts rendered with the run's template
+    and its `chat_template_kwargs`, as the eval stage renders them) scored by `score_items`."""
+    prompts = [it["prompt"] for it in items]
+    preds = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs)
     correct = score_items(items, preds, tolerance)
     summary = summarise(items, correct)
     summary["examples"] = [

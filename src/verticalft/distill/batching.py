@@ -6,7 +6,7 @@ states at the response positions with the head that projects them to logits — 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -15,11 +15,21 @@ from accelerate.utils import extract_model_from_parallel
 IGNORE = -100
 
 
-def chat_example(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]]:
-    """Token ids of a conversation through the chat template and a mask of its assistant tokens
-    (the template's `{% generation %}` markers), truncated to `max_length`."""
+def chat_example(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    max_length: int,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, list[int]]:
+    """Token ids of a conversation through the chat template (with the run's template variables,
+    as TRL's trainers render it) and a mask of its assistant tokens (the template's
+    `{% generation %}` markers), truncated to `max_length`."""
     enc = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        **(chat_template_kwargs or {}),
     )
     ids, mask = list(enc["input_ids"])[:max_length], list(enc["assistant_masks"])[:max_length]
     return {"input_ids": ids, "response_mask": [int(m) for m in mask]}

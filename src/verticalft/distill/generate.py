@@ -44,12 +44,17 @@ def generate_vllm(
     engine_args: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     chat_template: str | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """vLLM's offline engine in its own process (`serving.offline`, the eval stage's path too),
-    rendering prompts with `chat_template` (the run's) when given, else the folder's own."""
+    rendering prompts with `chat_template` (the run's) when given, else the folder's own, and the
+    run's template variables."""
     from verticalft.serving.offline import Job, generate
 
-    job = Job("teacher", model_path, prompts, max_new_tokens, temperature, chat_template=chat_template)
+    job = Job(
+        "teacher", model_path, prompts, max_new_tokens, temperature,
+        chat_template=chat_template, chat_template_kwargs=dict(chat_template_kwargs or {}),
+    )  # fmt: skip
     o = generate([job], work_dir, engine_args or {"enforce_eager": True}, env)["teacher"]
     return [Generation(t, r) for t, r in zip(o.texts, o.finish_reasons, strict=True)]
 
@@ -73,6 +78,7 @@ def generate_openai(
     journal: Path | None = None,
     retries: int = 6,
     backoff_s: float = 1.0,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """POST each prompt to `<endpoint>/chat/completions`, `concurrency` at a time.
 
@@ -81,7 +87,8 @@ def generate_openai(
     or the server's `Retry-After`). Each answer is appended to `journal` (JSONL, keyed by the
     request's hash, never the key) the moment it arrives, so a rerun asks only for the prompts
     that have no answer yet. Prompts still unanswered after every retry raise `EndpointError`
-    once all the others are done (and saved).
+    once all the others are done (and saved). `chat_template_kwargs` go in each request body (vLLM's
+    extension of the API) only when there are some: a hosted API may refuse unknown fields.
     """
     headers = {"Content-Type": "application/json"}
     if api_key_env:
@@ -99,7 +106,7 @@ def generate_openai(
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_new_tokens,
             "temperature": temperature,
-        }
+        } | ({"chat_template_kwargs": dict(chat_template_kwargs)} if chat_template_kwargs else {})
 
     def one(prompt: str) -> Generation | BaseException:
         body = body_of(prompt)
@@ -169,11 +176,16 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def generate_hf(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     from verticalft.scoring import generate
 
     return [
         Generation(c.text, c.finish_reason)
-        for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+        for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs)
     ]

@@ -130,7 +130,10 @@ def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dic
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from verticalft.chat_templates import with_template_kwargs
+
     cfg = sctx.recipe.stages.distill
+    data = with_template_kwargs(Dataset.from_list(rows), sctx.recipe.models.chat_template_kwargs)
     return train_model(
         sctx,
         _job(
@@ -138,7 +141,7 @@ def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dic
             lambda model, args: SFTTrainer(
                 model=model,
                 args=args,
-                train_dataset=Dataset.from_list(rows),
+                train_dataset=data,
                 processing_class=tokenizer,
                 peft_config=_peft(sctx, tokenizer),
             ),
@@ -179,6 +182,7 @@ def train_on_policy(
                 "beta": beta,
                 "temperature": cfg.temperature,
                 "teacher_model_init_kwargs": _teacher_init_kwargs(cfg.teacher.quantization),
+                "chat_template_kwargs": dict(sctx.recipe.models.chat_template_kwargs) or None,
             },
         ),
     )  # fmt: skip

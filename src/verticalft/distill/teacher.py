@@ -111,6 +111,7 @@ def teacher_generations(
 
     cfg = ctx.recipe.stages.distill
     gen, t = cfg.generation, cfg.teacher
+    kwargs = ctx.recipe.models.chat_template_kwargs  # e.g. Qwen3 answers without thinking
     backend = pick_backend(gen.backend, t.endpoint)
     if backend == "openai":
         if not t.endpoint:
@@ -124,15 +125,16 @@ def teacher_generations(
             t.api_key_env,
             gen.batch_size,
             journal=ctx.dir / "teacher_answers.jsonl",  # a rerun asks only for what is missing
+            chat_template_kwargs=kwargs,
         )
     elif backend == "vllm":
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
         out = g.generate_vllm(
             teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
-            ev.engine_args if ev else None, ev.env if ev else None, tokenizer.chat_template,
+            ev.engine_args if ev else None, ev.env if ev else None, tokenizer.chat_template, kwargs,
         )  # fmt: skip
     else:
-        out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
+        out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size, kwargs)
     return out, backend
 
 

@@ -50,6 +50,8 @@ class Job:
     lora: str | None = None  # PEFT adapter folder served on top of `model`
     max_lora_rank: int | None = None
     chat_template: str | None = None  # the run's template (recipe models.chat_template); None: the folder's
+    # its variables (recipe models.chat_template_kwargs), e.g. {"enable_thinking": False}
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +122,10 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         )
         lora = LoRARequest(job.name, 1, job.lora) if job.lora else None
         chats = [[{"role": "user", "content": p}] for p in job.prompts]
-        outs = llm.chat(chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template)
+        outs = llm.chat(
+            chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template,
+            chat_template_kwargs=job.chat_template_kwargs or None,
+        )  # fmt: skip
         results[job.name] = {
             "texts": [o.outputs[0].text for o in outs],
             "finish_reasons": [o.outputs[0].finish_reason or "stop" for o in outs],

@@ -24,7 +24,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from verticalft.chat_templates import server_args
 from verticalft.procs import die_with_parent, guarded
 
 LOCALHOST = "127.0.0.1"
@@ -56,15 +58,18 @@ def vllm_command(
     max_model_len: int | None = None,
     extra_args: Sequence[str] = (),
     chat_template: str | Path | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The command line of vLLM's OpenAI-compatible server for one model (+ LoRA adapters);
-    `chat_template` (a .jinja file) replaces the template of the folder's tokenizer."""
+    `chat_template` (a .jinja file) replaces the template of the folder's tokenizer and
+    `chat_template_kwargs` become every request's default template variables."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host]
     cmd += ["--port", str(port), "--served-model-name", served_name or model, "--seed", "0"]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     if chat_template:
         cmd += ["--chat-template", str(chat_template)]
+    cmd += server_args(chat_template_kwargs)
     if lora_modules:
         cmd += ["--enable-lora", "--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
     return [*cmd, *extra_args]

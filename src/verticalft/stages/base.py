@@ -259,7 +259,10 @@ def quick_eval(
     if not items or not (is_main_process() or every_rank):
         return None
     ev = ctx.recipe.evaluation
-    summary = evaluate_model(model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance)
+    summary = evaluate_model(
+        model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance,
+        ctx.recipe.models.chat_template_kwargs,
+    )  # fmt: skip
     return summary if is_main_process() else None
 
 

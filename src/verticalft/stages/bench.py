@@ -100,7 +100,16 @@ def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str
 
     cfg = ctx.recipe.stages.eval
     outs = generate(
-        [Job(name, path, prompts, max_new, chat_template=chosen_template(ctx.recipe.models.chat_template))],
+        [
+            Job(
+                name,
+                path,
+                prompts,
+                max_new,
+                chat_template=chosen_template(ctx.recipe.models.chat_template),
+                chat_template_kwargs=ctx.recipe.models.chat_template_kwargs,
+            )
+        ],  # fmt: skip
         ctx.dir / name / "parity",
         cfg.engine_args if cfg else {},
         cfg.env if cfg else {},
@@ -202,7 +211,8 @@ def bench_unit(
     shape, fit = (cfg.input_len, cfg.output_len), cfg.fit()
     cmd = vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
                        max_model_len=cfg.max_model_len or max(shape[0], fit.input_len) + max(shape[1], fit.output_len) + 64,
-                       extra_args=extra, chat_template=template)  # fmt: skip
+                       extra_args=extra, chat_template=template,
+                       chat_template_kwargs=ctx.recipe.models.chat_template_kwargs)  # fmt: skip
     log = ctx.dir / (served[0]) / "server.log"
     print(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})", flush=True)
     results = {}

@@ -154,7 +154,8 @@ def _teacher_side(
     if any_todo and cfg.kind == "logits":
         from verticalft.distill.batching import chat_example
 
-        side.examples = [chat_example(tokenizer, m, cfg.max_length) for m in convs]
+        kwargs = ctx.recipe.models.chat_template_kwargs
+        side.examples = [chat_example(tokenizer, m, cfg.max_length, kwargs) for m in convs]
         if cfg.cache:
             with PeakRss() as mem:
                 side.cache, build_s = build_cache(ctx, teacher, tokenizer, side.examples, len(tokenizer))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from verticalft.chat_templates import with_template_kwargs
 from verticalft.data import load_source
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
@@ -33,6 +34,7 @@ def run(ctx: StageContext) -> StageResult:
         ctx.curated("preferences") or recipe.data.preferences, ("prompt", "chosen", "rejected")
     )
     data = data.select_columns(["prompt", "chosen", "rejected"])
+    data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
     split = data.train_test_split(test_size=cfg.eval_fraction, seed=recipe.compute.seed)
     tokenizer = load_tokenizer(base, recipe.models.chat_template)
 

@@ -38,6 +38,7 @@ def generate_all(
 ) -> dict[str, dict[str, list[Any]]]:
     """Greedy completions of every prompt by every model: {model: {texts, finish_reasons}}."""
     cfg = ctx.recipe.stages.eval
+    kwargs = ctx.recipe.models.chat_template_kwargs  # template variables, e.g. enable_thinking: false
     if backend == "vllm":
         from verticalft.chat_templates import chosen_template
         from verticalft.serving.offline import Job, generate
@@ -45,7 +46,10 @@ def generate_all(
         # a trained folder carries the run's template; the base folder its own (renders the same
         # text, unless the recipe chose another template: then every model gets that one)
         template = chosen_template(ctx.recipe.models.chat_template)
-        jobs = [Job(m.name, m.path, prompts, max_new_tokens, chat_template=template) for m in models]
+        jobs = [
+            Job(m.name, m.path, prompts, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs)
+            for m in models
+        ]
         print(
             f"  vLLM offline: {len(models)} models × {len(prompts)} prompts (log: {ctx.dir / 'vllm.log'})",
             flush=True,
@@ -65,7 +69,7 @@ def generate_all(
     for m in models:
         model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code, inference=True)
         tokenizer = load_tokenizer(m.path, ctx.recipe.models.chat_template)
-        done = generate(model, tokenizer, prompts, max_new_tokens, batch)
+        done = generate(model, tokenizer, prompts, max_new_tokens, batch, kwargs)
         results[m.name] = {
             "texts": [c.text for c in done],
             "finish_reasons": [c.finish_reason for c in done],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from verticalft.chat_templates import with_template_kwargs
 from verticalft.data import load_source
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
@@ -23,6 +24,7 @@ def run(ctx: StageContext) -> StageResult:
     recipe, cfg = ctx.recipe, ctx.recipe.stages.sft
     base = ctx.input_model()
     data = load_source(ctx.curated("sft") or recipe.data.sft, ("messages",)).select_columns(["messages"])
+    data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
     split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
     # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in
     tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True)
