@@ -38,14 +38,14 @@ def _config_of(cmd: list[str]) -> Path:
 
 @pytest.mark.parametrize("stage", ["cpt", "sft", "dpo", "distill"])
 def test_fsdp2_stages_checkpoint_activations_once(stage, tmp_path, monkeypatch):
-    # finance.yaml: accelerate + fsdp2 and trainer gradient_checkpointing: true in every stage.
-    # transformers' Trainer.__init__ raises when the FSDP plugin's activation_checkpointing and
-    # TrainingArguments.gradient_checkpointing are both true.
+    # finance.yaml with fsdp2 for every stage (it ships fsdp2 for cpt only) and trainer
+    # gradient_checkpointing: true in every stage. transformers' Trainer.__init__ raises when the
+    # FSDP plugin's activation_checkpointing and TrainingArguments.gradient_checkpointing are both true.
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
     from trl import DPOConfig, SFTConfig
 
-    recipe = load_recipe(FINANCE)
+    recipe = load_recipe(FINANCE, overrides=["compute.accelerate_config=fsdp2"])
     run = RunDir(tmp_path)
     assert getattr(recipe.stages, stage).trainer["gradient_checkpointing"] is True
     config = _config_of(launch_command(recipe, run, stage, resume=False))
@@ -64,7 +64,10 @@ def test_fsdp2_stages_checkpoint_activations_once(stage, tmp_path, monkeypatch):
 
 
 def test_fsdp2_follows_a_stage_without_checkpointing(tmp_path):
-    recipe = load_recipe(FINANCE, overrides=["stages.sft.trainer.gradient_checkpointing=false"])
+    recipe = load_recipe(
+        FINANCE,
+        overrides=["compute.accelerate_config=fsdp2", "stages.sft.trainer.gradient_checkpointing=false"],
+    )
     config = _config_of(launch_command(recipe, RunDir(tmp_path), "sft", resume=False))
     assert _accelerate_args(config, 8).fsdp_activation_checkpointing is False
 
@@ -244,3 +247,38 @@ def test_qlora_under_zero3_needs_the_init_flag(tmp_path):
     recipe = load_recipe(FINANCE, overrides=[f"compute.accelerate_config={own}"])
     (warning,) = launch_warnings(recipe)
     assert "QLoRA (sft, dpo, distill) under DeepSpeed ZeRO-3 needs zero3_init_flag: true" in warning
+
+
+def test_each_stage_runs_under_the_config_that_fits_it(tmp_path):
+    """finance.yaml: full-parameter CPT of the 32B teacher sharded (fsdp2); the QLoRA stages, which
+    fit one H100 per rank by the plan, plain data parallel (ddp). Before: fsdp2 for every stage."""
+    from verticalft.plan import plan_recipe
+
+    recipe = load_recipe(FINANCE)
+    engines = {
+        stage: yaml.safe_load(_config_of(launch_command(recipe, RunDir(tmp_path), stage, False)).read_text())[
+            "distributed_type"
+        ]
+        for stage in ("cpt", "sft", "dpo", "distill")
+    }
+    assert engines == {"cpt": "FSDP", "sft": "MULTI_GPU", "dpo": "MULTI_GPU", "distill": "MULTI_GPU"}
+    plan = plan_recipe(recipe)
+    assert all(s.fits for s in plan.stages)
+    # what fits decides: CPT unsharded would need every weight, gradient and Adam state per GPU
+    (cpt,) = [
+        s
+        for s in plan_recipe(load_recipe(FINANCE, overrides=["stages.cpt.accelerate_config=ddp"])).stages
+        if s.stage == "cpt"
+    ]
+    assert not cpt.fits and cpt.memory_gb_per_gpu > 16 * 32e9 / 1e9
+    (cache,) = [n for n in plan.notes if "teacher top-k cache takes" in n]
+    # 1.53 GPU-hours of teacher forward over 64 ranks: 1.53 × 60 / 64 ≈ 1.4 minutes each
+    assert "built in parts by each of the 64 ranks" in cache and "~1.4 min wall" in cache
+
+
+def test_a_cache_longer_than_the_barrier_timeout_is_said_before_any_work():
+    from verticalft.plan import plan_recipe
+
+    recipe = load_recipe(FINANCE, overrides=["compute.timeout_minutes=1"])
+    assert any("longer than compute.timeout_minutes=1" in w for w in plan_recipe(recipe).warnings)
+    assert not any("timeout_minutes" in w for w in plan_recipe(load_recipe(FINANCE)).warnings)

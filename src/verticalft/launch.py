@@ -39,6 +39,28 @@ ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
 TRAINER_OWNED_DEEPSPEED = ("gradient_accumulation_steps", "gradient_clipping")
 
 
+def stage_accelerate_choice(recipe: Recipe, stage: str) -> str:
+    """The accelerate config a training stage runs with: its own, else `compute.accelerate_config`."""
+    own = getattr(getattr(recipe.stages, stage, None), "accelerate_config", None)
+    return own or recipe.compute.accelerate_config
+
+
+def stage_shards_weights(recipe: Recipe, stage: str) -> bool:
+    """True when the stage's accelerate config spreads the weights over the ranks (FSDP, ZeRO-3)."""
+    if recipe.compute.launcher != "accelerate":
+        return False
+    try:
+        config = (
+            yaml.safe_load(accelerate_config_path(stage_accelerate_choice(recipe, stage)).read_text()) or {}
+        )
+    except OSError:
+        return False
+    zero3 = (config.get("deepspeed_config") or {}).get("zero_stage") == 3
+    return config.get("distributed_type") == "FSDP" or (
+        config.get("distributed_type") == "DEEPSPEED" and zero3
+    )
+
+
 def accelerate_config_path(choice: str) -> Path:
     """A shipped config by name (ddp, fsdp2, deepspeed-zero3) or the user's own YAML file."""
     return Path(choice) if Path(choice).suffix in {".yaml", ".yml"} else ACCELERATE_CONFIGS / f"{choice}.yaml"
@@ -168,36 +190,46 @@ def launch_warnings(recipe: Recipe) -> list[str]:
         )
     if c.launcher != "accelerate":
         return out
-    try:
-        config = yaml.safe_load(accelerate_config_path(c.accelerate_config).read_text()) or {}
-    except OSError as exc:
-        return [*out, f"compute.accelerate_config: cannot read {c.accelerate_config} ({exc})"]
-    engine = config.get("distributed_type")
-    if c.gpu == "cpu" and engine in ("FSDP", "DEEPSPEED"):
-        out.append(
-            f"compute.accelerate_config: {engine} needs GPUs (accelerate builds FSDP/DeepSpeed state on "
-            "GPU devices only); on CPU use accelerate_config: ddp or launcher: torchrun"
+    zero3_qlora: dict[str, list[str]] = {}  # config key → QLoRA stages it runs under ZeRO-3
+    for stage in ("cpt", "sft", "dpo", "distill"):
+        st = getattr(recipe.stages, stage)
+        if st is None:
+            continue
+        choice = stage_accelerate_choice(recipe, stage)
+        key = f"stages.{stage}.accelerate_config" if st.accelerate_config else "compute.accelerate_config"
+        try:
+            config = yaml.safe_load(accelerate_config_path(choice).read_text()) or {}
+        except OSError as exc:
+            out.append(f"{key}: cannot read {choice} ({exc})")
+            continue
+        engine = config.get("distributed_type")
+        if c.gpu == "cpu" and engine in ("FSDP", "DEEPSPEED"):
+            out.append(
+                f"{key}: {engine} needs GPUs (accelerate builds FSDP/DeepSpeed state on GPU devices only); "
+                "on CPU use accelerate_config: ddp or launcher: torchrun"
+            )
+        quantized = (
+            st.method == "qlora" if stage == "distill" else getattr(st, "quantization", "none") != "none"
         )
-    quantized = [
-        s
-        for s in ("sft", "dpo")
-        if (st := getattr(recipe.stages, s)) is not None and st.quantization != "none"
-    ]
-    d = recipe.stages.distill
-    if d is not None and d.method == "qlora":
-        quantized.append("distill")
-    zero3 = engine == "DEEPSPEED" and (config.get("deepspeed_config") or {}).get("zero_stage") == 3
-    if quantized and zero3 and not (config.get("deepspeed_config") or {}).get("zero3_init_flag"):
+        ds = config.get("deepspeed_config") or {}
+        if (
+            quantized
+            and engine == "DEEPSPEED"
+            and ds.get("zero_stage") == 3
+            and not ds.get("zero3_init_flag")
+        ):
+            zero3_qlora.setdefault(key, []).append(stage)
+    for key, stages in zero3_qlora.items():
         out.append(
-            f"compute.accelerate_config: QLoRA ({', '.join(quantized)}) under DeepSpeed ZeRO-3 needs "
-            "zero3_init_flag: true (PEFT's DeepSpeed QLoRA guide); set it or use fsdp2"
+            f"{key}: QLoRA ({', '.join(stages)}) under DeepSpeed ZeRO-3 needs zero3_init_flag: true "
+            "(PEFT's DeepSpeed QLoRA guide); set it or use fsdp2"
         )
-    return out
+    return list(dict.fromkeys(out))
 
 
 def stage_accelerate_config(recipe: Recipe, run: RunDir, stage: str) -> Path:
     """Write the stage's resolved accelerate config into its folder; return the path."""
-    base = yaml.safe_load(accelerate_config_path(recipe.compute.accelerate_config).read_text())
+    base = yaml.safe_load(accelerate_config_path(stage_accelerate_choice(recipe, stage)).read_text())
     trainer = getattr(recipe.stages, stage).trainer
     path = run.stage_dir(stage) / "accelerate_config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -352,7 +352,7 @@ def plan_recipe(recipe: Any) -> Plan:
         raise ValueError(f"unknown GPU '{c.gpu}'; known: {', '.join(GPUS)}")
     price = recipe.cost.usd_per_gpu_hour or gpu.usd_per_hour
     plan = Plan(gpu=gpu, usd_per_gpu_hour=price)
-    from verticalft.launch import launch_warnings
+    from verticalft.launch import launch_warnings, stage_shards_weights
 
     plan.warnings += launch_warnings(recipe)
     specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
@@ -362,8 +362,6 @@ def plan_recipe(recipe: Any) -> Plan:
             f"size of {recipe.models.teacher} unknown: give a local path or add it to plan.KNOWN_ARCHS"
         )
         return plan
-    sharded = c.launcher == "accelerate" and c.accelerate_config in ("fsdp2", "deepspeed-zero3")
-    shards = c.world_size if sharded else 1
     plan.notes.append(
         "FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
         "DPO adds a reference forward 2·N·D"
@@ -373,6 +371,19 @@ def plan_recipe(recipe: Any) -> Plan:
         + (" (the recipe's compute.mfu)" if isinstance(c.mfu, int | float) else
            " (defaults: full from the Llama 3 report's 38–43 %; the others assumed — set compute.mfu)")
     )  # fmt: skip
+    if c.launcher == "accelerate":
+        from verticalft.launch import stage_accelerate_choice
+
+        plan.notes.append(
+            "launch: "
+            + ", ".join(
+                f"{s} {stage_accelerate_choice(recipe, s)}"
+                + (f" (weights sharded over {c.world_size})" if stage_shards_weights(recipe, s) else "")
+                for s in ("cpt", "sft", "dpo", "distill")
+                if getattr(recipe.stages, s) is not None
+            )
+            + f"; barriers wait up to compute.timeout_minutes={c.timeout_minutes:g}"
+        )
     d = recipe.data
     for stage in MODEL_STAGES:
         cfg = getattr(recipe.stages, stage)
@@ -392,6 +403,7 @@ def plan_recipe(recipe: Any) -> Plan:
             examples = source_examples(source)
             tokens = trained_tokens(t, source_tokens(source), examples, cfg.max_length, c.training_gpus)
         lora_r = cfg.lora.r
+        shards = c.world_size if stage_shards_weights(recipe, stage) else 1
         if stage == "dpo":
             flops = dpo_flops(arch.params, tokens, "lora" if method != "full" else "full", ckpt)
         else:
@@ -456,6 +468,19 @@ def plan_distill(
         what = "top-k cache" if cfg.kind == "logits" else "generation"
         flops = 2.0 * teacher.params * tokens
         hours = gpu_hours(flops, gpu, mfu_for(c, "inference"))
+        ranks = c.training_gpus if cfg.kind == "logits" else 1  # the cache is built in parts by every rank
+        wall_min = hours * 60 / ranks
+        plan.notes.append(
+            f"distill: the teacher {what} takes {hours:.2f} GPU-hours, "
+            + (f"built in parts by each of the {ranks} ranks (its own teacher copy): " if ranks > 1 else "")
+            + f"~{wall_min:.1f} min wall"
+        )
+        if wall_min > c.timeout_minutes:
+            plan.warnings.append(
+                f"distill: the teacher {what} (~{wall_min:.0f} min on {'each rank' if ranks > 1 else 'one GPU'}) "
+                f"is longer than compute.timeout_minutes={c.timeout_minutes:g}: the other ranks would time out "
+                "waiting; raise compute.timeout_minutes"
+            )
         plan.stages.append(
             StagePlan(
                 f"distill: teacher {what}",

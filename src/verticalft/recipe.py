@@ -174,14 +174,23 @@ class Lora(Strict):
     train_chat_tokens: bool = True
 
 
-class CptStage(Strict):
+class LaunchedStage(Strict):
+    """A training stage that runs under `compute.launcher`."""
+
+    # ddp | fsdp2 | deepspeed-zero3 | a path: this stage's accelerate config (default:
+    # compute.accelerate_config). Full-parameter CPT of a 32B model needs sharding (fsdp2);
+    # QLoRA fits one GPU per rank and is best served by plain data parallelism (ddp).
+    accelerate_config: str | None = None
+
+
+class CptStage(LaunchedStage):
     method: Literal["full", "lora"] = "full"
     lora: Lora = Field(default_factory=Lora)
     max_length: int = Field(default=2048, ge=16)
     trainer: TrainerBlock = Field(default_factory=dict)
 
 
-class SftStage(Strict):
+class SftStage(LaunchedStage):
     quantization: Literal["nf4", "fp4", "none"] = "nf4"
     lora: Lora = Field(default_factory=Lora)
     packing: bool = True
@@ -190,7 +199,7 @@ class SftStage(Strict):
     trainer: TrainerBlock = Field(default_factory=dict)
 
 
-class DpoStage(Strict):
+class DpoStage(LaunchedStage):
     beta: float = Field(default=0.1, gt=0.0)
     quantization: Literal["nf4", "fp4", "none"] = "none"
     lora: Lora = Field(default_factory=Lora)
@@ -221,7 +230,7 @@ class TeacherGeneration(Strict):
     batch_size: int = Field(default=32, ge=1)
 
 
-class DistillStage(Strict):
+class DistillStage(LaunchedStage):
     kind: Literal["sequence", "logits", "on_policy"] = "logits"
     loss: Literal["forward_kl", "reverse_kl", "jsd", "tv"] = "forward_kl"
     beta: float = Field(default=0.5, ge=0.0, le=1.0)  # jsd: weight of the teacher in the mixture
