@@ -7,6 +7,7 @@
 #   make <domain>-report           re-price and rebuild the report from what was measured (no GPU)
 #                                  ARGS="--set stages.distill.kind=sequence" passes CLI options through
 #   make <domain>-plan|-status|-validate
+#   make gpu-check                 the GPU paths on one NVIDIA GPU in minutes (ARGS=--cpu: a CPU dry run)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
 STAGES := tiny_models curate cpt sft dpo distill eval
 
-.PHONY: setup setup-serve setup-bench demo demo-small test lint format clean
+.PHONY: setup setup-serve setup-bench demo demo-small test lint format clean gpu-check
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +69,15 @@ format: setup
 
 clean:
 	rm -rf runs
+
+# The GPU paths on a machine with one NVIDIA GPU, in minutes (src/verticalft/gpu_check.py): runs on
+# that machine's own Python and torch (CHECK_PYTHON), the project from this checkout (PYTHONPATH),
+# the packages it lacks from wheels/ when that folder exists (no network needed).
+# ARGS=--cpu runs the same steps on CPU.
+CHECK_PYTHON ?= python3
+gpu-check:
+	@if [ -d wheels ]; then $(CHECK_PYTHON) -m pip install -q --no-deps --no-index wheels/*.whl; fi
+	PYTHONPATH=src HF_HUB_OFFLINE=1 $(CHECK_PYTHON) -m verticalft.gpu_check $(ARGS)
 
 # make <domain>-<stage>: run recipes/<domain>.yaml up to <stage>, skipping done stages.
 define stage_rule

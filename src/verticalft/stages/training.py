@@ -70,14 +70,13 @@ def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
     sharded = is_sharded_run()
     measure_before = job.measure is not None and job.measure_before
     args = trainer_config(ctx, job.config_cls, defaults=job.defaults, managed=job.managed)
-    error: Exception | None = None
-    try:
-        model = load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code)
-        trainer = job.make_trainer(model, args)
-    except Exception as exc:  # noqa: BLE001 — re-raised on every rank just below
-        error = exc
-    agree_or_raise(error, f"loading {job.model_path}")
+    model = _on_every_rank(
+        lambda: load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code),
+        f"loading {job.model_path}",
+    )
+    # before the trainer wraps it: TRL casts the adapters to bf16 (undone by fit_trainable_dtype)
     before = quick_eval(ctx, model, job.tokenizer) if job.eval_before and not sharded else None
+    trainer = _on_every_rank(lambda: job.make_trainer(model, args), "building the trainer")
     if job.fit_dtype:
         fit_trainable_dtype(trainer.model)
     has_eval = getattr(trainer, "eval_dataset", None) is not None
@@ -95,6 +94,17 @@ def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
     after = quick_eval(ctx, trainer.model, job.tokenizer, every_rank=sharded) if job.eval_after else None
     outputs = save_outputs(ctx, trainer, job.tokenizer, job.model_path, job.is_peft, job.merge)
     return Trained(trainer, outputs, metrics, before, after, measured_before, measured_after)
+
+
+def _on_every_rank(work: Callable[[], Any], what: str) -> Any:
+    """`work()`, or an error on every rank when it failed on any (an OOM on one GPU)."""
+    result, error = None, None
+    try:
+        result = work()
+    except Exception as exc:  # noqa: BLE001 — re-raised on every rank by agree_or_raise
+        error = exc
+    agree_or_raise(error, what)
+    return result
 
 
 def _measure(job: TrainingJob, trainer: Any) -> dict[str, Any]:
