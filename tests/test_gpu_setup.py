@@ -68,3 +68,90 @@ def test_setup_serve_installs_the_extra_beside_the_pinned_torch():
     gpu_branch = rule[rule.index("nvidia-smi") : rule.index("else")]
     assert re.search(r"pip install -q -e '\.\[serve-gpu\]'", gpu_branch)
     assert "uninstall" not in gpu_branch
+
+
+# --------------------------------------------------------------------------- vLLM sizing (eval, sequence)
+FINANCE = ROOT / "recipes/finance.yaml"
+# Qwen/Qwen3-32B's config.json on the hub: max_position_embeddings 40960 (its full context).
+QWEN3_32B_CONTEXT = 40960
+
+
+def _qwen3_folder(tmp_path: Path, context: int = QWEN3_32B_CONTEXT) -> str:
+    """A folder with a Qwen3 config.json (no weights): what the engine sizing reads of a model."""
+    from transformers import Qwen3Config
+
+    Qwen3Config(max_position_embeddings=context).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_a_32b_teacher_gets_two_gpus_and_a_bounded_context(tmp_path):
+    from verticalft.recipe import load_recipe
+    from verticalft.serving.sizing import engine_args_for
+
+    r = load_recipe(FINANCE)  # compute.gpu h100-sxm, bench.gpus_per_model {teacher: 2}, eval engine_args {}
+    prompts = ["What was Q3 operating income?", "é" * 300]  # the longest: 600 UTF-8 bytes
+    model = _qwen3_folder(tmp_path)
+    # 600 bytes + 256 for the chat template + 16 new tokens (evaluation.max_new_tokens)
+    teacher = engine_args_for(r, "base", True, prompts, 16, r.stages.eval.engine_args, model)
+    assert teacher == {"tensor_parallel_size": 2, "max_model_len": 872}
+    dpo = engine_args_for(r, "dpo", True, prompts, 16, {}, model)  # every teacher-sized model
+    assert dpo["tensor_parallel_size"] == 2
+    student = engine_args_for(r, "Qwen3-8B", False, prompts, 16, {}, model)
+    assert student == {"tensor_parallel_size": 1, "max_model_len": 872}
+    # never beyond the model's own context (vLLM refuses a larger max_model_len)
+    long = engine_args_for(r, "base", True, ["x" * 100_000], 16, {}, model)
+    assert long["max_model_len"] == QWEN3_32B_CONTEXT
+    # one number for every model, as bench reads it
+    r4 = load_recipe(FINANCE, overrides=["stages.bench.gpus_per_model=4"])
+    assert engine_args_for(r4, "Qwen3-8B", False, prompts, 16)["tensor_parallel_size"] == 4
+
+
+def test_explicit_engine_args_win(tmp_path):
+    from verticalft.recipe import load_recipe
+    from verticalft.serving.sizing import engine_args_for
+
+    r = load_recipe(FINANCE)
+    explicit = {"max_model_len": 8192, "tensor_parallel_size": 4, "gpu_memory_utilization": 0.8}
+    args = engine_args_for(r, "base", True, ["short"], 16, explicit, _qwen3_folder(tmp_path))
+    assert args == explicit
+
+
+@pytest.mark.parametrize("profile", ["tiny", "small"])
+def test_cpu_profiles_keep_their_engine_args(profile):
+    from verticalft.recipe import load_recipe
+    from verticalft.serving.sizing import engine_args_for
+
+    r = load_recipe(FINANCE, profile)
+    assert r.compute.gpu == "cpu"
+    for name, teacher_sized in (("base", True), ("dpo", True), ("student-s", False)):
+        args = engine_args_for(r, name, teacher_sized, ["p" * 5000], 16, r.stages.eval.engine_args)
+        assert args == r.stages.eval.engine_args  # exactly what the profile sets, nothing derived
+    expected_len = {"tiny": 512, "small": 1024}[profile]  # recipes/profiles/<profile>.yaml
+    assert r.stages.eval.engine_args["max_model_len"] == expected_len
+
+
+def test_eval_jobs_carry_each_models_engine_args(tmp_path, monkeypatch):
+    """The eval stage hands vLLM one sizing per model: the base 32B on 2 GPUs, a student on 1."""
+    import json
+
+    from verticalft.recipe import load_recipe
+    from verticalft.rundir import RunDir
+    from verticalft.serving import offline
+    from verticalft.stages.base import RunModel, StageContext
+    from verticalft.stages.eval import generate_all
+
+    r = load_recipe(FINANCE)
+    ctx = StageContext(r, RunDir(tmp_path / "run"), "eval")
+    models = [RunModel("base", "base", _qwen3_folder(tmp_path / "t")), RunModel("s8b", "student", "x")]
+
+    def no_child(cmd, **kw):  # the vLLM child needs a GPU for these: read the job file it would get
+        raise SystemExit(0)
+
+    monkeypatch.setattr(offline.subprocess, "run", no_child)
+    with pytest.raises(SystemExit):
+        generate_all(ctx, models, ["é" * 300], "vllm", 16)
+    spec = json.loads((ctx.dir / "vllm_jobs.json").read_text())
+    assert [j["engine_args"] for j in spec["jobs"]] == [
+        {"tensor_parallel_size": 2, "max_model_len": 872},
+        {"tensor_parallel_size": 1, "max_model_len": 872},  # no config to read: no cap
+    ]

@@ -36,6 +36,8 @@ from verticalft.distill.students import (
 from verticalft.distill.teacher import (
     build_cache,
     conversations,
+    free_gpu_memory,
+    generates_in_process,
     load_teacher,
     recorded_teacher_eval,
     sequence_rows,
@@ -142,6 +144,10 @@ def _teacher_side(
     if is_main_process():
         side.eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else recorded_teacher_eval(ctx)
     metrics["teacher_eval"] = side.eval
+    if teacher is not None and cfg.kind == "sequence" and not generates_in_process(ctx):
+        # scored; the answers come from a vLLM child (or an endpoint) that needs this GPU memory
+        teacher = None
+        free_gpu_memory()
     if any_todo and cfg.kind == "logits":
         from verticalft.distill.batching import chat_example
 
