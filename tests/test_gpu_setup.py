@@ -155,3 +155,105 @@ def test_eval_jobs_carry_each_models_engine_args(tmp_path, monkeypatch):
         {"tensor_parallel_size": 2, "max_model_len": 872},
         {"tensor_parallel_size": 1, "max_model_len": 872},  # no config to read: no cap
     ]
+
+
+# --------------------------------------------------------------------------- no GPU for a GPU recipe
+def _no_gpu(monkeypatch, driver: str | None = None, tmp_path: Path | None = None) -> None:
+    """torch sees no GPU (what this machine has anyway), and nvidia-smi reports `driver` or is absent."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    if driver is None:
+        monkeypatch.setenv("PATH", "/nonexistent")
+        return
+    assert tmp_path is not None
+    smi = tmp_path / "nvidia-smi"  # stands in for a driver this machine cannot have
+    smi.write_text(f"#!/bin/sh\necho {driver}\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from verticalft.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_a_gpu_recipe_without_a_gpu_stops_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    _no_gpu(monkeypatch)
+    runs = tmp_path / "runs"
+    res = _cli(
+        "run",
+        str(FINANCE),
+        "--profile",
+        "tiny",
+        "--set",
+        "compute.gpu=h100-sxm",
+        "--until",
+        "cpt",
+        "--runs-dir",
+        str(runs),
+    )
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert "cannot start" in out and "compute.gpu is h100-sxm but torch sees no CUDA GPU" in out
+    assert f"torch {torch.__version__}" in out
+    assert "nvidia-smi: not found" in out
+    assert "--profile tiny" in out and "--set compute.gpu=cpu" in out
+    assert "Traceback" not in res.output
+    assert not (runs / "finance" / "tiny" / "tiny_models").exists()  # nothing ran, not even CPU stages
+
+
+def test_the_message_names_the_driver_the_cuda_build_needs(tmp_path, monkeypatch):
+    import torch
+
+    from verticalft.gpu_check import driver_minimum, gpu_problem
+    from verticalft.recipe import load_recipe
+
+    # NVIDIA's table (gpu_check.CUDA_DRIVER_MINIMUM): CUDA 13.x → R580, 12.8 → R570, 12.6 → R560
+    assert (driver_minimum("13.0"), driver_minimum("13.1"), driver_minimum("12.8")) == (580, 580, 570)
+    assert (driver_minimum("12.6"), driver_minimum("12.4"), driver_minimum(None)) == (560, 550, None)
+    _no_gpu(monkeypatch, "550.54.15", tmp_path)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # PyPI's torch 2.13.0 Linux wheel
+    r = load_recipe(FINANCE)
+    problem = gpu_problem(r, ["sft", "eval"])
+    assert "torch.cuda.is_available() is False); sft, eval would run on the CPU" in problem
+    assert (
+        f"torch {torch.__version__} is built for CUDA 13.0: it needs an NVIDIA driver R580 or newer"
+        in problem
+    )
+    assert "nvidia-smi: driver 550.54.15: older than R580, update the driver" in problem
+    monkeypatch.setattr(torch.version, "cuda", None)  # a +cpu wheel on a GPU machine
+    assert "CPU-only build (torch.version.cuda is None)" in gpu_problem(r, ["dpo"])
+
+
+def test_stages_without_gpu_work_and_cpu_recipes_are_not_blocked(tmp_path, monkeypatch):
+    from verticalft.gpu_check import gpu_problem
+    from verticalft.pipeline import preflight, run_recipe
+    from verticalft.recipe import load_recipe
+    from verticalft.rundir import RunDir
+
+    _no_gpu(monkeypatch)
+    gpu_recipe = load_recipe(FINANCE)
+    assert gpu_problem(gpu_recipe, ["curate", "cost", "route"]) is None
+    for profile in ("tiny", "small"):  # both run on compute.gpu: cpu
+        r = load_recipe(FINANCE, profile)
+        assert r.compute.gpu == "cpu"
+        assert not [p for p in preflight(r, ["cpt", "sft", "dpo", "distill", "eval", "bench"]) if "GPU" in p]
+    # a GPU recipe still runs its CPU stages here: the tiny models build, nothing asks for a GPU
+    r = load_recipe(FINANCE, "tiny", ["compute.gpu=h100-sxm"])
+    outcomes = run_recipe(r, RunDir(tmp_path), until="tiny_models", echo=lambda s: None)
+    assert [(o.stage, o.status) for o in outcomes] == [("tiny_models", "done")]
+    # only stages that will run count: done ones are skipped, GPU or not
+    from verticalft.pipeline import enabled_stages, pending_stages, stage_fingerprints
+
+    stages = enabled_stages(r)[:3]  # tiny_models, curate, cpt
+    fps = stage_fingerprints(r, stages)
+    assert pending_stages(RunDir(tmp_path), stages, stages, fps, False) == ["curate", "cpt"]
+    assert pending_stages(RunDir(tmp_path), stages, stages[:1], fps, False) == []
+    assert "cpt would run on the CPU" in gpu_problem(r, ["curate", "cpt"])
