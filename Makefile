@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml
 
 # vLLM for the eval/bench stages: the CPU build without an NVIDIA GPU, the CUDA build with one.
 # PyPI's torchvision/torchaudio/torchcodec break imports beside the CPU torch (DESIGN.md).
+# `-e .[serve-gpu]` resolves vLLM with the project's own pins, so pip adds it beside the installed
+# torch==2.13.0 and never replaces torch (a vLLM that needs another torch fails to resolve instead).
 setup-serve: $(SERVE_STAMP)
 $(SERVE_STAMP): $(STAMP)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \

@@ -159,3 +159,56 @@ def test_a_request_the_api_refuses_is_not_retried(endpoint, tmp_path):
     with pytest.raises(EndpointError, match="HTTP 400 .*maximum context length"):
         generate_openai(endpoint, "m", ["too long"], 8, 0.0, retries=5, backoff_s=10)
     assert len(_Endpoint.seen) == 1
+
+
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_sequence_teacher_is_scored_then_freed_before_a_vllm_child(backend, tmp_path, monkeypatch):
+    """Rank 0 loads the HF teacher to score it; when vLLM writes the answers (a child process that
+    sizes itself from free GPU memory) that teacher is gone before generation starts. With `hf`
+    generation it is the generator, so it stays."""
+    import gc
+    import weakref
+    from pathlib import Path
+
+    from verticalft.distill import teacher as teacher_side
+    from verticalft.models import build_tiny_models, load_tokenizer
+    from verticalft.recipe import load_recipe
+    from verticalft.rundir import RunDir
+    from verticalft.stages import distill
+    from verticalft.stages.base import StageContext
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [
+        json.loads(line)["text"] for line in (root / "data_pipelines/finance/sample/corpus.jsonl").open()
+    ]
+    spec = {"teacher": {"hidden_size": 64, "num_hidden_layers": 1, "intermediate_size": 128}}
+    folder = build_tiny_models(tmp_path / "tiny", texts[:200], spec, vocab_size=512, seed=0)["teacher"]
+    r = load_recipe(
+        root / "recipes/finance.yaml",
+        "tiny",
+        [f"models.teacher={folder}", "stages.distill.kind=sequence", "evaluation.max_items=2",
+         f"stages.distill.generation.backend={backend}"],
+    )  # fmt: skip
+    ctx = StageContext(r, RunDir(tmp_path / "run"), "distill")
+    refs = []
+
+    def load_and_watch(c, p):  # the real loader; a weak reference tells when the model is gone
+        model = teacher_side.load_teacher(c, p)
+        refs.append(weakref.ref(model))
+        return model
+
+    seen = []
+
+    def generation(ctx, teacher, tokenizer, prompts):  # stands in for the vLLM child (GPU work)
+        gc.collect()
+        seen.append((teacher is not None, refs[0]() is not None))
+        return [], {}
+
+    monkeypatch.setattr(distill, "load_teacher", load_and_watch)
+    monkeypatch.setattr(distill, "sequence_rows", generation)
+    tokenizer = load_tokenizer(folder, None, require_mask=True)
+    metrics: dict = {}
+    distill._teacher_side(ctx, folder, tokenizer, [], ["What was revenue?"], True, metrics)
+    assert metrics["teacher_eval"] is not None and len(refs) == 1  # loaded once, scored
+    # (passed to generation, still in memory)
+    assert seen == [(False, False) if backend == "vllm" else (True, True)]

@@ -129,7 +129,7 @@ def run(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     r = _load(recipe, profile, overrides)
     from verticalft.data import DataError
-    from verticalft.pipeline import StageFailed, run_dir_for, run_recipe
+    from verticalft.pipeline import PreflightFailed, StageFailed, run_dir_for, run_recipe
 
     rd = run_dir_for(r, profile, runs_dir)
     console.print(f"[bold]{r.name}[/] ({profile}) → {rd.root}")
@@ -137,6 +137,9 @@ def run(
 
     try:
         outcomes = run_recipe(r, rd, until=until, only=only, force=force, echo=console.print)
+    except PreflightFailed as exc:  # nothing ran: fix the input or the machine (exit 2, like validate)
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
     except (StageFailed, DataError) as exc:
         err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
         if rd.manifest_path.exists():  # what did finish stays readable

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from verticalft.cuda_preflight import gpu_problem
 from verticalft.data import source_files
 from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
@@ -33,6 +34,10 @@ VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes
 
 class StageFailed(RuntimeError):
     pass
+
+
+class PreflightFailed(StageFailed):
+    """Problems found before any work (missing inputs, no GPU for a GPU recipe): the CLI exits 2."""
 
 
 @dataclass
@@ -132,9 +137,12 @@ def _chat_template_file(recipe: Recipe) -> dict[str, str]:
     return {str(path): hash_file(path)} if path and path.is_file() else {}
 
 
-def preflight(recipe: Recipe, stages: list[str]) -> list[str]:
-    """Problems to fix before any work (missing input files), all at once."""
+def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = None) -> list[str]:
+    """Problems to fix before any work (missing input files, no GPU for a GPU recipe), all at once.
+    `pending`: the stages that will really run (default `stages`); only they need the GPU."""
     problems = []
+    if no_gpu := gpu_problem(recipe, stages if pending is None else pending):
+        problems.append(no_gpu)
     needed_by: dict[str, list[str]] = {}
     for stage in stages:
         for s in _data_for(recipe, stage):
@@ -320,6 +328,18 @@ def stage_state(run: RunDir, stages: list[str], stage: str, fp: str) -> str:
     return "done"
 
 
+def pending_stages(
+    run: RunDir, stages: list[str], to_run: list[str], fps: dict[str, str], force: bool | list[str]
+) -> list[str]:
+    """The stages of `to_run` that will not be skipped: from the first one not done (or forced)
+    on, since every stage after a rerun is stale. A finished GPU run re-read on a laptop needs no GPU."""
+    for i, stage in enumerate(to_run):
+        forced = force is True or (isinstance(force, list) and stage in force)
+        if forced or not run.is_done(stage, fps[stage], upstream_completions(run, stages, stage)):
+            return to_run[i:]
+    return []
+
+
 def run_recipe(
     recipe: Recipe,
     run: RunDir,
@@ -335,12 +355,12 @@ def run_recipe(
             raise StageFailed(f"unknown stage '{until}'; stages: {', '.join(STAGE_ORDER)}")
         stages = [s for s in stages if STAGE_ORDER.index(s) <= STAGE_ORDER.index(until)]
     to_run = [s for s in stages if not only or s in only]  # only what will run needs checking
-    problems = preflight(recipe, to_run)
+    fps = stage_fingerprints(recipe, stages)
+    problems = preflight(recipe, to_run, pending_stages(run, stages, to_run, fps, force))
     if problems:
-        raise StageFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise PreflightFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     for note in preflight_notes(recipe, to_run):
         echo(f"note: {note}")
-    fps = stage_fingerprints(recipe, stages)
     (run.root / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe))
     run.set_meta(recipe=recipe.name, stage_order=stages)
     outcomes = []

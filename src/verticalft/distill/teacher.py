@@ -103,6 +103,27 @@ def build_cache(
     return tc.TeacherCache(root), seconds
 
 
+def generates_in_process(ctx: StageContext) -> bool:
+    """`sequence`: whether the teacher's answers come from the HF model loaded here (`hf`), not
+    from a vLLM child process or an endpoint, which must find the GPU memory free."""
+    from verticalft.serving.offline import pick_backend
+
+    gen, t = ctx.recipe.stages.distill.generation, ctx.recipe.stages.distill.teacher
+    return pick_backend(gen.backend, t.endpoint) == "hf"
+
+
+def free_gpu_memory() -> None:
+    """Collect what was just dropped and hand its GPU memory back to the driver: PyTorch's caching
+    allocator keeps freed blocks otherwise, unseen by a vLLM child that sizes itself from free memory."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def teacher_generations(
     ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
 ) -> tuple[list[Any], str]:
@@ -128,10 +149,16 @@ def teacher_generations(
             chat_template_kwargs=kwargs,
         )
     elif backend == "vllm":
+        from verticalft.serving.sizing import engine_args_for
+
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
+        path = teacher_path(ctx)
+        # sized like the eval stage sizes the teacher: its GPUs, the prompts' context
+        args = engine_args_for(ctx.recipe, "teacher", True, prompts, gen.max_new_tokens,
+                               ev.engine_args if ev else None, path)  # fmt: skip
         out = g.generate_vllm(
-            teacher_path(ctx), prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
-            ev.engine_args if ev else None, ev.env if ev else None, tokenizer.chat_template, kwargs,
+            path, prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
+            args or None, ev.env if ev else None, tokenizer.chat_template, kwargs,
         )  # fmt: skip
     else:
         out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size, kwargs)

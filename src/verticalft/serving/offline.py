@@ -52,6 +52,8 @@ class Job:
     chat_template: str | None = None  # the run's template (recipe models.chat_template); None: the folder's
     # its variables (recipe models.chat_template_kwargs), e.g. {"enable_thinking": False}
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # this model's own vllm.LLM(...) arguments (serving.sizing: its GPUs, its context), over the shared ones
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for job in (Job(**j) for j in spec["jobs"]):
         t0 = time.time()
-        kwargs = {"seed": 0, **spec["engine_args"]}
+        kwargs = {"seed": 0, **spec["engine_args"], **job.engine_args}
         if job.lora:
             kwargs |= {"enable_lora": True, "max_lora_rank": job.max_lora_rank or 16, "max_loras": 1}
         llm = LLM(model=job.model, **kwargs)

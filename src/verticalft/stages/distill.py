@@ -36,6 +36,8 @@ from verticalft.distill.students import (
 from verticalft.distill.teacher import (
     build_cache,
     conversations,
+    free_gpu_memory,
+    generates_in_process,
     load_teacher,
     recorded_teacher_eval,
     sequence_rows,
@@ -144,13 +146,17 @@ def _teacher_side(
     the curated answers) and unload it when no student needs it in memory."""
     cfg = ctx.recipe.stages.distill
     side = TeacherSide()
-    # Under a launcher only rank 0 scores the teacher (it writes the results) and, with a cache,
-    # the rank that builds it loads it (build_cache); the others need it only for online logits.
+    # Under a launcher only rank 0 scores the teacher (it writes the results); with a cache every
+    # rank loads it for its share of the parts (build_cache); online logits need it everywhere.
     needed_here = is_main_process() or (cfg.kind == "logits" and not cfg.cache)
     teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None and needed_here else None
     if is_main_process():
         side.eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else recorded_teacher_eval(ctx)
     metrics["teacher_eval"] = side.eval
+    if teacher is not None and cfg.kind == "sequence" and not generates_in_process(ctx):
+        # scored; the answers come from a vLLM child (or an endpoint) that needs this GPU memory
+        teacher = None
+        free_gpu_memory()
     if any_todo and cfg.kind == "logits":
         from verticalft.distill.batching import chat_example
 
@@ -166,6 +172,7 @@ def _teacher_side(
                 "build_peak_rss_mb": mem.mb,
             }
             teacher = None  # students train from the cache alone
+            free_gpu_memory()  # every rank's teacher copy, before its student loads
     elif any_todo and cfg.kind == "sequence":
         side.rows, metrics["generations"] = sequence_rows(ctx, teacher, tokenizer, prompts)
         teacher = None

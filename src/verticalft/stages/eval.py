@@ -42,14 +42,17 @@ def generate_all(
     if backend == "vllm":
         from verticalft.chat_templates import chosen_template
         from verticalft.serving.offline import Job, generate
+        from verticalft.serving.sizing import engine_args_for
 
         # a trained folder carries the run's template; the base folder its own (renders the same
         # text, unless the recipe chose another template: then every model gets that one)
         template = chosen_template(ctx.recipe.models.chat_template)
         jobs = [
-            Job(m.name, m.path, prompts, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs)
+            Job(m.name, m.path, prompts, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs,
+                engine_args=engine_args_for(ctx.recipe, m.name, m.role != "student", prompts,
+                                            max_new_tokens, cfg.engine_args, m.path))
             for m in models
-        ]
+        ]  # fmt: skip
         print(
             f"  vLLM offline: {len(models)} models × {len(prompts)} prompts (log: {ctx.dir / 'vllm.log'})",
             flush=True,
