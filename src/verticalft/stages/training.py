@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from verticalft.models import fit_trainable_dtype, load_model
+from verticalft.models import fit_trainable_dtype, keep_4bit_trainable, load_model
 from verticalft.stages.base import StageContext, quick_eval, save_outputs, train_and_measure, trainer_config
 
 
@@ -55,6 +55,7 @@ class Trained:
 def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
     """Run one training job in `ctx.dir` (checkpoints/, adapter/, model/, tensorboard/)."""
     model = load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code)
+    keep_4bit_trainable(model)  # else the quick eval leaves 4-bit weights in a layout with no backward
     before = quick_eval(ctx, model, job.tokenizer) if job.eval_before else None
     args = trainer_config(ctx, job.config_cls, defaults=job.defaults, managed=job.managed)
     trainer = job.make_trainer(model, args)
