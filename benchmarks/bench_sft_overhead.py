@@ -100,7 +100,7 @@ def bare_trl(
     # ours splits with the run's seed (compute.seed, set to `seed` in the round): so does this side
     split = ds.train_test_split(test_size=min(0.05, 200 / len(ds)), seed=seed)
     t = cfg.trainer
-    args = SFTConfig(
+    settings = dict(
         output_dir=str(out),
         max_steps=steps,
         per_device_train_batch_size=t["per_device_train_batch_size"],
@@ -119,8 +119,8 @@ def bare_trl(
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
         bf16=False,
-        **overrides,  # --bare-set: bisecting one setting at a time
     )
+    args = SFTConfig(**(settings | overrides))  # --bare-set: bisecting one setting at a time
     trainer = SFTTrainer(
         model=model,
         args=args,
