@@ -329,7 +329,7 @@ def main() -> None:
     )
     print("resolved SFTConfig, bare vs ours (to_dict diff):", file=sys.stderr)
     for k, (b, o) in c["config_diff_bare_ours"].items():
-        flag = "" if k in BOOKKEEPING else "   <-- trains differently"
+        flag = "" if k in BOOKKEEPING else "   <-- not bookkeeping: the sides run differently"
         print(f"  {k}: {b!r} vs {o!r}{flag}", file=sys.stderr)
     bare_s = [r["bare"]["seconds"] for r in rounds]
     ours_s = [r["ours"]["seconds"] for r in rounds]
