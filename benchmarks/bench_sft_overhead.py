@@ -3,20 +3,25 @@
     .venv/bin/python benchmarks/bench_sft_overhead.py [--steps 40] [--rounds 2]
 
 Reports (1) step-throughput ratio ours/bare from `trainer.train()` wall time (target ≥ 0.95:
-the toolkit adds no cost; ours includes its checkpoint saves and TensorBoard logging), and
-(2) packing efficiency of the batches our stage feeds the model: the fraction of non-padding
+the toolkit adds no cost; ours includes its checkpoint saves and TensorBoard logging);
+(2) that both sides do the same work: their trainable parameters (names, counts, dtypes), the
+diff of their resolved SFTConfigs (`to_dict`), and their per-step training losses, which must
+agree within float noise (issue 30: they did not, and ours was faster for doing less); and
+(3) packing efficiency of the batches our stage feeds the model: the fraction of non-padding
 tokens in the input tensors (target ≥ 0.95) and how full the packed max_length bins are,
 next to the same data unpacked (padded per batch) for contrast.
 Like for like: both sides load the same 4-bit NF4 base with the same compute dtype and train their
 LoRA adapters in that dtype (`--dtype`, default float32: on a CPU without AVX-512-BF16 bf16
 matmuls are ~30x slower, which would measure the dtype, not the toolkit), with the same seed in a
-round. Rounds are interleaved and the order alternates (bare first in even rounds, ours first in
+round (training seed and held-out split) and the recipe's trainer block (gradient checkpointing
+included: TRL's SFTConfig defaults it to on, the tiny recipe has it off). Rounds are interleaved and the order alternates (bare first in even rounds, ours first in
 odd ones, recorded); the median is reported: the machine is noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -29,9 +34,48 @@ ROOT = Path(__file__).resolve().parents[1]
 os.chdir(ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import RESULTS, results_header  # noqa: E402
+
+# SFTConfig keys that only say where and how often a side writes (checkpoints, TensorBoard,
+# token counting): they may differ; any other difference means the sides train differently.
+BOOKKEEPING = {"output_dir", "save_strategy", "save_steps", "save_total_limit", "report_to"}
+BOOKKEEPING |= {"include_num_input_tokens_seen", "disable_tqdm", "ddp_timeout"}
 
 
-def bare_trl(model_path: str, recipe, steps: int, out: Path, seed: int, dtype_name: str) -> float:
+def trainable(model) -> dict:
+    """Names, element counts and dtypes of the parameters the optimizer updates."""
+    params = {
+        n: [p.numel(), str(p.dtype).removeprefix("torch.")]
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    dtypes: dict[str, int] = {}
+    for count, dtype in params.values():
+        dtypes[dtype] = dtypes.get(dtype, 0) + count
+    return {
+        "tensors": len(params),
+        "elements": sum(c for c, _ in params.values()),
+        "dtypes": dtypes,
+        "params": params,
+    }
+
+
+def side_record(trainer, seconds: float, train_loss: float) -> dict:
+    history = trainer.state.log_history
+    return {
+        "seconds": seconds,
+        "train_loss": train_loss,
+        "losses": [h["loss"] for h in history if "loss" in h],
+        "grad_norms": [h["grad_norm"] for h in history if "grad_norm" in h],
+        "trainable": trainable(trainer.model),
+        "config": trainer.args.to_dict(),
+    }
+
+
+def bare_trl(
+    model_path: str, recipe, steps: int, out: Path, seed: int, dtype_name: str, overrides: dict
+) -> dict:
     """What a user writes with TRL alone (QLoRA NF4 + LoRA + packing + assistant-only loss)."""
     import torch
     from datasets import load_dataset
@@ -53,18 +97,21 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path, seed: int, dtype_na
         ),
     )
     ds = load_dataset("json", data_files=recipe.data.sft.path, split="train").select_columns(["messages"])
-    ds = ds.train_test_split(test_size=min(0.05, 200 / len(ds)), seed=recipe.compute.seed)["train"]
+    # ours splits with the run's seed (compute.seed, set to `seed` in the round): so does this side
+    split = ds.train_test_split(test_size=min(0.05, 200 / len(ds)), seed=seed)
     t = cfg.trainer
-    args = SFTConfig(
+    settings = dict(
         output_dir=str(out),
         max_steps=steps,
         per_device_train_batch_size=t["per_device_train_batch_size"],
         gradient_accumulation_steps=t.get("gradient_accumulation_steps", 1),
         learning_rate=t["learning_rate"],
+        num_train_epochs=t["num_train_epochs"],
+        gradient_checkpointing=t["gradient_checkpointing"],  # TRL's default is True; the recipe's False
         max_length=cfg.max_length,
         packing=True,
         assistant_only_loss=True,
-        logging_steps=5,
+        logging_steps=1,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
@@ -73,10 +120,12 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path, seed: int, dtype_na
         warmup_steps=0.03,
         bf16=False,
     )
+    args = SFTConfig(**(settings | overrides))  # --bare-set: bisecting one setting at a time
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=ds,
+        train_dataset=split["train"],
+        eval_dataset=split["test"],
         processing_class=tok,
         peft_config=LoraConfig(
             r=cfg.lora.r,
@@ -91,23 +140,75 @@ def bare_trl(model_path: str, recipe, steps: int, out: Path, seed: int, dtype_na
         if p.requires_grad:
             p.data = p.data.to(dtype)
     t0 = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - t0
+    out = trainer.train()
+    return side_record(trainer, time.perf_counter() - t0, out.training_loss)
 
 
-def ours(recipe_path: str, runs: Path, steps: int, seed: int) -> tuple[float, dict]:
+@contextlib.contextmanager
+def watching_train():
+    """Hand out the trainer the stage trains (and what `trainer.train()` returned), by wrapping
+    `train_and_measure` as `train_model` calls it; the stage runs unchanged."""
+    import verticalft.stages.training as training
+
+    seen: dict = {}
+    real = training.train_and_measure
+
+    def watch(trainer, ctx):
+        seen["trainer"] = trainer
+        seen["metrics"] = real(trainer, ctx)
+        return seen["metrics"]
+
+    training.train_and_measure = watch
+    try:
+        yield seen
+    finally:
+        training.train_and_measure = real
+
+
+def ours(recipe_path: str, runs: Path, steps: int, seed: int) -> dict:
     from verticalft.pipeline import run_dir_for, run_recipe
     from verticalft.recipe import load_recipe
 
     r = load_recipe(
         recipe_path,
         "tiny",
-        [f"stages.sft.trainer.max_steps={steps}", "evaluation.max_items=1", f"compute.seed={seed}"],
+        [
+            f"stages.sft.trainer.max_steps={steps}",
+            "stages.sft.trainer.logging_steps=1",  # a loss per step, as the bare side logs
+            "evaluation.max_items=1",
+            f"compute.seed={seed}",
+        ],
     )
     rd = run_dir_for(r, "tiny", runs)
-    run_recipe(r, rd, until="sft", only=["tiny_models", "sft"], echo=lambda s: None)
-    m = rd.record("sft").metrics
-    return m["train_seconds"], m
+    with watching_train() as seen:
+        run_recipe(r, rd, until="sft", only=["tiny_models", "sft"], echo=lambda s: None)
+    m = seen["metrics"]
+    return side_record(seen["trainer"], m["train_seconds"], m["train_loss"])
+
+
+def compare(bare: dict, ours: dict) -> dict:
+    """What differs between the sides' trainable parameters, resolved configs and losses."""
+    tb, to = bare["trainable"], ours["trainable"]
+    names_b, names_o = set(tb["params"]), set(to["params"])
+    cb, co = bare["config"], ours["config"]
+    config_diff = {k: [cb.get(k), co.get(k)] for k in sorted(cb.keys() | co.keys()) if cb.get(k) != co.get(k)}
+    n = min(len(bare["losses"]), len(ours["losses"]))
+    return {
+        "trainable_same": tb["params"] == to["params"],
+        "trainable_only_bare": sorted(names_b - names_o),
+        "trainable_only_ours": sorted(names_o - names_b),
+        "trainable_dtype_or_size_differs": sorted(
+            k for k in names_b & names_o if tb["params"][k] != to["params"][k]
+        ),
+        "config_diff_bare_ours": {k: v for k, v in config_diff.items() if k != "output_dir"},
+        "config_diff_beyond_bookkeeping": sorted(set(config_diff) - BOOKKEEPING),
+        "max_abs_loss_diff": max(
+            (abs(a - b) for a, b in zip(bare["losses"], ours["losses"], strict=True)), default=None
+        ),
+        "first_step_loss_differs": next(
+            (i + 1 for i in range(n) if abs(bare["losses"][i] - ours["losses"][i]) > 1e-3), None
+        ),
+    }
 
 
 def packing_stats(model_path: str, recipe, batches: int = 20) -> dict:
@@ -158,8 +259,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="float32", help="compute and adapter dtype of both sides")
-    parser.add_argument("--out", default="benchmarks/results/sft_overhead.json")
+    parser.add_argument("--out", default=str(RESULTS / "sft_overhead.json"))
+    parser.add_argument(
+        "--bare-set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override one SFTConfig field of the bare side (bisecting), e.g. gradient_checkpointing=true",
+    )
     a = parser.parse_args()
+    load_before = os.getloadavg()
+    overrides = {k: json.loads(v) for k, v in (x.split("=", 1) for x in a.bare_set)}
     from verticalft.pipeline import run_dir_for, run_recipe
     from verticalft.recipe import load_recipe
 
@@ -177,38 +287,106 @@ def main() -> None:
         raise SystemExit(
             f"ours trains in {training_dtype()} here; run with --dtype {str(training_dtype())[6:]}"
         )
-    bare_s, ours_s, orders = [], [], []
+    rounds, orders = [], []
     for i in range(a.rounds):
         seed = 42 + i  # the same seed on both sides of a round
         order = ["bare", "ours"] if i % 2 == 0 else ["ours", "bare"]
+        sides = {}
         for side in order:
             if side == "bare":
-                bare_s.append(bare_trl(model_path, recipe, a.steps, work / f"bare{i}", seed, a.dtype))
+                sides[side] = bare_trl(
+                    model_path, recipe, a.steps, work / f"bare{i}", seed, a.dtype, overrides
+                )
             else:
-                ours_s.append(ours(a.recipe, work / f"ours{i}", a.steps, seed)[0])
+                sides[side] = ours(a.recipe, work / f"ours{i}", a.steps, seed)
         orders.append(order)
+        diff = compare(sides["bare"], sides["ours"])
+        rounds.append({"seed": seed, **sides, "compare": diff})
         print(
-            f"round {i} ({' then '.join(order)}): bare {bare_s[-1]:.1f}s, ours {ours_s[-1]:.1f}s",
+            f"round {i} ({' then '.join(order)}): bare {sides['bare']['seconds']:.1f}s "
+            f"loss {sides['bare']['train_loss']:.4f}, ours {sides['ours']['seconds']:.1f}s "
+            f"loss {sides['ours']['train_loss']:.4f}; max |Δloss| {diff['max_abs_loss_diff']:.2g}, "
+            f"first differing step {diff['first_step_loss_differs']}",
             file=sys.stderr,
         )
+    first = rounds[0]
+    for side in ("bare", "ours"):
+        t = first[side]["trainable"]
+        print(
+            f"{side}: {t['tensors']} trainable tensors, {t['elements']:,} elements, {t['dtypes']}",
+            file=sys.stderr,
+        )
+    c = first["compare"]
+    print(
+        f"trainable parameters identical (names, sizes, dtypes): {c['trainable_same']}"
+        + (
+            ""
+            if c["trainable_same"]
+            else f" (only bare {c['trainable_only_bare']}, only ours "
+            f"{c['trainable_only_ours']}, differ {c['trainable_dtype_or_size_differs']})"
+        ),
+        file=sys.stderr,
+    )
+    print("resolved SFTConfig, bare vs ours (to_dict diff):", file=sys.stderr)
+    for k, (b, o) in c["config_diff_bare_ours"].items():
+        flag = "" if k in BOOKKEEPING else "   <-- not bookkeeping: the sides run differently"
+        print(f"  {k}: {b!r} vs {o!r}{flag}", file=sys.stderr)
+    bare_s = [r["bare"]["seconds"] for r in rounds]
+    ours_s = [r["ours"]["seconds"] for r in rounds]
     bare_med, ours_med = statistics.median(bare_s), statistics.median(ours_s)
+
+    def losses(side: str, key: str) -> list[float]:
+        return [round(r[side][key], 4) for r in rounds]
+
     result = {
-        "command": "python benchmarks/bench_sft_overhead.py " + " ".join(sys.argv[1:]),
-        "load_average_1_5_15": os.getloadavg(),
+        **results_header("bench_sft_overhead.py", sys.argv[1:], load_before),
         "steps": a.steps,
         "rounds": a.rounds,
         "dtype": a.dtype,
+        "bare_overrides": overrides,
         "order_per_round": orders,
         "bare_seconds": [round(x, 2) for x in bare_s],
         "ours_seconds": [round(x, 2) for x in ours_s],
         "bare_trl_steps_per_s": round(a.steps / bare_med, 3),
         "ours_steps_per_s": round(a.steps / ours_med, 3),
         "throughput_ratio_ours_over_bare": round(bare_med / ours_med, 3),
+        "bare_train_loss_mean_per_round": losses("bare", "train_loss"),
+        "ours_train_loss_mean_per_round": losses("ours", "train_loss"),
+        "bare_final_loss_per_round": [round(r["bare"]["losses"][-1], 4) for r in rounds],
+        "ours_final_loss_per_round": [round(r["ours"]["losses"][-1], 4) for r in rounds],
+        "max_abs_loss_diff_per_round": [r["compare"]["max_abs_loss_diff"] for r in rounds],
+        "same_work": all(
+            r["compare"]["trainable_same"] and not r["compare"]["config_diff_beyond_bookkeeping"]
+            for r in rounds
+        ),
+        "trainable": {
+            side: {k: v for k, v in first[side]["trainable"].items() if k != "params"}
+            for side in ("bare", "ours")
+        },
+        "trainable_params_bare": first["bare"]["trainable"]["params"],
+        "config_diff_bare_ours": c["config_diff_bare_ours"],
+        "per_round": [
+            {
+                "seed": r["seed"],
+                "compare": {k: v for k, v in r["compare"].items() if k != "config_diff_bare_ours"},
+                **{
+                    side: {
+                        "seconds": round(r[side]["seconds"], 2),
+                        "train_loss": round(r[side]["train_loss"], 5),
+                        "losses": [round(x, 5) for x in r[side]["losses"]],
+                        "grad_norms": [round(x, 4) for x in r[side]["grad_norms"]],
+                    }
+                    for side in ("bare", "ours")
+                },
+            }
+            for r in rounds
+        ],
         "packing": packing_stats(model_path, recipe),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2), file=sys.stderr)
+    summary = {k: v for k, v in result.items() if k not in ("per_round", "trainable_params_bare")}
+    print(json.dumps(summary, indent=2), file=sys.stderr)
 
 
 if __name__ == "__main__":

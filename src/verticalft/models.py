@@ -197,6 +197,24 @@ def fit_trainable_dtype(model: Any) -> Any:
     return model
 
 
+def keep_4bit_trainable(model: Any) -> Any:
+    """Stop bitsandbytes repacking this model's 4-bit weights for CPU inference (call on a model
+    that will train, before anything evaluates it).
+
+    On a CPU with AVX-512-BF16, a 4-bit layer's first forward in eval mode without gradients
+    (a quick eval's generate, `trainer.evaluate()`) converts its weight, in place and for good,
+    into an inference-only layout (absmax rounded to bf16); `matmul_4bit` then runs
+    `gemv_4bit`, which has no autograd kernel, so training afterwards drops the gradient
+    through every frozen base layer (only the LoRA paths carry it down). The sft stage trained
+    that way after its quick eval: a grad norm half a bare TRL run's at step 1, a worse and
+    spiky loss curve (issue 30). A no-op without bitsandbytes layers or off CPU.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def load_tokenizer(
     path: str, chat_template: str | None = None, require_mask: bool = False
 ) -> PreTrainedTokenizerBase:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verticalft.launch import agree_or_raise, is_sharded_run
-from verticalft.models import fit_trainable_dtype, load_model
+from verticalft.models import fit_trainable_dtype, keep_4bit_trainable, load_model
 from verticalft.stages.base import StageContext, quick_eval, save_outputs, train_and_measure, trainer_config
 
 
@@ -74,6 +74,7 @@ def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
         lambda: load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code),
         f"loading {job.model_path}",
     )
+    keep_4bit_trainable(model)  # else the quick eval leaves 4-bit weights in a layout with no backward
     # before the trainer wraps it: TRL casts the adapters to bf16 (undone by fit_trainable_dtype)
     before = quick_eval(ctx, model, job.tokenizer) if job.eval_before and not sharded else None
     trainer = _on_every_rank(lambda: job.make_trainer(model, args), "building the trainer")
