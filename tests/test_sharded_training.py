@@ -75,7 +75,7 @@ def test_sharded_runs_evaluate_only_a_prepared_model(tmp_path, monkeypatch):
         return evaluate(self, *a, **k)
 
     monkeypatch.setattr(Trainer, "evaluate", spy)
-    monkeypatch.setattr("verticalft.stages.training.is_sharded_run", lambda: True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets with fsdp2.yaml
     recipe = load_recipe(FINANCE, "tiny", overrides=["stages.cpt.trainer.max_steps=3"])
     run = RunDir(tmp_path / "run")
     run_recipe(recipe, run, only=["tiny_models", "cpt"], echo=lambda s: None)

@@ -18,8 +18,9 @@ the spot, the shipped sample data, no hub access), set the way a GPU node runs i
 
 Prints PASS/FAIL and seconds per step. It runs on the machine's own torch/CUDA: install the
 project with `--no-deps` over it; beyond torch, transformers, accelerate, peft and tokenizers it
-needs trl, bitsandbytes, datasets, pydantic, typer, rich, pyyaml, tqdm, safetensors, numpy,
-pyarrow (`missing_packages` says which are absent before anything runs).
+needs trl, bitsandbytes, datasets, pydantic (+ pydantic-core, annotated-types,
+typing-inspection), typer (+ shellingham), rich, pyyaml, tqdm, safetensors, numpy, pyarrow
+(`missing_packages` says which are absent before anything runs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (recipes/, data_pipel
 NEEDED = [
     "torch", "transformers", "accelerate", "peft", "tokenizers", "trl", "bitsandbytes", "datasets",
     "pydantic", "typer", "rich", "yaml", "tqdm", "safetensors", "numpy", "pyarrow",
+    # what those import in turn (a --no-deps install brings none of it)
+    "pydantic_core", "annotated_types", "typing_inspection", "shellingham",
 ]  # fmt: skip
 
 
