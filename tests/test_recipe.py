@@ -146,3 +146,19 @@ def test_distill_section_is_checked_against_the_kind():
             "tiny",
             ["stages.distill.teacher.endpoint=http://127.0.0.1:8000/v1"],
         )
+
+
+def test_recipe_outside_recipes_gets_the_shared_profile_under_its_own(tmp_path, monkeypatch):
+    # Issue 25: finance.yaml has its own `profiles.tiny` block; a copy kept outside recipes/
+    # used that block alone, and `-p tiny` ran with the full recipe's Qwen3-32B teacher.
+    copy = tmp_path / "elsewhere" / "finance.yaml"
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "recipes/finance.yaml").read_text())
+    monkeypatch.chdir(ROOT)  # the CLI runs from the project root
+    r = load_recipe(copy, "tiny")
+    assert r.models.teacher == "tiny://teacher"  # recipes/profiles/tiny.yaml applied
+    assert r.stages.curate.shard_size == 300  # the recipe's own profiles.tiny on top of it
+    # run from elsewhere, with no shared profile to find, the own block still applies alone
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(copy, "tiny")
+    assert r.stages.curate.shard_size == 300

@@ -5,8 +5,9 @@ three hours. Every block forbids unknown keys, and `load_recipe` reports *every*
 once with its dotted key path and a did-you-mean hint (`RecipeError`), so the CLI can print
 them all and exit 2 without a traceback.
 
-Loading order: recipe YAML → shared profile overlay (`recipes/profiles/<profile>.yaml`) →
-the recipe's own `profiles.<profile>` block → command-line overrides (`key.path=value`).
+Loading order: recipe YAML → shared profile overlay (`<recipe folder>/profiles/<profile>.yaml`,
+else `recipes/profiles/<profile>.yaml` of the current directory) → the recipe's own
+`profiles.<profile>` block on top → command-line overrides (`key.path=value`).
 `{name}` in any string of an overlay is replaced by the recipe's name, so one shared
 `tiny` profile can point every vertical at its own sample data.
 """
@@ -790,6 +791,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def profile_dirs(path: Path) -> list[Path]:
+    """Where the shared profile overlays of the recipe at `path` may live, first match wins:
+    the recipe's own folder's `profiles/`, then `recipes/profiles/` of the current directory.
+
+    Why the second: a recipe kept outside `recipes/` (a user's copy, a scratch file) would
+    otherwise lose the shared `tiny` overlay silently whenever it has its own `profiles.tiny`
+    block, and `-p tiny` would run with the full-size models.
+    """
+    dirs = [path.parent / PROFILE_DIR_NAME, Path.cwd() / "recipes" / PROFILE_DIR_NAME]
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and all(d.resolve() != o.resolve() for o in out):
+            out.append(d)
+    return out
+
+
+def shared_profile(path: Path, profile: str) -> Path | None:
+    """The shared overlay file of `profile` for the recipe at `path` (see `profile_dirs`), or None."""
+    for d in profile_dirs(path):
+        if (d / f"{profile}.yaml").is_file():
+            return d / f"{profile}.yaml"
+    return None
+
+
 def resolve_raw(path: str | Path, profile: str = "full", overrides: Iterable[str] = ()) -> dict[str, Any]:
     """The recipe dict after profile overlays and overrides, before validation."""
     path = Path(path)
@@ -798,10 +823,10 @@ def resolve_raw(path: str | Path, profile: str = "full", overrides: Iterable[str
     raw = _read_yaml(path)
     name = str(raw.get("name", path.stem))
     if profile != "full":
-        shared = path.parent / PROFILE_DIR_NAME / f"{profile}.yaml"
+        shared = shared_profile(path, profile)
         own = (raw.get("profiles") or {}).get(profile) if isinstance(raw.get("profiles"), dict) else None
-        if not shared.is_file() and own is None:
-            available = sorted(p.stem for p in (path.parent / PROFILE_DIR_NAME).glob("*.yaml"))
+        if shared is None and own is None:
+            available = sorted({p.stem for d in profile_dirs(path) for p in d.glob("*.yaml")})
             raise RecipeError(
                 str(path),
                 [
@@ -812,7 +837,7 @@ def resolve_raw(path: str | Path, profile: str = "full", overrides: Iterable[str
                     )
                 ],
             )
-        if shared.is_file():
+        if shared is not None:
             raw = deep_merge(raw, _substitute(_read_yaml(shared), name))
         if own:
             raw = deep_merge(raw, _substitute(own, name))
