@@ -146,3 +146,28 @@ def test_only_checks_what_it_will_run(tmp_path, monkeypatch):
     assert ran == []
     run_recipe(r, RunDir(tmp_path / "one"), only=["curate"], echo=lambda s: None)
     assert ran == ["curate"]
+
+
+def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
+    # Issue 25: `--only sfft` matched no stage, ran nothing and exited 0.
+    from typer.testing import CliRunner
+
+    from verticalft.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(ROOT / "recipes/finance.yaml"),
+            "-p",
+            "tiny",
+            "--only",
+            "sfft",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--only: unknown stage 'sfft' (did you mean 'sft'?)" in result.output
+    assert "stages: tiny_models, curate, cpt, sft, dpo, distill, eval, bench, cost, route" in result.output
+    assert not (tmp_path / "finance" / "tiny" / "recipe.resolved.yaml").exists()  # nothing ran

@@ -23,7 +23,7 @@ from verticalft.cuda_preflight import gpu_problem
 from verticalft.data import source_files
 from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
-from verticalft.recipe import Recipe, recipe_to_yaml
+from verticalft.recipe import Recipe, _did_you_mean, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stage_names import STAGE_ORDER, TRAINING_STAGES
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
@@ -340,6 +340,19 @@ def pending_stages(
     return []
 
 
+def unknown_stage_check(names: list[str], option: str) -> None:
+    """Refuse stage names that are not stages (PreflightFailed: the CLI exits 2).
+
+    Why: `--only sfft` used to match no stage and "finish" having run nothing, exit 0.
+    """
+    for name in names:
+        if name not in STAGE_ORDER:
+            raise PreflightFailed(
+                f"{option}: unknown stage '{name}'{_did_you_mean(name, STAGE_ORDER)}; "
+                f"stages: {', '.join(STAGE_ORDER)}"
+            )
+
+
 def run_recipe(
     recipe: Recipe,
     run: RunDir,
@@ -349,10 +362,10 @@ def run_recipe(
     echo: Callable[[str], None] = print,
 ) -> list[StageOutcome]:
     """Run enabled stages up to `until` (inclusive). Raises StageFailed on the first failure."""
+    unknown_stage_check([until] if until is not None else [], "--until")
+    unknown_stage_check(only or [], "--only")
     stages = enabled_stages(recipe)
     if until is not None:
-        if until not in STAGE_ORDER:
-            raise StageFailed(f"unknown stage '{until}'; stages: {', '.join(STAGE_ORDER)}")
         stages = [s for s in stages if STAGE_ORDER.index(s) <= STAGE_ORDER.index(until)]
     to_run = [s for s in stages if not only or s in only]  # only what will run needs checking
     fps = stage_fingerprints(recipe, stages)
