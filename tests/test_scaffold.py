@@ -34,3 +34,19 @@ def test_new_vertical_validates_and_points_at_its_own_data(tmp_path):
         scaffold_vertical("legal", "finance", tmp_path)
     with pytest.raises(ValueError, match="not a valid vertical name"):
         scaffold_vertical("Legal-Docs", "finance", tmp_path)
+
+
+def test_new_vertical_does_not_keep_the_templates_description_or_keywords(tmp_path):
+    # Issue 25: `verticalft new legal` kept finance's description and its keyword relevance
+    # filter, which would keep finance documents and drop legal ones.
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(ROOT / "data_pipelines" / "finance", tmp_path / "data_pipelines" / "finance")
+    scaffold_vertical("legal", "finance", tmp_path)
+    text = (tmp_path / "recipes/legal.yaml").read_text()
+    assert "EBITDA" not in text and "Filings, earnings calls" not in text
+    assert "keywords: []   # TODO: words a legal document uses" in text
+    for profile in ("full", "tiny"):  # still validates, and the filter is there with no keywords
+        r = load_recipe(tmp_path / "recipes/legal.yaml", profile)
+        assert r.description == "TODO: what the legal vertical covers (was finance's)"
+        relevance = [f["relevance"] for f in r.stages.curate.model_dump()["filters"] if "relevance" in f]
+        assert relevance == [{"keywords": [], "patterns": [], "min_hits_per_1k_words": 2.0}]

@@ -2,7 +2,8 @@
 
 The copy runs as-is (`make <domain>-dpo PROFILE=tiny` works at once on the template's sample),
 so the author changes one thing at a time: descriptions and models in the YAML, documents and
-task generators in `data_pipelines/<domain>/build_sample.py`.
+task generators in `data_pipelines/<domain>/build_sample.py`. The template's description and
+relevance keywords are not copied: they become TODO placeholders for the author to fill.
 """
 
 from __future__ import annotations
@@ -46,6 +47,33 @@ def _drop_connector_comments(text: str, template: str) -> str:
     return "\n".join(strip(line) for line in text.split("\n"))
 
 
+def _blank_domain_words(text: str, domain: str, template: str) -> str:
+    """Replace the template's description and its relevance `keywords`/`patterns` lists with
+    empty placeholders marked TODO.
+
+    Why: a copied keyword filter would keep finance documents and drop legal ones, silently, and a
+    copied description would label the new vertical as the template's. An empty list is the
+    filter's "no keywords configured" (it keeps every document), so the copy still runs as-is.
+    """
+    text = re.sub(
+        r"^description:.*$",
+        f'description: "TODO: what the {domain} vertical covers (was {template}\'s)"',
+        text,
+        count=1,
+        flags=re.M,
+    )
+    todo = {
+        "keywords": f"TODO: words a {domain} document uses; [] keeps every document",
+        "patterns": f"TODO: regular expressions of {domain} text (optional)",
+    }
+    for key, note in todo.items():
+        flow = rf"^(?P<indent>[ \t]*){key}:[ \t]*\[[^\]]*\][^\n]*$"  # keywords: [a, b,\n   c]
+        block = rf"^(?P<indent>[ \t]*){key}:[ \t]*(?:#[^\n]*)?\n(?:(?P=indent)[ \t]*- [^\n]*\n)+"
+        text = re.sub(block, lambda m, k=key, n=note: f"{m['indent']}{k}: []   # {n}\n", text, flags=re.M)
+        text = re.sub(flow, lambda m, k=key, n=note: f"{m['indent']}{k}: []   # {n}", text, flags=re.M)
+    return text
+
+
 def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
     if not NAME.match(domain):
         raise ValueError(
@@ -66,6 +94,7 @@ def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:
     text = _drop_connector_comments(src_recipe.read_text(), template)
     text = re.sub(rf"^name: {template}$", f"name: {domain}", text, flags=re.M)
     text = text.replace(f"data_pipelines/{template}/", f"data_pipelines/{domain}/")
+    text = _blank_domain_words(text, domain, template)
     header = f"# {domain}: scaffolded from recipes/{template}.yaml by `verticalft new`; edit freely.\n"
     dst_recipe.write_text(header + text)
     shutil.copytree(src_data, dst_data, ignore=_template_only)
