@@ -75,3 +75,23 @@ def test_gates_name_what_fell_short():
     assert not any("student-s" in f for f in failed)
     assert any("min_score 0.5" in f for f in failed) and any("general" in f for f in failed)
     assert check_gates(Gates(), scores, "dpo", "base") == []
+
+
+def test_choice_answer_as_an_mmlu_option_index(tmp_path):
+    # Issue 25: MMLU (and HF `cais/mmlu`) store the answer as the 0-based index of the right
+    # option; `answer: 1` was read as the text "1" and every prediction scored 0.
+    choices = ["Equity", "Liability", "Revenue", "Expense"]
+    rows = [
+        {"prompt": "q1", "answer": 1, "kind": "choice", "choices": choices},  # B, Liability
+        {"prompt": "q2", "answer": 0, "kind": "choice", "choices": choices},  # A, Equity
+        {"prompt": "q3", "answer": 3, "kind": "choice", "choices": choices},  # D, Expense
+        {"prompt": "q4", "answer": "C", "kind": "choice", "choices": choices},  # a letter stays
+    ]
+    items = load_items(_write(tmp_path / "eval.jsonl", rows))
+    assert [it["answer"] for it in items] == ["B", "A", "D", "C"]
+    # by hand: "B" right, "Liability" (B) wrong for A, "(D) Expense" right, "A" wrong for C
+    assert score_items(items, ["B", "Liability", "(D) Expense", "A"]) == [True, False, True, False]
+    # the raw rows (an index, not yet loaded) score the same
+    assert score_items(rows, ["B", "Liability", "(D) Expense", "A"]) == [True, False, True, False]
+    with pytest.raises(DataError, match=r"eval.jsonl:1: choice answer index 4 is not an option"):
+        load_items(_write(tmp_path / "eval.jsonl", [{**rows[0], "answer": 4}]))

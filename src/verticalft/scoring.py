@@ -6,7 +6,8 @@ matching rules (`score_answer`), so a score means the same thing everywhere.
 
 Kinds: `label` (classification: first line, case-insensitive), `exact` (the whole answer,
 whitespace-normalised), `number` (first number within a relative tolerance: figures in finance
-answers) and `choice` (multiple choice: the option letter, or the option's text). Every kind
+answers) and `choice` (multiple choice: the option letter, or the option's text; the item's answer may
+also be a 0-based option index, as MMLU stores it). Every kind
 scores the answer after a leading think block (`strip_think`).
 """
 
@@ -82,8 +83,30 @@ def load_items(source: Source, max_items: int | None = None) -> list[dict[str, A
             raise DataError(f"{where}: unknown kind '{kind}'; one of {', '.join(KINDS)}")
         if kind == "choice" and not row.get("choices"):
             raise DataError(f"{where}: a `choice` item needs its options in `choices`")
-        items.append({**row, "kind": kind, "answer": str(row["answer"])})
+        answer = row["answer"]
+        if kind == "choice":
+            try:
+                answer = choice_answer(answer, row["choices"])
+            except ValueError as exc:
+                raise DataError(f"{where}: {exc}") from None
+        items.append({**row, "kind": kind, "answer": str(answer)})
     return items[:max_items] if max_items else items
+
+
+def choice_answer(answer: Any, choices: list[str]) -> Any:
+    """A `choice` item's answer as written for scoring: an integer is a 0-based option index
+    and becomes its letter (1 → "B"); anything else is returned unchanged (a letter or the
+    option's text, which `choice_letter` reads).
+
+    Why: MMLU and its Hugging Face copies (`cais/mmlu`) store the answer as the index of the
+    right option, `answer: 1` with `choices: [...]`; read as the text "1" it matched no option
+    and every answer scored 0. Raises ValueError for an index outside the options.
+    """
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return answer
+    if not 0 <= answer < len(choices):
+        raise ValueError(f"choice answer index {answer} is not an option (0-based, {len(choices)} choices)")
+    return chr(65 + answer)
 
 
 _CHOICE = re.compile(r"^\(?([A-Za-z])[).:]?(?:\s|$)")
@@ -125,11 +148,14 @@ def score_answer(
 
 
 def score_items(items: list[dict[str, Any]], predictions: list[str], tolerance: float = 0.001) -> list[bool]:
-    """Per-item correctness (an item's `kind` defaults to label)."""
-    return [
-        score_answer(p, str(it["answer"]), it.get("kind") or "label", tolerance, it.get("choices"))
-        for p, it in zip(predictions, items, strict=True)
-    ]
+    """Per-item correctness (an item's `kind` defaults to label; a `choice` answer may be a
+    0-based option index, as `choice_answer` reads it)."""
+    out = []
+    for p, it in zip(predictions, items, strict=True):
+        kind = it.get("kind") or "label"
+        answer = choice_answer(it["answer"], it.get("choices") or []) if kind == "choice" else it["answer"]
+        out.append(score_answer(p, str(answer), kind, tolerance, it.get("choices")))
+    return out
 
 
 def summarise(items: list[dict[str, Any]], correct: list[bool]) -> dict[str, Any]:
