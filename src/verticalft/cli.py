@@ -25,6 +25,33 @@ def _human(n: float) -> str:
     return f"{n:.3g}"
 
 
+def package_version() -> str:
+    """The installed package's version (what pip reports), else the source tree's `__version__`."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("verticalft")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        from verticalft import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"verticalft {package_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit"
+    ),
+) -> None:
+    """Options before any command."""
+
+
 ProfileOpt = typer.Option(
     "full", "--profile", "-p", envvar="PROFILE", help="full, tiny, or a recipes/profiles/*.yaml"
 )
