@@ -12,7 +12,14 @@ from rich.table import Table
 
 from verticalft.recipe import Recipe, RecipeError, load_recipe
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# What `verticalft --help` says: for the user (the module docstring above is for developers).
+HELP = (
+    "Turn an open base model into a cheap, strong domain model: one recipe per vertical.\n\n"
+    "Main commands: validate (check a recipe), plan (cost before anything runs), run (curate, cpt, "
+    "sft, dpo, distill, eval, bench, cost, route), status, report, new (scaffold a vertical).\n\n"
+    "Try it on CPU in minutes: verticalft run recipes/finance.yaml -p tiny"
+)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 # Wide enough for the plan/status tables when output is piped (CI logs, `| tee`).
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -49,7 +56,7 @@ def _main(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit"
     ),
 ) -> None:
-    """Options before any command."""
+    """Options before any command (the help text is HELP)."""
 
 
 ProfileOpt = typer.Option(
