@@ -336,3 +336,29 @@ def test_vllm_gets_a_chosen_template(tmp_path):
     cmd = vllm_command("base", 8000, chat_template=path)
     assert cmd[cmd.index("--chat-template") + 1] == str(path)
     assert ct.chosen_template_path(None) is None and ct.chosen_template(ct.MODEL_CHOICE) is None
+
+
+def test_chatml_is_a_template_name_with_the_assistant_mask(smol_dir):
+    # Issue 25: `models.chat_template: chatml` was refused (not one of TRL's names).
+    assert load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["models.chat_template=chatml"])
+    assert ct.chosen_template_path("chatml") == ct.CHATML_FILE.resolve()
+    assert ct.chosen_template("chatml") == ct.chatml_training_template(None)  # the shipped file
+    tok = raw(smol_dir)  # SmolLM2: ChatML tokens, but its own template adds a default system turn
+    tok.chat_template = ct.training_template(tok, "chatml")
+    convo = [
+        {"role": "user", "content": "What was Q3 revenue?"},
+        {"role": "assistant", "content": "$4.2bn."},
+        {"role": "user", "content": "Margin?"},
+        {"role": "assistant", "content": "31%."},
+    ]
+    # standard ChatML, written by hand: no default system turn
+    assert tok.apply_chat_template(convo, tokenize=False) == (
+        "<|im_start|>user\nWhat was Q3 revenue?<|im_end|>\n<|im_start|>assistant\n$4.2bn.<|im_end|>\n"
+        "<|im_start|>user\nMargin?<|im_end|>\n<|im_start|>assistant\n31%.<|im_end|>\n"
+    )
+    assert tok.apply_chat_template(convo[:1], tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>user\nWhat was Q3 revenue?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    enc = tok.apply_chat_template(convo, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    runs = masked_runs(enc["input_ids"], enc["assistant_masks"])
+    assert [tok.decode(r) for r in runs] == ["$4.2bn.<|im_end|>", "31%.<|im_end|>"]

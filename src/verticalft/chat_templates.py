@@ -12,6 +12,7 @@ mask with only a log line, so a logit loss silently trains on nothing.
 - null or `model`: the model's own template;
 - a TRL training template name (`qwen2_5`, `qwen3`, `llama3`, … — `trl_template_names()`): the
   `<name>_training.jinja` TRL ships;
+- `chatml`: standard ChatML with markers (`CHATML_FILE`; TRL ships no plain ChatML template);
 - a path to a `.jinja` file.
 
 `training_template` turns it into the training variant: the template itself when it has markers
@@ -51,6 +52,11 @@ from pathlib import Path
 from typing import Any
 
 MODEL_CHOICE = "model"
+# `models.chat_template: chatml`: standard ChatML (`<|im_start|>role\n…<|im_end|>\n`, no default
+# system turn) with markers, for models whose own template is ChatML-like but not byte-identical
+# (or absent). The file is `chatml_training_template(None)`, shipped so vLLM gets it as a path.
+CHATML_CHOICE = "chatml"
+CHATML_FILE = Path(__file__).parent / "templates" / "chatml_training.jinja"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 FIX = (
     "set models.chat_template: <a TRL name, e.g. qwen2_5, qwen3, llama3> or a .jinja path with "
@@ -117,13 +123,13 @@ def choice_problem(choice: str | None) -> str | None:
         return (
             None if Path(choice).is_file() else f"{choice}: file not found (paths resolve from {Path.cwd()})"
         )
-    names = trl_template_names()
+    names = sorted([*trl_template_names(), CHATML_CHOICE])
     if choice in names:
         return None
     close = difflib.get_close_matches(choice, names, n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return (
-        f"'{choice}' is not one of TRL's training templates{hint}; use one of {', '.join(names)}, "
+        f"'{choice}' is not a known chat template{hint}; use one of {', '.join(names)}, "
         f"a path to a .jinja file, or `{MODEL_CHOICE}` (the model's own template)"
     )
 
@@ -138,6 +144,8 @@ def chosen_template_path(choice: str | None) -> Path | None:
     if choice in (None, MODEL_CHOICE):
         return None
     assert choice is not None
+    if choice == CHATML_CHOICE:
+        return CHATML_FILE.resolve()
     path = Path(choice) if choice.endswith(".jinja") else trl_templates_dir() / f"{choice}_training.jinja"
     return path.resolve()
 
