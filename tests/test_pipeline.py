@@ -171,3 +171,26 @@ def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
     assert "--only: unknown stage 'sfft' (did you mean 'sft'?)" in result.output
     assert "stages: tiny_models, curate, cpt, sft, dpo, distill, eval, bench, cost, route" in result.output
     assert not (tmp_path / "finance" / "tiny" / "recipe.resolved.yaml").exists()  # nothing ran
+
+
+def test_a_model_folder_without_tokenizer_files_is_a_validate_problem(tmp_path):
+    # Issue 25: `validate` crashed in transformers with a traceback (ValueError about slow
+    # tokenizers) on a teacher folder holding weights/config but no tokenizer.
+    from typer.testing import CliRunner
+
+    from verticalft.cli import app
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text('{"model_type": "llama"}')
+    args = ["validate", str(ROOT / "recipes/finance.yaml"), "-s", f"models.teacher={teacher}"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 2
+    assert (
+        f"models.teacher: {teacher} has no tokenizer files (tokenizer.json / tokenizer_config.json)"
+        in result.output
+    )
+    # `run` refuses it the same way before any work (preflight)
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", [f"models.teacher={teacher}"])
+    assert f"models.teacher: {teacher} has no tokenizer files" in " ".join(preflight(r, ["sft"]))

@@ -80,11 +80,14 @@ def _load(recipe: Path, profile: str, overrides: list[str] | None) -> Recipe:
 def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt) -> None:
     """Check a recipe (and its profile overlay); lists every problem, exit 2 if any."""
     r = _load(recipe, profile, overrides)
-    from verticalft.pipeline import distill_vocab_check, enabled_stages, preflight
+    from verticalft.pipeline import distill_vocab_check, enabled_stages, preflight, tokenizer_file_problems
 
     stages = [s for s in enabled_stages(r) if s != "tiny_models"]
-    # Teacher/student tokenizers that cannot do logit distillation: a recipe error on any machine.
-    wrong, notes = distill_vocab_check(r) if "distill" in stages else ([], [])
+    # A model folder without a tokenizer, or teacher/student tokenizers that cannot do logit
+    # distillation: recipe errors on any machine.
+    wrong, notes = tokenizer_file_problems(r), []
+    if not wrong and "distill" in stages:  # the vocabulary check loads those tokenizers
+        wrong, notes = distill_vocab_check(r)
     for problem in wrong:
         err_console.print(f"[bold red]problem[/]: {problem}", highlight=False)
     if wrong:

@@ -159,6 +159,8 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
         f"{path}: file not found (needed by {', '.join(who)}; paths resolve from {Path.cwd()})"
         for path, who in sorted(needed_by.items())
     ]
+    if no_tokenizer := tokenizer_file_problems(recipe):  # the checks below would load them
+        return [*problems, *no_tokenizer]
     problems += chat_template_problems(recipe, stages)
     if "distill" in stages:
         problems += distill_vocab_problems(recipe)
@@ -205,6 +207,36 @@ def chat_template_problems(recipe: Recipe, stages: list[str]) -> list[str]:
             training_template(tokenizer, recipe.models.chat_template)
         except ChatTemplateError as exc:
             problems.append(f"models.chat_template: {exc}")
+    return problems
+
+
+# Files any of which lets transformers build a tokenizer from a folder (fast, config, SentencePiece,
+# BPE/WordPiece vocabularies, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def tokenizer_file_problems(recipe: Recipe) -> list[str]:
+    """Local model folders of the recipe that have no tokenizer files, each with its key path.
+
+    Why: such a folder (weights and config copied without the tokenizer) made `validate` crash in
+    transformers with a traceback about slow tokenizers; every stage needs the tokenizer, so it
+    is a recipe problem to fix before anything runs. Hub ids, `tiny://`, `prune://` and GGUF refs
+    are not folders and are not checked here.
+    """
+    refs: list[tuple[str, str]] = [("models.teacher", recipe.models.teacher)]
+    refs += [(f"models.students[{i}]", s) for i, s in enumerate(recipe.models.students)]
+    distill = recipe.stages.distill
+    if distill is not None:
+        if distill.teacher.model:
+            refs.append(("stages.distill.teacher.model", distill.teacher.model))
+        refs += [(f"stages.distill.students[{i}]", s) for i, s in enumerate(distill.students or [])]
+    problems = []
+    for key, ref in refs:
+        folder = Path(ref)
+        if not folder.is_dir() or any(folder.glob("*.tiktoken")):
+            continue
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            problems.append(f"{key}: {ref} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     return problems
 
 
