@@ -321,6 +321,100 @@ def curate(
     console.print(f"report: {rd.output('curate', 'report')}")
 
 
+@app.command()
+def preview(
+    recipe: Path,
+    profile: str = ProfileOpt,
+    overrides: list[str] = SetOpt,
+    n: int = typer.Option(2, "-n", help="Examples per set"),
+    runs_dir: Path = RunsOpt,
+) -> None:
+    """Show N training examples per set as the trainers will see them: the rendered chat template,
+    the trained (assistant) tokens highlighted, token counts. Run it first on new data."""
+    from verticalft.data import DataError
+    from verticalft.preview import corpus_example, preference_example, sft_example
+
+    r = _load(recipe, profile, overrides)
+    try:
+        tokenizer = _preview_tokenizer(r, profile, runs_dir)
+    except (OSError, ValueError, RuntimeError) as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    kwargs = r.models.chat_template_kwargs
+    try:
+        if r.data.sft is not None and r.stages.sft is not None:
+            rows = _first_rows(r.data.sft, ("messages",), n)
+            console.rule(f"sft: {r.data.sft.path} (max_length {r.stages.sft.max_length})")
+            for i, row in enumerate(rows):
+                shown = sft_example(
+                    tokenizer, row["messages"], r.stages.sft.max_length, kwargs, row.get("tools")
+                )
+                _print_rendered(f"example {i + 1}", shown)
+        if r.data.preferences is not None and r.stages.dpo is not None:
+            rows = _first_rows(r.data.preferences, ("prompt", "chosen", "rejected"), n)
+            console.rule(f"preferences: {r.data.preferences.path} (max_length {r.stages.dpo.max_length})")
+            for i, row in enumerate(rows):
+                parts = preference_example(
+                    tokenizer, row["prompt"], row["chosen"], row["rejected"], r.stages.dpo.max_length, kwargs
+                )
+                for name, shown in parts.items():
+                    _print_rendered(f"example {i + 1} {name}", shown)
+        if r.data.corpus and r.stages.cpt is not None:
+            source = r.data.corpus[0]
+            rows = _first_rows(source, (source.text_field,), n)
+            console.rule(f"corpus: {source.path} (max_length {r.stages.cpt.max_length})")
+            for i, row in enumerate(rows):
+                _print_rendered(
+                    f"document {i + 1}",
+                    corpus_example(tokenizer, row[source.text_field], r.stages.cpt.max_length),
+                    400,
+                )
+    except DataError as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _preview_tokenizer(r: Recipe, profile: str, runs_dir: Path) -> object:
+    """The run's tokenizer with its training template; tiny models are built first if needed."""
+    from verticalft.models import is_tiny, load_tokenizer
+    from verticalft.pipeline import run_dir_for, run_recipe
+    from verticalft.stages.base import StageContext
+
+    rd = run_dir_for(r, profile, runs_dir)
+    if is_tiny(r.models.teacher) and not rd.is_done("tiny_models"):
+        run_recipe(r, rd, until="tiny_models", only=["tiny_models"], echo=console.print)
+    path = StageContext(r, rd, "sft").resolve_model(r.models.teacher)
+    return load_tokenizer(path, r.models.chat_template, require_mask=r.stages.sft is not None)
+
+
+def _first_rows(source: object, required: tuple[str, ...], n: int) -> list[dict]:
+    from verticalft.data import load_source
+
+    ds = load_source(source, required)
+    return ds.select(range(min(n, len(ds)))).to_list()
+
+
+def _print_rendered(title: str, shown: object, limit: int | None = None) -> None:
+    """Trained tokens in green on a terminal, between ⟦ ⟧ when piped (no colour to see)."""
+    from rich.markup import escape
+
+    head = f"[bold]{title}[/]: {shown.tokens} tokens, {shown.trained} trained"
+    head += " [red](longer than max_length: the tail is cut)[/]" if shown.truncated else ""
+    console.print(head + (f" — {shown.note}" if shown.note else ""))
+    text, plain = "", not console.is_terminal
+    for chunk, trained in shown.spans:
+        chunk = chunk if limit is None or len(text) < limit else ""
+        if not chunk:
+            continue
+        if trained:
+            text += f"⟦{escape(chunk)}⟧" if plain else f"[green]{escape(chunk)}[/]"
+        else:
+            text += escape(chunk)
+    if limit is not None and sum(len(c) for c, _ in shown.spans) > limit:
+        text = text[: limit + 200] + " …"
+    console.print(text, highlight=False)
+
+
 @app.command("tiny-models")
 def tiny_models_cmd(
     recipe: Path = typer.Argument(Path("recipes/finance.yaml")), runs_dir: Path = RunsOpt
