@@ -51,9 +51,12 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     stages = [s for s in enabled_stages(r) if s != "tiny_models"]
     # Teacher/student tokenizers that cannot do logit distillation: a recipe error on any machine.
     wrong, notes = distill_vocab_check(r) if "distill" in stages else ([], [])
-    for problem in wrong:
+    # Rows a stage could never use (a format no reader knows, a field missing): found now, not
+    # after curate keeps 0 rows or deep inside sft.
+    formats_seen, bad_rows = data_set_check(r)
+    for problem in [*wrong, *bad_rows]:
         err_console.print(f"[bold red]problem[/]: {problem}", highlight=False)
-    if wrong:
+    if wrong or bad_rows:
         raise typer.Exit(2)
     console.print(
         f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
@@ -61,12 +64,50 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     )
     for problem in preflight(r, enabled_stages(r)):
         console.print(f"  [yellow]not runnable here yet[/]: {problem}", highlight=False)
+    for line in formats_seen:
+        console.print(f"  [dim]data[/]: {line}", highlight=False)
     for note in notes:
         console.print(f"  [dim]note[/]: {note}", highlight=False)
     from verticalft.launch import launch_warnings
 
     for warning in launch_warnings(r):
         console.print(f"  [yellow]warning[/]: {warning}", highlight=False)
+
+
+VALIDATE_ROWS = 50  # rows of each set `validate` reads: enough to catch a wrong format, fast
+
+
+def data_set_check(r: Recipe) -> tuple[list[str], list[str]]:
+    """(one line per local sft/preferences/eval set: its detected format(s), every row problem as
+    `file:line: …`) over the first VALIDATE_ROWS rows. Missing files are preflight's to report,
+    and `hf://` sets are not downloaded here."""
+    from verticalft.data import HF_SCHEME, DataError, check_set, located_rows
+    from verticalft.scoring import item_problem
+
+    lines: list[str] = []
+    problems: list[str] = []
+    for name in ("sft", "preferences", "eval"):
+        source = getattr(r.data, name)
+        if source is None or source.path.startswith(HF_SCHEME) or not Path(source.path).exists():
+            continue
+        if name == "eval":
+            try:
+                rows = list(located_rows(source, VALIDATE_ROWS))
+            except DataError as exc:
+                problems.append(str(exc))
+                continue
+            for where, row in rows:
+                problem = row if isinstance(row, str) else item_problem(row)
+                if problem:
+                    problems.append(f"{where}: {problem}")
+            lines.append(f"data.eval {source.path}: eval items ({len(rows)} row(s) checked)")
+            continue
+        found, bad = check_set(source, name, VALIDATE_ROWS)
+        problems += bad
+        read = sum(found.values()) + len(bad)
+        seen = ", ".join(f"{fmt} ({n}/{read} rows)" for fmt, n in found.items()) or "no usable rows"
+        lines.append(f"data.{name} {source.path}: format {seen}")
+    return lines, problems
 
 
 @app.command()

@@ -189,6 +189,25 @@ def normalised(where: str, row: dict[str, Any] | str, source: Source, kind: Kind
         raise DataError(f"{where}: {exc}") from exc
 
 
+def check_set(source: Source, kind: Kind, limit: int = 50) -> tuple[dict[str, int], list[str]]:
+    """(rows per detected format, every problem as `file:line: …`) over the first `limit` rows of
+    a set: what `verticalft validate` says before any work, so a file in a format no stage can use
+    fails at once instead of after curate (which would keep 0 rows) or deep inside sft."""
+    from collections import Counter
+
+    found: Counter[str] = Counter()
+    problems = []
+    try:
+        for where, row in located_rows(source, limit):
+            try:
+                found[normalised(where, row, source, kind).format] += 1
+            except DataError as exc:
+                problems.append(str(exc))
+    except DataError as exc:  # unreadable file, unsupported type
+        problems.append(str(exc))
+    return dict(found), problems
+
+
 def located_rows(source: Source, limit: int | None = None) -> Iterator[tuple[str, dict[str, Any] | str]]:
     """(`file:line` or `file row n`, row or why it is unreadable) for the rows of a source, the
     first `limit` only when given: what `load_set` and `verticalft validate` check row by row."""
