@@ -154,11 +154,25 @@ def test_implicit_prompt_preferences_are_split_with_trls_extract_prompt(tmp_path
     assert data.load_set(Source(path=str(path)), "preferences").to_list() == [explicit]  # as before
 
 
+def test_sharegpt_preference_rows_read_as_conversational_pairs(tmp_path):
+    row = {
+        "conversations": [{"from": "human", "value": "Sky colour?"}],
+        "chosen": {"from": "gpt", "value": "Blue."},
+        "rejected": {"from": "gpt", "value": "Green."},
+    }
+    path = write_jsonl(tmp_path / "prefs.jsonl", [row])
+    assert curated(path, ("prompt", "chosen", "rejected")) == [IMPLICIT_CANONICAL]
+    [got] = data.load_set(Source(path=str(path)), "preferences").to_list()
+    assert got == IMPLICIT_CANONICAL
+
+
 def test_gzipped_jsonl_reads_like_jsonl(tmp_path):
     path = tmp_path / "sft.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write(json.dumps(ALPACA) + "\n")
     assert curated(path, ("messages",))[0]["messages"] == ALPACA_MESSAGES
+    [item] = iter_records(Source(path=str(path)), ("messages",))
+    assert item["id"] == "sft:1"  # the same default id as sft.jsonl
     [got] = rows(data.load_set(Source(path=str(path)), "sft"))
     assert got["messages"] == ALPACA_MESSAGES
 

@@ -20,7 +20,8 @@ Formats (a source's `format:`, default `auto` = picked per row by the fields pre
   `output` → assistant; optional `system` and `history` ([[user, assistant], ...]).
 - `prompt_completion`: TRL's prompt/completion rows, strings or lists of messages.
 - `preference`: explicit `prompt`/`chosen`/`rejected`, or TRL's implicit-prompt rows where chosen
-  and rejected are whole conversations (the shared start is the prompt: TRL's `extract_prompt`).
+  and rejected are whole conversations (the shared start is the prompt: TRL's `extract_prompt`),
+  or LLaMA-Factory's ShareGPT ranking rows (`conversations` + one `chosen`/`rejected` turn each).
 
 A source's `columns:` maps the toolkit's names to the file's (LLaMA-Factory's dataset_info.json
 style): `{messages: conversations}`, `{prompt: instruction, query: input, response: output}`.
@@ -48,6 +49,7 @@ ColumnKey = Literal[
     "prompt", "completion", "chosen", "rejected",
 ]  # fmt: skip
 IMPLICIT = "preference (implicit prompt)"
+SHAREGPT_PREFERENCE = "preference (sharegpt)"
 
 # ShareGPT speakers → chat roles (LLaMA-Factory's names, plus the common variants seen in the wild).
 SHAREGPT_ROLES = {
@@ -263,7 +265,8 @@ def _preference(row: dict[str, Any]) -> Normalised:
 
     tried = (
         "; formats tried: preference needs 'prompt', 'chosen', 'rejected'; "
-        "preference (implicit prompt) needs 'chosen' and 'rejected' as whole conversations"
+        "preference (implicit prompt) needs 'chosen' and 'rejected' as whole conversations; "
+        "preference (sharegpt) needs 'conversations' of from/value turns, 'chosen', 'rejected'"
     )
     if "prompt" in row and not _implicit(row):
         missing = [k for k in PREFERENCE_FIELDS if k not in row]
@@ -278,8 +281,32 @@ def _preference(row: dict[str, Any]) -> Normalised:
         if pair["prompt"]:
             return Normalised(IMPLICIT, {**{k: v for k, v in row.items() if k != "prompt"}, **pair})
         raise FormatError("chosen and rejected share no opening turns, so there is no prompt to extract")
+    turns = row.get("conversations", row.get("messages"))
+    if _is_turns(turns, "from") and row.get("chosen") is not None and row.get("rejected") is not None:
+        return Normalised(SHAREGPT_PREFERENCE, _sharegpt_preference(row))
     missing = [k for k in PREFERENCE_FIELDS if k not in row or row[k] is None]
     raise FormatError(f"missing {_fields(missing)}{tried}")
+
+
+def _sharegpt_preference(row: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory's ShareGPT ranking rows: the conversation is the prompt, `chosen`/`rejected`
+    one `{"from", "value"}` turn each (or plain text) → conversational prompt/chosen/rejected."""
+    prompt = _from_sharegpt({k: v for k, v in row.items() if k not in ("chosen", "rejected")})
+    out = {k: v for k, v in prompt.items() if k != "messages"}
+
+    def answer(value: Any) -> list[dict[str, Any]]:
+        if isinstance(value, dict) and ("from" in value or "value" in value):
+            return [{"role": "assistant", "content": value.get("value")}]
+        if isinstance(value, str):
+            return [{"role": "assistant", "content": value}]
+        return value  # already a list of messages
+
+    return {
+        **out,
+        "prompt": prompt["messages"],
+        "chosen": answer(row["chosen"]),
+        "rejected": answer(row["rejected"]),
+    }
 
 
 def _implicit(row: dict[str, Any]) -> bool:

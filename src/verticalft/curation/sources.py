@@ -81,6 +81,11 @@ def _gzipped(path: Path) -> bool:
     return path.suffix.lower() == ".gz"
 
 
+def _stem(path: Path) -> str:
+    """The file's stem for default ids, through `.gz` (`sft.jsonl.gz` → `sft`, like `sft.jsonl`)."""
+    return Path(path.stem).stem if _gzipped(path) else path.stem
+
+
 # --------------------------------------------------------------------------- one record
 def stream_sources(
     sources: list[Source], required: tuple[str, ...] = ()
@@ -226,11 +231,15 @@ def _file_records(
 def _jsonl_records(
     source: Source, path: Path, required: tuple[str, ...]
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    for line, row, raw in parse_jsonl(path):
-        if isinstance(row, str):
-            yield Quarantined(str(path), line, row, _raw(raw))
-        else:
-            yield _record(row, source, required, str(path), line, path.stem, raw)
+    stem = _stem(path)
+    try:
+        for line, row, raw in parse_jsonl(path):
+            if isinstance(row, str):
+                yield Quarantined(str(path), line, row, _raw(raw))
+            else:
+                yield _record(row, source, required, str(path), line, stem, raw)
+    except DataError as exc:  # a truncated .jsonl.gz: the rows before it stand, the rest is lost
+        yield Quarantined(str(path), 0, str(exc), "")
 
 
 def _json_records(
@@ -264,7 +273,7 @@ def _json_records(
                 str(path), n, f"expected a JSON object, got {type(row).__name__}", _raw(_dump(row))
             )
         else:
-            yield _record(row, source, required, str(path), n, path.stem)
+            yield _record(row, source, required, str(path), n, _stem(path))
 
 
 def _parquet_records(
