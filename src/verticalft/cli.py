@@ -88,9 +88,12 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     wrong, notes = tokenizer_file_problems(r), []
     if not wrong and "distill" in stages:  # the vocabulary check loads those tokenizers
         wrong, notes = distill_vocab_check(r)
-    for problem in wrong:
+    # Rows a stage could never use (a format no reader knows, a field missing): found now, not
+    # after curate keeps 0 rows or deep inside sft.
+    formats_seen, bad_rows = data_set_check(r)
+    for problem in [*wrong, *bad_rows]:
         err_console.print(f"[bold red]problem[/]: {problem}", highlight=False)
-    if wrong:
+    if wrong or bad_rows:
         raise typer.Exit(2)
     console.print(
         f"[green]ok[/] {recipe} (profile {profile}): teacher {r.models.teacher}, "
@@ -98,12 +101,50 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     )
     for problem in preflight(r, enabled_stages(r)):
         console.print(f"  [yellow]not runnable here yet[/]: {problem}", highlight=False)
+    for line in formats_seen:
+        console.print(f"  [dim]data[/]: {line}", highlight=False)
     for note in notes:
         console.print(f"  [dim]note[/]: {note}", highlight=False)
     from verticalft.launch import launch_warnings
 
     for warning in launch_warnings(r):
         console.print(f"  [yellow]warning[/]: {warning}", highlight=False)
+
+
+VALIDATE_ROWS = 50  # rows of each set `validate` reads: enough to catch a wrong format, fast
+
+
+def data_set_check(r: Recipe) -> tuple[list[str], list[str]]:
+    """(one line per local sft/preferences/eval set: its detected format(s), every row problem as
+    `file:line: …`) over the first VALIDATE_ROWS rows. Missing files are preflight's to report,
+    and `hf://` sets are not downloaded here."""
+    from verticalft.data import HF_SCHEME, DataError, check_set, located_rows
+    from verticalft.scoring import item_problem
+
+    lines: list[str] = []
+    problems: list[str] = []
+    for name in ("sft", "preferences", "eval"):
+        source = getattr(r.data, name)
+        if source is None or source.path.startswith(HF_SCHEME) or not Path(source.path).exists():
+            continue
+        if name == "eval":
+            try:
+                rows = list(located_rows(source, VALIDATE_ROWS))
+            except DataError as exc:
+                problems.append(str(exc))
+                continue
+            for where, row in rows:
+                problem = row if isinstance(row, str) else item_problem(row)
+                if problem:
+                    problems.append(f"{where}: {problem}")
+            lines.append(f"data.eval {source.path}: eval items ({len(rows)} row(s) checked)")
+            continue
+        found, bad = check_set(source, name, VALIDATE_ROWS)
+        problems += bad
+        read = sum(found.values()) + len(bad)
+        seen = ", ".join(f"{fmt} ({n}/{read} rows)" for fmt, n in found.items()) or "no usable rows"
+        lines.append(f"data.{name} {source.path}: format {seen}")
+    return lines, problems
 
 
 @app.command()
@@ -343,7 +384,7 @@ def preview(
     kwargs = r.models.chat_template_kwargs
     try:
         if r.data.sft is not None and r.stages.sft is not None:
-            rows = _first_rows(r.data.sft, ("messages",), n)
+            rows = _first_rows(r.data.sft, "sft", n)
             console.rule(f"sft: {r.data.sft.path} (max_length {r.stages.sft.max_length})")
             for i, row in enumerate(rows):
                 shown = sft_example(
@@ -351,7 +392,7 @@ def preview(
                 )
                 _print_rendered(f"example {i + 1}", shown)
         if r.data.preferences is not None and r.stages.dpo is not None:
-            rows = _first_rows(r.data.preferences, ("prompt", "chosen", "rejected"), n)
+            rows = _first_rows(r.data.preferences, "preferences", n)
             console.rule(f"preferences: {r.data.preferences.path} (max_length {r.stages.dpo.max_length})")
             for i, row in enumerate(rows):
                 parts = preference_example(
@@ -361,7 +402,7 @@ def preview(
                     _print_rendered(f"example {i + 1} {name}", shown)
         if r.data.corpus and r.stages.cpt is not None:
             source = r.data.corpus[0]
-            rows = _first_rows(source, (source.text_field,), n)
+            rows = _first_rows(source, None, n)
             console.rule(f"corpus: {source.path} (max_length {r.stages.cpt.max_length})")
             for i, row in enumerate(rows):
                 _print_rendered(
@@ -387,10 +428,12 @@ def _preview_tokenizer(r: Recipe, profile: str, runs_dir: Path) -> object:
     return load_tokenizer(path, r.models.chat_template, require_mask=r.stages.sft is not None)
 
 
-def _first_rows(source: object, required: tuple[str, ...], n: int) -> list[dict]:
-    from verticalft.data import load_source
+def _first_rows(source: object, kind: str | None, n: int) -> list[dict]:
+    """The first `n` rows of a set in canonical form (any supported format, `data.load_set`);
+    `kind` None: a text corpus."""
+    from verticalft.data import load_set, load_source
 
-    ds = load_source(source, required)
+    ds = load_set(source, kind) if kind else load_source(source, (source.text_field,))
     return ds.select(range(min(n, len(ds)))).to_list()
 
 

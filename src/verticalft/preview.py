@@ -12,6 +12,7 @@ training.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,12 @@ def sft_example(
     messages: list[dict[str, Any]],
     max_length: int,
     chat_template_kwargs: Mapping[str, Any] | None = None,
-    tools: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | str | None = None,
 ) -> Rendered:
-    """A conversation's tokens grouped into runs of trained / untrained tokens."""
+    """A conversation's tokens grouped into runs of trained / untrained tokens. `tools` may be the
+    JSON string a set stores them as (formats.py), as TRL reads it."""
+    if isinstance(tools, str):
+        tools = json.loads(tools) or None
     enc = tokenizer.apply_chat_template(
         messages,
         tools=tools,

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from verticalft.curation.filters import FILTERS
+from verticalft.formats import ColumnKey, FormatName
 from verticalft.schema import Strict
 
 PROFILE_DIR_NAME = "profiles"
@@ -93,6 +94,11 @@ class Source(Strict):
     id_field: str = "id"  # rows without one get `<file stem>:<line>`
     # Declared size, used by `plan` when the file is not on this machine (e.g. a 2T-token corpus).
     tokens: float | None = Field(default=None, ge=0)
+    # SFT/preference sets: the row format (formats.py); `auto` picks per row by the fields present.
+    format: FormatName = "auto"
+    # The toolkit's field names → this file's (LLaMA-Factory dataset_info.json style), e.g.
+    # {messages: conversations} or {prompt: instruction, query: input, response: output}.
+    columns: dict[ColumnKey, str] = Field(default_factory=dict)
 
 
 class Replay(Source):

@@ -17,10 +17,9 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from verticalft.data import DataError, load_source, parse_jsonl
+from verticalft.data import DataError, located_rows
 
 if TYPE_CHECKING:
     from verticalft.recipe import Source
@@ -64,31 +63,35 @@ def parse_number(text: str) -> float | None:
 KINDS = ("label", "exact", "number", "choice")
 
 
+def item_problem(row: dict[str, Any]) -> str | None:
+    """Why an eval row cannot be scored (no prompt/answer, unknown kind, choices missing), or None."""
+    missing = [k for k in ("prompt", "answer") if row.get(k) in (None, "")]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    kind = row.get("kind") or "label"
+    if kind not in KINDS:
+        return f"unknown kind '{kind}'; one of {', '.join(KINDS)}"
+    if kind == "choice" and not row.get("choices"):
+        return "a `choice` item needs its options in `choices`"
+    if kind == "choice":
+        try:
+            choice_answer(row["answer"], row["choices"])
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def load_items(source: Source, max_items: int | None = None) -> list[dict[str, Any]]:
     """Eval rows, each checked (prompt, answer, a known kind); errors name the file and line."""
-    path = Path(source.path)
-    if path.suffix.lower() in {".jsonl", ".ndjson"} and path.is_file():
-        located = [(f"{path}:{n}", row) for n, row, _ in parse_jsonl(path)]
-    else:
-        located = [(f"{source.path} row {i + 1}", row) for i, row in enumerate(load_source(source).to_list())]
     items = []
-    for where, row in located:
+    for where, row in located_rows(source):
         if isinstance(row, str):
             raise DataError(f"{where}: {row}")
-        missing = [k for k in ("prompt", "answer") if row.get(k) in (None, "")]
-        if missing:
-            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        problem = item_problem(row)
+        if problem:
+            raise DataError(f"{where}: {problem}")
         kind = row.get("kind") or "label"
-        if kind not in KINDS:
-            raise DataError(f"{where}: unknown kind '{kind}'; one of {', '.join(KINDS)}")
-        if kind == "choice" and not row.get("choices"):
-            raise DataError(f"{where}: a `choice` item needs its options in `choices`")
-        answer = row["answer"]
-        if kind == "choice":
-            try:
-                answer = choice_answer(answer, row["choices"])
-            except ValueError as exc:
-                raise DataError(f"{where}: {exc}") from None
+        answer = choice_answer(row["answer"], row["choices"]) if kind == "choice" else row["answer"]
         items.append({**row, "kind": kind, "answer": str(answer)})
     return items[:max_items] if max_items else items
 

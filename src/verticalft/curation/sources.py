@@ -10,8 +10,9 @@ file lacks) raises `DataError`, since no row of such a source could ever be read
 Every record is a dict with the row's own fields plus `id`, `license` and `source`; a text record
 also has `text`. Order is deterministic (files sorted), so curated output is reproducible.
 
-Formats: .jsonl/.ndjson (line by line, in binary), .json (a list of objects), .parquet (batch by
-batch), .csv, a folder of .txt/.html/.htm pages (HTML → text with trafilatura, tables kept), and
+Formats: .jsonl/.ndjson (line by line, in binary; also gzipped, .jsonl.gz), .json (a list of
+objects; also .json.gz), .parquet (batch by batch), .csv, a folder of .txt/.html/.htm pages
+(HTML → text with trafilatura, tables kept), and
 `hf://name` (`datasets.load_dataset`, which also accepts a local folder or script path).
 """
 
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from verticalft.data import HF_SCHEME, DataError, load_hf, parse_jsonl
+from verticalft import formats
+from verticalft.data import HF_SCHEME, DataError, data_suffix, load_hf, open_bytes, parse_jsonl
 from verticalft.recipe import Source
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 RAW_CHARS = 500  # how much of an offending row a quarantine entry keeps
 PAGE_SUFFIXES = (".txt", ".html", ".htm")
 FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", *PAGE_SUFFIXES)
+GZ_SUFFIXES = (".jsonl", ".ndjson", ".json")  # what may come gzipped
 PARQUET_BATCH_ROWS = 1024
 
 
@@ -65,12 +68,22 @@ def iter_records(source: Source, required: tuple[str, ...] = ()) -> Iterator[dic
         raise DataError(f"{path}: not found (relative paths resolve from {Path.cwd()})")
     if path.is_dir():
         return _folder_records(source, path, required)
-    if path.suffix.lower() not in FILE_SUFFIXES:
+    if data_suffix(path) not in FILE_SUFFIXES or (_gzipped(path) and data_suffix(path) not in GZ_SUFFIXES):
         raise DataError(
-            f"{path}: unsupported format '{path.suffix}' (use .jsonl, .json, .parquet, .csv, "
-            ".txt, .html or a folder of .txt/.html pages)"
+            f"{path}: unsupported format '{''.join(path.suffixes[-2:]) if _gzipped(path) else path.suffix}' "
+            "(use .jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv, .txt, .html or a folder of "
+            ".txt/.html pages)"
         )
     return _file_records(source, path, required)
+
+
+def _gzipped(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _stem(path: Path) -> str:
+    """The file's stem for default ids, through `.gz` (`sft.jsonl.gz` → `sft`, like `sft.jsonl`)."""
+    return Path(path.stem).stem if _gzipped(path) else path.stem
 
 
 # --------------------------------------------------------------------------- one record
@@ -163,6 +176,12 @@ def _record(
     folder) has its text in `text` whatever the source's `text_field`, and its path as `page_id`.
     """
     field = "text" if page_id is not None else source.text_field
+    kind = formats.kind_of(required)
+    if kind is not None and page_id is None:  # an SFT/preference set: any format users have
+        try:
+            row = formats.normalise_row(row, kind, source.format, source.columns).row
+        except formats.FormatError as exc:
+            return Quarantined(file, line, str(exc), _raw(_dump(row) if raw is None else raw))
     problem = _problem(row, field, required)
     if problem:
         return Quarantined(file, line, problem, _raw(_dump(row) if raw is None else raw))
@@ -180,6 +199,12 @@ def _record(
 def _check_columns(where: str, columns: Iterable[str], source: Source, required: tuple[str, ...]) -> None:
     """A column no row of a table has is the recipe's mistake (wrong `text_field`?), not the rows'."""
     columns = list(columns)
+    kind = formats.kind_of(required)
+    if kind is not None:  # SFT/preference rows may come in any format users have
+        problem = formats.columns_problem(columns, kind, source.format, source.columns)
+        if problem:
+            raise DataError(f"{where}: {problem}; has {', '.join(columns)}")
+        return
     missing = [k for k in (required or (source.text_field,)) if k not in columns]
     if missing:
         hint = "" if required else " (set the source's text_field)"
@@ -190,7 +215,7 @@ def _check_columns(where: str, columns: Iterable[str], source: Source, required:
 def _file_records(
     source: Source, path: Path, required: tuple[str, ...]
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix in {".jsonl", ".ndjson"}:
         yield from _jsonl_records(source, path, required)
     elif suffix == ".json":
@@ -206,17 +231,26 @@ def _file_records(
 def _jsonl_records(
     source: Source, path: Path, required: tuple[str, ...]
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    for line, row, raw in parse_jsonl(path):
-        if isinstance(row, str):
-            yield Quarantined(str(path), line, row, _raw(raw))
-        else:
-            yield _record(row, source, required, str(path), line, path.stem, raw)
+    stem = _stem(path)
+    try:
+        for line, row, raw in parse_jsonl(path):
+            if isinstance(row, str):
+                yield Quarantined(str(path), line, row, _raw(raw))
+            else:
+                yield _record(row, source, required, str(path), line, stem, raw)
+    except DataError as exc:  # a truncated .jsonl.gz: the rows before it stand, the rest is lost
+        yield Quarantined(str(path), 0, str(exc), "")
 
 
 def _json_records(
     source: Source, path: Path, required: tuple[str, ...]
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    data = path.read_bytes()
+    with open_bytes(path) as f:
+        try:
+            data = f.read()
+        except (OSError, EOFError) as exc:  # a corrupt .json.gz
+            yield Quarantined(str(path), 0, f"cannot decompress ({exc})", "")
+            return
     try:
         items = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -239,7 +273,7 @@ def _json_records(
                 str(path), n, f"expected a JSON object, got {type(row).__name__}", _raw(_dump(row))
             )
         else:
-            yield _record(row, source, required, str(path), n, path.stem)
+            yield _record(row, source, required, str(path), n, _stem(path))
 
 
 def _parquet_records(

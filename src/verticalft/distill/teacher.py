@@ -21,14 +21,12 @@ def teacher_path(ctx: StageContext) -> str:
 
 
 def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
-    from verticalft.data import load_source
+    from verticalft.data import load_set
 
     source = ctx.curated("sft") or ctx.recipe.data.sft
     if source is None:
         raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
-    return [
-        row["messages"] for row in load_source(source, ("messages",)).select_columns(["messages"]).to_list()
-    ]
+    return [row["messages"] for row in load_set(source, "sft").select_columns(["messages"]).to_list()]
 
 
 def load_teacher(ctx: StageContext, path: str) -> Any:

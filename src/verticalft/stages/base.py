@@ -85,7 +85,9 @@ class StageContext:
         """A curated set (`corpus`, `sft`, `preferences`: a folder of Parquet shards) when a curate
         stage completed in this run, else None (the stage then reads the recipe's raw source)."""
         path = self.run.output("curate", name)
-        return Source(path=path, license="curated") if path else None
+        # curate writes canonical rows: read them as such, no format detection
+        fmt = {"sft": "messages", "preferences": "preference"}.get(name, "auto")
+        return Source(path=path, license="curated", format=fmt) if path else None
 
     def curated_corpus(self) -> list[Source] | None:
         source = self.curated("corpus")

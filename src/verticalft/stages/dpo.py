@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from verticalft.chat_templates import with_template_kwargs
-from verticalft.data import load_source
+from verticalft.data import load_set
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
 from verticalft.stages.training import TrainingJob, train_model
@@ -30,9 +30,7 @@ def run(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.dpo
     base = ctx.input_model()
-    data = load_source(
-        ctx.curated("preferences") or recipe.data.preferences, ("prompt", "chosen", "rejected")
-    )
+    data = load_set(ctx.curated("preferences") or recipe.data.preferences, "preferences")
     data = data.select_columns(["prompt", "chosen", "rejected"])
     data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
     split = data.train_test_split(test_size=cfg.eval_fraction, seed=recipe.compute.seed)

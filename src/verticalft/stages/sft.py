@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from verticalft.chat_templates import with_template_kwargs
-from verticalft.data import load_source
+from verticalft.data import load_set
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
 from verticalft.stages.training import TrainingJob, train_model
@@ -23,7 +23,9 @@ def run(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.sft
     base = ctx.input_model()
-    data = load_source(ctx.curated("sft") or recipe.data.sft, ("messages",)).select_columns(["messages"])
+    data = load_set(ctx.curated("sft") or recipe.data.sft, "sft")
+    # `tools` stays when the set has it: TRL's SFTTrainer renders each row with its tool schemas
+    data = data.select_columns([c for c in ("messages", "tools") if c in data.column_names])
     data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
     split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
     # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in
