@@ -39,9 +39,9 @@ def package_version() -> str:
     try:
         return metadata.version("verticalft")
     except metadata.PackageNotFoundError:  # run from a source tree without installing
-        from verticalft import __version__
+        import verticalft
 
-        return __version__
+        return verticalft.__version__
 
 
 def _print_version(value: bool) -> None:

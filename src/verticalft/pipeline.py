@@ -23,7 +23,7 @@ from verticalft.cuda_preflight import gpu_problem
 from verticalft.data import source_files
 from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
-from verticalft.recipe import Recipe, _did_you_mean, recipe_to_yaml
+from verticalft.recipe import Recipe, did_you_mean, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
 from verticalft.stage_names import STAGE_ORDER, TRAINING_STAGES
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
@@ -380,7 +380,7 @@ def unknown_stage_check(names: list[str], option: str) -> None:
     for name in names:
         if name not in STAGE_ORDER:
             raise PreflightFailed(
-                f"{option}: unknown stage '{name}'{_did_you_mean(name, STAGE_ORDER)}; "
+                f"{option}: unknown stage '{name}'{did_you_mean(name, STAGE_ORDER)}; "
                 f"stages: {', '.join(STAGE_ORDER)}"
             )
 

@@ -624,7 +624,7 @@ ALIASES = {
 }
 
 
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
+def did_you_mean(word: str, options: Iterable[str]) -> str:
     options = list(options)
     if ALIASES.get(word) and ALIASES[word].split("'")[0] in options:
         return f" (did you mean '{ALIASES[word]}'?)"
@@ -664,7 +664,7 @@ def _pydantic_problems(err: ValidationError) -> list[Problem]:
         path = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc[:-1])
-            hint = _did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
+            hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
             problems.append(Problem(path=path, message=f"unknown key{hint}"))
         else:
             problems.append(Problem(path=path, message=e["msg"]))
@@ -699,7 +699,7 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
                 )
             elif key not in fields:
                 problems.append(
-                    Problem(path=path, message=f"not a field of trl.{cls}{_did_you_mean(key, fields)}")
+                    Problem(path=path, message=f"not a field of trl.{cls}{did_you_mean(key, fields)}")
                 )
     return problems
 
@@ -838,7 +838,7 @@ def resolve_raw(path: str | Path, profile: str = "full", overrides: Iterable[str
                 [
                     Problem(
                         path="profile",
-                        message=f"no profile '{profile}'{_did_you_mean(profile, available)}; "
+                        message=f"no profile '{profile}'{did_you_mean(profile, available)}; "
                         f"have: full, {', '.join(available)}",
                     )
                 ],
