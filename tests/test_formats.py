@@ -210,3 +210,35 @@ def test_validate_says_the_detected_format_and_exits_2_on_unusable_rows(tmp_path
     err = bad.stderr.replace("\n", " ")
     assert "bad.jsonl:2: missing field 'messages'" in err and "bad.jsonl:3:" in err
     assert "alpaca" in err
+
+
+def _run_curate(tmp_path: Path, sft: Path) -> subprocess.CompletedProcess:
+    args = ["run", "recipes/finance.yaml", "-p", "tiny", "--runs-dir", str(tmp_path / "runs")]
+    args += ["--only", "curate", "--set", f"data.sft.path={sft}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "verticalft.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+
+
+def test_run_stops_before_any_work_on_a_set_no_format_fits(tmp_path):
+    """Before: curate kept 0 rows of it and succeeded; sft then died after curate and CPT."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\n{"bar": "x"}\n')
+    proc = _run_curate(tmp_path, bad)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-2000:]
+    assert f"data.sft: no usable row in the first 50 of {bad}" in " ".join(out.split())
+    assert not (tmp_path / "runs/finance/tiny/curate").exists()  # nothing ran
+
+
+def test_curate_fails_when_a_set_keeps_no_row_and_says_why(tmp_path):
+    """Readable rows that every record rule drops (empty answers): curate stops, naming the reason."""
+    empty = tmp_path / "empty_answers.jsonl"
+    row = {"messages": [{"role": "user", "content": "Category?"}, {"role": "assistant", "content": " "}]}
+    empty.write_text((json.dumps(row) + "\n") * 3)
+    proc = _run_curate(tmp_path, empty)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out[-2000:]
+    assert f"data.sft ({empty}) kept 0 rows: 3 × dropped: empty_response" in out
+    assert (tmp_path / "runs/finance/tiny/curate/quarantine.jsonl").is_file()  # written before stopping

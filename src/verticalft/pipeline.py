@@ -159,12 +159,39 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
         f"{path}: file not found (needed by {', '.join(who)}; paths resolve from {Path.cwd()})"
         for path, who in sorted(needed_by.items())
     ]
+    problems += unusable_sets(recipe, stages)
     if no_tokenizer := tokenizer_file_problems(recipe):  # the checks below would load them
         return [*problems, *no_tokenizer]
     problems += chat_template_problems(recipe, stages)
     if "distill" in stages:
         problems += distill_vocab_problems(recipe)
     problems += serving_problems(recipe, stages)
+    return problems
+
+
+# The stages that read each training set (curate keeps what can be used of it).
+SET_READERS = {"sft": ("curate", "sft", "distill"), "preferences": ("curate", "dpo")}
+SET_CHECK_ROWS = 50  # rows read per set before any work: enough to see a file's format
+
+
+def unusable_sets(recipe: Recipe, stages: list[str]) -> list[str]:
+    """A local sft/preferences set whose first rows fit no known format: no stage could use it
+    (curate would keep 0 rows, sft would die after curate and CPT were paid for), so `run` stops
+    before any work. A few bad rows among good ones are curate's to quarantine, not a reason to stop."""
+    from verticalft.data import HF_SCHEME, check_set
+
+    problems = []
+    for name, readers in SET_READERS.items():
+        source = getattr(recipe.data, name)
+        if source is None or not set(readers) & set(stages) or source.path.startswith(HF_SCHEME):
+            continue
+        if not Path(source.path).exists():
+            continue  # said above as a missing file
+        found, bad = check_set(source, name, SET_CHECK_ROWS)
+        if bad and not found:
+            problems.append(
+                f"data.{name}: no usable row in the first {SET_CHECK_ROWS} of {source.path}; first: {bad[0]}"
+            )
     return problems
 
 

@@ -65,11 +65,15 @@ def run(ctx: StageContext) -> StageResult:
     funnel.check()
     noise = _noise_check(recipe.data.corpus, cfg, out / "corpus", dropped)
 
-    sets = {}
+    sets, emptied = {}, []
     for name, required in SETS:
         source = getattr(recipe.data, name)
         if source is not None:
             sets[name] = curate_records(name, source, required, cfg, eval_items, freq, out)
+            if not sets[name]["kept"]:
+                emptied.append(
+                    _emptied(name, source.path, sets[name]["quarantined"], sets[name]["dropped_rows"])
+                )
             quarantined += sets[name].pop("quarantined")
             dropped += sets[name].pop("dropped_rows")
 
@@ -107,7 +111,21 @@ def run(ctx: StageContext) -> StageResult:
         f"{read} docs → {corpus.n_kept} kept, {metrics['dropped']} dropped, {len(quarantined)} quarantined"
         + "".join(f"; {n} {s['in']} → {s['kept']}" for n, s in sets.items())
     )
+    if emptied:  # the report and quarantine.jsonl are written: the user can read why
+        raise ValueError(" | ".join(emptied) + f" (every row: {out / 'quarantine.jsonl'}, {report})")
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+
+
+def _emptied(name: str, path: str, quarantined: list[Any], dropped: list[dict[str, Any]]) -> str:
+    """A set that kept no row: the stage training on it would die later, so curate stops here,
+    naming the commonest reasons its rows were quarantined or dropped (a wrong format shows up as
+    one quarantine reason for every row)."""
+    from collections import Counter
+
+    reasons = Counter(q.error.split(";")[0].strip() for q in quarantined)
+    reasons.update(f"dropped: {d['reason']}" for d in dropped)
+    top = "; ".join(f"{n} × {why}" for why, n in reasons.most_common(3)) or "the file holds no rows"
+    return f"data.{name} ({path}) kept 0 rows: {top}"
 
 
 def _noise_check(
