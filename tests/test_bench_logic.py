@@ -1,10 +1,23 @@
 """Bench-stage logic without a server: SLOs, operating point, LoRA servability, server grouping."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from verticalft.serving.benchmark import Slo, benchmark_argv, operating_point, slo_attainment, summarise
+from verticalft.serving.benchmark import (
+    MAX_PROMPT_GROWTH,
+    PER_TOKEN,
+    POOLED,
+    Slo,
+    benchmark_argv,
+    combine_repeats,
+    decode_tpot,
+    operating_point,
+    prompts_for,
+    slo_attainment,
+    summarise,
+)
 from verticalft.serving.server import lora_problem, lora_rank_arg, vllm_command
 from verticalft.stages.base import RunModel
 from verticalft.stages.bench import plan_units, select_models
@@ -136,7 +149,6 @@ def test_benchmark_requests_ignore_eos(tmp_path):
 
 
 def test_repeats_combine_to_the_slower_one_and_flag_a_wide_spread():
-    from verticalft.serving.benchmark import combine_repeats
 
     slo = Slo(ttft_ms=500, tpot_ms=50)
     a, b = summarise(_point(8, 600, 10.0), slo), summarise(_point(8, 500, 10.0), slo)
@@ -154,9 +166,59 @@ def test_repeats_combine_to_the_slower_one_and_flag_a_wide_spread():
     assert combine_repeats([a, summarise(_point(8, 600, goodput=None), slo)])["meets_slo"] is None
     assert combine_repeats([a, b])["meets_slo"] is True
     assert combine_repeats([a])["unstable"] is False
-    # same throughput, but the TPOT of one repeat is 1/600 of the other's (a stream delivered in one
-    # burst: vLLM then measures the whole answer as time to first token) → flagged too
-    fast = {**_point(1, 450, 10.0), "median_tpot_ms": 1.85}
-    burst = {**_point(1, 450, 10.0), "median_tpot_ms": 0.003}
-    p = combine_repeats([summarise(fast, slo), summarise(burst, slo)])
+    # same throughput, but the decode TPOT of one repeat is 1/600 of the other's → flagged too
+    fast = {**_point(1, 450, 10.0), "decode_tpot_ms": 1.85}
+    slow = {**_point(1, 450, 10.0), "decode_tpot_ms": 0.003}
+    p = combine_repeats([{**summarise(fast, slo), **fast}, {**summarise(slow, slo), **slow}])
     assert p["spread"] == 0 and p["tpot_spread"] == pytest.approx(615.6667, abs=1e-3) and p["unstable"]
+
+
+def _requests(chunks_per_request, tokens=5, ttft=0.1, decode=0.004):
+    """vLLM's detailed result for requests of `tokens` tokens whose decode took `decode` s/token."""
+    n = len(chunks_per_request)
+    return {
+        "output_lens": [tokens] * n,
+        "ttfts": [ttft] * n,
+        "latencies": [ttft + decode * (tokens - 1)] * n,
+        "itls": [[decode * (tokens - 1) / max(k, 1)] * k for k in chunks_per_request],
+        "errors": [""] * n,
+    }
+
+
+def test_decode_tpot_reads_only_requests_that_streamed_a_token_per_chunk():
+    # Three requests streamed token by token (4 gaps for 5 tokens), decode 4 ms/token each.
+    tpot, how, n = decode_tpot(_requests([4, 4, 4]))
+    assert (tpot, how, n) == (pytest.approx(4.0), PER_TOKEN, 3)
+    # The issue's demo: most answers arrived in one chunk. vLLM's TPOT for such a request is
+    # (e2e − TTFT) / (tokens − 1) with the whole answer inside "TTFT" → ≈ 0, and the median follows.
+    burst = _requests([4, 0, 0, 0, 0])
+    burst["latencies"][1:] = [burst["ttfts"][0] + 1e-5] * 4  # the answer came with its first chunk
+    tpot, how, n = decode_tpot(burst)
+    assert (tpot, how, n) == (pytest.approx(4.0), PER_TOKEN, 1)  # not 1e-5 / 4 s = 0.0025 ms
+    # No request streamed per token: pooled Σ(e2e − TTFT) / Σ(tokens − 1), and said so.
+    # Two requests: decodes of 16 ms and 8 ms over 4 tokens each → 24 ms / 8 tokens = 3 ms.
+    two = _requests([2, 1])
+    two["latencies"] = [0.1 + 0.016, 0.1 + 0.008]
+    tpot, how, n = decode_tpot(two)
+    assert (tpot, how, n) == (pytest.approx(3.0), POOLED, 0)
+    # Failed and one-token requests are left out; nothing left → no figure.
+    one_token = {**_requests([0, 0], tokens=1), "errors": ["", ""]}
+    assert decode_tpot(one_token) == (None, None, 0)
+    failed = {**_requests([4]), "errors": ["timeout"]}
+    assert decode_tpot(failed) == (None, None, 0)
+    # summarise carries it beside vLLM's own median
+    s = summarise({**_point(1, 100, 10.0), **_requests([4, 4])}, Slo())
+    assert s["decode_tpot_ms"] == pytest.approx(4.0) and s["tpot_method"] == PER_TOKEN
+
+
+def test_a_short_point_is_resized_to_last_the_minimum():
+    # 32 requests in 2 s, 10 s wanted: 32 × 10 / 2 × 1.1 = 176
+    assert prompts_for(32, 2.0, 10.0, configured=32) == 176
+    # long enough already, or a minimum of 0: unchanged
+    assert prompts_for(32, 12.0, 10.0, configured=32) == 32
+    assert prompts_for(32, 2.0, 0.0, configured=32) == 32
+    # never more than 16 × the configured count: 32 requests in 0.01 s would want 35,200
+    assert prompts_for(32, 0.01, 10.0, configured=32) == 32 * MAX_PROMPT_GROWTH == 512
+    assert "--save-detailed" in benchmark_argv(
+        "http://127.0.0.1:1", "m", "t", 1, 8, 4, 4, Slo(), Path("."), "r.json"
+    )

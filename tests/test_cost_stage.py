@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _point(c, out_tps, in_tps, meets=True, tpot=10.0):
     return {"max_concurrency": c, "output_throughput": out_tps, "input_throughput": in_tps, "meets_slo": meets,
-            "median_tpot_ms": tpot, "failed": 0}  # fmt: skip
+            "median_tpot_ms": tpot, "decode_tpot_ms": tpot, "tpot_method": "per-token chunks",
+            "failed": 0}  # fmt: skip
 
 
 def _bench_model(gpus=1):
@@ -82,6 +83,20 @@ def test_cost_prices_the_recipes_mix_at_the_stated_volume(tmp_path):
     assert m["spend"]["sft"]["wall_time_s"] == 300.0 and m["spend"]["sft"]["attempts"] == 2
     assert m["spend"]["sft"]["usd"] == pytest.approx(300 / 3600 * 0.10, abs=1e-6)
     assert m["spend"]["sft"]["failed_or_killed"] == 1
+
+
+def test_the_physical_limit_reads_the_decode_tpot_not_vllms_median(tmp_path):
+    run = _run_dir(tmp_path)
+    data = run.manifest()
+    one = data["stages"]["bench"]["metrics"]["models"]["student-s"]["sweep"][0]
+    # answers that mostly arrived in one chunk: vLLM's median 0.004 ms, the per-token requests 2 ms
+    one.update(median_tpot_ms=0.004, decode_tpot_ms=2.0)
+    atomic_write_json(run.manifest_path, data)
+    s = _cost(tmp_path)["models"]["student-s"]
+    # cpu row: 0.05 TB/s; 1e6 bytes / 0.05e12 B/s = 0.02 ms floor; MBU = 0.02 / 2.0 = 1% (not 500%)
+    assert s["decode_floor_ms"] == pytest.approx(0.02)
+    assert s["measured_tpot_ms_at_1"] == 2.0 and s["bandwidth_utilisation"] == pytest.approx(0.01)
+    assert s["tpot_method_at_1"] == "per-token chunks"
 
 
 def test_a_mix_the_recipe_changes_is_repriced(tmp_path):

@@ -406,6 +406,9 @@ class BenchStage(Strict):
     # repeats disagree by more than `max_spread` (relative) instead of pricing it silently.
     repeats: int = Field(default=2, ge=1)
     max_spread: float = Field(default=0.2, gt=0)
+    # A point shorter than this is re-run with proportionally more requests (recorded as its
+    # `sizing`): a 2-second point repeats badly on any machine.
+    min_seconds: float = Field(default=10.0, ge=0)
     # A second request shape run at the priced concurrency, so the cost stage can separate what
     # an input token and an output token cost (default: input_len / 4, same output_len).
     fit_shape: FitShape | None = None

@@ -342,7 +342,13 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
             f"- Benchmark: {num(b.get('input_len'), '{:.0f}')} input / {num(b.get('output_len'), '{:.0f}')} "
             f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}"
             + (
-                f", each point {b['repeats']}× (spread recorded), plus {b['fit_shape']['input_len']} in / "
+                f", each point {b['repeats']}× (spread recorded"
+                + (
+                    f"; a point under {b['min_seconds']:g} s is re-run with more requests"
+                    if is_num(b.get("min_seconds")) and b["min_seconds"] > 0
+                    else ""
+                )
+                + f"), plus {b['fit_shape']['input_len']} in / "
                 f"{b['fit_shape']['output_len']} out at the priced concurrency for the token-cost fit"
                 if b.get("repeats") and b.get("fit_shape")
                 else ""
@@ -375,10 +381,12 @@ def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
         lines += [
             "Decode floor = weight bytes / memory bandwidth: no batch-1 decode step can be faster. "
             "MBU (model-bandwidth utilisation) = floor / measured TPOT at concurrency 1; above 100% is "
-            "impossible, so the measurement (or the bandwidth figure) is wrong.",
+            "impossible, so the measurement (or the bandwidth figure) is wrong. TPOT is the median over "
+            "requests that streamed one token per chunk; when the server sent several tokens per chunk "
+            "it is the pooled (e2e − TTFT) / (tokens − 1) over all requests (column *how*).",
             "",
-            "| model | weight bytes | decode floor (ms) | measured TPOT at concurrency 1 (ms) | MBU | check |",
-            "|---|---:|---:|---:|---:|---|",
+            "| model | weight bytes | decode floor (ms) | measured TPOT at concurrency 1 (ms) | how | MBU | check |",
+            "|---|---:|---:|---:|---|---:|---|",
         ]
         for name in rows:
             c, wb = priced[name], (bench.get(name) or {}).get("weight_bytes")
@@ -387,7 +395,8 @@ def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
             size = f"{wb:,} ({wb / 1e6:,.1f} MB)" if is_num(wb) else "–"
             lines.append(
                 f"| {name} | {size} | {num(c.get('decode_floor_ms'), '{:.4g}')} "
-                f"| {num(c.get('measured_tpot_ms_at_1'), '{:.4g}')} | {num(mbu, '{:.1%}')} | {flag} |"
+                f"| {num(c.get('measured_tpot_ms_at_1'), '{:.4g}')} | {c.get('tpot_method_at_1') or '–'} "
+                f"| {num(mbu, '{:.1%}')} | {flag} |"
             )
     lines += _img(images, "latency_vs_throughput")
     return lines

@@ -19,8 +19,13 @@ from verticalft.serving.server import ManagedServer, ServerError
 PERCENTILES = (50, 90, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 # what each repeat of a point keeps: its throughput, latency, SLO, and the totals the cost fit uses
-REPEAT_KEYS = ("output_throughput", "duration", "total_input_tokens", "total_output_tokens",
-               "median_ttft_ms", "median_tpot_ms", "meets_slo")  # fmt: skip
+REPEAT_KEYS = ("output_throughput", "duration", "num_prompts", "total_input_tokens", "total_output_tokens",
+               "median_ttft_ms", "median_tpot_ms", "decode_tpot_ms", "meets_slo")  # fmt: skip
+# A point shorter than `stages.bench.min_seconds` is re-run with more requests, at most this many
+# times the configured count (a model so fast that this is not enough is flagged by its spread).
+MAX_PROMPT_GROWTH = 16
+PER_TOKEN = "per-token chunks"
+POOLED = "pooled (e2e − TTFT) / (tokens − 1)"
 
 
 def benchmark_argv(
@@ -58,6 +63,7 @@ def benchmark_argv(
         "--percentile-metrics", ",".join(LATENCY_METRICS),
         "--metric-percentiles", ",".join(map(str, PERCENTILES)),
         "--save-result",
+        "--save-detailed",  # per-request TTFT, ITL and lengths: what `decode_tpot` reads
         "--result-dir", str(result_dir),
         "--result-filename", result_file,
         "--disable-tqdm",
@@ -161,11 +167,55 @@ def summarise(result: dict[str, Any], slo: Slo) -> dict[str, Any]:
     for metric in LATENCY_METRICS:
         for stat in ("mean", "median", *(f"p{p}" for p in PERCENTILES)):
             out[f"{stat}_{metric}_ms"] = result.get(f"{stat}_{metric}_ms")
+    out["decode_tpot_ms"], out["tpot_method"], out["per_token_requests"] = decode_tpot(result)
     goodput = result.get("request_goodput")
     out["request_goodput"] = goodput
     out["slo_attainment"] = slo_attainment(goodput, result.get("request_throughput"))
     out["meets_slo"] = meets_slo(out["slo_attainment"], slo)
     return out
+
+
+def decode_tpot(result: dict[str, Any]) -> tuple[float | None, str | None, int]:
+    """Time per output token after the first, in ms, as the client can actually see it, with how
+    it was taken and how many requests streamed one token per chunk.
+
+    Why not vLLM's `median_tpot_ms`: it is (e2e − TTFT) / (tokens − 1) per request, and when the
+    server sends several tokens in one chunk (vLLM merges a request's outputs when the HTTP side
+    lags behind the engine, as on a busy CPU) a request whose answer came in one chunk has TPOT ≈ 0;
+    the median then reports a decode faster than memory bandwidth allows. So: the median over the
+    requests that streamed one chunk per token (`len(itl) == tokens − 1`) when there are any, else
+    the pooled Σ(e2e − TTFT) / Σ(tokens − 1) over every request, which counts each request's decode
+    time once whatever its chunking (and is said to be so: `tpot_method`).
+    """
+    import statistics
+
+    lens, ttfts = result.get("output_lens") or [], result.get("ttfts") or []
+    itls, e2es = result.get("itls") or [], result.get("latencies") or []
+    errors = result.get("errors") or [""] * len(lens)
+    rows = [
+        (n, ttft, len(itl), e2e)
+        for n, ttft, itl, e2e, err in zip(lens, ttfts, itls, e2es, errors, strict=False)
+        if not err and n and n > 1 and ttft is not None and e2e is not None
+    ]
+    if not rows:
+        return None, None, 0
+    per_token = [(e2e - ttft) / (n - 1) for n, ttft, chunks, e2e in rows if chunks == n - 1]
+    if per_token:
+        return round(statistics.median(per_token) * 1000, 6), PER_TOKEN, len(per_token)
+    pooled = sum(e2e - ttft for _, ttft, _, e2e in rows) / sum(n - 1 for n, *_ in rows)
+    return round(pooled * 1000, 6), POOLED, 0
+
+
+def prompts_for(num_prompts: int, duration: float, min_seconds: float, configured: int) -> int:
+    """How many requests a point needs to last `min_seconds`, from a run of `num_prompts` that
+    took `duration` s (10% margin; never fewer than now, never more than MAX_PROMPT_GROWTH × the
+    configured count). A 2-second point repeats badly: its spread is noise, not the server."""
+    if duration >= min_seconds or duration <= 0:
+        return num_prompts
+    import math
+
+    wanted = math.ceil(num_prompts * min_seconds / duration * 1.1)
+    return max(num_prompts, min(wanted, configured * MAX_PROMPT_GROWTH))
 
 
 def meets_slo(attainment: float | None, slo: Slo) -> bool | None:
@@ -189,7 +239,7 @@ def combine_repeats(repeats: list[dict[str, Any]], max_spread: float = 0.2) -> d
     """One sweep point from its repeated measurements: the figures of the slower repeat by output
     throughput (the lower median: prices are not quoted from the lucky run), the SLO met only if
     every repeat met it (unchecked if any was unchecked), and the spreads — (max − min) / min of
-    output throughput and of median TPOT — with `unstable` set when either exceeds `max_spread`."""
+    output throughput and of the decode TPOT (`decode_tpot`) — with `unstable` set when either exceeds `max_spread`."""
     if not repeats:
         raise ValueError("no repeats to combine")
     ranked = sorted(repeats, key=lambda p: p.get("output_throughput") or 0.0)
@@ -198,7 +248,7 @@ def combine_repeats(repeats: list[dict[str, Any]], max_spread: float = 0.2) -> d
     point["meets_slo"] = False if False in flags else (None if None in flags else True)
     point["repeats"] = [{k: p.get(k) for k in REPEAT_KEYS} for p in repeats]
     point["spread"] = relative_spread([p.get("output_throughput") for p in repeats])
-    point["tpot_spread"] = relative_spread([p.get("median_tpot_ms") for p in repeats])
+    point["tpot_spread"] = relative_spread([p.get("decode_tpot_ms") for p in repeats])
     point["unstable"] = len(repeats) > 1 and any(
         x is not None and x > max_spread for x in (point["spread"], point["tpot_spread"])
     )

@@ -33,6 +33,7 @@ from verticalft.serving.benchmark import (
     benchmark_argv,
     combine_repeats,
     operating_point,
+    prompts_for,
     summarise,
 )
 from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
@@ -156,20 +157,35 @@ def measure(
     printed table per repeat), combined into one point that carries its spread."""
     cfg = ctx.recipe.stages.bench
     slo = cfg.slo
-    n = cfg.num_prompts or max(16, 4 * c)
-    repeats = []
-    for r in range(cfg.repeats):
+    configured = n = cfg.num_prompts or max(16, 4 * c)
+    repeats: list[dict[str, Any]] = []
+    sizing = None
+    while len(repeats) < cfg.repeats:
+        r = len(repeats)
         stem = f"{tag}-{c}-r{r + 1}"
         argv = benchmark_argv(server.base_url, name, tokenizer, c, n, *shape, slo, ctx.dir / name,
                               f"{stem}.json", ctx.recipe.compute.seed + r)  # fmt: skip
         point = summarise(client.run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
         assert_no_failures(point, name, server)
+        point["num_prompts"] = n
+        more = prompts_for(n, point["duration"] or 0.0, cfg.min_seconds, configured) if sizing is None else n
+        if more > n:  # too short to repeat well: this run sized the point, the repeats start over
+            sizing = {"num_prompts": n, "duration": point["duration"], "resized_to": more}
+            for suffix in (".json", ".log"):  # kept beside the real repeats as `<stem>-sizing`
+                done = ctx.dir / name / f"{stem}{suffix}"
+                if done.exists():
+                    done.replace(done.with_name(f"{stem}-sizing{suffix}"))
+            n = more
+            continue
         repeats.append(point)
     point = combine_repeats(repeats, cfg.max_spread)
+    point["sizing"] = sizing
     each = ", ".join(f"{p['output_throughput']:.1f}" for p in repeats)
-    print(f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out): {point['output_throughput']:.1f} output tok/s"
-          f" (repeats {each}), "
-          f"p50 TTFT {point['median_ttft_ms']:.1f} ms, p50 TPOT {point['median_tpot_ms']:.2f} ms"
+    tpot = point.get("decode_tpot_ms")
+    print(f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out, {n} requests, "
+          f"{point['duration']:.1f} s): {point['output_throughput']:.1f} output tok/s (repeats {each}), "
+          f"p50 TTFT {point['median_ttft_ms']:.1f} ms, TPOT "
+          + (f"{tpot:.2f} ms ({point['tpot_method']})" if tpot is not None else "–")
           + ("  [repeats disagree]" if point["unstable"] else ""), flush=True)  # fmt: skip
     return point
 
@@ -282,6 +298,7 @@ def run(ctx: StageContext) -> StageResult:
         "output_len": cfg.output_len,
         "fit_shape": cfg.fit().model_dump(),
         "repeats": cfg.repeats,
+        "min_seconds": cfg.min_seconds,
         "slo": cfg.slo.model_dump(),
         "served_merged_because": merged_because,
         "models": results,

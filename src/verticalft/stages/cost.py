@@ -167,7 +167,7 @@ def price_model(
         }
     one = min(sweep, key=lambda p: p["max_concurrency"])
     floor = c.decode_floor_ms(bench["weight_bytes"], gpu.mem_bandwidth_tbs)
-    tpot = one.get("median_tpot_ms")
+    tpot = one.get("decode_tpot_ms")  # per-token chunks only: serving/benchmark.decode_tpot
     unstable = [p["max_concurrency"] for p in [*sweep, bench.get("fit_point") or {}] if p.get("unstable")]
     return {
         "priced_at_concurrency": op["max_concurrency"],
@@ -194,6 +194,7 @@ def price_model(
         "compare": comparisons,
         "decode_floor_ms": round(floor, 6),
         "measured_tpot_ms_at_1": tpot,
+        "tpot_method_at_1": one.get("tpot_method"),
         "bandwidth_utilisation": round(
             c.bandwidth_utilisation(bench["weight_bytes"], tpot, gpu.mem_bandwidth_tbs), 4
         )
