@@ -76,7 +76,7 @@ def messages_problem(messages: Any) -> str | None:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             return f'messages[{i}] must be {{"role": {"|".join(ROLES)}, "content": text}}'
     if messages[-1]["role"] != "user":
-        return f"`messages` must end on a user turn (the one the model answers), not on a {messages[-1]['role']} turn"
+        return f"`messages` must end on a user turn (the one the model answers), not {messages[-1]['role']!r}"
     return None
 
 
