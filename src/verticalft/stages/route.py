@@ -8,8 +8,9 @@ final teacher) this stage tries every threshold (`routing.frontier`), picks the 
 quality is not the one the threshold was fitted to. Also each model alone on the report half
 (the frontier's other points) and each model's calibration (ECE, reliability bins).
 
-An `api:<name>` tier reads its answers from `route.apis.<name>.answers` and is priced at its
-list price for the recipe's token mix (cost.compare, else the shipped table).
+An `api:<name>` tier reads its answers from `route.apis.<name>.answers` (rows: the item's
+`prompt`, or its `system`/`messages` as the eval file writes them, and `prediction`; matched by
+`scoring.item_key`) and is priced at its list price for the recipe's token mix (cost.compare, else the shipped table).
 """
 
 from __future__ import annotations
