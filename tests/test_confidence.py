@@ -20,7 +20,8 @@ def test_mean_logprob_matches_a_forward_pass(tmp_path):
     ]
     model, tok = load_model(folder), load_tokenizer(folder)
     prompts = ["What is EBITDA?", "Net income of 3 and 4 is", "Classify: revenue rose 5%"]
-    done = generate(model, tok, prompts, max_new_tokens=6, batch_size=3)  # batched, left-padded
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    done = generate(model, tok, chats, max_new_tokens=6, batch_size=3)  # batched, left-padded
     for prompt, c in zip(prompts, done, strict=True):
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True

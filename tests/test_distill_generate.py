@@ -53,16 +53,15 @@ def endpoint():
 def test_endpoint_teacher_sends_the_key_from_the_environment(endpoint, monkeypatch):
     monkeypatch.setenv("TEACHER_KEY", "sk-test-123")
     prompts = ["payroll?", "cut", "empty", "payroll?"]
-    gens = generate_openai(
-        endpoint, "teacher-32b", prompts, 32, 0.0, api_key_env="TEACHER_KEY", concurrency=2
-    )
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    gens = generate_openai(endpoint, "teacher-32b", chats, 32, 0.0, api_key_env="TEACHER_KEY", concurrency=2)
     assert [g.finish_reason for g in gens] == ["stop", "length", "stop", "stop"]
     assert gens[0].text == "PAYROLL?"
     path, auth, body = _Endpoint.seen[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test-123"
     assert body["model"] == "teacher-32b" and body["max_tokens"] == 32
     # the kept set: the cut answer, the empty one and the repeated prompt are dropped
-    kept, dropped = generated_set(prompts, gens)
+    kept, dropped = generated_set(chats, gens)
     assert dropped == {"duplicate_prompt": 1, "truncated_response": 1, "empty_response": 1}
     assert kept == [
         {"messages": [{"role": "user", "content": "payroll?"}, {"role": "assistant", "content": "PAYROLL?"}]}
@@ -73,7 +72,9 @@ def test_endpoint_teacher_sends_the_key_from_the_environment(endpoint, monkeypat
 def test_missing_key_is_a_clear_error(endpoint, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(RuntimeError, match="NO_SUCH_KEY is not set"):
-        generate_openai(endpoint, "m", ["x"], 8, 0.0, api_key_env="NO_SUCH_KEY")
+        generate_openai(
+            endpoint, "m", [[{"role": "user", "content": "x"}]], 8, 0.0, api_key_env="NO_SUCH_KEY"
+        )
 
 
 def test_backend_choice(monkeypatch):
@@ -134,7 +135,7 @@ def test_endpoint_teacher_retries_saves_each_answer_and_reruns_only_the_missing(
     url = f"http://127.0.0.1:{server.server_port}/v1"
     _Flaky.calls, _Flaky.down = {}, {"c"}
     journal = tmp_path / "teacher_answers.jsonl"
-    prompts = ["a", "b", "c", "d"]
+    prompts = [[{"role": "user", "content": p}] for p in "abcd"]
     try:
         with pytest.raises(EndpointError, match="1 of 4 prompts got no answer") as err:
             generate_openai(
@@ -157,7 +158,9 @@ def test_a_request_the_api_refuses_is_not_retried(endpoint, tmp_path):
     from verticalft.distill.generate import EndpointError
 
     with pytest.raises(EndpointError, match="HTTP 400 .*maximum context length"):
-        generate_openai(endpoint, "m", ["too long"], 8, 0.0, retries=5, backoff_s=10)
+        generate_openai(
+            endpoint, "m", [[{"role": "user", "content": "too long"}]], 8, 0.0, retries=5, backoff_s=10
+        )
     assert len(_Endpoint.seen) == 1
 
 
@@ -208,7 +211,9 @@ def test_sequence_teacher_is_scored_then_freed_before_a_vllm_child(backend, tmp_
     monkeypatch.setattr(distill, "sequence_rows", generation)
     tokenizer = load_tokenizer(folder, None, require_mask=True)
     metrics: dict = {}
-    distill._teacher_side(ctx, folder, tokenizer, [], ["What was revenue?"], True, metrics)
+    distill._teacher_side(
+        ctx, folder, tokenizer, [], [[{"role": "user", "content": "What was revenue?"}]], True, metrics
+    )
     assert metrics["teacher_eval"] is not None and len(refs) == 1  # loaded once, scored
     # (passed to generation, still in memory)
     assert seen == [(False, False) if backend == "vllm" else (True, True)]

@@ -35,6 +35,7 @@ TRL_DIR = ct.trl_templates_dir()
 NO_THINK = {"enable_thinking": False}
 EMPTY_THINK = "<think>\n\n</think>\n\n"  # qwen3_training.jinja: '<think>\n' + '' + '\n</think>\n\n'
 PROMPT = "Categorise this bank transaction: 631.45 USD ACH MAPLE WAGES"
+USER_TURN = [{"role": "user", "content": PROMPT}]  # the one-turn chat the eval sends
 # qwen3_training.jinja for [user PROMPT] with add_generation_prompt: the user turn, then
 # '<|im_start|>assistant\n', then (only when `enable_thinking is false`) '<think>\n\n</think>\n\n'
 HEAD = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
@@ -119,8 +120,8 @@ def qwen3_tok(qwen3_dir):
 
 
 def test_without_enable_thinking_false_the_prompt_invites_thinking(qwen3_tok):
-    assert scoring.chat_prompts(qwen3_tok, [PROMPT]) == [HEAD]
-    assert scoring.chat_prompts(qwen3_tok, [PROMPT], NO_THINK) == [HEAD + EMPTY_THINK]
+    assert scoring.chat_prompts(qwen3_tok, [USER_TURN]) == [HEAD]
+    assert scoring.chat_prompts(qwen3_tok, [USER_TURN], NO_THINK) == [HEAD + EMPTY_THINK]
 
 
 def test_training_puts_the_think_block_in_the_answer_and_decoding_keeps_it(qwen3_tok):
@@ -157,8 +158,8 @@ def test_eval_generation_renders_prompts_with_the_run_template_kwargs(qwen3_tok)
     # references: the model's greedy continuation of each prompt, rendered by hand (HEAD above)
     thinking, direct = _greedy(model, qwen3_tok, HEAD, 6), _greedy(model, qwen3_tok, HEAD + EMPTY_THINK, 6)
     assert thinking != direct  # the two prompts lead this model to different text
-    assert [c.text for c in generate(model, qwen3_tok, [PROMPT], 6, 1, NO_THINK)] == [direct]
-    assert [c.text for c in generate(model, qwen3_tok, [PROMPT], 6, 1)] == [thinking]
+    assert [c.text for c in generate(model, qwen3_tok, [USER_TURN], 6, 1, NO_THINK)] == [direct]
+    assert [c.text for c in generate(model, qwen3_tok, [USER_TURN], 6, 1)] == [thinking]
     items = [{"prompt": PROMPT, "answer": "payroll", "kind": "label"}]
     summary = evaluate_model(model, qwen3_tok, items, 6, 1, chat_template_kwargs=NO_THINK)
     assert summary["examples"][0]["prediction"] == direct.strip()[:40]

@@ -60,7 +60,8 @@ class CascadePoint:
 
 
 def split_halves(keys: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Item indices split in two by a hash of each item's key (its prompt): stable when the eval
+    """Item indices split in two by a hash of each item's key (`scoring.item_key`: its prompt, or
+    its whole chat for an item with `system`/`messages`): stable when the eval
     file is reordered or grows. The first half picks thresholds, the second reports them."""
     pick, report = [], []
     for i, key in enumerate(keys):

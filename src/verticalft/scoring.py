@@ -13,6 +13,7 @@ scores the answer after a leading think block (`strip_think`).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -63,11 +64,49 @@ def parse_number(text: str) -> float | None:
 KINDS = ("label", "exact", "number", "choice")
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def messages_problem(messages: Any) -> str | None:
+    """Why an eval item's `messages` cannot be sent to a model, or None: a non-empty list of
+    `{"role": system|user|assistant, "content": text}` ending on the user turn the model answers."""
+    if not isinstance(messages, list) or not messages:
+        return "`messages` must be a non-empty list of chat messages"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f'messages[{i}] must be {{"role": {"|".join(ROLES)}, "content": text}}'
+    if messages[-1]["role"] != "user":
+        return f"`messages` must end on a user turn (the one the model answers), not {messages[-1]['role']!r}"
+    return None
+
+
+def chat_problem(row: dict[str, Any]) -> str | None:
+    """Why an eval row's chat (`prompt` or `messages`, optional `system`) is unusable, or None."""
+    if row.get("prompt") not in (None, "") and row.get("messages") is not None:
+        return "give `prompt` or `messages`, not both"
+    system = row.get("system")
+    if system is not None and not (isinstance(system, str) and system.strip()):
+        return "`system` must be a non-empty string"
+    if row.get("messages") is None:
+        return None
+    problem = messages_problem(row["messages"])
+    if problem is None and system is not None and any(m["role"] == "system" for m in row["messages"]):
+        return "a `system` field and a system turn in `messages`: keep one"
+    return problem
+
+
 def item_problem(row: dict[str, Any]) -> str | None:
-    """Why an eval row cannot be scored (no prompt/answer, unknown kind, choices missing), or None."""
-    missing = [k for k in ("prompt", "answer") if row.get(k) in (None, "")]
+    """Why an eval row cannot be scored (no prompt/messages or answer, a bad chat, unknown kind,
+    choices missing), or None."""
+    has_chat = row.get("prompt") not in (None, "") or row.get("messages") is not None
+    missing = ([] if has_chat else ["prompt (or messages)"]) + (
+        ["answer"] if row.get("answer") in (None, "") else []
+    )
     if missing:
         return f"missing field(s) {', '.join(missing)}"
+    problem = chat_problem(row)
+    if problem:
+        return problem
     kind = row.get("kind") or "label"
     if kind not in KINDS:
         return f"unknown kind '{kind}'; one of {', '.join(KINDS)}"
@@ -81,8 +120,47 @@ def item_problem(row: dict[str, Any]) -> str | None:
     return None
 
 
+def item_messages(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The chat an eval item sends the model: its `system` turn when it has one, then its
+    `messages`, or its `prompt` as one user turn."""
+    system = [{"role": "system", "content": item["system"]}] if item.get("system") else []
+    if item.get("messages"):
+        return system + [{"role": m["role"], "content": m["content"]} for m in item["messages"]]
+    return [*system, {"role": "user", "content": item["prompt"]}]
+
+
+def item_text(item: Mapping[str, Any]) -> str:
+    """What to show of an item (reports, eval files): its `prompt`, else its last user turn."""
+    if item.get("prompt"):
+        return str(item["prompt"])
+    return next((m["content"] for m in reversed(item.get("messages") or []) if m.get("role") == "user"), "")
+
+
+def item_user_text(item: Mapping[str, Any]) -> str:
+    """The user turns of an item, one per line: what decontamination matches training data against
+    (a system prompt is an instruction, not the question)."""
+    if item.get("messages"):
+        return "\n".join(str(m.get("content") or "") for m in item["messages"] if m.get("role") == "user")
+    return str(item.get("prompt") or "")
+
+
+def item_key(item: Mapping[str, Any]) -> str:
+    """A stable key of an eval item (or an eval-file / API-answer row carrying its fields): the
+    prompt of a prompt-only item — so eval files and API answer files written before keep
+    matching and route splits them as before — else its whole chat as JSON."""
+    if item.get("messages") or item.get("system"):
+        return json.dumps(item_messages(item), ensure_ascii=False, sort_keys=True)
+    return str(item["prompt"])
+
+
+def item_fields(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields an eval-file row keeps of its item: `prompt` to read (`item_text`), and
+    `system`/`messages` when the item has them, so `item_key` of the row is the item's."""
+    return {"prompt": item_text(item)} | {k: item[k] for k in ("system", "messages") if item.get(k)}
+
+
 def load_items(source: Source, max_items: int | None = None) -> list[dict[str, Any]]:
-    """Eval rows, each checked (prompt, answer, a known kind); errors name the file and line."""
+    """Eval rows, each checked (prompt or messages, answer, a known kind); errors name the file and line."""
     items = []
     for where, row in located_rows(source):
         if isinstance(row, str):
@@ -189,32 +267,29 @@ def confidence(mean_logprob: float | None) -> float | None:
 
 
 def chat_prompts(
-    tokenizer: Any, prompts: list[str], chat_template_kwargs: Mapping[str, Any] | None = None
+    tokenizer: Any, chats: list[list[dict[str, str]]], chat_template_kwargs: Mapping[str, Any] | None = None
 ) -> list[str]:
-    """Each prompt as a one-turn chat through the tokenizer's template, ending on the generation
-    prompt, rendered with the run's template variables (`enable_thinking=False`: Qwen3's
-    template then ends the prompt on an empty think block, so the model answers directly)."""
+    """Each chat (system turn and earlier turns included) through the tokenizer's template, ending
+    on the generation prompt, rendered with the run's template variables (`enable_thinking=False`:
+    Qwen3's template then ends the prompt on an empty think block, so the model answers directly)."""
     return [
         tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}],
-            tokenize=False,
-            add_generation_prompt=True,
-            **(chat_template_kwargs or {}),
+            chat, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
         )
-        for p in prompts
+        for chat in chats
     ]
 
 
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    chats: list[list[dict[str, str]]],
     max_new_tokens: int,
     batch_size: int,
     chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[Completion]:
-    """Greedy chat completions with HF generate (left padding), with each answer's mean token
-    log-probability (what vLLM's `logprobs` gives the eval stage on the other backend).
+    """Greedy completions of each chat (its last turn the user's) with HF generate (left padding),
+    with each answer's mean token log-probability (what vLLM's `logprobs` gives the eval stage on the other backend).
     `chat_template_kwargs` (the recipe's `models.chat_template_kwargs`) render the prompts, as
     vLLM's `LLM.chat` gets them, e.g. `enable_thinking=False` so Qwen3 answers without thinking."""
     import torch
@@ -226,10 +301,8 @@ def generate(
     model.eval()
     outputs: list[Completion] = []
     try:
-        for i in tqdm(
-            range(0, len(prompts), batch_size), desc="generate (greedy)", unit="batch", leave=False
-        ):
-            texts = chat_prompts(tokenizer, prompts[i : i + batch_size], chat_template_kwargs)
+        for i in tqdm(range(0, len(chats), batch_size), desc="generate (greedy)", unit="batch", leave=False):
+            texts = chat_prompts(tokenizer, chats[i : i + batch_size], chat_template_kwargs)
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 model.device
             )
@@ -265,13 +338,13 @@ def generate(
 def generate_answers(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    chats: list[list[dict[str, str]]],
     max_new_tokens: int,
     batch_size: int,
     chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Greedy answers with HF generate (left padding, chat template with its variables)."""
-    done = generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs)
+    done = generate(model, tokenizer, chats, max_new_tokens, batch_size, chat_template_kwargs)
     return [c.text for c in done]
 
 
@@ -286,12 +359,12 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """The training stages' quick eval: greedy answers (prompts rendered with the run's template
     and its `chat_template_kwargs`, as the eval stage renders them) scored by `score_items`."""
-    prompts = [it["prompt"] for it in items]
-    preds = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs)
+    chats = [item_messages(it) for it in items]
+    preds = generate_answers(model, tokenizer, chats, max_new_tokens, batch_size, chat_template_kwargs)
     correct = score_items(items, preds, tolerance)
     summary = summarise(items, correct)
     summary["examples"] = [
-        {"prompt": it["prompt"][-80:], "answer": it["answer"], "prediction": p.strip()[:40]}
+        {"prompt": item_text(it)[-80:], "answer": it["answer"], "prediction": p.strip()[:40]}
         for it, p in list(zip(items, preds, strict=True))[:5]
     ]
     return summary

@@ -120,13 +120,15 @@ def read_sources(
 
 
 def eval_prompts(source: Source | None) -> list[list[str]]:
-    """[id, prompt text] of every eval item: what decontamination matches against."""
-    from verticalft.curation import records
+    """[id, prompt text] of every eval item: what decontamination matches against — the user
+    turns of the item, its `prompt` or the user turns of its `messages` (`scoring.item_user_text`).
+    Read with `answer` required, the field every eval item has, whichever of the two it asks with."""
+    from verticalft.scoring import item_user_text
 
     if source is None:
         return []
-    rows, _ = read_sources([source], ("prompt",))
-    return [[str(r["id"]), records.content(r["prompt"])] for r in rows]
+    rows, _ = read_sources([source], ("answer",))
+    return [[str(r["id"]), text] for r in rows if (text := item_user_text(r))]
 
 
 def _raw(value: bytes | str) -> str:

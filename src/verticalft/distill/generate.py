@@ -6,7 +6,8 @@
   and is never written anywhere;
 - `hf`: transformers `generate` (the fallback where vLLM is not installed, e.g. plain CPU CI).
 
-Every backend returns the text and whether it finished on its own (`finish_reason` "stop")
+Every backend takes chats (lists of messages, system turn and earlier turns included) and sends
+them whole: the teacher answers the last turn in its context. Every backend returns the text and whether it finished on its own (`finish_reason` "stop")
 or was cut at `max_new_tokens` ("length"), so truncated generations can be dropped.
 """
 
@@ -31,13 +32,12 @@ class Generation:
     finish_reason: str  # "stop" | "length"
 
 
-def chats(prompts: list[str]) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": p}] for p in prompts]
+Chat = list[dict[str, str]]  # chat messages: an optional system turn, earlier turns, the user turn to answer
 
 
 def generate_vllm(
     model_path: str,
-    prompts: list[str],
+    chats: list[Chat],
     max_new_tokens: int,
     temperature: float,
     work_dir: Path,
@@ -47,12 +47,12 @@ def generate_vllm(
     chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """vLLM's offline engine in its own process (`serving.offline`, the eval stage's path too),
-    rendering prompts with `chat_template` (the run's) when given, else the folder's own, and the
+    rendering the chats with `chat_template` (the run's) when given, else the folder's own, and the
     run's template variables."""
     from verticalft.serving.offline import Job, generate
 
     job = Job(
-        "teacher", model_path, prompts, max_new_tokens, temperature,
+        "teacher", model_path, chats, max_new_tokens, temperature,
         chat_template=chat_template, chat_template_kwargs=dict(chat_template_kwargs or {}),
     )  # fmt: skip
     o = generate([job], work_dir, engine_args or {"enforce_eager": True}, env)["teacher"]
@@ -69,7 +69,7 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # rate limits, overload
 def generate_openai(
     endpoint: str,
     model: str,
-    prompts: list[str],
+    chats: list[Chat],
     max_new_tokens: int,
     temperature: float,
     api_key_env: str | None = None,
@@ -80,12 +80,12 @@ def generate_openai(
     backoff_s: float = 1.0,
     chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generation]:
-    """POST each prompt to `<endpoint>/chat/completions`, `concurrency` at a time.
+    """POST each chat (its messages as they are) to `<endpoint>/chat/completions`, `concurrency` at a time.
 
     A hosted API rate-limits and fails now and then: a 429, 5xx, timeout or dropped connection is
     retried up to `retries` times with exponential backoff (`backoff_s` · 2^attempt, at most 60 s,
     or the server's `Retry-After`). Each answer is appended to `journal` (JSONL, keyed by the
-    request's hash, never the key) the moment it arrives, so a rerun asks only for the prompts
+    request's hash — model, whole chat, settings — never the API key) the moment it arrives, so a rerun asks only for the prompts
     that have no answer yet. Prompts still unanswered after every retry raise `EndpointError`
     once all the others are done (and saved). `chat_template_kwargs` go in each request body (vLLM's
     extension of the API) only when there are some: a hosted API may refuse unknown fields.
@@ -100,16 +100,16 @@ def generate_openai(
     saved = _read_journal(journal)
     lock = threading.Lock()
 
-    def body_of(prompt: str) -> dict[str, Any]:
+    def body_of(chat: Chat) -> dict[str, Any]:
         return {
             "model": model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [dict(m) for m in chat],
             "max_tokens": max_new_tokens,
             "temperature": temperature,
         } | ({"chat_template_kwargs": dict(chat_template_kwargs)} if chat_template_kwargs else {})
 
-    def one(prompt: str) -> Generation | BaseException:
-        body = body_of(prompt)
+    def one(chat: Chat) -> Generation | BaseException:
+        body = body_of(chat)
         key = _request_key(url, body)
         if key in saved:
             return saved[key]
@@ -139,12 +139,12 @@ def generate_openai(
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        out = list(tqdm(pool.map(one, prompts), total=len(prompts), desc="teacher (endpoint)", unit="prompt"))
+        out = list(tqdm(pool.map(one, chats), total=len(chats), desc="teacher (endpoint)", unit="prompt"))
     failed = [o for o in out if isinstance(o, BaseException)]
     if failed:
         where = f"; the {len(out) - len(failed)} answers received are saved in {journal}" if journal else ""
         raise EndpointError(
-            f"{len(failed)} of {len(prompts)} prompts got no answer after {retries} retries "
+            f"{len(failed)} of {len(chats)} prompts got no answer after {retries} retries "
             f"(first: {failed[0]}){where}; rerun to ask only for the missing ones"
         )
     return [o for o in out if isinstance(o, Generation)]
@@ -178,7 +178,7 @@ def _retry_after(value: str | None) -> float | None:
 def generate_hf(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    chats: list[Chat],
     max_new_tokens: int,
     batch_size: int,
     chat_template_kwargs: dict[str, Any] | None = None,
@@ -187,5 +187,5 @@ def generate_hf(
 
     return [
         Generation(c.text, c.finish_reason)
-        for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs)
+        for c in generate(model, tokenizer, chats, max_new_tokens, batch_size, chat_template_kwargs)
     ]

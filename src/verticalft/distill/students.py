@@ -152,8 +152,10 @@ def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dic
 
 
 def train_on_policy(
-    sctx: StageContext, path: str, tokenizer: Any, teacher: str, prompts: list[str]
+    sctx: StageContext, path: str, tokenizer: Any, teacher: str, contexts: list[list[dict[str, str]]]
 ) -> Trained:
+    """TRL's DistillationTrainer on conversational prompts: each context (system turn and earlier
+    exchanges included) is what the student answers and the teacher scores."""
     import copy
 
     from datasets import Dataset
@@ -164,7 +166,7 @@ def train_on_policy(
     # the student generates during training: left padding for TRL, the saved tokenizer stays as is
     generating = copy.deepcopy(tokenizer)
     generating.padding_side = "left"
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    data = Dataset.from_list([{"prompt": c} for c in contexts])
     return train_model(
         sctx,
         _job(

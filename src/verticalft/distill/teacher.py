@@ -4,6 +4,7 @@ curated SFT records (written once, reused by every rank and by a rerun)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -27,6 +28,26 @@ def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
     if source is None:
         raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
     return [row["messages"] for row in load_set(source, "sft").select_columns(["messages"]).to_list()]
+
+
+def prompt_context(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The context a teacher (`sequence`) or the student (`on_policy`) answers for one SFT
+    conversation: every message before its final assistant turn — system turn and earlier
+    exchanges included —, or the whole conversation when it does not end on an assistant turn.
+
+    The rule of TRL's on-policy collators (`experimental/iw_opd`: prompt = messages[:-1] when the
+    last message is the assistant's completion, else all messages): the answer generated in the
+    context replaces the data's final answer, and a conversation ending on a user turn is asked
+    as it is.
+    """
+    return messages[:-1] if messages and messages[-1].get("role") == "assistant" else list(messages)
+
+
+def prompt_contexts(convs: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+    """`prompt_context` of each conversation that has a user turn to answer (one made only of
+    system or assistant turns asks nothing and is left out)."""
+    contexts = [prompt_context(m) for m in convs]
+    return [c for c in contexts if any(t.get("role") == "user" for t in c)]
 
 
 def load_teacher(ctx: StageContext, path: str) -> Any:
@@ -123,8 +144,9 @@ def free_gpu_memory() -> None:
 
 
 def teacher_generations(
-    ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
+    ctx: StageContext, teacher: Any, tokenizer: Any, contexts: list[list[dict[str, str]]]
 ) -> tuple[list[Any], str]:
+    """The teacher's answer to each context (a list of messages, sent whole), by the recipe's backend."""
     from verticalft.distill import generate as g
     from verticalft.serving.offline import pick_backend
 
@@ -138,7 +160,7 @@ def teacher_generations(
         out = g.generate_openai(
             t.endpoint,
             t.endpoint_model or teacher_path(ctx),
-            prompts,
+            contexts,
             gen.max_new_tokens,
             gen.temperature,
             t.api_key_env,
@@ -151,60 +173,81 @@ def teacher_generations(
 
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
         path = teacher_path(ctx)
-        # sized like the eval stage sizes the teacher: its GPUs, the prompts' context
-        args = engine_args_for(ctx.recipe, "teacher", True, prompts, gen.max_new_tokens,
+        # sized like the eval stage sizes the teacher: its GPUs, the contexts' length
+        args = engine_args_for(ctx.recipe, "teacher", True, contexts, gen.max_new_tokens,
                                ev.engine_args if ev else None, path)  # fmt: skip
         out = g.generate_vllm(
-            path, prompts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
+            path, contexts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
             args or None, ev.env if ev else None, tokenizer.chat_template, kwargs,
         )  # fmt: skip
     else:
-        out = g.generate_hf(teacher, tokenizer, prompts, gen.max_new_tokens, gen.batch_size, kwargs)
+        out = g.generate_hf(teacher, tokenizer, contexts, gen.max_new_tokens, gen.batch_size, kwargs)
     return out, backend
 
 
-def sequence_rows(
-    ctx: StageContext, teacher: Any, tokenizer: Any, prompts: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The teacher's answers as SFT rows, and what generating them took.
+def sequences_key(ctx: StageContext, contexts: list[list[dict[str, str]]]) -> str:
+    """What the teacher's answers depend on: the teacher, the generation settings, the template
+    variables and every context, whole (a changed system turn or earlier exchange is a new key)."""
+    cfg = ctx.recipe.stages.distill
+    what = [
+        teacher_path(ctx),
+        cfg.teacher.model_dump(),
+        cfg.generation.model_dump(),
+        dict(ctx.recipe.models.chat_template_kwargs),
+        contexts,
+    ]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
-    Written once to `distill/teacher_sequences.json`: under a launcher rank 0 generates (the other
-    ranks wait at the barrier, then read the file), and a killed attempt's rerun reuses them.
+
+def sequence_rows(
+    ctx: StageContext, teacher: Any, tokenizer: Any, contexts: list[list[dict[str, str]]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The teacher's answers as SFT rows (each its context plus the answer), and what generating
+    them took.
+
+    Written once to `distill/teacher_sequences.json` with their `sequences_key`: under a launcher
+    rank 0 generates (the other ranks wait at the barrier, then read the file), and a killed
+    attempt's rerun reuses them when the key still matches.
     """
     done = ctx.dir / "teacher_sequences.json"
+    key = sequences_key(ctx, contexts)
     with main_process_first():
         if done.is_file():
             saved = json.loads(done.read_text())
-            return saved["rows"], saved["metrics"]
+            if saved.get("key") == key:
+                return saved["rows"], saved["metrics"]
         t0 = time.time()
-        gens, backend = teacher_generations(ctx, teacher, tokenizer, prompts)
-        rows, dropped = generated_set(prompts, gens)
+        gens, backend = teacher_generations(ctx, teacher, tokenizer, contexts)
+        rows, dropped = generated_set(contexts, gens)
         if not rows:
             raise ValueError(
                 f"distill: every teacher generation was filtered out ({dropped}); raise generation.max_new_tokens?"
             )
         metrics = {
             "backend": backend,
-            "prompts": len(prompts),
+            "prompts": len(contexts),
             "kept": len(rows),
             "dropped": dropped,
             "seconds": round(time.time() - t0, 2),
         }
-        atomic_write_json(done, {"rows": rows, "metrics": metrics})
+        atomic_write_json(done, {"key": key, "rows": rows, "metrics": metrics})
         atomic_write_json(ctx.dir / "teacher_generations.json", rows[:200])  # a sample to read
         return rows, metrics
 
 
-def generated_set(prompts: list[str], gens: list[Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Teacher answers as SFT rows, through the curation record rules (empty, truncated, duplicate)."""
+def generated_set(
+    contexts: list[list[dict[str, str]]], gens: list[Any]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Teacher answers as SFT rows (context + answer), through the curation record rules (empty,
+    truncated, duplicate prompt: the same whole context)."""
     from verticalft.curation.records import prompt_duplicates, record_reason
 
     rows = {
         f"{i:08d}": {
-            "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": g.text.strip()}],
+            "messages": [*c, {"role": "assistant", "content": g.text.strip()}],
             "finish_reason": g.finish_reason,
         }
-        for i, (p, g) in enumerate(zip(prompts, gens, strict=True))
+        for i, (c, g) in enumerate(zip(contexts, gens, strict=True))
     }
     dropped: dict[str, int] = {}
     for d in prompt_duplicates(rows.items()):

@@ -44,7 +44,7 @@ class OfflineGenerationError(RuntimeError):
 class Job:
     name: str
     model: str  # HF folder or hub id
-    prompts: list[str]
+    chats: list[list[dict[str, str]]]  # each a list of chat messages (system and earlier turns), sent as is
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     lora: str | None = None  # PEFT adapter folder served on top of `model`
@@ -123,9 +123,8 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
             max_tokens=job.max_new_tokens, temperature=job.temperature, seed=0, logprobs=0
         )
         lora = LoRARequest(job.name, 1, job.lora) if job.lora else None
-        chats = [[{"role": "user", "content": p}] for p in job.prompts]
         outs = llm.chat(
-            chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template,
+            job.chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template,
             chat_template_kwargs=job.chat_template_kwargs or None,
         )  # fmt: skip
         results[job.name] = {

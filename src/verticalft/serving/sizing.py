@@ -32,14 +32,28 @@ if TYPE_CHECKING:
 TEMPLATE_ALLOWANCE = 256
 
 
-def prompt_tokens_bound(prompts: Sequence[str]) -> int:
-    """An upper bound, without a tokenizer, on the longest prompt in tokens once chat-templated:
-    its UTF-8 bytes (every byte-level BPE or byte-fallback SentencePiece token covers at least one
-    byte) plus `TEMPLATE_ALLOWANCE`. Loose (English text is ~4 bytes a token), never short."""
-    return max((len(p.encode("utf-8")) for p in prompts), default=0) + TEMPLATE_ALLOWANCE
+# Tokens of the role markers around each further turn of a chat (`<|im_start|>user\n…<|im_end|>\n`).
+TURN_ALLOWANCE = 16
+
+Prompt = str | Sequence[Mapping[str, Any]]  # a prompt text, or a chat: a list of messages
 
 
-def context_length(prompts: Sequence[str], max_new_tokens: int, model_limit: int | None = None) -> int:
+def prompt_bytes(prompt: Prompt) -> int:
+    """UTF-8 bytes of a prompt text, or of a chat's contents plus `TURN_ALLOWANCE` per turn."""
+    if isinstance(prompt, str):
+        return len(prompt.encode("utf-8"))
+    return sum(len(str(m.get("content") or "").encode("utf-8")) + TURN_ALLOWANCE for m in prompt)
+
+
+def prompt_tokens_bound(prompts: Sequence[Prompt]) -> int:
+    """An upper bound, without a tokenizer, on the longest prompt (a text or a chat) in tokens once
+    chat-templated: its UTF-8 bytes (every byte-level BPE or byte-fallback SentencePiece token covers
+    at least one byte), the markers of each turn, plus `TEMPLATE_ALLOWANCE`. Loose (English text is
+    ~4 bytes a token), never short."""
+    return max((prompt_bytes(p) for p in prompts), default=0) + TEMPLATE_ALLOWANCE
+
+
+def context_length(prompts: Sequence[Prompt], max_new_tokens: int, model_limit: int | None = None) -> int:
     """vLLM's `max_model_len` for these prompts: the longest prompt's bound plus the answer, at
     most the model's own context (a larger value is a vLLM error, not a longer context)."""
     need = prompt_tokens_bound(prompts) + max_new_tokens
@@ -69,13 +83,13 @@ def engine_args_for(
     recipe: Recipe,
     name: str,
     teacher_sized: bool,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     max_new_tokens: int,
     explicit: Mapping[str, Any] | None = None,
     model_path: str | None = None,
 ) -> dict[str, Any]:
-    """`vllm.LLM(...)` arguments for model `name` generating `max_new_tokens` after `prompts`
-    (module docstring): derived on a GPU, then the recipe's `explicit` engine args on top.
+    """`vllm.LLM(...)` arguments for model `name` generating `max_new_tokens` after `prompts` (texts
+    or chats; module docstring): derived on a GPU, then the recipe's `explicit` engine args on top.
     `model_path` (read only on a GPU, only when `max_model_len` is derived) caps the context."""
     explicit = dict(explicit or {})
     if recipe.compute.gpu == "cpu":

@@ -86,16 +86,21 @@ def weight_bytes(*folders: str | None) -> int:
     return sum(p.stat().st_size for f in folders if f for p in Path(f).glob("*.safetensors"))
 
 
-def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str], max_new: int) -> list[str]:
-    """The merged model's greedy answers: the eval stage's vLLM predictions when they match, else
-    an offline vLLM run of the merged folder here."""
+def reference_answers(
+    ctx: StageContext, name: str, path: str, items: list[dict[str, Any]], max_new: int
+) -> list[str]:
+    """The merged model's greedy answers to `items`: the eval stage's vLLM predictions when they
+    match (by `scoring.item_key`), else an offline vLLM run of the merged folder here."""
+    from verticalft.scoring import item_key, item_messages
+
     ev = ctx.run.record("eval") if ctx.run.is_done("eval") else None
     out = (ev.outputs.get(name) if ev else None) if ev and ev.metrics.get("backend") == "vllm" else None
+    keys = [item_key(it) for it in items]
     if out and ev and ev.metrics.get("max_new_tokens") == max_new:
         rows = [json.loads(line) for line in Path(out).read_text().splitlines() if line.strip()]
-        by_prompt = {r["prompt"]: r["prediction"] for r in rows if r["set"] == "domain"}
-        if all(p in by_prompt for p in prompts):
-            return [by_prompt[p] for p in prompts]
+        by_key = {item_key(r): r["prediction"] for r in rows if r["set"] == "domain"}
+        if all(k in by_key for k in keys):
+            return [by_key[k] for k in keys]
     from verticalft.chat_templates import chosen_template
     from verticalft.serving.offline import Job, generate
 
@@ -105,7 +110,7 @@ def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str
             Job(
                 name,
                 path,
-                prompts,
+                [item_messages(it) for it in items],
                 max_new,
                 chat_template=chosen_template(ctx.recipe.models.chat_template),
                 chat_template_kwargs=ctx.recipe.models.chat_template_kwargs,
@@ -119,25 +124,26 @@ def reference_answers(ctx: StageContext, name: str, path: str, prompts: list[str
 
 
 def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) -> dict[str, Any]:
-    """Greedy answers of base + LoRA on the server vs the merged weights, on the first n eval prompts."""
+    """Greedy answers of base + LoRA on the server vs the merged weights, on the first n eval items
+    (each sent as its chat: `scoring.item_messages`)."""
     from verticalft.distill.generate import generate_openai
-    from verticalft.scoring import load_items
+    from verticalft.scoring import item_messages, item_text, load_items
 
     items = load_items(ctx.recipe.data.eval, n) if ctx.recipe.data.eval else []
-    prompts = [it["prompt"] for it in items]
+    chats = [item_messages(it) for it in items]
     max_new = (
         ctx.recipe.stages.eval.max_new_tokens if ctx.recipe.stages.eval else None
     ) or ctx.recipe.evaluation.max_new_tokens
-    served = [g.text for g in generate_openai(server.base_url + "/v1", m.name, prompts, max_new, 0.0)]
-    merged = reference_answers(ctx, m.name, m.path, prompts, max_new)
+    served = [g.text for g in generate_openai(server.base_url + "/v1", m.name, chats, max_new, 0.0)]
+    merged = reference_answers(ctx, m.name, m.path, items, max_new)
     same = [a == b for a, b in zip(served, merged, strict=True)]
     return {
-        "prompts": len(prompts),
+        "prompts": len(items),
         "identical": sum(same),
         "match_rate": round(sum(same) / len(same), 4) if same else None,
         "mismatches": [
-            {"prompt": p[-80:], "lora": a, "merged": b}
-            for p, a, b, ok in zip(prompts, served, merged, same, strict=True)
+            {"prompt": item_text(it)[-80:], "lora": a, "merged": b}
+            for it, a, b, ok in zip(items, served, merged, same, strict=True)
             if not ok
         ][:5],
     }

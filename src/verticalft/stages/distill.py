@@ -5,10 +5,12 @@
   the teacher runs once, its top-k log-probs go to disk (distill/cache.py) and is unloaded before
   any student trains; one cache serves every student. With `cache: false` it runs beside each
   student (online).
-- `sequence`: the teacher answers the SFT prompts (vLLM offline, an OpenAI-compatible endpoint,
+- `sequence`: the teacher answers the SFT prompts — each conversation up to its final assistant
+  turn, system turn and earlier exchanges included (`teacher.prompt_context`) — (vLLM offline, an OpenAI-compatible endpoint,
   or HF generate), the answers go through the curation record rules (empty, truncated,
   duplicate prompt) and each student is SFT-trained on them with TRL's SFTTrainer.
-- `on_policy`: TRL's DistillationTrainer (the student generates, generalized JSD to the teacher).
+- `on_policy`: TRL's DistillationTrainer (the student generates in the same contexts,
+  generalized JSD to the teacher).
 
 Before any work the vocabulary preflight (distill/preflight.py) checks every teacher/student
 pair for the logit kinds. The teacher side (cache, generations) lives in distill/teacher.py,
@@ -39,6 +41,7 @@ from verticalft.distill.teacher import (
     free_gpu_memory,
     generates_in_process,
     load_teacher,
+    prompt_contexts,
     recorded_teacher_eval,
     sequence_rows,
     teacher_path,
@@ -88,12 +91,13 @@ def run(ctx: StageContext) -> StageResult:
     # the run's template in its training variant: the logit kinds' masks and sequence's SFT need it
     tokenizer = load_tokenizer(t_path, recipe.models.chat_template, require_mask=cfg.kind != "on_policy")
     convs = conversations(ctx)[: cfg.max_examples]
-    prompts = [m[0]["content"] for m in convs if m and m[0].get("role") == "user"]
+    # sequence / on_policy: each conversation up to its final assistant turn, system turn included
+    contexts = prompt_contexts(convs)
 
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
-    side = _teacher_side(ctx, t_path, tokenizer, convs, prompts, bool(todo), metrics)
+    side = _teacher_side(ctx, t_path, tokenizer, convs, contexts, bool(todo), metrics)
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
@@ -104,7 +108,7 @@ def run(ctx: StageContext) -> StageResult:
         print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
         error: Exception | None = None
         try:  # one student's failure must not lose the others
-            results[name] = _train_student(sctx, path, t_path, tokenizer, prompts, side, fp)
+            results[name] = _train_student(sctx, path, t_path, tokenizer, contexts, side, fp)
         except Exception as exc:
             error = exc
         # every rank gives the student up together (one rank moving on alone hangs the others)
@@ -138,7 +142,7 @@ def _teacher_side(
     t_path: str,
     tokenizer: Any,
     convs: list[list[dict[str, str]]],
-    prompts: list[str],
+    contexts: list[list[dict[str, str]]],
     any_todo: bool,
     metrics: dict[str, Any],
 ) -> TeacherSide:
@@ -174,7 +178,7 @@ def _teacher_side(
             teacher = None  # students train from the cache alone
             free_gpu_memory()  # every rank's teacher copy, before its student loads
     elif any_todo and cfg.kind == "sequence":
-        side.rows, metrics["generations"] = sequence_rows(ctx, teacher, tokenizer, prompts)
+        side.rows, metrics["generations"] = sequence_rows(ctx, teacher, tokenizer, contexts)
         teacher = None
     elif cfg.kind == "on_policy":
         teacher = None  # TRL loads it from the path itself
@@ -188,7 +192,7 @@ def _train_student(
     path: str,
     t_path: str,
     tokenizer: Any,
-    prompts: list[str],
+    contexts: list[list[dict[str, str]]],
     side: TeacherSide,
     fp: str,
 ) -> dict[str, Any]:
@@ -199,7 +203,7 @@ def _train_student(
     elif kind == "sequence":
         done = train_sequence(sctx, path, tokenizer, side.rows)
     else:
-        done = train_on_policy(sctx, path, tokenizer, t_path, prompts)
+        done = train_on_policy(sctx, path, tokenizer, t_path, contexts)
     result = {
         **student_result(done, side.score),
         "teacher_in_memory": kind == "on_policy" or (kind == "logits" and side.cache is None),

@@ -6,7 +6,9 @@ process for every model, `serving.offline`) or, where vLLM is not installed, tra
 `generate`. Scoring uses the same rules as the training stages' quick eval (`scoring`): exact,
 label, numeric with a tolerance, multiple choice.
 
-Writes `eval/<model>.jsonl` (one line per item: prompt, answer, prediction, finish reason,
+An item is a `prompt` or `messages` (a chat ending on a user turn), with an optional `system`
+turn: the whole chat is what each model answers. Writes `eval/<model>.jsonl` (one line per item:
+prompt (and system / messages), answer, prediction, finish reason,
 correct, and the model's confidence in its answer — the geometric-mean probability of its tokens,
 which the route stage uses to decide when a student escalates) and puts per model the overall / per-task / per-difficulty scores in the manifest,
 with retention = student / final teacher (overall and per task) and, on the general set,
@@ -21,7 +23,7 @@ from typing import Any
 
 from verticalft.data import DataError
 from verticalft.rundir import atomic_write_text
-from verticalft.scoring import confidence, load_items, score_items, summarise
+from verticalft.scoring import confidence, item_fields, item_messages, load_items, score_items, summarise
 from verticalft.serving.offline import pick_backend
 from verticalft.stages.base import (
     PartialFailure,
@@ -34,9 +36,14 @@ from verticalft.stages.base import (
 
 
 def generate_all(
-    ctx: StageContext, models: list[RunModel], prompts: list[str], backend: str, max_new_tokens: int
+    ctx: StageContext,
+    models: list[RunModel],
+    chats: list[list[dict[str, str]]],
+    backend: str,
+    max_new_tokens: int,
 ) -> dict[str, dict[str, list[Any]]]:
-    """Greedy completions of every prompt by every model: {model: {texts, finish_reasons}}."""
+    """Greedy completions of every chat (an item's messages: `scoring.item_messages`) by every
+    model: {model: {texts, finish_reasons, mean_logprobs}}."""
     cfg = ctx.recipe.stages.eval
     kwargs = ctx.recipe.models.chat_template_kwargs  # template variables, e.g. enable_thinking: false
     if backend == "vllm":
@@ -48,13 +55,13 @@ def generate_all(
         # text, unless the recipe chose another template: then every model gets that one)
         template = chosen_template(ctx.recipe.models.chat_template)
         jobs = [
-            Job(m.name, m.path, prompts, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs,
-                engine_args=engine_args_for(ctx.recipe, m.name, m.role != "student", prompts,
+            Job(m.name, m.path, chats, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs,
+                engine_args=engine_args_for(ctx.recipe, m.name, m.role != "student", chats,
                                             max_new_tokens, cfg.engine_args, m.path))
             for m in models
         ]  # fmt: skip
         print(
-            f"  vLLM offline: {len(models)} models × {len(prompts)} prompts (log: {ctx.dir / 'vllm.log'})",
+            f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})",
             flush=True,
         )
         outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
@@ -72,7 +79,7 @@ def generate_all(
     for m in models:
         model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code, inference=True)
         tokenizer = load_tokenizer(m.path, ctx.recipe.models.chat_template)
-        done = generate(model, tokenizer, prompts, max_new_tokens, batch, kwargs)
+        done = generate(model, tokenizer, chats, max_new_tokens, batch, kwargs)
         results[m.name] = {
             "texts": [c.text for c in done],
             "finish_reasons": [c.finish_reason for c in done],
@@ -125,9 +132,9 @@ def run(ctx: StageContext) -> StageResult:
     teacher = final_teacher(models)
     backend = pick_backend(cfg.backend)
     max_new = cfg.max_new_tokens or ev.max_new_tokens
-    prompts = [it["prompt"] for rows in items.values() for it in rows]
-    print(f"  eval: {', '.join(m.name for m in models)} on {len(prompts)} prompts via {backend}", flush=True)
-    generations = generate_all(ctx, models, prompts, backend, max_new)
+    chats = [item_messages(it) for rows in items.values() for it in rows]
+    print(f"  eval: {', '.join(m.name for m in models)} on {len(chats)} prompts via {backend}", flush=True)
+    generations = generate_all(ctx, models, chats, backend, max_new)
 
     scores: dict[str, Any] = {}
     outputs: dict[str, str] = {}
@@ -148,7 +155,7 @@ def run(ctx: StageContext) -> StageResult:
                         "id": it.get("id"),
                         "task": it.get("task"),
                         "kind": it["kind"],
-                        "prompt": it["prompt"],
+                        **item_fields(it),  # prompt (and system / messages): the item's key
                         "answer": it["answer"],
                         "prediction": text,
                         "finish_reason": why,

@@ -8,8 +8,9 @@ final teacher) this stage tries every threshold (`routing.frontier`), picks the 
 quality is not the one the threshold was fitted to. Also each model alone on the report half
 (the frontier's other points) and each model's calibration (ECE, reliability bins).
 
-An `api:<name>` tier reads its answers from `route.apis.<name>.answers` and is priced at its
-list price for the recipe's token mix (cost.compare, else the shipped table).
+An `api:<name>` tier reads its answers from `route.apis.<name>.answers` (rows: the item's
+`prompt`, or its `system`/`messages` as the eval file writes them, and `prediction`; matched by
+`scoring.item_key`) and is priced at its list price for the recipe's token mix (cost.compare, else the shipped table).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from verticalft import pricing as c
 from verticalft import routing as r
 from verticalft.data import DataError, parse_jsonl
 from verticalft.rundir import atomic_write_json
-from verticalft.scoring import load_items, score_answer
+from verticalft.scoring import item_key, item_text, load_items, score_answer
 from verticalft.stages.base import StageContext, StageResult
 
 
@@ -33,23 +34,30 @@ def eval_rows(path: str) -> list[dict[str, Any]]:
 
 
 def api_rows(name: str, answers: str, items: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
-    """An API tier's answers, matched to the eval items by prompt and scored like the eval stage."""
-    by_prompt = {}
+    """An API tier's answers, matched to the eval items by their key (`scoring.item_key`: the
+    prompt, or the chat of an item with `system`/`messages`) and scored like the eval stage."""
+    by_key = {}
     for n, row, _ in parse_jsonl(Path(answers)):
-        if not isinstance(row, dict) or "prompt" not in row or "prediction" not in row:
-            raise DataError(f"{answers}:{n}: route.apis.{name}: a row needs `prompt` and `prediction`")
-        by_prompt[row["prompt"]] = row
-    missing = [it["prompt"] for it in items if it["prompt"] not in by_prompt]
+        if (
+            not isinstance(row, dict)
+            or not (row.get("prompt") or row.get("messages"))
+            or "prediction" not in row
+        ):
+            raise DataError(
+                f"{answers}:{n}: route.apis.{name}: a row needs `prompt` (or the item's `messages`) and `prediction`"
+            )
+        by_key[item_key(row)] = row
+    missing = [it for it in items if item_key(it) not in by_key]
     if missing:
         raise DataError(
             f"{answers}: route.apis.{name} has no answer for {len(missing)} of {len(items)} eval prompts "
-            f"(first: {missing[0][:80]!r})"
+            f"(first: {item_text(missing[0])[:80]!r})"
         )
     out = []
     for it in items:
-        row = by_prompt[it["prompt"]]
+        row = by_key[item_key(it)]
         ok = score_answer(str(row["prediction"]), it["answer"], it["kind"], tolerance, it.get("choices"))
-        out.append({"prompt": it["prompt"], "correct": ok, "confidence": row.get("confidence")})
+        out.append({"prompt": item_text(it), "correct": ok, "confidence": row.get("confidence")})
     return out
 
 
@@ -132,17 +140,17 @@ def run(ctx: StageContext) -> StageResult:
                 if api not in cfg.apis:
                     raise ValueError(f"route: tier '{n}' needs its answers in route.apis.{api}.answers")
                 full = (
-                    {it["prompt"]: it for it in load_items(ctx.recipe.data.eval)}
+                    {item_key(it): it for it in load_items(ctx.recipe.data.eval)}
                     if ctx.recipe.data.eval
                     else {}
                 )
-                scored = [{**it, "choices": (full.get(it["prompt"]) or {}).get("choices")} for it in items]
+                scored = [{**it, "choices": (full.get(item_key(it)) or {}).get("choices")} for it in items]
                 rows[n] = api_rows(
                     api, cfg.apis[api].answers, scored, ctx.recipe.evaluation.numeric_tolerance
                 )
             elif n not in rows:
                 raise ValueError(f"route: '{n}' has no eval answers; models: {', '.join(ev.outputs)}")
-    pick, report = r.split_halves([it["prompt"] for it in items])
+    pick, report = r.split_halves([item_key(it) for it in items])
     daily = ctx.recipe.cost.daily_tokens
     singles = {}
     for name in [n for n in rows if n in priced or n.startswith("api:")]:
