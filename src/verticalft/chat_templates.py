@@ -379,8 +379,9 @@ def assistant_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """(the rendered conversation, the character span of each assistant turn in it), found without
     markers, as axolotl's `roles_to_train` does: assistant turn i is what rendering messages[:i+1]
-    adds to messages[:i] rendered with the generation prompt — its content and whatever the
-    template closes the turn with (an end-of-turn token, newlines). Raises ChatTemplateError when
+    adds to messages[:i] rendered with the generation prompt — its content and the end-of-turn
+    token the template closes it with; whitespace after that (a separator between turns, like the
+    newline after ChatML's `<|im_end|>`) stays untrained, as in `chatml_training_template`. Raises ChatTemplateError when
     the template renders a conversation's beginning differently once later turns follow (no prefix
     to cut at)."""
     kwargs = dict(chat_template_kwargs or {})
@@ -401,7 +402,7 @@ def assistant_spans(
                 f"rendering turns 1..{i + 1} of a conversation is not a prefix of rendering it whole "
                 "(the template changes earlier turns once later ones follow)"
             )
-        spans.append((len(before), len(through)))
+        spans.append((len(before), len(through.rstrip())))  # the separator after the turn: untrained
     return full, spans
 
 
