@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,75 @@ def test_qlora_65b_on_one_48gb_gpu():
         bf16_adapters < 48 < m["total"] + 2
     )  # fits with the paper's settings; ~at the limit with fp32 adapters
     assert m["weights"] > 30  # 65B in NF4 ≈ 34 GB: the bulk of it
+
+
+# --------------------------------------------------------------------------- mixtures of experts
+# config.json of Qwen/Qwen3-30B-A3B and mistralai/Mixtral-8x7B-v0.1 (the keys that size them)
+QWEN3_30B_A3B = {
+    "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48, "intermediate_size": 6144,
+    "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1,
+    "mlp_only_layers": [], "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+    "vocab_size": 151936, "tie_word_embeddings": False,
+}  # fmt: skip
+MIXTRAL_8X7B = {
+    "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "vocab_size": 32000, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+def by_hand(h, layers, heads, kv, head_dim, vocab, experts, expert_width):
+    """A MoE decoder counted from its tensors: q,o (h × heads·d), k,v (h × kv·d), router (h × E),
+    E experts of gate/up/down (3 · h × I_e), two RMSNorms per block, final norm, untied embed + head."""
+    attention, router, norms = 2 * h * heads * head_dim + 2 * h * kv * head_dim, h * experts, 2 * h
+    return lambda counted: (
+        layers * (attention + router + counted * 3 * h * expert_width + norms) + 2 * vocab * h + h
+    )
+
+
+def test_moe_total_and_active_parameters_by_hand():
+    from verticalft.plan import arch_from_config
+
+    # Qwen3-30B-A3B: attention 2048·4096·2 + 2048·512·2 = 18,874,368 per block; 128 experts of
+    # 3·2048·768 = 4,718,592 each; router 2048·128; embed + head 2·151936·2048 = 622,329,856.
+    qwen = by_hand(2048, 48, 32, 4, 128, 151936, 128, 768)
+    assert qwen(128) == 30_532_110_336 and qwen(8) == 3_353_020_416
+    arch = arch_from_config(QWEN3_30B_A3B)
+    assert (arch.params, arch.active_params) == (qwen(128), qwen(8))
+    assert arch.params == pytest.approx(30.5e9, rel=0.01)  # published: 30.5B total
+    assert arch.active_params == pytest.approx(3.3e9, rel=0.02)  # published: 3.3B activated (rounded)
+    # Mixtral-8x7B: 8 experts of 3·4096·14336, 2 per token, vocabulary 32000
+    mixtral = by_hand(4096, 32, 32, 8, 128, 32000, 8, 14336)
+    arch = arch_from_config(MIXTRAL_8X7B)
+    assert (arch.params, arch.active_params) == (mixtral(8), mixtral(2))
+    assert arch.params == pytest.approx(46.7e9, rel=0.01) and arch.active_params == pytest.approx(
+        12.9e9, rel=0.01
+    )
+
+
+def test_a_moe_model_is_planned_with_total_memory_and_active_flops(tmp_path):
+    folder = tmp_path / "qwen3-30b-a3b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(QWEN3_30B_A3B))
+    plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=[f"models.teacher={folder}"]))
+    cpt, sft = plan.stages[0], plan.stages[1]
+    total, active = 30_532_110_336, 3_353_020_416  # by hand above
+    assert (cpt.params, cpt.active_params) == (total, active)
+    assert cpt.flops == pytest.approx(8 * active * cpt.tokens)  # full CPT with checkpointing: 8·N_active·D
+    assert cpt.memory["trainable_state"] == pytest.approx(total * 16 / 64 / 1e9, rel=1e-3)  # FSDP over 64
+    # QLoRA: bitsandbytes quantizes nn.Linear only; the fused routed experts (48·128·3·2048·768) and
+    # the untied embeddings stay bf16
+    experts, embed = 48 * 128 * 3 * 2048 * 768, 2 * 151936 * 2048
+    assert sft.memory["weights"] == pytest.approx(
+        ((total - experts - embed) * 4.127 / 8 + (experts + embed) * 2) / 1e9, rel=1e-3
+    )
+    assert any("mixture of experts" in n for n in plan.notes)
+
+
+def test_deepseek_latent_attention_is_said_not_sized(tmp_path):
+    folder = tmp_path / "dsv3"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**QWEN3_30B_A3B, "model_type": "deepseek_v3",
+                                                    "kv_lora_rank": 512, "n_routed_experts": 256}))  # fmt: skip
+    plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=[f"models.teacher={folder}"]))
+    assert plan.stages == [] and "latent attention" in plan.warnings[-1]

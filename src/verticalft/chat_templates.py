@@ -36,6 +36,12 @@ distillation mask), a `chat_template_kwargs` column on the rows TRL's SFT/DPO tr
 (`with_template_kwargs`), DistillationConfig's `chat_template_kwargs`, vLLM's `LLM.chat(...,
 chat_template_kwargs=)` and its server's `--default-chat-template-kwargs` (`server_args`).
 
+Templates with none of these (no markers, unknown to TRL, not ChatML: a Llama-2 `[INST]` or a
+`### Assistant:` template) can still train sft: `assistant_masks` then finds each assistant turn by
+rendering conversation prefixes (axolotl's `roles_to_train` idea) and sft hands TRL the tokenized
+rows with their `assistant_masks`; `prefix_mask_problem` says (at validate) when a template cannot
+be cut that way. The distillation paths still need markers.
+
 Mask extent: the derived ChatML variant masks exactly the content and `<|im_end|>`. TRL's
 variants place the markers their own way, e.g. Qwen2.5's also covers the newline that ends the
 `<|im_start|>assistant` header and the one after `<|im_end|>` (fixed tokens, harmless to train).
@@ -96,6 +102,11 @@ PROBES: list[list[dict[str, str]]] = [
 
 class ChatTemplateError(ValueError):
     """The run's chat template cannot be used as asked; the message says what to set."""
+
+
+class NoTrainingVariant(ChatTemplateError):
+    """The template has no markers, TRL has no variant of it and it is not ChatML: its assistant
+    turns can still be found by rendering prefixes (`prefix_assistant_masks`) where the caller does."""
 
 
 # --------------------------------------------------------------------------- the recipe's choice
@@ -311,7 +322,7 @@ def training_template(tokenizer: Any, choice: str | None = None) -> str:
     else:
         resolved = derive_chatml(tokenizer, template)
     if resolved is None:
-        raise ChatTemplateError(
+        raise NoTrainingVariant(
             f"the chat template of {name} has no {{% generation %}} markers, TRL has no training "
             f"variant of it, and it is not ChatML ({IM_START}role\\n…{IM_END}); {FIX}"
         )
@@ -326,21 +337,139 @@ def training_template(tokenizer: Any, choice: str | None = None) -> str:
     return resolved
 
 
-def use_run_template(tokenizer: Any, choice: str | None = None, require_mask: bool = False) -> Any:
+def use_run_template(
+    tokenizer: Any, choice: str | None = None, require_mask: bool = False, prefix_masks: bool = False
+) -> Any:
     """Set `tokenizer.chat_template` to the run's training variant (see `training_template`).
 
     Stages that only render (cpt's and dpo's eval, merging) keep working on a template with no
     training variant: the tokenizer then keeps the chosen (or its own) template as it is. Stages
-    that need the assistant mask (sft, distill) pass `require_mask` and get the error instead.
+    that need the assistant mask pass `require_mask` and get the error instead — unless they find
+    the assistant turns themselves by rendering prefixes (`prefix_masks`: sft and preview, through
+    `assistant_masks`) and `prefix_mask_problem` finds the template fit for it.
     """
     try:
         tokenizer.chat_template = training_template(tokenizer, choice)
     except ChatTemplateError as exc:
         chosen = chosen_template(choice)  # an unknown name / missing file is always an error
-        if require_mask:
+        if require_mask and not (prefix_masks and isinstance(exc, NoTrainingVariant)):
             raise
         if chosen:
             tokenizer.chat_template = chosen
-        if tokenizer.chat_template:
+        if require_mask:
+            if problem := prefix_mask_problem(tokenizer):
+                raise ChatTemplateError(
+                    f"{exc}; nor can its assistant turns be found by rendering prefixes: {problem}"
+                ) from None
+            print(
+                "  chat template: no {% generation %} markers; assistant turns found by rendering prefixes",
+                flush=True,
+            )
+        elif tokenizer.chat_template:
             print(f"  chat template: {exc} (rendering with it as it is)", flush=True)
     return tokenizer
+
+
+# --------------------------------------------------------------------------- masks by prefix rendering
+def assistant_spans(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[str, list[tuple[int, int]]]:
+    """(the rendered conversation, the character span of each assistant turn in it), found without
+    markers, as axolotl's `roles_to_train` does: assistant turn i is what rendering messages[:i+1]
+    adds to messages[:i] rendered with the generation prompt — its content and the end-of-turn
+    token the template closes it with; whitespace after that (a separator between turns, like the
+    newline after ChatML's `<|im_end|>`) stays untrained, as in `chatml_training_template`. Raises ChatTemplateError when
+    the template renders a conversation's beginning differently once later turns follow (no prefix
+    to cut at)."""
+    kwargs = dict(chat_template_kwargs or {})
+
+    def text(upto: int, generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            messages[:upto], tools=tools, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
+        )
+
+    full = text(len(messages), False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before, through = text(i, True) if i else "", text(i + 1, False)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise ChatTemplateError(
+                f"rendering turns 1..{i + 1} of a conversation is not a prefix of rendering it whole "
+                "(the template changes earlier turns once later ones follow)"
+            )
+        spans.append((len(before), len(through.rstrip())))  # the separator after the turn: untrained
+    return full, spans
+
+
+def prefix_assistant_masks(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, list[int]]:
+    """`input_ids` and `assistant_masks` (1 on each assistant turn's tokens) of a conversation,
+    from `assistant_spans`: the text is tokenized once, as `apply_chat_template` does (no special
+    tokens added), and a token trains when it starts inside an assistant span."""
+    full, spans = assistant_spans(tokenizer, messages, tools, chat_template_kwargs)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ChatTemplateError(
+            "finding assistant turns by rendering prefixes needs a fast tokenizer (offsets)"
+        )
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(a <= start < b for a, b in spans)) for start, _ in enc["offset_mapping"]]
+    return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
+
+
+def assistant_masks(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, list[int]]:
+    """`input_ids` and `assistant_masks` of a conversation with the tokenizer's template: from its
+    `{% generation %}` markers (`return_assistant_tokens_mask`, what TRL's `assistant_only_loss`
+    uses) when it has them, else by rendering prefixes (`prefix_assistant_masks`)."""
+    if not has_generation_markers(_own_template(tokenizer) or ""):
+        return prefix_assistant_masks(tokenizer, messages, tools, chat_template_kwargs)
+    enc = tokenizer.apply_chat_template(
+        messages,
+        tools=tools,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        **dict(chat_template_kwargs or {}),
+    )
+    return {"input_ids": list(enc["input_ids"]), "assistant_masks": [int(m) for m in enc["assistant_masks"]]}
+
+
+def prefix_mask_problem(tokenizer: Any) -> str | None:
+    """Why the tokenizer's template cannot be masked by rendering prefixes (None if it can): a probe
+    conversation it does not render prefix by prefix, or — TRL's `is_chat_template_stop_token_trained`
+    check, on the prefix mask — an assistant turn whose last trained token is not an added (special)
+    token, so the model would never learn to stop."""
+    for messages in PROBES:
+        try:
+            assistant_spans(tokenizer, messages)
+        except ChatTemplateError as exc:
+            return str(exc)
+        except Exception:  # the template does not accept this shape: nothing to check
+            continue
+    probe = [_msg("user", "dummy"), _msg("assistant", "dummy"), _msg("user", "dummy")]
+    try:
+        enc = prefix_assistant_masks(tokenizer, probe)
+    except ChatTemplateError as exc:
+        return str(exc)
+    added = set(tokenizer.get_added_vocab().values())
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
+    last = next((t for t in reversed(trained) if tokenizer.decode([t]).strip()), None)
+    if last not in added:
+        return (
+            "an assistant turn does not end on a special end-of-turn token, so the model would never learn to "
+            f"stop; {FIX}"
+        )
+    return None

@@ -80,14 +80,26 @@ def _load(recipe: Path, profile: str, overrides: list[str] | None) -> Recipe:
 def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt) -> None:
     """Check a recipe (and its profile overlay); lists every problem, exit 2 if any."""
     r = _load(recipe, profile, overrides)
-    from verticalft.pipeline import distill_vocab_check, enabled_stages, preflight, tokenizer_file_problems
+    from verticalft.pipeline import (
+        chat_template_problems,
+        distill_vocab_check,
+        enabled_stages,
+        model_ref_check,
+        preflight,
+        tokenizer_file_problems,
+    )
 
     stages = [s for s in enabled_stages(r) if s != "tiny_models"]
-    # A model folder without a tokenizer, or teacher/student tokenizers that cannot do logit
-    # distillation: recipe errors on any machine.
-    wrong, notes = tokenizer_file_problems(r), []
+    # A model folder without a tokenizer, a Hub id the Hub does not know, teacher/student tokenizers
+    # that cannot do logit distillation, a chat template the trained stages cannot mask: recipe
+    # errors on any machine.
+    wrong, ref_notes = model_ref_check(r)
+    wrong, notes = tokenizer_file_problems(r) + wrong, []
     if not wrong and "distill" in stages:  # the vocabulary check loads those tokenizers
         wrong, notes = distill_vocab_check(r)
+    if not wrong:
+        wrong = chat_template_problems(r, stages)
+    notes = ref_notes + notes
     # Rows a stage could never use (a format no reader knows, a field missing): found now, not
     # after curate keeps 0 rows or deep inside sft.
     formats_seen, bad_rows = data_set_check(r)
@@ -174,7 +186,8 @@ def plan(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt)
         table.add_row(
             s.stage,
             s.model,
-            _human(s.params),
+            _human(s.params)
+            + (f" ({_human(s.active_params)} active)" if 0 < s.active_params < s.params else ""),
             s.method,
             _human(s.tokens),
             f"{s.flops:.2e}",
@@ -425,7 +438,9 @@ def _preview_tokenizer(r: Recipe, profile: str, runs_dir: Path) -> object:
     if is_tiny(r.models.teacher) and not rd.is_done("tiny_models"):
         run_recipe(r, rd, until="tiny_models", only=["tiny_models"], echo=console.print)
     path = StageContext(r, rd, "sft").resolve_model(r.models.teacher)
-    return load_tokenizer(path, r.models.chat_template, require_mask=r.stages.sft is not None)
+    return load_tokenizer(
+        path, r.models.chat_template, require_mask=r.stages.sft is not None, prefix_masks=True
+    )
 
 
 def _first_rows(source: object, kind: str | None, n: int) -> list[dict]:

@@ -216,13 +216,14 @@ def keep_4bit_trainable(model: Any) -> Any:
 
 
 def load_tokenizer(
-    path: str, chat_template: str | None = None, require_mask: bool = False
+    path: str, chat_template: str | None = None, require_mask: bool = False, prefix_masks: bool = False
 ) -> PreTrainedTokenizerBase:
     """The tokenizer every stage uses, carrying the run's chat template in its training variant.
 
     `chat_template` is the recipe's `models.chat_template` (null: the model's own). Stages save
     this tokenizer next to their model, so later stages and vLLM render with the same template;
-    `require_mask` (sft, distill) turns "no training variant" into an error (chat_templates.py).
+    `require_mask` (sft, distill) turns "no training variant" into an error (chat_templates.py),
+    unless `prefix_masks` (sft) finds the assistant turns by rendering prefixes instead.
     """
     from transformers import AutoTokenizer
 
@@ -231,7 +232,7 @@ def load_tokenizer(
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # many base checkpoints ship without one
         tok.pad_token = tok.eos_token
-    return use_run_template(tok, chat_template, require_mask)
+    return use_run_template(tok, chat_template, require_mask, prefix_masks)
 
 
 def load_model(

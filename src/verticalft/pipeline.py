@@ -160,7 +160,8 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
         for path, who in sorted(needed_by.items())
     ]
     problems += unusable_sets(recipe, stages)
-    if no_tokenizer := tokenizer_file_problems(recipe):  # the checks below would load them
+    # the checks below would load these models' tokenizers
+    if no_tokenizer := tokenizer_file_problems(recipe) + model_ref_check(recipe)[0]:
         return [*problems, *no_tokenizer]
     problems += chat_template_problems(recipe, stages)
     if "distill" in stages:
@@ -212,26 +213,44 @@ def serving_problems(recipe: Recipe, stages: list[str]) -> list[str]:
 
 def chat_template_problems(recipe: Recipe, stages: list[str]) -> list[str]:
     """sft and distill (logits, sequence) train on assistant tokens only: the run's chat template
-    needs a training variant (chat_templates.py). Checked here on the teacher's tokenizer when it is
-    a local folder; `tiny://` models, hub ids and other refs are checked when the stage loads the
-    tokenizer (it stops with the same message)."""
+    needs a training variant (chat_templates.py), or — for sft alone — assistant turns that can be
+    found by rendering prefixes. The same check the stages make when they load the tokenizer
+    (`use_run_template`), made here on the teacher's tokenizer when it is a local folder, or a Hub
+    id whose tokenizer config is reachable (the HF cache, or the Hub when online), so a wrong
+    template stops the run before curate and CPT are paid for. `tiny://` models and other refs are
+    checked when the stage loads the tokenizer."""
+    from verticalft.model_config import TOKENIZER_CONFIG_FILE, hub_online, is_hub_id, model_file
+
     d = recipe.stages.distill
     distill_masks = "distill" in stages and d is not None and d.kind != "on_policy"
     teachers = [recipe.models.teacher] if "sft" in stages or distill_masks else []
     if distill_masks and d is not None and d.teacher.model:
         teachers.append(d.teacher.model)
-    local = [t for t in dict.fromkeys(teachers) if Path(t).is_dir()]
-    if not local:
+    refs = [
+        t
+        for t in dict.fromkeys(teachers)
+        if Path(t).is_dir() or (is_hub_id(t) and model_file(t, TOKENIZER_CONFIG_FILE).data is not None)
+    ]
+    if not refs:
         return []
     from transformers import AutoTokenizer
 
-    from verticalft.chat_templates import ChatTemplateError, training_template
+    from verticalft.chat_templates import ChatTemplateError, use_run_template
 
     problems = []
-    for path in local:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.models.trust_remote_code)
+    for ref in refs:
         try:
-            training_template(tokenizer, recipe.models.chat_template)
+            tokenizer = AutoTokenizer.from_pretrained(
+                ref,
+                trust_remote_code=recipe.models.trust_remote_code,
+                local_files_only=not Path(ref).is_dir() and not hub_online(),
+            )
+        except OSError:  # a tokenizer file not cached: the stage checks it once it is on disk
+            continue
+        try:
+            use_run_template(
+                tokenizer, recipe.models.chat_template, require_mask=True, prefix_masks=not distill_masks
+            )
         except ChatTemplateError as exc:
             problems.append(f"models.chat_template: {exc}")
     return problems
@@ -242,6 +261,43 @@ def chat_template_problems(recipe: Recipe, stages: list[str]) -> list[str]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
+def model_refs(recipe: Recipe) -> list[tuple[str, str]]:
+    """(recipe key path, model reference) of every model the recipe names."""
+    refs: list[tuple[str, str]] = [("models.teacher", recipe.models.teacher)]
+    refs += [(f"models.students[{i}]", s) for i, s in enumerate(recipe.models.students)]
+    distill = recipe.stages.distill
+    if distill is not None:
+        if distill.teacher.model:
+            refs.append(("stages.distill.teacher.model", distill.teacher.model))
+        refs += [(f"stages.distill.students[{i}]", s) for i, s in enumerate(distill.students or [])]
+    return refs
+
+
+def model_ref_check(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the recipe's Hub model ids, from their config.json (the HF cache, or the
+    Hub when online: `model_config.model_file`).
+
+    Why: a misspelt id used to pass `validate` and fail at the first stage that loads it, after
+    curate was paid for. When the Hub answers that the repository (or its config.json) does not
+    exist, that is a problem naming the key; when it cannot be asked (offline and not cached, a
+    gated repository, a network error), a note. Folders, `tiny://`, `prune://` and GGUF refs are
+    not Hub ids and are checked elsewhere.
+    """
+    from verticalft.gguf_source import is_gguf
+    from verticalft.model_config import is_hub_id, model_file
+
+    problems, notes = [], []
+    for key, ref in model_refs(recipe):
+        if is_gguf(ref) or not is_hub_id(ref):
+            continue
+        found = model_file(ref)
+        if found.not_found:
+            problems.append(f"{key}: {ref}: {found.reason}")
+        elif found.data is None:
+            notes.append(f"{key}: could not check {ref} ({found.reason})")
+    return problems, notes
+
+
 def tokenizer_file_problems(recipe: Recipe) -> list[str]:
     """Local model folders of the recipe that have no tokenizer files, each with its key path.
 
@@ -250,15 +306,8 @@ def tokenizer_file_problems(recipe: Recipe) -> list[str]:
     is a recipe problem to fix before anything runs. Hub ids, `tiny://`, `prune://` and GGUF refs
     are not folders and are not checked here.
     """
-    refs: list[tuple[str, str]] = [("models.teacher", recipe.models.teacher)]
-    refs += [(f"models.students[{i}]", s) for i, s in enumerate(recipe.models.students)]
-    distill = recipe.stages.distill
-    if distill is not None:
-        if distill.teacher.model:
-            refs.append(("stages.distill.teacher.model", distill.teacher.model))
-        refs += [(f"stages.distill.students[{i}]", s) for i, s in enumerate(distill.students or [])]
     problems = []
-    for key, ref in refs:
+    for key, ref in model_refs(recipe):
         folder = Path(ref)
         if not folder.is_dir() or any(folder.glob("*.tiktoken")):
             continue
@@ -298,7 +347,8 @@ def distill_vocab_check(recipe: Recipe) -> tuple[list[str], list[str]]:
     students = [s for s in (cfg.students or recipe.models.students) if checkable(s)]
     if not checkable(teacher) or not students:
         return [], []
-    from verticalft.distill.preflight import check_pair, hub_reachable
+    from verticalft.distill.preflight import check_pair
+    from verticalft.model_config import hub_online
 
     m = recipe.models
     problems, notes = [], []
@@ -306,7 +356,7 @@ def distill_vocab_check(recipe: Recipe) -> tuple[list[str], list[str]]:
     for student in students:
         hub = [ref for ref in (teacher, student) if not Path(ref).is_dir()]
         if hub and online is None:
-            online = hub_reachable()
+            online = hub_online()
         try:  # offline: hub ids from the local HF cache only
             report = check_pair(
                 teacher, student, m.trust_remote_code, m.chat_template, bool(hub) and not online
@@ -325,7 +375,7 @@ def distill_vocab_check(recipe: Recipe) -> tuple[list[str], list[str]]:
 
 def preflight_notes(recipe: Recipe, stages: list[str]) -> list[str]:
     """What preflight could not check from here (said, never a reason to stop)."""
-    return distill_vocab_check(recipe)[1] if "distill" in stages else []
+    return model_ref_check(recipe)[1] + (distill_vocab_check(recipe)[1] if "distill" in stages else [])
 
 
 def versions() -> dict[str, str]:

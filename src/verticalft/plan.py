@@ -1,6 +1,12 @@
 """What a recipe will cost before anything runs: tokens, FLOPs, GPU-hours, dollars, GPU memory.
 
-Pure functions, no torch import. The formulas, so a reader can check them:
+Pure functions, no torch import (except to read a model class's default `tie_word_embeddings`
+when a config.json leaves it out). The formulas, so a reader can check them:
+
+- Parameters from the model's config.json (`arch_from_config`). Mixture of experts: N in every
+  FLOPs formula below is the *active* count (attention, router, the `experts_per_token` routed
+  experts and any shared expert, embeddings), while memory (weights, optimizer state, a teacher
+  held for inference) counts *all* experts.
 
 - Training FLOPs, dense transformer, per token: forward 2N, backward 4N (2N for activation
   gradients + 2N for weight gradients) → **6·N·D** for full training (Kaplan et al.; the seed's
@@ -31,7 +37,6 @@ Pure functions, no torch import. The formulas, so a reader can check them:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +84,15 @@ GPUS: dict[str, Gpu] = {
 
 @dataclass(frozen=True)
 class Arch:
-    """The dimensions that decide parameters, FLOPs and memory."""
+    """The dimensions that decide parameters, FLOPs and memory.
+
+    Mixture-of-experts blocks (`experts` > 0) replace the dense MLP of `intermediate` with a router
+    (hidden × experts), `experts` routed MLPs of `expert_intermediate`, of which each token uses
+    `experts_per_token`, and optionally one shared MLP of `shared_intermediate` with its gate
+    (Qwen2-MoE). `dense_layers` of the `layers` keep a dense MLP (Qwen's `mlp_only_layers`).
+    Every parameter is held in memory (`params`: weights, optimizer state, serving), but a token
+    only runs through `active_params` (FLOPs, GPU-hours): Qwen3-30B-A3B holds 30.5B and runs 3.3B.
+    """
 
     hidden: int
     layers: int
@@ -89,13 +102,63 @@ class Arch:
     head_dim: int
     vocab: int
     tied: bool = False
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
+    shared_intermediate: int = 0
+    dense_layers: int = 0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers if self.is_moe else 0
+
+    def _attention(self) -> int:
+        return self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+
+    def _moe_mlp(self, experts: int) -> int:
+        """One MoE block's MLP with `experts` routed experts counted: router, experts, shared expert + gate."""
+        h = self.hidden
+        shared = 3 * h * self.shared_intermediate + h if self.shared_intermediate else 0
+        return h * self.experts + experts * 3 * h * self.expert_intermediate + shared
+
+    def _count(self, experts: int) -> int:
+        dense_layers = self.layers - self.moe_layers
+        blocks = (
+            self.layers * (self._attention() + 2 * self.hidden)
+            + dense_layers * 3 * self.hidden * self.intermediate
+        )
+        blocks += self.moe_layers * self._moe_mlp(experts)
+        return self.embedding_params + blocks + self.hidden
 
     @property
     def params(self) -> int:
-        attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
-        mlp = 3 * self.hidden * self.intermediate
-        embed = self.vocab * self.hidden * (1 if self.tied else 2)
-        return embed + self.layers * (attn + mlp + 2 * self.hidden) + self.hidden
+        """Every parameter: what weights, gradients, optimizer state and serving hold."""
+        return self._count(self.experts)
+
+    @property
+    def active_params(self) -> int:
+        """The parameters one token runs through (all of them for a dense model): what FLOPs count."""
+        return self._count(self.experts_per_token) if self.is_moe else self.params
+
+    @property
+    def routed_expert_params(self) -> int:
+        """The routed experts' weights. transformers 5 stores each MoE block's experts as fused 3-D
+        parameters (`gate_up_proj`, `down_proj`), not `nn.Linear`: bitsandbytes leaves them in 16 bit
+        and LoRA's `all-linear` does not reach them."""
+        return self.moe_layers * self.experts * 3 * self.hidden * self.expert_intermediate
+
+    @property
+    def mlp_width(self) -> float:
+        """The MLP width one token's activations go through, averaged over blocks: `intermediate`
+        for a dense model, experts_per_token × expert_intermediate + shared_intermediate for MoE."""
+        if not self.is_moe:
+            return float(self.intermediate)
+        moe = self.experts_per_token * self.expert_intermediate + self.shared_intermediate
+        return (self.dense_layers * self.intermediate + self.moe_layers * moe) / self.layers
 
     @property
     def embedding_params(self) -> int:
@@ -103,16 +166,20 @@ class Arch:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
     def lora_params(self, r: int) -> int:
-        """LoRA on every linear layer of every block (`all-linear`): r·(in + out) each."""
+        """LoRA on every `nn.Linear` of every block (`all-linear`): r·(in + out) each — attention,
+        dense MLPs, a shared expert and its gate; not the fused routed experts (`routed_expert_params`)."""
         q = self.heads * self.head_dim
         kv = self.kv_heads * self.head_dim
-        per_layer = r * (
-            (self.hidden + q) * 2 + (self.hidden + kv) * 2 + (self.hidden + self.intermediate) * 3
-        )
-        return self.layers * per_layer
+        h = self.hidden
+        attention = r * ((h + q) * 2 + (h + kv) * 2)
+        dense = r * (h + self.intermediate) * 3
+        shared = r * ((h + self.shared_intermediate) * 3 + h + 1) if self.shared_intermediate else 0
+        return self.layers * attention + (self.layers - self.moe_layers) * dense + self.moe_layers * shared
 
 
-# Known checkpoints (from their config.json), so planning works before anything is downloaded.
+# Known checkpoints (from their config.json): the offline fallback for the shipped recipes' models
+# (and a few common ones), so `plan` works on a machine that has neither the Hub nor the HF cache.
+# Online or cached, the model's own config.json is read instead (`arch_lookup`).
 KNOWN_ARCHS: dict[str, Arch] = {
     "Qwen/Qwen3-32B": Arch(5120, 64, 25600, 64, 8, 128, 151936),
     "Qwen/Qwen3-14B": Arch(5120, 40, 17408, 40, 8, 128, 151936),
@@ -125,18 +192,68 @@ KNOWN_ARCHS: dict[str, Arch] = {
 }
 
 
+class UnsizedArch(ValueError):
+    """A config.json whose architecture `Arch` cannot size; the message says what is missing."""
+
+
+def _tied_default(cfg: dict[str, Any]) -> bool:
+    """`tie_word_embeddings` when config.json leaves it out: the model class's default (Gemma ties,
+    Llama does not), read from transformers' config class only then (importing it costs seconds)."""
+    if "tie_word_embeddings" in cfg:
+        return bool(cfg["tie_word_embeddings"])
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = cfg.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        return False
+    return bool(getattr(CONFIG_MAPPING[model_type](), "tie_word_embeddings", False))
+
+
 def arch_from_config(cfg: dict[str, Any]) -> Arch:
-    heads = cfg["num_attention_heads"]
-    return Arch(
-        hidden=cfg["hidden_size"],
-        layers=cfg["num_hidden_layers"],
-        intermediate=cfg["intermediate_size"],
-        heads=heads,
-        kv_heads=cfg.get("num_key_value_heads") or heads,
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        vocab=cfg["vocab_size"],
-        tied=bool(cfg.get("tie_word_embeddings", False)),
-    )
+    """An `Arch` from a config.json (the text model's part of a multimodal one). Sized: dense
+    decoders and the MoE layouts of Qwen2/Qwen3-MoE (`num_experts`, `moe_intermediate_size`,
+    `shared_expert_intermediate_size`, `mlp_only_layers`, `decoder_sparse_step`) and Mixtral
+    (`num_local_experts`, experts of `intermediate_size`). DeepSeek-V2/V3's multi-head latent
+    attention has other projections: UnsizedArch."""
+    if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
+        cfg = {"model_type": cfg.get("model_type"), **cfg["text_config"]}
+    if "kv_lora_rank" in cfg or "n_routed_experts" in cfg:
+        raise UnsizedArch(
+            f"{cfg.get('model_type', 'this')} model: multi-head latent attention (DeepSeek-V2/V3 style) is not "
+            "sized by plan"
+        )
+    try:
+        heads = cfg["num_attention_heads"]
+        hidden, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+        dense = dict(
+            hidden=hidden,
+            layers=layers,
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or hidden // heads,
+            vocab=cfg["vocab_size"],
+        )
+        experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+        if not experts:
+            return Arch(intermediate=cfg["intermediate_size"], tied=_tied_default(cfg), **dense)
+        moe_intermediate = (
+            cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+        )  # Mixtral: the experts'
+        step = cfg.get("decoder_sparse_step") or 1
+        only_mlp = set(cfg.get("mlp_only_layers") or [])
+        dense_layers = sum(1 for i in range(layers) if i in only_mlp or (i + 1) % step != 0)
+        return Arch(
+            intermediate=cfg.get("intermediate_size") or 0,
+            tied=_tied_default(cfg),
+            experts=experts,
+            experts_per_token=cfg["num_experts_per_tok"],
+            expert_intermediate=moe_intermediate,
+            shared_intermediate=cfg.get("shared_expert_intermediate_size") or 0,
+            dense_layers=dense_layers,
+            **dense,
+        )
+    except KeyError as exc:
+        raise UnsizedArch(f"config.json has no {exc.args[0]}") from None
 
 
 # --------------------------------------------------------------------------- pure formulas
@@ -178,7 +295,7 @@ def training_memory_gb(
         weights = _frozen_weight_bytes(arch, "nf4" if method == "qlora" else "none")
         trainable = arch.lora_params(lora_r) * TRAINABLE_STATE_BYTES
     tokens = seq_len * micro_batch * sequences_per_example
-    per_layer = (18.0 + 8.0 * arch.intermediate / arch.hidden) * tokens * arch.hidden
+    per_layer = (18.0 + 8.0 * arch.mlp_width / arch.hidden) * tokens * arch.hidden
     activations = (
         (per_layer + 2.0 * tokens * arch.hidden * arch.layers) if checkpointing else per_layer * arch.layers
     )
@@ -197,10 +314,12 @@ def _breakdown(mem: dict[str, float]) -> str:
 
 def _frozen_weight_bytes(arch: Arch, quantization: str) -> float:
     """A frozen model's weights: 16 bit, or 4-bit blocks with 16-bit embeddings and `lm_head`
-    (bitsandbytes quantizes the linear layers of the blocks only)."""
+    (bitsandbytes quantizes the `nn.Linear` layers of the blocks only, so a MoE's fused routed
+    experts stay 16 bit too)."""
     if quantization not in ("nf4", "fp4"):
         return arch.params * 2.0
-    return (arch.params - arch.embedding_params) * NF4_BYTES_PER_PARAM + arch.embedding_params * 2.0
+    kept = arch.embedding_params + arch.routed_expert_params
+    return (arch.params - kept) * NF4_BYTES_PER_PARAM + kept * 2.0
 
 
 def inference_memory_gb(arch: Arch, quantization: str, seq_len: int, micro_batch: int) -> float:
@@ -222,6 +341,7 @@ class StagePlan:
     memory: dict[str, float]
     memory_gb_per_gpu: float
     fits: bool
+    active_params: int = 0  # a MoE model's parameters per token (FLOPs); 0: all of `params`
 
 
 @dataclass
@@ -241,24 +361,30 @@ class Plan:
         return sum(s.usd for s in self.stages)
 
 
-def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | None = None) -> Arch | None:
-    """Architecture of a model reference: local folder, tiny spec, GGUF header, or the known-checkpoint table.
+def arch_lookup(
+    ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | None = None
+) -> tuple[Arch | None, str]:
+    """(architecture of a model reference, "" — or None and why it is unknown).
 
-    (A GGUF header is read with transformers' reader, which imports torch: only for GGUF refs.)
+    Tiny specs and GGUF headers are read directly (a GGUF header with transformers' reader, which
+    imports torch: only for GGUF refs); a folder or Hub id through its config.json
+    (`model_config.model_file`: the folder, the HF cache, or the Hub when online); the
+    known-checkpoint table only when that config is unreachable.
     """
     from verticalft import gguf_source
+    from verticalft.model_config import model_file
     from verticalft.models import DEFAULT_TINY_SPECS, HEAD_DIM, is_tiny, tiny_name
 
     if gguf_source.is_gguf(ref):
         try:
-            return arch_from_config(gguf_source.gguf_info(ref).config())
-        except (gguf_source.GgufError, KeyError, TypeError):  # validation reports why
-            return None
+            return arch_from_config(gguf_source.gguf_info(ref).config()), ""
+        except (gguf_source.GgufError, UnsizedArch, KeyError, TypeError) as exc:  # validation reports why
+            return None, str(exc)
 
     if is_tiny(ref):
         spec = {**DEFAULT_TINY_SPECS, **(tiny_specs or {})}.get(tiny_name(ref))
         if spec is None:
-            return None
+            return None, f"no tiny spec '{tiny_name(ref)}'"
         h = spec["hidden_size"]
         return Arch(
             h,
@@ -268,11 +394,21 @@ def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | 
             spec.get("num_key_value_heads") or h // HEAD_DIM,
             HEAD_DIM,
             tiny_vocab,
-        )
-    cfg = Path(ref) / "config.json"
-    if cfg.is_file():
-        return arch_from_config(json.loads(cfg.read_text()))
-    return KNOWN_ARCHS.get(ref)
+        ), ""
+    found = model_file(ref)
+    if found.data is not None:
+        try:
+            return arch_from_config(found.data), ""
+        except UnsizedArch as exc:
+            return None, str(exc)
+    if ref in KNOWN_ARCHS:
+        return KNOWN_ARCHS[ref], ""
+    return None, f"config.json: {found.reason}"
+
+
+def resolve_arch(ref: str, tiny_vocab: int = 2048, tiny_specs: dict[str, Any] | None = None) -> Arch | None:
+    """Architecture of a model reference, None when unknown (`arch_lookup` says why)."""
+    return arch_lookup(ref, tiny_vocab, tiny_specs)[0]
 
 
 def teacher_layers(recipe: Any) -> int | None:
@@ -356,12 +492,19 @@ def plan_recipe(recipe: Any) -> Plan:
 
     plan.warnings += launch_warnings(recipe)
     specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
-    arch = resolve_arch(recipe.models.teacher, recipe.tiny.vocab_size, specs)
+    arch, unknown = arch_lookup(recipe.models.teacher, recipe.tiny.vocab_size, specs)
     if arch is None:
         plan.warnings.append(
-            f"size of {recipe.models.teacher} unknown: give a local path or add it to plan.KNOWN_ARCHS"
+            f"size of {recipe.models.teacher} unknown ({unknown}): give a local folder, or run once online "
+            "(its config.json is cached)"
         )
         return plan
+    if arch.is_moe:
+        plan.notes.append(
+            f"{recipe.models.teacher} is a mixture of experts ({arch.experts_per_token} of {arch.experts} experts "
+            f"per token): memory holds all {arch.params / 1e9:.2f}B parameters, FLOPs count the "
+            f"{arch.active_params / 1e9:.2f}B a token runs through"
+        )
     plan.notes.append(
         "FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
         "DPO adds a reference forward 2·N·D"
@@ -405,9 +548,9 @@ def plan_recipe(recipe: Any) -> Plan:
         lora_r = cfg.lora.r
         shards = c.world_size if stage_shards_weights(recipe, stage) else 1
         if stage == "dpo":
-            flops = dpo_flops(arch.params, tokens, "lora" if method != "full" else "full", ckpt)
+            flops = dpo_flops(arch.active_params, tokens, "lora" if method != "full" else "full", ckpt)
         else:
-            flops = training_flops(arch.params, tokens, method, ckpt)
+            flops = training_flops(arch.active_params, tokens, method, ckpt)
         hours = gpu_hours(flops, gpu, mfu_for(c, method))
         mem = training_memory_gb(
             arch,
@@ -433,6 +576,7 @@ def plan_recipe(recipe: Any) -> Plan:
                 mem,
                 mem["total"],
                 fits,
+                arch.active_params,
             )
         )
         if not fits:
@@ -466,7 +610,7 @@ def plan_distill(
     beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
     if not beside:
         what = "top-k cache" if cfg.kind == "logits" else "generation"
-        flops = 2.0 * teacher.params * tokens
+        flops = 2.0 * teacher.active_params * tokens
         hours = gpu_hours(flops, gpu, mfu_for(c, "inference"))
         ranks = c.training_gpus if cfg.kind == "logits" else 1  # the cache is built in parts by every rank
         wall_min = hours * 60 / ranks
@@ -494,6 +638,7 @@ def plan_distill(
                 {"teacher": teacher_mem},
                 teacher_mem,
                 teacher_mem <= gpu.vram_gb * 0.95,
+                teacher.active_params,
             )
         )
     from verticalft.pruning import is_prune, prune_name
@@ -503,13 +648,11 @@ def plan_distill(
     )
     for ref in cfg.students or recipe.models.students:
         if is_prune(ref):
-            arch, name = pruned_arch(ref, cut_from), prune_name(ref)
+            arch, name, unknown = pruned_arch(ref, cut_from), prune_name(ref), "its teacher's size is unknown"
         else:
-            arch, name = resolve_arch(ref, recipe.tiny.vocab_size, specs), ref.split("/")[-1]
+            (arch, unknown), name = arch_lookup(ref, recipe.tiny.vocab_size, specs), ref.split("/")[-1]
         if arch is None:
-            plan.warnings.append(
-                f"distill: size of student {ref} unknown: give a local path or add it to plan.KNOWN_ARCHS"
-            )
+            plan.warnings.append(f"distill: size of student {ref} unknown ({unknown})")
             continue
         mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
         alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
@@ -520,9 +663,9 @@ def plan_distill(
         )
         if beside:
             mem = {**mem, "teacher": teacher_mem, "total": round(mem["total"] + teacher_mem, 3)}
-        flops = training_flops(arch.params, trained, cfg.method, ckpt)
+        flops = training_flops(arch.active_params, trained, cfg.method, ckpt)
         if beside:
-            flops += 2.0 * teacher.params * trained
+            flops += 2.0 * teacher.active_params * trained
         hours = gpu_hours(flops, gpu, mfu_for(c, cfg.method))
         fits = mem["total"] <= gpu.vram_gb * 0.95
         plan.stages.append(
@@ -538,6 +681,7 @@ def plan_distill(
                 mem,
                 mem["total"],
                 fits,
+                arch.active_params,
             )
         )
         if not fits:

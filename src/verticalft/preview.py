@@ -2,7 +2,8 @@
 
 Each SFT conversation is rendered through the run's chat template (its training variant, with the
 recipe's template variables) exactly as the sft stage hands it to TRL — `apply_chat_template` with
-`return_assistant_tokens_mask`, the call TRL's `assistant_only_loss` makes — and split into spans
+`return_assistant_tokens_mask`, the call TRL's `assistant_only_loss` makes, or for a template
+without markers the masks found by rendering prefixes (`chat_templates.assistant_masks`) — and split into spans
 of trained (assistant) and untrained tokens; preference pairs show the prompt and both answers as
 TRL's DPO trainer splits them (the answer is what follows the rendered prompt); corpus documents
 show their token count against `cpt.max_length`. A template whose masks come out empty, a
@@ -38,17 +39,12 @@ def sft_example(
 ) -> Rendered:
     """A conversation's tokens grouped into runs of trained / untrained tokens. `tools` may be the
     JSON string a set stores them as (formats.py), as TRL reads it."""
+    from verticalft.chat_templates import assistant_masks
+
     if isinstance(tools, str):
         tools = json.loads(tools) or None
-    enc = tokenizer.apply_chat_template(
-        messages,
-        tools=tools,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-        **(chat_template_kwargs or {}),
-    )
-    ids, mask = list(enc["input_ids"]), [int(m) for m in enc["assistant_masks"]]
+    enc = assistant_masks(tokenizer, messages, tools, chat_template_kwargs)  # markers, or prefix rendering
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
     out = Rendered(tokens=len(ids), trained=sum(mask[:max_length]), truncated=len(ids) > max_length)
     start = 0
     for i in range(1, len(ids) + 1):

@@ -125,22 +125,3 @@ def check_pair(
     t_tok, t_cfg = load(teacher)
     s_tok, s_cfg = load(student)
     return compare(teacher, t_tok, t_cfg, student, s_tok, s_cfg)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can this machine reach the Hugging Face hub? False at once when `HF_HUB_OFFLINE` is set;
-    else one TCP connection to the endpoint with a short timeout. Without it, an offline machine
-    spends minutes in huggingface_hub's retries before a tokenizer load gives up."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -2,16 +2,18 @@
 
 The base loads in 4-bit NF4 through bitsandbytes (also on CPU), PEFT LoRA adapters train on top;
 the run's chat template (its training variant, chat_templates.py) marks assistant turns with
-`{% generation %}` so the loss covers assistant tokens only; sequences are packed (best-fit
+`{% generation %}` so the loss covers assistant tokens only (a template without a training variant:
+the rows go to TRL tokenized, with the `assistant_masks` found by rendering prefixes); sequences are packed (best-fit
 decreasing, padding-free). The adapter is saved as a PEFT folder and, with `merge: true`, merged
 into the full-precision base for later stages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from verticalft.chat_templates import with_template_kwargs
+from verticalft.chat_templates import assistant_masks, has_generation_markers, with_template_kwargs
 from verticalft.data import load_set
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
@@ -26,10 +28,15 @@ def run(ctx: StageContext) -> StageResult:
     data = load_set(ctx.curated("sft") or recipe.data.sft, "sft")
     # `tools` stays when the set has it: TRL's SFTTrainer renders each row with its tool schemas
     data = data.select_columns([c for c in ("messages", "tools") if c in data.column_names])
-    data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
+    # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in;
+    # a template without a training variant stays as it is and the rows are masked by prefix rendering
+    tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True, prefix_masks=True)
+    marked = has_generation_markers(tokenizer.chat_template)
+    if marked:
+        data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
+    else:
+        data = prefix_masked(data, tokenizer, recipe.models.chat_template_kwargs)
     split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
-    # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in
-    tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True)
 
     def eval_loss(evaluated: dict[str, float]) -> dict[str, Any]:
         return {"eval_loss": evaluated.get("eval_loss")}
@@ -42,7 +49,8 @@ def run(ctx: StageContext) -> StageResult:
             quantization=cfg.quantization,
             config_cls=SFTConfig,
             defaults={"learning_rate": 2e-4},
-            managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": True},
+            # pre-tokenized rows are not conversational: TRL builds the labels from their assistant_masks
+            managed={"max_length": cfg.max_length, "packing": cfg.packing, "assistant_only_loss": marked},
             make_trainer=lambda model, args: SFTTrainer(
                 model=model,
                 args=args,
@@ -68,3 +76,17 @@ def run(ctx: StageContext) -> StageResult:
         f"eval loss {metrics['eval_loss']:.4f}"
     )
     return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)
+
+
+def prefix_masked(data: Any, tokenizer: Any, kwargs: Mapping[str, Any] | None) -> Any:
+    """Rows tokenized with the assistant turns found by rendering prefixes (`input_ids`,
+    `assistant_masks`): TRL's SFTTrainer takes such a dataset as already processed and turns the
+    mask into labels (-100 elsewhere), then truncates and packs it as it would its own."""
+    import json
+
+    def encode(row: dict[str, Any]) -> dict[str, list[int]]:
+        tools = row.get("tools")
+        tools = (json.loads(tools) or None) if isinstance(tools, str) else tools
+        return assistant_masks(tokenizer, row["messages"], tools, kwargs)
+
+    return data.map(encode, remove_columns=data.column_names, desc="Masking assistant turns by prefix")
