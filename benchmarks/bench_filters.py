@@ -26,7 +26,7 @@ ours with the chunk cache emptied before every document, then again); medians ar
 caches (per chunk in the tokenizer, per text for the three filters) are emptied at the start of
 each of our rounds, so every round starts cold; the per-document variant is the floor for a corpus
 whose vocabulary never repeats. The word tokenizer alone is timed once afterwards (spaCy through
-datatrove's `split_into_words`, ours through `quality.words`). Agreement is per document: keep/drop,
+datatrove's `split_into_words`, ours through `english_words.words`). Agreement is per document: keep/drop,
 and same first reason. Writes benchmarks/results/filters.json.
 """
 
@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from verticalft.curation import fineweb, quality, repetition  # noqa: E402
+from verticalft.curation import english_words, fineweb, quality, repetition  # noqa: E402
 
 SEED = 20261123
 SOURCES = [
@@ -323,8 +323,8 @@ def datatrove_chain() -> Callable[[object], str | None]:
 
 
 def reset_our_caches() -> None:
-    quality._CHUNKS.clear()
-    quality.tokens.cache_clear()
+    english_words._CHUNKS.clear()
+    english_words.tokens.cache_clear()
 
 
 def timed(fn: Callable[[], list]) -> tuple[float, float, list]:
@@ -359,7 +359,7 @@ def main() -> None:
         "ours": lambda: (reset_our_caches(), [ours(t) for t in texts])[1],
         # Worst case for our tokenizer: its chunk cache emptied before every document, so nothing
         # learnt on one document helps the next (as if every document were in new vocabulary).
-        "ours_cache_per_doc": lambda: [(quality._CHUNKS.clear(), ours(t))[1] for t in texts],
+        "ours_cache_per_doc": lambda: [(english_words._CHUNKS.clear(), ours(t))[1] for t in texts],
     }
     walls: dict[str, list[float]] = {k: [] for k in runs}
     cpus: dict[str, list[float]] = {k: [] for k in runs}
@@ -380,7 +380,7 @@ def main() -> None:
     spacy_tokens = [split_into_words(x) for x in texts]
     tok_wall["datatrove"] = time.perf_counter() - t
     t = time.perf_counter()
-    our_tokens = [quality.words(x) for x in texts]
+    our_tokens = [english_words.words(x) for x in texts]
     tok_wall["ours"] = time.perf_counter() - t
     token_agreement = sum(x == y for x, y in zip(spacy_tokens, our_tokens, strict=True)) / len(texts)
 

@@ -1,7 +1,7 @@
 import pytest
 from sample_helpers import DOMAINS, noise_kinds, rows
 
-from verticalft.curation.quality import words
+from verticalft.curation.english_words import words
 from verticalft.curation.repetition import STRUCTURED_RULES, RepetitionRules, gopher_repetition
 
 S1 = "Quarterly revenue rose because demand for the new product line held up in every region."

@@ -5,7 +5,7 @@ with datatrove's reason names, checked in its order over the non-blank lines (un
 so "ends with a full stop" means the last character): `empty`; `line_punct_ratio` (too few lines end
 in terminal punctuation); `short_line_ratio` (too many lines of at most 30 characters);
 `char_dup_ratio` (characters in repeated lines over all non-newline characters); `list_ratio`
-(newlines per word, words as `quality.tokens` splits them, which is datatrove's English tokenizer).
+(newlines per word, words as `english_words.tokens` splits them, which is datatrove's English tokenizer).
 The web thresholds were tuned on these exact counts, so they are reproduced, not approximated.
 
 `STRUCTURED_RULES`: statements, ledgers and filings are line items and tables. Rows end in figures,
@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import itemgetter
 
-from verticalft.curation.quality import TERMINAL_PUNCTUATION, tokens
+from verticalft.curation.english_words import tokens
+from verticalft.curation.quality import TERMINAL_PUNCTUATION
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 with datatrove's reason names (`dup_para_frac`, `dup_para_char_frac`, `dup_line_frac`,
 `dup_line_char_frac`, `top_{n}_gram`, `duplicated_{n}_n_grams`, `empty`). Every count is datatrove's:
 paragraphs split on blank lines of the stripped text, lines on runs of newlines of the raw text,
-character fractions over the whole text, n-grams over `quality.tokens` (the same words datatrove's
+character fractions over the whole text, n-grams over `english_words.tokens` (the same words datatrove's
 English tokenizer yields), top n-grams joined with spaces and counted as `Counter.most_common`
 does (ties go to the first seen), duplicated n-grams joined without a separator and counted
 greedily, skipping n words after each repeat. Rules are checked in datatrove's order and the
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from itertools import compress
 from operator import add, itemgetter, ne
 
-from verticalft.curation.quality import tokens
+from verticalft.curation.english_words import tokens
 
 _PARAGRAPH = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
