@@ -2,6 +2,7 @@
 #   make demo                      the finance playbook end to end, PROFILE=tiny, CPU, ~20 minutes
 #   make demo-small                the same on a real pretrained model (SmolLM2-135M-Instruct), PROFILE=small
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
+#   make test-fast                 the tests not marked slow: the loop while editing
 #   make <domain>-<stage>          e.g. make finance-sft, make real_estate-dpo PROFILE=tiny
 #   make <domain>-bench            everything up to bench, then eval + vLLM serving benchmark + cost + report
 #   make <domain>-report           re-price and rebuild the report from what was measured (no GPU)
@@ -19,7 +20,7 @@ SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
 STAGES := tiny_models curate cpt sft dpo distill eval
 
-.PHONY: setup setup-serve setup-bench demo demo-small test lint format clean gpu-check
+.PHONY: setup setup-serve setup-bench demo demo-small test test-fast lint format clean gpu-check
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,10 @@ demo-small: setup-serve
 
 test: setup-serve
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --durations=12
+
+# The loop while editing: every test not marked `slow` (no end-to-end training runs).
+test-fast: setup-serve
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not slow" --durations=12
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks data_pipelines
