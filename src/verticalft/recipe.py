@@ -135,7 +135,7 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, dict) else value
 
 
-SetSources = Annotated[list[SetSource] | None, BeforeValidator(_one_or_many), Field(min_length=1)]
+SetSources = Annotated[Annotated[list[SetSource], Field(min_length=1)] | None, BeforeValidator(_one_or_many)]
 
 
 class Replay(Source):

@@ -88,7 +88,8 @@ def curate_records(
         per_source[origin[r["id"]]].append(r)
     shutil.rmtree(out / name, ignore_errors=True)  # no folder of a source the recipe no longer has
     for i, kept_rows in enumerate(per_source):
-        write_parts(kept_rows, out / name / str(i), max(len(kept_rows), 1))
+        if kept_rows:  # a source that kept nothing has no folder (nothing for training to read)
+            write_parts(kept_rows, out / name / str(i), len(kept_rows))
     return {
         "in": len(rows),
         "kept": len(survivors),

@@ -94,14 +94,12 @@ class StageContext:
         # curate writes canonical rows: read them as such, no format detection
         fmt = {"sft": "messages", "preferences": "preference"}[name]
         raw = getattr(self.recipe.data, name) or []
-        folders = [Path(path) / str(i) for i in range(len(raw))]
-        if not all(f.is_dir() for f in folders):
-            raise ValueError(
-                f"{path}: curated {name} does not match data.{name} ({len(raw)} sources); rerun curate"
-            )
+        folders = [(Path(path) / str(i), s) for i, s in enumerate(raw)]
+        # a source curation kept no row of has no folder
         return [
             SetSource(path=str(f), license="curated", format=fmt, weight=s.weight)
-            for f, s in zip(folders, raw, strict=True)
+            for f, s in folders
+            if f.is_dir()
         ]
 
     def curated_corpus(self) -> list[Source] | None:
