@@ -233,6 +233,8 @@ def test_streaming_corpus_is_cut_into_the_same_shards_as_a_download(hf_repo, tmp
         return [row for s in cut for row in read_parquet(Path(s.path))]
 
     assert shards(streamed, "stream") == shards(Source(path=f"hf://{hf_repo}", config="chats"), "whole")
+    # a training stage without curate gets the stream's rows as a Dataset (written as they arrive)
+    assert data.load_source(streamed).to_list() == texts
 
 
 def test_hf_problems_are_said_plainly(tmp_path, monkeypatch):
