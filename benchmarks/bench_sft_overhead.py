@@ -96,7 +96,7 @@ def bare_trl(
             bnb_4bit_compute_dtype=dtype,
         ),
     )
-    ds = load_dataset("json", data_files=recipe.data.sft.path, split="train").select_columns(["messages"])
+    ds = load_dataset("json", data_files=recipe.data.sft[0].path, split="train").select_columns(["messages"])
     # ours splits with the run's seed (compute.seed, set to `seed` in the round): so does this side
     split = ds.train_test_split(test_size=min(0.05, 200 / len(ds)), seed=seed)
     t = cfg.trainer
@@ -220,7 +220,7 @@ def packing_stats(model_path: str, recipe, batches: int = 20) -> dict:
     from verticalft.models import load_model
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    ds = load_dataset("json", data_files=recipe.data.sft.path, split="train").select_columns(["messages"])
+    ds = load_dataset("json", data_files=recipe.data.sft[0].path, split="train").select_columns(["messages"])
     out = {}
     model = load_model(model_path)
     for packed in (True, False):

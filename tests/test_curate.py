@@ -90,7 +90,7 @@ def test_training_records_pass_through_curation(curated):
     assert set(sets) == {"sft", "preferences"}
     for name, s in sets.items():
         folder = Path(rec["outputs"][name])
-        rows = pq.read_table(folder / "part-00000.parquet").to_pylist()
+        rows = pq.read_table(folder / "0" / "part-00000.parquet").to_pylist()  # a folder per source
         assert len(rows) == s["kept"] > 0.95 * s["in"]
         assert "messages" in rows[0] if name == "sft" else {"prompt", "chosen", "rejected"} <= set(rows[0])
 

@@ -39,7 +39,7 @@ def test_tiny_profile_points_each_recipe_at_its_own_sample():
     r = load_recipe(ROOT / "recipes/real_estate.yaml", "tiny")
     assert r.models.teacher == "tiny://teacher"
     assert r.data.corpus[0].path == "data_pipelines/real_estate/sample/corpus.jsonl"
-    assert r.data.sft.tokens is None  # the full recipe's planned size does not leak into tiny
+    assert r.data.sft[0].tokens is None  # the full recipe's planned size does not leak into tiny
 
 
 def _bad_recipe(tmp_path: Path) -> Path:

@@ -41,7 +41,7 @@ def bare_trl(model_path: str, recipe, out) -> tuple[list[float], dict]:
             bnb_4bit_compute_dtype=torch.float32,
         ),
     )
-    ds = load_dataset("json", data_files=recipe.data.sft.path, split="train").select_columns(["messages"])
+    ds = load_dataset("json", data_files=recipe.data.sft[0].path, split="train").select_columns(["messages"])
     ds = ds.train_test_split(test_size=min(0.05, 200 / len(ds)), seed=recipe.compute.seed)
     args = SFTConfig(
         output_dir=str(out),

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from verticalft.recipe import Recipe, RecipeError, load_recipe
+from verticalft.recipe import Recipe, RecipeError, Source, load_recipe
 
 # What `verticalft --help` says: for the user (the module docstring above is for developers).
 HELP = (
@@ -102,7 +102,8 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     notes = ref_notes + notes
     # Rows a stage could never use (a format no reader knows, a field missing): found now, not
     # after curate keeps 0 rows or deep inside sft.
-    formats_seen, bad_rows = data_set_check(r)
+    formats_seen, bad_rows, data_notes = data_set_check(r)
+    notes += data_notes
     for problem in [*wrong, *bad_rows]:
         err_console.print(f"[bold red]problem[/]: {problem}", highlight=False)
     if wrong or bad_rows:
@@ -126,37 +127,53 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
 VALIDATE_ROWS = 50  # rows of each set `validate` reads: enough to catch a wrong format, fast
 
 
-def data_set_check(r: Recipe) -> tuple[list[str], list[str]]:
-    """(one line per local sft/preferences/eval set: its detected format(s), every row problem as
-    `file:line: …`) over the first VALIDATE_ROWS rows. Missing files are preflight's to report,
-    and `hf://` sets are not downloaded here."""
-    from verticalft.data import HF_SCHEME, DataError, check_set, located_rows
-    from verticalft.scoring import item_problem
-
+def data_set_check(r: Recipe) -> tuple[list[str], list[str], list[str]]:
+    """(one line per source of the sft/preferences sets and the eval set: its detected format(s);
+    every row problem as `file:line: …`; notes) over the first VALIDATE_ROWS rows. Missing local
+    files are preflight's to report. An `hf://` set is streamed (its first rows only, nothing
+    downloaded whole): a dataset or config the Hub says does not exist is a problem, an unreachable
+    Hub (offline) a note, since the set may well exist."""
     lines: list[str] = []
     problems: list[str] = []
-    for name in ("sft", "preferences", "eval"):
-        source = getattr(r.data, name)
-        if source is None or source.path.startswith(HF_SCHEME) or not Path(source.path).exists():
-            continue
+    notes: list[str] = []
+    sets = [(name, getattr(r.data, name) or []) for name in ("sft", "preferences")]
+    for name, sources in [*sets, ("eval", [r.data.eval] if r.data.eval else [])]:
+        for i, source in enumerate(sources):
+            key = f"data.{name}" + (f".{i}" if len(sources) > 1 else "")
+            line, bad, note = _source_check(key, name, source)
+            lines += [line] if line else []
+            problems += bad
+            notes += [note] if note else []
+    return lines, problems, notes
+
+
+def _source_check(key: str, name: str, source: Source) -> tuple[str | None, list[str], str | None]:
+    """(validate's line, problems, note) for one source of set `name` (see `data_set_check`)."""
+    from verticalft.data import HF_SCHEME, DataError, HubUnreachable, check_set, located_rows
+    from verticalft.scoring import item_problem
+
+    if not source.path.startswith(HF_SCHEME) and not Path(source.path).exists():
+        return None, [], None
+    try:
         if name == "eval":
             try:
                 rows = list(located_rows(source, VALIDATE_ROWS))
+            except HubUnreachable:
+                raise
             except DataError as exc:
-                problems.append(str(exc))
-                continue
-            for where, row in rows:
-                problem = row if isinstance(row, str) else item_problem(row)
-                if problem:
-                    problems.append(f"{where}: {problem}")
-            lines.append(f"data.eval {source.path}: eval items ({len(rows)} row(s) checked)")
-            continue
+                return None, [str(exc)], None
+            bad = [
+                f"{where}: {p}"
+                for where, row in rows
+                if (p := row if isinstance(row, str) else item_problem(row))
+            ]
+            return f"{key} {source.path}: eval items ({len(rows)} row(s) checked)", bad, None
         found, bad = check_set(source, name, VALIDATE_ROWS)
-        problems += bad
-        read = sum(found.values()) + len(bad)
-        seen = ", ".join(f"{fmt} ({n}/{read} rows)" for fmt, n in found.items()) or "no usable rows"
-        lines.append(f"data.{name} {source.path}: format {seen}")
-    return lines, problems
+    except HubUnreachable as exc:
+        return None, [], f"{key}: not checked: {exc}"
+    read = sum(found.values()) + len(bad)
+    seen = ", ".join(f"{fmt} ({n}/{read} rows)" for fmt, n in found.items()) or "no usable rows"
+    return f"{key} {source.path}: format {seen}", bad, None
 
 
 @app.command()
@@ -396,17 +413,18 @@ def preview(
         raise typer.Exit(2) from None
     kwargs = r.models.chat_template_kwargs
     try:
-        if r.data.sft is not None and r.stages.sft is not None:
-            rows = _first_rows(r.data.sft, "sft", n)
-            console.rule(f"sft: {r.data.sft.path} (max_length {r.stages.sft.max_length})")
+        # every source of a set: each file's format renders on its own (weights do not matter here)
+        for source in r.data.sft or [] if r.stages.sft is not None else []:
+            rows = _first_rows(source, "sft", n)
+            console.rule(f"sft: {source.path} (max_length {r.stages.sft.max_length})")
             for i, row in enumerate(rows):
                 shown = sft_example(
                     tokenizer, row["messages"], r.stages.sft.max_length, kwargs, row.get("tools")
                 )
                 _print_rendered(f"example {i + 1}", shown)
-        if r.data.preferences is not None and r.stages.dpo is not None:
-            rows = _first_rows(r.data.preferences, "preferences", n)
-            console.rule(f"preferences: {r.data.preferences.path} (max_length {r.stages.dpo.max_length})")
+        for source in r.data.preferences or [] if r.stages.dpo is not None else []:
+            rows = _first_rows(source, "preferences", n)
+            console.rule(f"preferences: {source.path} (max_length {r.stages.dpo.max_length})")
             for i, row in enumerate(rows):
                 parts = preference_example(
                     tokenizer, row["prompt"], row["chosen"], row["rejected"], r.stages.dpo.max_length, kwargs
@@ -443,8 +461,8 @@ def _preview_tokenizer(r: Recipe, profile: str, runs_dir: Path) -> object:
     )
 
 
-def _first_rows(source: object, kind: str | None, n: int) -> list[dict]:
-    """The first `n` rows of a set in canonical form (any supported format, `data.load_set`);
+def _first_rows(source: Source, kind: str | None, n: int) -> list[dict]:
+    """The first `n` rows of a source in canonical form (any supported format, `data.load_set`);
     `kind` None: a text corpus."""
     from verticalft.data import load_set, load_source
 

@@ -72,14 +72,16 @@ def enabled_stages(recipe: Recipe) -> list[str]:
 
 
 def _data_for(recipe: Recipe, stage: str) -> list[Any]:
+    """The sources a stage reads; None where a set it needs is absent (preflight says so)."""
     d = recipe.data
+    sft, prefs = d.sft or [None], d.preferences or [None]
     return {
-        "tiny_models": [*d.corpus, d.sft],
-        "curate": [*d.corpus, d.sft, d.preferences, d.eval],
+        "tiny_models": [*d.corpus, *sft],
+        "curate": [*d.corpus, *sft, *prefs, d.eval],
         "cpt": [*d.corpus, d.replay, d.heldout, d.eval],
-        "sft": [d.sft, d.eval],
-        "dpo": [d.preferences, d.eval],
-        "distill": [d.sft, d.eval],
+        "sft": [*sft, d.eval],
+        "dpo": [*prefs, d.eval],
+        "distill": [*sft, d.eval],
         "eval": [d.eval, d.general_eval],
         "bench": [d.eval],
         "route": [d.eval],
@@ -120,7 +122,8 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
             "stage": stage,
             "section": section,
             "files": files,
-            "sources": [s.model_dump() for s in sources],
+            # curate writes each source's rows once, whatever its weight (the readers apply it)
+            "sources": [s.model_dump(exclude={"weight"} if stage == "curate" else None) for s in sources],
             "models": recipe.models.model_dump(),
             "evaluation": recipe.evaluation.model_dump(),
             "seed": recipe.compute.seed,
@@ -176,23 +179,30 @@ SET_CHECK_ROWS = 50  # rows read per set before any work: enough to see a file's
 
 
 def unusable_sets(recipe: Recipe, stages: list[str]) -> list[str]:
-    """A local sft/preferences set whose first rows fit no known format: no stage could use it
+    """A sft/preferences source whose first rows fit no known format: no stage could use it
     (curate would keep 0 rows, sft would die after curate and CPT were paid for), so `run` stops
-    before any work. A few bad rows among good ones are curate's to quarantine, not a reason to stop."""
-    from verticalft.data import HF_SCHEME, check_set
+    before any work. A few bad rows among good ones are curate's to quarantine, not a reason to stop.
+    An `hf://` source is streamed (its first rows only); a dataset or config the Hub says does not
+    exist stops the run, an unreachable Hub does not (a cached copy may serve the stage)."""
+    from verticalft.data import HF_SCHEME, HubUnreachable, check_set
 
     problems = []
     for name, readers in SET_READERS.items():
-        source = getattr(recipe.data, name)
-        if source is None or not set(readers) & set(stages) or source.path.startswith(HF_SCHEME):
+        sources = getattr(recipe.data, name) or []
+        if not set(readers) & set(stages):
             continue
-        if not Path(source.path).exists():
-            continue  # said above as a missing file
-        found, bad = check_set(source, name, SET_CHECK_ROWS)
-        if bad and not found:
-            problems.append(
-                f"data.{name}: no usable row in the first {SET_CHECK_ROWS} of {source.path}; first: {bad[0]}"
-            )
+        for i, source in enumerate(sources):
+            key = f"data.{name}" + (f".{i}" if len(sources) > 1 else "")
+            if not source.path.startswith(HF_SCHEME) and not Path(source.path).exists():
+                continue  # said above as a missing file
+            try:
+                found, bad = check_set(source, name, SET_CHECK_ROWS)
+            except HubUnreachable:
+                continue
+            if bad and not found:
+                problems.append(
+                    f"{key}: no usable row in the first {SET_CHECK_ROWS} of {source.path}; first: {bad[0]}"
+                )
     return problems
 
 

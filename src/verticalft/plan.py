@@ -440,9 +440,12 @@ def pruned_arch(ref: str, teacher: Arch | None) -> Arch | None:
 
 
 def source_tokens(source: Any) -> float:
-    """Declared `tokens`, else ~4 bytes per token of the local file, else 0."""
+    """Declared `tokens`, else ~4 bytes per token of the local file, else 0; for a set given as a
+    list of sources, their sum, each times its `weight` (what training sees, data.weighted)."""
     if source is None:
         return 0.0
+    if isinstance(source, list):
+        return sum(getattr(s, "weight", 1.0) * source_tokens(s) for s in source)
     if source.tokens is not None:
         return float(source.tokens)
     path = Path(source.path)
@@ -450,7 +453,15 @@ def source_tokens(source: Any) -> float:
 
 
 def source_examples(source: Any) -> int | None:
-    """Rows of a local JSONL source (one example per line), None when it is not a local file."""
+    """Rows of a local JSONL source (one example per line), None when it is not a local file; for a
+    list of sources, the weighted total (`data.weighted_rows`), None if any is unknown."""
+    from verticalft.data import weighted_rows
+
+    if isinstance(source, list):
+        counts = [source_examples(s) for s in source]
+        if any(c is None for c in counts):
+            return None
+        return sum(weighted_rows(c, getattr(s, "weight", 1.0)) for c, s in zip(counts, source, strict=True))
     if source is None or not Path(source.path).is_file():
         return None
     with open(source.path, "rb") as f:

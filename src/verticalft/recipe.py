@@ -25,6 +25,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -83,13 +84,17 @@ TrainerBlock = Annotated[dict[str, Any], AfterValidator(_coerce_numbers)]
 
 
 # --------------------------------------------------------------------------- data
+HF_ONLY = ("config", "revision", "data_files", "streaming")  # Source keys only `hf://` sources use
+
+
 class Source(Strict):
-    """One data file (jsonl/json/parquet/csv), a folder of .txt/.html files (curation), or a
-    Hugging Face dataset name (`hf://name`)."""
+    """One data file (jsonl/json/parquet/csv, also .jsonl.gz/.json.gz), a folder (Parquet shards, a
+    `Dataset.save_to_disk` folder, or .txt/.html pages for curation), or a Hugging Face dataset
+    (`hf://name`, or `hf://<local folder>` as `datasets.load_dataset` reads it)."""
 
     path: str
     license: str = "unknown"  # declared licence; a record's own `license` field overrides it
-    split: str = "train"
+    split: str = "train"  # also picks the split of a save_to_disk DatasetDict folder
     text_field: str = "text"
     id_field: str = "id"  # rows without one get `<file stem>:<line>`
     # Declared size, used by `plan` when the file is not on this machine (e.g. a 2T-token corpus).
@@ -99,6 +104,38 @@ class Source(Strict):
     # The toolkit's field names → this file's (LLaMA-Factory dataset_info.json style), e.g.
     # {messages: conversations} or {prompt: instruction, query: input, response: output}.
     columns: dict[ColumnKey, str] = Field(default_factory=dict)
+    # `hf://` only, passed to `datasets.load_dataset`: the subset (`name=`, e.g. `all` for
+    # cais/mmlu), a branch/tag/commit to pin, which data files to read, and `streaming` (curate
+    # reads the corpus row by row into its shards; nothing is downloaded whole).
+    config: str | None = None
+    revision: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    streaming: bool = False
+
+    @model_validator(mode="after")
+    def _hf_options_for_hf(self) -> Source:
+        given = [k for k in HF_ONLY if k in self.model_fields_set and getattr(self, k) not in (None, False)]
+        if given and not self.path.startswith("hf://"):
+            raise ValueError(f"{', '.join(given)}: only for hf:// sources (path is {self.path})")
+        return self
+
+
+class SetSource(Source):
+    """A source of the SFT or preference set (a set takes one or a list of them)."""
+
+    # How much of this source training sees: a multiplier on its rows (data.weighted_rows).
+    # 2 = every row twice, 0.5 = a seeded half (compute.seed), 2.5 = twice plus a seeded half:
+    # the whole part repeats rows exactly, as epochs of that source would, and the fraction samples
+    # without replacement, so no row appears more than ceil(weight) times and reruns pick the same.
+    weight: float = Field(default=1.0, gt=0.0)
+
+
+def _one_or_many(value: Any) -> Any:
+    """A set given as one mapping (every recipe before sets took lists) is a list of one."""
+    return [value] if isinstance(value, dict) else value
+
+
+SetSources = Annotated[Annotated[list[SetSource], Field(min_length=1)] | None, BeforeValidator(_one_or_many)]
 
 
 class Replay(Source):
@@ -109,8 +146,9 @@ class Data(Strict):
     corpus: list[Source] = Field(default_factory=list)
     replay: Replay | None = None
     heldout: Source | None = None  # domain text held out of CPT, for perplexity before/after
-    sft: Source | None = None  # chat `messages`
-    preferences: Source | None = None  # prompt / chosen / rejected
+    # One source or a list (each with its `weight`), in any supported format (formats.py):
+    sft: SetSources = None  # chat `messages`
+    preferences: SetSources = None  # prompt / chosen / rejected
     eval: Source | None = None  # prompt / answer / task / kind / difficulty
     # General-capability set in the same format (e.g. a slice of MMLU as `choice` items): the
     # eval stage scores every model on it so forgetting from CPT/SFT shows up.
@@ -660,11 +698,21 @@ def _unwrap(annotation: Any) -> Any:
     return annotation if isinstance(annotation, type) else None
 
 
-def _pydantic_problems(err: ValidationError) -> list[Problem]:
+def _as_written(loc: tuple[Any, ...], raw: dict[str, Any]) -> tuple[Any, ...]:
+    """`data.sft.0.format` → `data.sft.format` when the recipe gave the set as one mapping, so the
+    path names the key the user wrote (validation sees every set as a list)."""
+    data = raw.get("data")
+    one = len(loc) > 2 and loc[0] == "data" and loc[1] in ("sft", "preferences") and loc[2] == 0
+    if one and isinstance(data, dict) and isinstance(data.get(loc[1]), dict):
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _pydantic_problems(err: ValidationError, raw: dict[str, Any]) -> list[Problem]:
     problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc)
+        path = ".".join(str(p) for p in _as_written(loc, raw))
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc[:-1])
             hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
@@ -864,7 +912,7 @@ def load_recipe(path: str | Path, profile: str = "full", overrides: Iterable[str
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        problems.extend(_pydantic_problems(err))
+        problems.extend(_pydantic_problems(err, raw))
     problems.extend(_trainer_problems(raw))
     if recipe is not None:
         problems.extend(_model_ref_problems(recipe))

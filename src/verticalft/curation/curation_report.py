@@ -90,6 +90,11 @@ def render(name: str, m: dict[str, Any]) -> str:
             + (", ".join(f"{r} {n}" for r, n in drops.items()) or "none")
             + f"; PII redacted {sum(s['pii'].values())}"
         )
+        if len(s.get("sources", [])) > 1 or any(x["weight"] != 1 for x in s.get("sources", [])):
+            lines += [
+                f"  - `{x['path']}`: {x['kept']:,} kept × weight {x['weight']:g} → {x['trained']:,} trained rows"
+                for x in s["sources"]
+            ]
     if m.get("quarantine"):
         lines += ["", "## Quarantined rows (`quarantine.jsonl`)", ""]
         lines += [f"- `{q['file']}:{q['line']}` — {q['error']}" for q in m["quarantine"][:20]]

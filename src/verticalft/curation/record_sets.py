@@ -3,6 +3,7 @@ decontamination of prompts against the eval set (n-grams common in training data
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,22 +11,34 @@ from typing import Any
 from verticalft.curation import pii, records
 from verticalft.curation.audit import Funnel
 from verticalft.curation.shards import eval_index, write_parts
-from verticalft.curation.sources import read_sources
-from verticalft.recipe import CurateStage, Source
+from verticalft.curation.sources import Quarantined, indexed_records
+from verticalft.data import weighted_rows
+from verticalft.recipe import CurateStage, SetSource
 
 
 def curate_records(
     name: str,
-    source: Source,
+    sources: list[SetSource],
     required: tuple[str, ...],
     cfg: CurateStage,
     eval_items: list[list[str]],
     corpus_freq: Counter,
     out: Path,
 ) -> dict[str, Any]:
-    """One set (`sft` / `preferences`) written to `out/<name>/`; returns its counts, funnel,
-    quarantined rows and dropped rows."""
-    rows, bad = read_sources([source], required)
+    """One set (`sft` / `preferences`) written to `out/<name>/<i>/`, a folder per source `i`;
+    returns its counts, funnel, quarantined rows and dropped rows.
+
+    The sources are curated as one set (rules, prompt dedup across them, decontamination) but
+    written apart and unweighted: the weights apply when training reads them (`data.load_sets`,
+    through `StageContext.curated`), the same code as for raw sources, so the curated data holds
+    each record once and a weight change does not redo curation."""
+    rows, bad, origin = [], [], {}
+    for i, item in indexed_records(sources, required):
+        if isinstance(item, Quarantined):
+            bad.append(item)
+        else:
+            rows.append(item)
+            origin[item["id"]] = i
     rc = cfg.records
     rules = records.RecordRules(
         rc.dedup_prompt, rc.min_response_chars, rc.max_prompt_chars, rc.max_response_chars
@@ -70,10 +83,20 @@ def curate_records(
         funnel.record("decontaminate", None)
         survivors.append(r)
     funnel.check()
-    write_parts(survivors, out / name, max(len(survivors), 1))
+    per_source: list[list[dict[str, Any]]] = [[] for _ in sources]
+    for r in survivors:
+        per_source[origin[r["id"]]].append(r)
+    shutil.rmtree(out / name, ignore_errors=True)  # no folder of a source the recipe no longer has
+    for i, kept_rows in enumerate(per_source):
+        if kept_rows:  # a source that kept nothing has no folder (nothing for training to read)
+            write_parts(kept_rows, out / name / str(i), len(kept_rows))
     return {
         "in": len(rows),
         "kept": len(survivors),
+        "sources": [
+            {"path": s.path, "kept": len(k), "weight": s.weight, "trained": weighted_rows(len(k), s.weight)}
+            for s, k in zip(sources, per_source, strict=True)
+        ],
         "quarantined": bad,
         "dropped_rows": dropped,
         "funnel": funnel.to_list(),

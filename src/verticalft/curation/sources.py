@@ -11,9 +11,10 @@ Every record is a dict with the row's own fields plus `id`, `license` and `sourc
 also has `text`. Order is deterministic (files sorted), so curated output is reproducible.
 
 Formats: .jsonl/.ndjson (line by line, in binary; also gzipped, .jsonl.gz), .json (a list of
-objects; also .json.gz), .parquet (batch by batch), .csv, a folder of .txt/.html/.htm pages
-(HTML → text with trafilatura, tables kept), and
-`hf://name` (`datasets.load_dataset`, which also accepts a local folder or script path).
+objects; also .json.gz), .parquet (batch by batch), .csv, a folder of Parquet shards, a
+`save_to_disk` folder (`datasets.load_from_disk`), a folder of .txt/.html/.htm pages
+(HTML → text with trafilatura, tables kept), and `hf://name` (`datasets.load_dataset` with the
+source's config/revision/data_files; `streaming: true` reads it row by row).
 """
 
 from __future__ import annotations
@@ -27,11 +28,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verticalft import formats
-from verticalft.data import HF_SCHEME, DataError, data_suffix, load_hf, open_bytes, parse_jsonl
+from verticalft.data import (
+    HF_SCHEME,
+    DataError,
+    data_suffix,
+    hf_error,
+    is_saved_dataset,
+    load_saved,
+    open_bytes,
+    open_hf,
+    parquet_files,
+    parse_jsonl,
+)
 from verticalft.recipe import Source
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
 RAW_CHARS = 500  # how much of an offending row a quarantine entry keeps
 PAGE_SUFFIXES = (".txt", ".html", ".htm")
@@ -60,12 +72,16 @@ def iter_records(source: Source, required: tuple[str, ...] = ()) -> Iterator[dic
     unsupported type.
     """
     if source.path.startswith(HF_SCHEME):
-        ds = load_hf(source)  # loaded now: a bad name fails here, not on first iteration
-        _check_columns(source.path, ds.column_names, source, required)
-        return _hf_records(source, ds, required)
+        ds = open_hf(source, source.streaming)  # opened now: a bad name fails here, not on first iteration
+        stem = Path(source.path[len(HF_SCHEME) :].rstrip("/")).name or "hf"
+        return _dataset_records(source, ds, required, source.path, stem)
     path = Path(source.path)
     if not path.exists():
         raise DataError(f"{path}: not found (relative paths resolve from {Path.cwd()})")
+    if is_saved_dataset(path):
+        return _dataset_records(source, load_saved(path, source.split), required, str(path), path.name)
+    if path.is_dir() and parquet_files(path):
+        return _parquet_folder_records(source, path, required)
     if path.is_dir():
         return _folder_records(source, path, required)
     if data_suffix(path) not in FILE_SUFFIXES or (_gzipped(path) and data_suffix(path) not in GZ_SUFFIXES):
@@ -93,19 +109,28 @@ def stream_sources(
     """Every record of `sources` in order, or `Quarantined`; a repeated id is quarantined naming the
     source of its first use. Holds a 16-byte digest per id seen, never the records, so a corpus of
     any size streams through (the curate stage cuts it into shards as it goes)."""
+    for _, item in indexed_records(sources, required):
+        yield item
+
+
+def indexed_records(
+    sources: list[Source], required: tuple[str, ...] = ()
+) -> Iterator[tuple[int, dict[str, Any] | Quarantined]]:
+    """`stream_sources` with the index of the source each item came from: a set of several
+    sources is curated as one (dedup across them) but written per source, for its weight."""
     first: dict[bytes, int] = {}
     for n, source in enumerate(sources):
         for item in iter_records(source, required):
             if isinstance(item, Quarantined):
-                yield item
+                yield n, item
                 continue
             digest = hashlib.blake2b(repr(item["id"]).encode(), digest_size=16).digest()
             if digest in first:
                 error = f"duplicate id {item['id']!r} (first in {sources[first[digest]].path})"
-                yield Quarantined(source.path, 0, error, "")
+                yield n, Quarantined(source.path, 0, error, "")
             else:
                 first[digest] = n
-                yield item
+                yield n, item
 
 
 def read_sources(
@@ -404,10 +429,36 @@ def _html_row(data: bytes) -> dict[str, Any] | None:
     return row
 
 
-# --------------------------------------------------------------------------- hf://
-def _hf_records(
-    source: Source, ds: Dataset, required: tuple[str, ...]
+# --------------------------------------------------------------------------- datasets
+def _parquet_folder_records(
+    source: Source, folder: Path, required: tuple[str, ...]
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    stem = Path(source.path[len(HF_SCHEME) :].rstrip("/")).name or "hf"
-    for n, row in enumerate(ds, start=1):
-        yield _record(row, source, required, source.path, n, stem)
+    """A folder of Parquet shards (Spark/pandas/curate output): each shard batch by batch, the same
+    files the training stages read (`data.parquet_files`)."""
+    for path in parquet_files(folder):
+        yield from _parquet_records(source, path, required)
+
+
+def _dataset_records(
+    source: Source, ds: Dataset | IterableDataset, required: tuple[str, ...], where: str, stem: str
+) -> Iterator[dict[str, Any] | Quarantined]:
+    """Rows of a `datasets` table (an `hf://` set, a save_to_disk folder) or stream (`streaming:
+    true`: read row by row, with a progress bar, never downloaded whole), numbered from 1."""
+    import datasets
+    from tqdm.auto import tqdm
+
+    columns = ds.column_names
+    if columns is not None:  # a stream of JSON files knows its columns only from its rows
+        _check_columns(where, columns, source, required)
+    rows = ds
+    if isinstance(ds, datasets.IterableDataset):
+        rows = tqdm(ds, desc=f"read {where}", unit="row", mininterval=5.0)
+    try:
+        for n, row in enumerate(rows, start=1):
+            if n == 1 and columns is None:
+                _check_columns(where, row, source, required)
+            yield _record(row, source, required, where, n, stem)
+    except DataError:
+        raise
+    except Exception as exc:  # a stream breaks while read (network, a bad file): said plainly
+        raise hf_error(source, exc) from exc

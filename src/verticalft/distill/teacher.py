@@ -22,12 +22,13 @@ def teacher_path(ctx: StageContext) -> str:
 
 
 def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
-    from verticalft.data import load_set
+    from verticalft.data import load_sets
 
-    source = ctx.curated("sft") or ctx.recipe.data.sft
-    if source is None:
+    sources = ctx.curated("sft") or ctx.recipe.data.sft
+    if not sources:
         raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
-    return [row["messages"] for row in load_set(source, "sft").select_columns(["messages"]).to_list()]
+    rows = load_sets(sources, "sft", ctx.recipe.compute.seed).select_columns(["messages"])
+    return [row["messages"] for row in rows.to_list()]
 
 
 def prompt_context(messages: list[dict[str, str]]) -> list[dict[str, str]]:

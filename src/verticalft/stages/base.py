@@ -16,7 +16,7 @@ from typing import Any
 from verticalft.gguf_source import is_gguf, resolve_gguf
 from verticalft.launch import has_gpu, is_fsdp_run
 from verticalft.models import is_tiny, tiny_name
-from verticalft.recipe import Recipe, Source
+from verticalft.recipe import Recipe, SetSource, Source
 from verticalft.rundir import RunDir
 from verticalft.stage_names import MODEL_STAGES
 
@@ -81,17 +81,29 @@ class StageContext:
                 return path
         return self.resolve_model(self.recipe.models.teacher)
 
-    def curated(self, name: str) -> Source | None:
-        """A curated set (`corpus`, `sft`, `preferences`: a folder of Parquet shards) when a curate
-        stage completed in this run, else None (the stage then reads the recipe's raw source)."""
+    def curated(self, name: str) -> list[Source] | None:
+        """A curated set's sources when a curate stage completed in this run, else None (the stage
+        then reads the recipe's raw sources). `corpus`: one folder of Parquet shards. `sft`,
+        `preferences`: a folder per recipe source (`<set>/<i>/`) with that source's weight, so
+        `data.load_sets` weights curated rows as it weights raw ones."""
         path = self.run.output("curate", name)
+        if not path:
+            return None
+        if name == "corpus":
+            return [Source(path=path, license="curated")]
         # curate writes canonical rows: read them as such, no format detection
-        fmt = {"sft": "messages", "preferences": "preference"}.get(name, "auto")
-        return Source(path=path, license="curated", format=fmt) if path else None
+        fmt = {"sft": "messages", "preferences": "preference"}[name]
+        raw = getattr(self.recipe.data, name) or []
+        folders = [(Path(path) / str(i), s) for i, s in enumerate(raw)]
+        # a source curation kept no row of has no folder
+        return [
+            SetSource(path=str(f), license="curated", format=fmt, weight=s.weight)
+            for f, s in folders
+            if f.is_dir()
+        ]
 
     def curated_corpus(self) -> list[Source] | None:
-        source = self.curated("corpus")
-        return [source] if source else None
+        return self.curated("corpus")
 
     def eval_items(self) -> list[dict[str, Any]]:
         """The recipe's eval items (checked, as the eval stage reads them) for the quick eval."""

@@ -14,7 +14,8 @@ Flow (DESIGN.md, "Heavy Curation"):
 4. write `corpus/part-*.parquet` (sorted by id: identical bytes whatever the executor),
    `dropped/*.parquet` (every dropped record with its step and reason, or the first
    `max_dropped_per_reason` of each), then the SFT and preference sets through the field-aware
-   rules (`curation.record_sets`), and the report.
+   rules (`curation.record_sets`: all sources of a set curated together, written a folder per
+   source, `<set>/<i>/`, weighted when training reads them), and the report.
 """
 
 from __future__ import annotations
@@ -67,13 +68,12 @@ def run(ctx: StageContext) -> StageResult:
 
     sets, emptied = {}, []
     for name, required in SETS:
-        source = getattr(recipe.data, name)
-        if source is not None:
-            sets[name] = curate_records(name, source, required, cfg, eval_items, freq, out)
+        sources = getattr(recipe.data, name)
+        if sources:
+            sets[name] = curate_records(name, sources, required, cfg, eval_items, freq, out)
             if not sets[name]["kept"]:
-                emptied.append(
-                    _emptied(name, source.path, sets[name]["quarantined"], sets[name]["dropped_rows"])
-                )
+                paths = ", ".join(s.path for s in sources)
+                emptied.append(_emptied(name, paths, sets[name]["quarantined"], sets[name]["dropped_rows"]))
             quarantined += sets[name].pop("quarantined")
             dropped += sets[name].pop("dropped_rows")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from verticalft.chat_templates import with_template_kwargs
-from verticalft.data import load_set
+from verticalft.data import split_sets
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
 from verticalft.stages.training import TrainingJob, train_model
@@ -30,10 +30,14 @@ def run(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.dpo
     base = ctx.input_model()
-    data = load_set(ctx.curated("preferences") or recipe.data.preferences, "preferences")
-    data = data.select_columns(["prompt", "chosen", "rejected"])
-    data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
-    split = data.train_test_split(test_size=cfg.eval_fraction, seed=recipe.compute.seed)
+    # held-out pairs drawn before the sources' weights apply (data.split_sets)
+    sources = ctx.curated("preferences") or recipe.data.preferences
+    parts = split_sets(sources, "preferences", recipe.compute.seed, lambda n: cfg.eval_fraction)
+    kwargs = recipe.models.chat_template_kwargs  # TRL renders rows with them
+    split = {
+        name: with_template_kwargs(d.select_columns(["prompt", "chosen", "rejected"]), kwargs)
+        for name, d in zip(("train", "test"), parts, strict=True)
+    }
     tokenizer = load_tokenizer(base, recipe.models.chat_template)
 
     done = train_model(

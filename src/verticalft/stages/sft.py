@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from verticalft.chat_templates import assistant_masks, has_generation_markers, with_template_kwargs
-from verticalft.data import load_set
+from verticalft.data import split_sets
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.stages.base import StageContext, StageResult, fmt_score
 from verticalft.stages.training import TrainingJob, train_model
@@ -25,18 +25,23 @@ def run(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.stages.sft
     base = ctx.input_model()
-    data = load_set(ctx.curated("sft") or recipe.data.sft, "sft")
+    # held-out rows drawn before the sources' weights apply (data.split_sets)
+    sources = ctx.curated("sft") or recipe.data.sft
+    parts = split_sets(sources, "sft", recipe.compute.seed, lambda n: min(0.05, 200 / max(n, 1)))
     # `tools` stays when the set has it: TRL's SFTTrainer renders each row with its tool schemas
-    data = data.select_columns([c for c in ("messages", "tools") if c in data.column_names])
+    keep = [c for c in ("messages", "tools") if c in parts[0].column_names]
+    kwargs = recipe.models.chat_template_kwargs
     # the run's template with {% generation %} markers, so TRL masks with it and swaps nothing in;
     # a template without a training variant stays as it is and the rows are masked by prefix rendering
     tokenizer = load_tokenizer(base, recipe.models.chat_template, require_mask=True, prefix_masks=True)
     marked = has_generation_markers(tokenizer.chat_template)
-    if marked:
-        data = with_template_kwargs(data, recipe.models.chat_template_kwargs)  # TRL renders rows with them
-    else:
-        data = prefix_masked(data, tokenizer, recipe.models.chat_template_kwargs)
-    split = data.train_test_split(test_size=min(0.05, 200 / max(len(data), 1)), seed=recipe.compute.seed)
+    split = {
+        # TRL renders marked rows with the template variables; unmarked ones arrive tokenized
+        name: with_template_kwargs(d.select_columns(keep), kwargs)
+        if marked
+        else prefix_masked(d.select_columns(keep), tokenizer, kwargs)
+        for name, d in zip(("train", "test"), parts, strict=True)
+    }
 
     def eval_loss(evaluated: dict[str, float]) -> dict[str, Any]:
         return {"eval_loss": evaluated.get("eval_loss")}

@@ -7,7 +7,7 @@ few tokens; the models are random-init Llama (head_dim 64) saved as normal HF fo
 
 from __future__ import annotations
 
-from verticalft.data import load_set, load_texts
+from verticalft.data import load_sets, load_texts
 from verticalft.models import DEFAULT_TINY_SPECS, build_tiny_models, is_tiny, tiny_name
 from verticalft.stages.base import StageContext, StageResult
 
@@ -33,7 +33,7 @@ def run(ctx: StageContext) -> StageResult:
     recipe = ctx.recipe
     texts = list(load_texts(recipe.data.corpus)["text"]) if recipe.data.corpus else []
     if recipe.data.sft is not None:
-        for row in load_set(recipe.data.sft, "sft")["messages"]:
+        for row in load_sets(recipe.data.sft, "sft", recipe.compute.seed)["messages"]:
             texts.extend(m["content"] for m in row if isinstance(m.get("content"), str))
     specs = specs_for(recipe)
     folders = build_tiny_models(ctx.dir, texts, specs, recipe.tiny.vocab_size, recipe.tiny.seed)
