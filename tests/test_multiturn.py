@@ -229,7 +229,7 @@ def test_a_messages_item_ending_on_an_answer_names_file_and_line(tmp_path):
     ):
         load_items(Source(path=path))
     r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", [f"data.eval.path={path}"])
-    _, problems = data_set_check(r)
+    _, problems, _ = data_set_check(r)
     assert [p for p in problems if "eval.jsonl" in p] == [
         f"{path}:2: `messages` must end on a user turn (the one the model answers), not 'assistant'"
     ]
