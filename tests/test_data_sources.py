@@ -316,3 +316,22 @@ def test_run_stops_before_work_on_an_hf_set_no_format_fits(hf_repo):
     )
     [problem] = unusable_sets(r, ["curate", "sft"])
     assert problem.startswith(f"data.sft: no usable row in the first 50 of hf://{hf_repo}; first: hf://{hf_repo} row 1: missing field 'messages'")  # fmt: skip
+
+
+def test_two_files_of_the_same_name_keep_every_row_with_distinct_ids(tmp_path):
+    """Two `train.jsonl` in different folders: both give default ids `train:1`, `train:2`, … The
+    second source's rows are told apart by its index (`train:1#1`), not quarantined as duplicates;
+    an id repeated inside one file is still the file's error."""
+    from verticalft.curation.sources import indexed_records
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    no_id = [{"messages": chat(i, "tax")["messages"]} for i in range(3)]
+    a = write_jsonl(tmp_path / "a" / "train.jsonl", no_id)
+    b = write_jsonl(tmp_path / "b" / "train.jsonl", no_id[:2])
+    out = list(indexed_records([SetSource(path=str(a)), SetSource(path=str(b))], ("messages",)))
+    assert [(n, r["id"]) for n, r in out] == [
+        (0, "train:1"), (0, "train:2"), (0, "train:3"), (1, "train:1#1"), (1, "train:2#1"),
+    ]  # fmt: skip
+    twice = write_jsonl(tmp_path / "c.jsonl", [{**chat(0, "x"), "id": "q7"}, {**chat(1, "x"), "id": "q7"}])
+    out = [item for _, item in indexed_records([SetSource(path=str(twice))], ("messages",))]
+    assert out[0]["id"] == "q7" and isinstance(out[1], Quarantined) and "duplicate id 'q7'" in out[1].error

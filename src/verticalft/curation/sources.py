@@ -106,8 +106,8 @@ def _stem(path: Path) -> str:
 def stream_sources(
     sources: list[Source], required: tuple[str, ...] = ()
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    """Every record of `sources` in order, or `Quarantined`; a repeated id is quarantined naming the
-    source of its first use. Holds a 16-byte digest per id seen, never the records, so a corpus of
+    """Every record of `sources` in order, or `Quarantined`; an id repeated within a source is
+    quarantined naming the source of its first use, one repeated from another source gets `#<index>`. Holds a 16-byte digest per id seen, never the records, so a corpus of
     any size streams through (the curate stage cuts it into shards as it goes)."""
     for _, item in indexed_records(sources, required):
         yield item
@@ -124,13 +124,23 @@ def indexed_records(
             if isinstance(item, Quarantined):
                 yield n, item
                 continue
-            digest = hashlib.blake2b(repr(item["id"]).encode(), digest_size=16).digest()
+            digest = id_digest(item["id"])
+            if digest in first and first[digest] != n:
+                # the same id in another source of the set (two files named `train.jsonl` give the
+                # same default ids `train:<line>`): told apart by the source's index, nothing lost
+                item = {**item, "id": f"{item['id']}#{n}"}
+                digest = id_digest(item["id"])
             if digest in first:
                 error = f"duplicate id {item['id']!r} (first in {sources[first[digest]].path})"
                 yield n, Quarantined(source.path, 0, error, "")
             else:
                 first[digest] = n
                 yield n, item
+
+
+def id_digest(record_id: Any) -> bytes:
+    """16 bytes per id: what `indexed_records` holds to find repeats in a corpus of any size."""
+    return hashlib.blake2b(repr(record_id).encode(), digest_size=16).digest()
 
 
 def read_sources(
