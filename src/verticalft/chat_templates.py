@@ -365,8 +365,10 @@ def use_run_template(
                 "  chat template: no {% generation %} markers; assistant turns found by rendering prefixes",
                 flush=True,
             )
-        elif tokenizer.chat_template:
+        elif tokenizer.chat_template and not isinstance(exc, NoTrainingVariant):
             print(f"  chat template: {exc} (rendering with it as it is)", flush=True)
+        # NoTrainingVariant while only rendering: nothing to say, rendering needs no markers (and sft
+        # finds the assistant turns by prefix rendering)
     return tokenizer
 
 
