@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # vLLM for the eval/bench stages: the CPU build without an NVIDIA GPU, the CUDA build with one.
-# PyPI's torchvision/torchaudio/torchcodec break imports beside the CPU torch (DESIGN.md).
+# PyPI's torchvision/torchaudio/torchcodec break imports beside the CPU torch (docs/STACK.md).
 # `-e .[serve-gpu]` resolves vLLM with the project's own pins, so pip adds it beside the installed
 # torch==2.13.0 and never replaces torch (a vLLM that needs another torch fails to resolve instead).
 setup-serve: $(SERVE_STAMP)

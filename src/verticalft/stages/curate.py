@@ -1,6 +1,6 @@
 """curate: raw sources → curated corpus (sharded Parquet) + SFT/preference sets, every drop audited.
 
-Flow (DESIGN.md, "Heavy Curation"):
+Flow:
 1. stream every corpus source into input shards of `shard_size` rows (`shards/input-*.parquet`,
    one shard in memory at a time); a malformed row goes to `quarantine.jsonl` with its file and
    line, the run goes on (`curation.sources`, `curation.shards.cut_shards`);
