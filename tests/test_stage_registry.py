@@ -3,6 +3,7 @@ fingerprinted, preflighted, run and recorded by the pipeline, with no other file
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -115,6 +116,12 @@ def test_sft_without_an_eval_set_is_not_told_it_needs_data_sft():
     assert not [p for p in preflight(r, ["sft"]) if "needs data" in p]
     r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["data.preferences=null", "data.eval=null"])
     assert [p for p in preflight(r, ["dpo"]) if "needs data" in p] == ["stages.dpo: needs data.preferences"]
+
+
+def test_every_shipped_stage_names_the_run_function_of_its_module():
+    for spec in registry.STAGES:
+        module = importlib.import_module(f"verticalft.stages.{spec.name}")
+        assert spec.runner() is module.run
 
 
 def test_the_groups_follow_the_descriptors():

@@ -91,11 +91,14 @@ class Stage:
             return self.section_from(recipe)
         return getattr(recipe.stages, self.name).model_dump()
 
-    def run(self, ctx: StageContext) -> StageResult:
-        """Import the stage's module (only now: stage modules load TRL, vLLM, datatrove) and run it."""
+    def runner(self) -> Callable[[StageContext], StageResult]:
+        """Its `run`, imported only now: stage modules load TRL, vLLM, datatrove."""
         module, _, function = (self.entry or f"verticalft.stages.{self.name}:run").partition(":")
-        result: StageResult = getattr(importlib.import_module(module), function)(ctx)
-        return result
+        found: Callable[[StageContext], StageResult] = getattr(importlib.import_module(module), function)
+        return found
+
+    def run(self, ctx: StageContext) -> StageResult:
+        return self.runner()(ctx)
 
 
 def _curate_section(recipe: Recipe) -> dict[str, Any]:
