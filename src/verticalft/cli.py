@@ -271,12 +271,13 @@ def report(
     r = _load(recipe, profile, overrides)
     from verticalft.pipeline import StageFailed, enabled_stages, run_dir_for, run_recipe
     from verticalft.report import write_report
+    from verticalft.stages.registry import stage
 
     rd = run_dir_for(r, profile, runs_dir)
     if not rd.manifest_path.exists():
         err_console.print(f"[bold red]error[/]: no run at {rd.root}; run `verticalft run {recipe}` first")
         raise typer.Exit(1)
-    again = [s for s in ("cost", "route") if s in enabled_stages(r)]
+    again = [s for s in enabled_stages(r) if stage(s).derived]
     if again:
         try:
             run_recipe(r, rd, only=again, force=again, echo=console.print)

@@ -6,7 +6,7 @@ is wrong but everything is slow. The usual cause on a real GPU node is the drive
 2.13.0 Linux wheel is built for CUDA 13.0 (it requires cuda-toolkit==13.0.3), which needs an R580
 driver; on an older one `torch.cuda.is_available()` is simply False.
 
-Only the stages that put work on the GPU are checked (`stage_names.GPU_STAGES`); curate, cost,
+Only the stages that put work on the GPU are checked (the training and serving stages of `stages.registry`); curate, cost,
 route, report, plan and validate run anywhere.
 """
 
@@ -18,12 +18,10 @@ import subprocess
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from verticalft.stage_names import SERVING_STAGES, TRAINING_STAGES
+from verticalft.stages.registry import serving_stages, training_stages
 
 if TYPE_CHECKING:
     from verticalft.recipe import Recipe
-
-GPU_STAGES = (*TRAINING_STAGES, *SERVING_STAGES)
 
 # The oldest Linux driver each CUDA release runs on: NVIDIA CUDA Toolkit release notes, "CUDA
 # Toolkit and Corresponding Driver Versions" (13.0 GA >= 580.65.06, 12.8 GA >= 570.26, 12.6 GA
@@ -72,7 +70,7 @@ def gpu_problem(recipe: Recipe, stages: Iterable[str]) -> str | None:
     """Why the recipe's GPU stages cannot run here (torch sees no CUDA GPU although `compute.gpu`
     names one), with torch's CUDA build, the driver it needs, what nvidia-smi says and the way
     out; None when a GPU is visible, the recipe runs on `cpu`, or no stage here needs a GPU."""
-    gpu_stages = [s for s in stages if s in GPU_STAGES]
+    gpu_stages = [s for s in stages if s in (*training_stages(), *serving_stages())]
     if recipe.compute.gpu == "cpu" or not gpu_stages:
         return None
     import torch

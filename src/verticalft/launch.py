@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from verticalft.rundir import RunDir
+from verticalft.stages import registry
 
 if TYPE_CHECKING:
     from verticalft.recipe import Recipe
@@ -191,9 +192,9 @@ def launch_warnings(recipe: Recipe) -> list[str]:
     if c.launcher != "accelerate":
         return out
     zero3_qlora: dict[str, list[str]] = {}  # config key → QLoRA stages it runs under ZeRO-3
-    for stage in ("cpt", "sft", "dpo", "distill"):
-        st = getattr(recipe.stages, stage)
-        if st is None:
+    for spec in registry.STAGES:
+        stage, st = spec.name, getattr(recipe.stages, spec.name, None)
+        if spec.training is None or st is None:
             continue
         choice = stage_accelerate_choice(recipe, stage)
         key = f"stages.{stage}.accelerate_config" if st.accelerate_config else "compute.accelerate_config"
@@ -208,9 +209,7 @@ def launch_warnings(recipe: Recipe) -> list[str]:
                 f"{key}: {engine} needs GPUs (accelerate builds FSDP/DeepSpeed state on GPU devices only); "
                 "on CPU use accelerate_config: ddp or launcher: torchrun"
             )
-        quantized = (
-            st.method == "qlora" if stage == "distill" else getattr(st, "quantization", "none") != "none"
-        )
+        quantized = spec.training.method(st) == "qlora"
         ds = config.get("deepspeed_config") or {}
         if (
             quantized

@@ -8,7 +8,6 @@ it marks the stage running, waits, then writes outputs, metrics and the done-mar
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import subprocess
@@ -17,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from verticalft.cuda_preflight import gpu_problem
 from verticalft.data import source_files
@@ -25,7 +23,7 @@ from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
 from verticalft.recipe import Recipe, did_you_mean, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
-from verticalft.stage_names import STAGE_ORDER, TRAINING_STAGES
+from verticalft.stages import registry
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 
 RESULT_FILE = "result.json"
@@ -53,47 +51,8 @@ def run_dir_for(recipe: Recipe, profile: str, runs_root: str | Path = "runs") ->
 
 
 def enabled_stages(recipe: Recipe) -> list[str]:
-    from verticalft.stages import tiny_models
-
-    out = []
-    for stage in STAGE_ORDER:
-        if stage == "tiny_models":
-            if tiny_models.needed(recipe):
-                out.append(stage)
-        elif stage == "cost":  # prices whatever eval/bench measured; it has no section of its own
-            if recipe.stages.eval is not None or recipe.stages.bench is not None:
-                out.append(stage)
-        elif stage == "route":  # needs every model's answers (eval) and prices (bench → cost)
-            if recipe.stages.eval is not None and recipe.stages.bench is not None:
-                out.append(stage)
-        elif getattr(recipe.stages, stage, None) is not None:
-            out.append(stage)
-    return out
-
-
-def _data_for(recipe: Recipe, stage: str) -> list[Any]:
-    """The sources a stage reads; None where a set it needs is absent (preflight says so)."""
-    d = recipe.data
-    sft, prefs = d.sft or [None], d.preferences or [None]
-    return {
-        "tiny_models": [*d.corpus, *sft],
-        "curate": [*d.corpus, *sft, *prefs, d.eval],
-        "cpt": [*d.corpus, d.replay, d.heldout, d.eval],
-        "sft": [*sft, d.eval],
-        "dpo": [*prefs, d.eval],
-        "distill": [*sft, d.eval],
-        "eval": [d.eval, d.general_eval],
-        "bench": [d.eval],
-        "route": [d.eval],
-    }.get(stage, [])
-
-
-def _seed_files(recipe: Recipe) -> list[str]:
-    """Seed documents of the curate stage's embedding filter: inputs like the data files."""
-    cur = recipe.stages.curate
-    return [
-        p for f in (cur.filters if cur else []) if f.semantic_relevance for p in f.semantic_relevance.seeds
-    ]
+    """The stages this recipe runs, in order (each descriptor says when: `stages.registry`)."""
+    return [s.name for s in registry.STAGES if s.enabled(recipe)]
 
 
 def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
@@ -101,29 +60,16 @@ def stage_fingerprints(recipe: Recipe, stages: list[str]) -> dict[str, str]:
     fps: dict[str, str] = {}
     prev = ""
     for stage in stages:
-        sources = [s for s in _data_for(recipe, stage) if s is not None]
+        spec = registry.stage(stage)
+        sources = [s for s in spec.inputs(recipe.data) if s is not None]
         files = {str(p): hash_file(p) for s in sources for p in source_files(s) if p.exists()}
         files |= _chat_template_file(recipe)
-        if stage == "tiny_models":
-            section = recipe.tiny.model_dump()
-        elif stage == "cost":  # re-prices when prices, volumes or the hardware change
-            section = {"cost": recipe.cost.model_dump(), "compute": recipe.compute.model_dump()}
-        elif stage == "route":
-            section = {"route": recipe.route.model_dump()}
-        else:
-            section = getattr(recipe.stages, stage).model_dump()
-        if stage == "curate":  # where it runs does not change what it writes
-            section = {k: v for k, v in section.items() if k not in ("executor", "num_workers")}
-            files |= {p: hash_file(Path(p)) for p in _seed_files(recipe) if Path(p).exists()}
-        if stage == "route":  # an API tier's answers are an input like the data files
-            answers = [a.answers for a in recipe.route.apis.values()]
-            files |= {p: hash_file(Path(p)) for p in answers if Path(p).exists()}
+        files |= {p: hash_file(Path(p)) for p in spec.extra_files(recipe) if Path(p).exists()}
         payload = {
             "stage": stage,
-            "section": section,
+            "section": spec.section(recipe),
             "files": files,
-            # curate writes each source's rows once, whatever its weight (the readers apply it)
-            "sources": [s.model_dump(exclude={"weight"} if stage == "curate" else None) for s in sources],
+            "sources": [s.model_dump(exclude=set(spec.source_keys_ignored) or None) for s in sources],
             "models": recipe.models.model_dump(),
             "evaluation": recipe.evaluation.model_dump(),
             "seed": recipe.compute.seed,
@@ -148,14 +94,11 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
         problems.append(no_gpu)
     needed_by: dict[str, list[str]] = {}
     for stage in stages:
-        for s in _data_for(recipe, stage):
-            if s is None:
-                if stage in ("sft", "dpo"):
-                    problems.append(
-                        f"stages.{stage}: needs data.{'sft' if stage == 'sft' else 'preferences'}"
-                    )
-                continue
-            for p in source_files(s):
+        spec = registry.stage(stage)
+        if spec.requires and getattr(recipe.data, spec.requires) is None:
+            problems.append(f"stages.{stage}: needs data.{spec.requires}")
+        for s in spec.inputs(recipe.data):
+            for p in source_files(s) if s is not None else []:
                 if not p.exists() and stage not in needed_by.setdefault(str(p), []):
                     needed_by[str(p)].append(stage)
     problems += [
@@ -173,8 +116,6 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
     return problems
 
 
-# The stages that read each training set (curate keeps what can be used of it).
-SET_READERS = {"sft": ("curate", "sft", "distill"), "preferences": ("curate", "dpo")}
 SET_CHECK_ROWS = 50  # rows read per set before any work: enough to see a file's format
 
 
@@ -187,9 +128,9 @@ def unusable_sets(recipe: Recipe, stages: list[str]) -> list[str]:
     from verticalft.data import HF_SCHEME, HubUnreachable, check_set
 
     problems = []
-    for name, readers in SET_READERS.items():
+    for name in ("sft", "preferences"):
         sources = getattr(recipe.data, name) or []
-        if not set(readers) & set(stages):
+        if not any(name in registry.stage(s).checks_sets for s in stages):
             continue
         for i, source in enumerate(sources):
             key = f"data.{name}" + (f".{i}" if len(sources) > 1 else "")
@@ -397,8 +338,7 @@ def versions() -> dict[str, str]:
 
 
 def run_stage_in_process(ctx: StageContext) -> StageResult:
-    module = importlib.import_module(f"verticalft.stages.{ctx.stage}")
-    return module.run(ctx)
+    return registry.stage(ctx.stage).run(ctx)
 
 
 def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> StageResult:
@@ -464,11 +404,11 @@ def unknown_stage_check(names: list[str], option: str) -> None:
 
     Why: `--only sfft` used to match no stage and "finish" having run nothing, exit 0.
     """
+    order = registry.stage_order()
     for name in names:
-        if name not in STAGE_ORDER:
+        if name not in order:
             raise PreflightFailed(
-                f"{option}: unknown stage '{name}'{did_you_mean(name, STAGE_ORDER)}; "
-                f"stages: {', '.join(STAGE_ORDER)}"
+                f"{option}: unknown stage '{name}'{did_you_mean(name, order)}; stages: {', '.join(order)}"
             )
 
 
@@ -485,7 +425,8 @@ def run_recipe(
     unknown_stage_check(only or [], "--only")
     stages = enabled_stages(recipe)
     if until is not None:
-        stages = [s for s in stages if STAGE_ORDER.index(s) <= STAGE_ORDER.index(until)]
+        order = registry.stage_order()
+        stages = [s for s in stages if order.index(s) <= order.index(until)]
     to_run = [s for s in stages if not only or s in only]  # only what will run needs checking
     fps = stage_fingerprints(recipe, stages)
     problems = preflight(recipe, to_run, pending_stages(run, stages, to_run, fps, force))
@@ -512,7 +453,7 @@ def run_recipe(
         echo(f"{head}: running{' (resuming a killed attempt)' if resumable else ''} → {run.stage_dir(stage)}")
         t0 = time.time()
         try:
-            if stage in TRAINING_STAGES and recipe.compute.launcher != "none":
+            if registry.stage(stage).training is not None and recipe.compute.launcher != "none":
                 result = _run_launched(recipe, run, stage, resumable)
             else:
                 result = run_stage_in_process(StageContext(recipe, run, stage, resume=resumable))

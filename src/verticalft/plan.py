@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verticalft.stage_names import MODEL_STAGES
+from verticalft.stages import registry
 
 NF4_BYTES_PER_PARAM = 4.127 / 8
 TRAINABLE_STATE_BYTES = 16
@@ -533,32 +533,32 @@ def plan_recipe(recipe: Any) -> Plan:
             + ", ".join(
                 f"{s} {stage_accelerate_choice(recipe, s)}"
                 + (f" (weights sharded over {c.world_size})" if stage_shards_weights(recipe, s) else "")
-                for s in ("cpt", "sft", "dpo", "distill")
+                for s in registry.training_stages()
                 if getattr(recipe.stages, s) is not None
             )
             + f"; barriers wait up to compute.timeout_minutes={c.timeout_minutes:g}"
         )
     d = recipe.data
-    for stage in MODEL_STAGES:
+    for stage in registry.model_stages():
         cfg = getattr(recipe.stages, stage)
-        if cfg is None:
+        training = registry.stage(stage).training
+        if cfg is None or training is None:
             continue
         t = cfg.trainer
         ckpt = bool(t.get("gradient_checkpointing", False))
         micro = int(t.get("per_device_train_batch_size", 8))
-        if stage == "cpt":
-            method = cfg.method
+        method = training.method(cfg)
+        if training.trains_on == "corpus":  # plain text, data.replay mixed in at its ratio
             domain = sum(source_tokens(s) for s in d.corpus)
             ratio = d.replay.ratio if d.replay else 0.0
             tokens = trained_tokens(t, domain / (1.0 - ratio), None, cfg.max_length, c.training_gpus)
         else:
-            method = "qlora" if cfg.quantization != "none" else "lora"
-            source = d.sft if stage == "sft" else d.preferences
+            source = getattr(d, training.trains_on) if training.trains_on else None
             examples = source_examples(source)
             tokens = trained_tokens(t, source_tokens(source), examples, cfg.max_length, c.training_gpus)
         lora_r = cfg.lora.r
         shards = c.world_size if stage_shards_weights(recipe, stage) else 1
-        if stage == "dpo":
+        if training.pairs:
             flops = dpo_flops(arch.active_params, tokens, "lora" if method != "full" else "full", ckpt)
         else:
             flops = training_flops(arch.active_params, tokens, method, ckpt)
@@ -571,7 +571,7 @@ def plan_recipe(recipe: Any) -> Plan:
             ckpt,
             lora_r,
             shards if method == "full" else 1,
-            2 if stage == "dpo" else 1,
+            2 if training.pairs else 1,  # chosen + rejected
         )
         fits = mem["total"] <= gpu.vram_gb * 0.95
         plan.stages.append(

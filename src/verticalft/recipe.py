@@ -39,31 +39,6 @@ from verticalft.formats import ColumnKey, FormatName
 from verticalft.schema import Strict
 
 PROFILE_DIR_NAME = "profiles"
-# Trainer keys a stage sets itself (stages pass them as `managed=` to stages.base.trainer_config),
-# and what controls each: a recipe setting one in `trainer:` would be overridden silently, so
-# validation rejects it and names the recipe key to use instead.
-_EVERY_STAGE = {
-    "output_dir": "the run directory (<run>/<stage>/checkpoints)",
-    "resume_from_checkpoint": "the run itself (a rerun resumes a killed attempt)",
-}
-_FIXED_TEXT = "fixed by the stage (packed plain text, loss on every token)"
-_FIXED_CHAT = "fixed by the stage (loss on assistant tokens, marked by models.chat_template)"
-MANAGED_TRAINER_KEYS: dict[str, dict[str, str]] = {
-    "cpt": {**_EVERY_STAGE, "max_length": "stages.cpt.max_length", "packing": _FIXED_TEXT,
-            "packing_strategy": _FIXED_TEXT, "dataset_text_field": _FIXED_TEXT, "completion_only_loss": _FIXED_TEXT},
-    "sft": {**_EVERY_STAGE, "max_length": "stages.sft.max_length", "packing": "stages.sft.packing",
-            "assistant_only_loss": _FIXED_CHAT},
-    "dpo": {**_EVERY_STAGE, "max_length": "stages.dpo.max_length", "beta": "stages.dpo.beta"},
-    "distill": {**_EVERY_STAGE, "max_length": "stages.distill.max_length", "packing": _FIXED_CHAT,
-                "assistant_only_loss": _FIXED_CHAT, "beta": "stages.distill.beta",
-                "temperature": "stages.distill.temperature",
-                "remove_unused_columns": "fixed by the stage (the logit trainer keeps each example's index)",
-                "teacher_model_init_kwargs": "stages.distill.teacher.quantization",
-                "chat_template_kwargs": "models.chat_template_kwargs"},
-}  # fmt: skip
-STAGE_TRAINER_CONFIG = {"cpt": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig", "distill": "SFTConfig"}
-# distill.kind on_policy passes its trainer block to TRL's DistillationConfig instead.
-ON_POLICY_TRAINER_CONFIG = "DistillationConfig"
 
 
 def as_number(value: Any) -> Any:
@@ -188,6 +163,12 @@ class Models(Strict):
     chat_template_kwargs: Annotated[dict[str, Any], AfterValidator(_template_kwargs)] = Field(
         default_factory=dict
     )
+
+    def tiny_refs(self) -> list[str]:
+        """The `tiny://` models among the teacher and students: the tiny_models stage builds them."""
+        from verticalft.models import is_tiny
+
+        return [ref for ref in (self.teacher, *self.students) if is_tiny(ref)]
 
 
 class TinyModels(Strict):
@@ -730,24 +711,28 @@ def trainer_config_fields(config_class: str) -> set[str]:
 
 
 def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
-    problems = []
+    """`trainer:` keys of the training stages (`stages.registry`) that their TRL config class does
+    not have, or that the stage sets itself (`Training.managed`)."""
+    from verticalft.stages.registry import STAGES
+
+    problems: list[Problem] = []
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict):
         return problems
-    for stage, cls in STAGE_TRAINER_CONFIG.items():
-        block = (stages.get(stage) or {}) if isinstance(stages.get(stage) or {}, dict) else {}
+    for spec in STAGES:
+        if spec.training is None:
+            continue
+        block = (stages.get(spec.name) or {}) if isinstance(stages.get(spec.name) or {}, dict) else {}
         trainer = block.get("trainer") or {}
         if not isinstance(trainer, dict) or not trainer:
             continue
-        if stage == "distill" and isinstance(block.get("kind"), str) and block["kind"] == "on_policy":
-            cls = ON_POLICY_TRAINER_CONFIG
+        cls = spec.training.config_for(block)
         fields = trainer_config_fields(cls)
+        managed = spec.training.managed
         for key in trainer:
-            path = f"stages.{stage}.trainer.{key}"
-            if key in MANAGED_TRAINER_KEYS[stage]:
-                problems.append(
-                    Problem(path=path, message=f"set by verticalft from {MANAGED_TRAINER_KEYS[stage][key]}")
-                )
+            path = f"stages.{spec.name}.trainer.{key}"
+            if key in managed:
+                problems.append(Problem(path=path, message=f"set by verticalft from {managed[key]}"))
             elif key not in fields:
                 problems.append(
                     Problem(path=path, message=f"not a field of trl.{cls}{did_you_mean(key, fields)}")

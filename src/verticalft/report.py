@@ -20,6 +20,7 @@ from typing import Any
 
 from verticalft.formatting import cpu_run, is_num, metrics_of, num, score, usd
 from verticalft.rundir import RunDir, atomic_write_text
+from verticalft.stages import registry
 
 PLOT_ALTS = {
     "quality_vs_cost": "eval score vs effective $/1M tokens",
@@ -446,7 +447,8 @@ def _stage_section(manifest: dict[str, Any], images: dict[str, str]) -> list[str
     for name in order:
         rec = stages[name]
         m = rec.get("metrics") or {}
-        before = m.get("eval_base") if name == "cpt" else m.get("eval_before")
+        spec = registry.stage(name) if name in registry.stage_order() else None
+        before = m.get(spec.score_before_key if spec else "eval_before")
         after = m.get("eval_after")
         notes = []
         if m.get("heldout_perplexity_before") is not None:
@@ -457,13 +459,8 @@ def _stage_section(manifest: dict[str, Any], images: dict[str, str]) -> list[str
             notes.append(f"reward accuracy {m['reward_accuracy']:.3f}, margin {num(m.get('reward_margin'))}")
         if m.get("resumed_from"):
             notes.append(f"resumed from {m['resumed_from']}")
-        if name == "curate" and "read" in m:
-            notes.append(
-                f"{m['read']:,} docs → {m['kept']:,} kept, {m['dropped']:,} dropped, "
-                f"{m['quarantined']} quarantined ([curation report](curate/report.md))"
-            )
-        if name == "tiny_models":
-            notes.append(", ".join(f"{k.removesuffix('_parameters')} {v / 1e6:.2f}M" for k, v in m.items()))
+        if spec:
+            notes += spec.report_notes(m)
         lines.append(
             f"| {name} | {rec.get('status')} | {num(rec.get('wall_time_s'), '{:.0f}s')} | {num(m.get('tokens_seen'), '{:,}')} "
             f"| {num(m.get('first_loss'))} → {num(m.get('last_loss'))} | {score(before)} → {score(after)} | {'; '.join(notes)} |"

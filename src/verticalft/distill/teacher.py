@@ -14,6 +14,7 @@ from verticalft.launch import agree_or_raise, any_rank, main_process_first, worl
 from verticalft.models import load_model
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import StageContext, rank
+from verticalft.stages.registry import model_stages
 
 
 def teacher_path(ctx: StageContext) -> str:
@@ -74,7 +75,8 @@ def build_cache(
 
     cfg = ctx.recipe.stages.distill
     t_path = teacher_path(ctx)
-    producer = next((s for s in ("dpo", "sft", "cpt") if ctx.run.output(s, "model") == t_path), None)
+    newest_first = reversed(model_stages())
+    producer = next((s for s in newest_first if ctx.run.output(s, "model") == t_path), None)
     identity = tc.teacher_identity(t_path, ctx.run.record(producer).fingerprint if producer else None)
     key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, cfg.temperature)
     # Beside the stage folder, not in it: a rerun of the stage with other student settings
@@ -266,7 +268,7 @@ def generated_set(
 
 def recorded_teacher_eval(ctx: StageContext) -> dict[str, Any] | None:
     """An endpoint teacher cannot be scored here with the local eval; use the run's last score."""
-    for stage in ("dpo", "sft", "cpt"):
+    for stage in reversed(model_stages()):
         ev = ctx.run.record(stage).metrics.get("eval_after")
         if ev:
             return ev

@@ -18,7 +18,7 @@ from verticalft.launch import has_gpu, is_fsdp_run
 from verticalft.models import is_tiny, tiny_name
 from verticalft.recipe import Recipe, SetSource, Source
 from verticalft.rundir import RunDir
-from verticalft.stage_names import MODEL_STAGES
+from verticalft.stages.registry import model_stages
 
 # Stages that produce a model, in pipeline order; the input of a stage is the newest of these.
 
@@ -74,7 +74,8 @@ class StageContext:
 
     def input_model(self) -> str:
         """The newest completed model before this stage (else the recipe's teacher)."""
-        order = MODEL_STAGES[: MODEL_STAGES.index(self.stage)] if self.stage in MODEL_STAGES else MODEL_STAGES
+        models = model_stages()
+        order = models[: models.index(self.stage)] if self.stage in models else models
         for prev in reversed(order):
             path = self.run.output(prev, "model")
             if path:
@@ -130,7 +131,7 @@ def models_in_run(ctx: StageContext, include_base: bool = True) -> list[RunModel
     found = []
     if include_base:
         found.append(RunModel("base", "base", ctx.resolve_model(ctx.recipe.models.teacher)))
-    for stage in MODEL_STAGES:
+    for stage in model_stages():
         out = ctx.run.record(stage).outputs if ctx.run.is_done(stage) else {}
         if out.get("model"):
             found.append(RunModel(stage, "teacher", out["model"], out.get("base_model"), out.get("adapter")))

@@ -23,8 +23,8 @@ from typing import Any
 
 from verticalft import pricing as c
 from verticalft.plan import GPUS, MFU_DEFAULTS, mfu_for
-from verticalft.stage_names import SERVING_STAGES, TRAINING_STAGES
 from verticalft.stages.base import StageContext, StageResult
+from verticalft.stages.registry import serving_stages, training_stages
 
 
 def gpu_and_price(name: str, price: float | None) -> tuple[Any, float]:
@@ -70,7 +70,8 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
     bench = recipe.stages.bench
     serve_gpus = bench.gpus_for("teacher", True) if bench else 1  # the widest served model
     out = {}
-    for stage in (*TRAINING_STAGES, *SERVING_STAGES):
+    trained = training_stages()
+    for stage in (*trained, *serving_stages()):
         attempts = ctx.run.attempts(stage)
         rec = ctx.run.record(stage)
         if attempts:
@@ -79,7 +80,7 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
             seconds = rec.wall_time_s
         else:
             continue
-        training = stage in TRAINING_STAGES
+        training = stage in trained
         gpus = recipe.compute.training_gpus if training else serve_gpus
         price = train_price if training else serve_price
         plan_usd = sum(
