@@ -1,5 +1,6 @@
-"""The curate stage at corpus scale: peak memory per process and wall time, executor=local (global
-steps in memory) vs executor=ray (global steps as tasks over shard files), and whether they agree.
+"""The curate stage at corpus scale: peak memory per process and wall time, executor=local (a
+process pool) vs executor=ray — both run the global steps as tasks over shard files — and whether
+they agree.
 
     .venv/bin/python benchmarks/bench_curate_scale.py [--sizes 100000 250000 500000 1000000]
         [--work /tmp/curate-scale] [--executors local ray] [--compare]

@@ -1,6 +1,7 @@
-"""The global curation steps over shard files (the executor=ray path) give the same answers as the
-in-memory steps (`global_steps`, the local path): same documents kept, same drops with the same
-step, reason and detail, same contamination flags and funnel — and a rerun reuses finished files."""
+"""The global curation steps over shard files (what every executor runs) give the same answers as
+the in-memory oracle (tests/curation_oracle.py, written from the single-node definitions): same
+documents kept, same drops with the same step, reason and detail, same contamination flags and
+funnel — on one process and on the process pool — and a rerun reuses finished files."""
 
 import copy
 import random
@@ -8,12 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sample_helpers import DOMAINS, ROOT, rows
+from curation_oracle import global_steps
+from sample_helpers import DOMAINS, ROOT, noise_kinds, rows
 
+from verticalft.curation import executors
 from verticalft.curation.audit import Funnel
-from verticalft.curation.global_steps import global_steps
 from verticalft.curation.sharded_steps import ShardFile, bucket_ranges, sharded_global_steps
-from verticalft.curation.shards import corpus_row, read_parquet, write_parquet
+from verticalft.curation.shards import corpus_row, eval_index, read_parquet, write_parquet
 from verticalft.curation.sources import eval_prompts
 from verticalft.recipe import load_recipe
 
@@ -34,14 +36,27 @@ def write_shards(docs: list[dict], size: int, folder: Path) -> list[ShardFile]:
     return files
 
 
-def both_paths(cfg, docs, eval_items, folder: Path, size: int, freq: Counter | None = None):
+def sharded(cfg, files, eval_items, freq: Counter, funnel: Funnel, folder: Path, workers: int = 1):
+    return sharded_global_steps(
+        cfg,
+        files,
+        eval_items=eval_items,
+        freq=freq,
+        funnel=funnel,
+        folder=folder,
+        executor="local",
+        workers=workers,
+    )
+
+
+def both_paths(cfg, docs, eval_items, folder: Path, size: int, freq: Counter | None = None, workers: int = 1):
     freq = freq or Counter()
     memory_funnel, sharded_funnel = Funnel(), Funnel()
     kept, dropped, flagged, unmatchable = global_steps(
         cfg, copy.deepcopy(docs), eval_items, freq, memory_funnel
     )
     files = write_shards(docs, size, folder / "shards")
-    res = sharded_global_steps(cfg, files, eval_items, freq, sharded_funnel, folder / "global", "local", 1)
+    res = sharded(cfg, files, eval_items, freq, sharded_funnel, folder / "global", workers)
     survivors = [r for path in res.survivors for r in read_parquet(Path(path))]
     sharded_funnel.check()
     return (kept, dropped, flagged, unmatchable, memory_funnel), (survivors, res, sharded_funnel)
@@ -59,14 +74,36 @@ def assert_same(memory, sharded) -> None:
     assert sharded_funnel.to_list() == memory_funnel.to_list()
 
 
+def plant_eval_items(domain: str, docs: list[dict], eval_items: list[list[str]], n: int) -> list[str]:
+    """Insert `n` eval items (of 20+ words: shorter than the 13-gram, an item matches only a text
+    as short) in the middle of `n` clean sample documents spread over the corpus (the samples plant
+    duplicates, not contamination); their ids."""
+    noisy = set(noise_kinds(domain))
+    clean = [d for d in docs if d["id"] not in noisy]
+    items = [text for _, text in eval_items if len(text.split()) >= 20]
+    planted = []
+    for i in range(n):
+        doc, item = clean[(i * len(clean)) // n], items[(i * len(items)) // n]
+        words = doc["text"].split(" ")
+        doc["text"] = " ".join([*words[: len(words) // 2], item, *words[len(words) // 2 :]])
+        planted.append(doc["id"])
+    return planted
+
+
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_samples_keep_and_drop_the_same_documents(domain, tmp_path):
     cfg, eval_items = config(domain)
     docs = [corpus_row(r) for r in rows(domain, "corpus.jsonl")]
-    memory, sharded = both_paths(cfg, docs, eval_items, tmp_path, size=97)
+    planted = plant_eval_items(domain, docs, eval_items, 6)
+    freq = eval_index(cfg, eval_items).doc_frequency(d["text"] for d in docs)
+    with executors.session("local", 2):  # the process pool, as the stage runs it
+        memory, sharded = both_paths(cfg, docs, eval_items, tmp_path, size=97, freq=freq, workers=2)
     assert_same(memory, sharded)
     steps = Counter(r["step"] for r in memory[1])
     assert steps["exact_dedup"] > 20 and steps["near_dedup"] > 20  # the samples plant both kinds
+    flagged = {f["id"] for f in memory[2]}
+    assert set(planted) <= flagged  # (real estate's templated listings match some items on their own)
+    assert {r["id"] for r in memory[1] if r["step"] == "decontaminate"} == flagged
 
 
 def words(seed: int, n: int) -> list[str]:
@@ -136,7 +173,7 @@ def test_a_rerun_reuses_finished_files_and_redoes_a_missing_one(tmp_path):
     lost = sorted(p for p in made if "signatures" in str(p))[2]
     lost.unlink()
     files = write_shards(docs, 101, tmp_path / "shards")
-    res = sharded_global_steps(cfg, files, eval_items, Counter(), Funnel(), tmp_path / "global", "local", 1)
+    res = sharded(cfg, files, eval_items, Counter(), Funnel(), tmp_path / "global")
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "global").rglob("*.np*")}
     assert lost.is_file()
     # Only the lost shard's signatures were redone (same content → same name, so the band

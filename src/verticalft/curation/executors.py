@@ -3,7 +3,8 @@
 Both executors call the same top-level function on the same shards and hand results back in
 shard order, so the output cannot depend on which one ran or how tasks were scheduled. Ray
 joins the cluster named by `RAY_ADDRESS` when set, else starts a local instance with
-`num_workers` CPUs (and shuts down only what it started); `session` keeps one up across calls.
+`num_workers` CPUs (and shuts down only what it started). `session` keeps one pool or Ray instance
+up across the calls of a stage (the filters, then each global step).
 """
 
 from __future__ import annotations
@@ -36,22 +37,56 @@ def map_shards(
     elif workers == 1:
         for i, job in enumerate(jobs):
             yield i, fn(*job)
+    elif _pool is not None:
+        yield from _pool_map(_pool, fn, jobs)
     else:
-        # spawn: workers start clean, whatever the parent imported (torch, CUDA) before.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                yield futures[fut], fut.result()
+        with _spawn_pool(workers) as pool:
+            yield from _pool_map(pool, fn, jobs)
+
+
+_pool: ProcessPoolExecutor | None = None  # the local session's pool, while one is open
+
+
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn: workers start clean, whatever the parent imported (torch, CUDA) before.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _pool_map(
+    pool: ProcessPoolExecutor, fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]
+) -> Iterator[tuple[int, Any]]:
+    futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
 
 
 @contextlib.contextmanager
 def session(executor: str, num_workers: int | None = None) -> Iterator[None]:
-    """Keep one Ray instance up across several `map_shards` calls (each would otherwise start and
-    stop its own, ~5 s apiece); a no-op for the local executor."""
-    if executor != "ray":
+    """Keep one process pool (local) or Ray instance up across several `map_shards` calls: each
+    would otherwise start and stop its own — spawned workers import numpy, pyarrow and the
+    curation modules again, Ray takes ~5 s. A call with one job still runs in this process."""
+    workers = num_workers or default_workers()
+    with _ray_session(workers) if executor == "ray" else _local_session(workers):
+        yield
+
+
+@contextlib.contextmanager
+def _local_session(workers: int) -> Iterator[None]:
+    global _pool
+    if _pool is not None or workers == 1:  # nested, or nothing to run in parallel
         yield
         return
-    started = _ray_init(num_workers or default_workers())
+    _pool = _spawn_pool(workers)
+    try:
+        yield
+    finally:
+        _pool.shutdown(cancel_futures=True)
+        _pool = None
+
+
+@contextlib.contextmanager
+def _ray_session(workers: int) -> Iterator[None]:
+    started = _ray_init(workers)
     try:
         yield
     finally:

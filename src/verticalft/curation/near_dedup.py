@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 
 from verticalft.curation.dedup import Duplicate, normalise
+from verticalft.curation.union_find import UnionFind
 
 VERIFY_FP_WEIGHT = 0.1  # false-positive weight of the band choice when candidates are verified
 
@@ -346,6 +347,10 @@ def near_duplicates(
     the sketches into rensa's LSH index; then let the index flag the rows that share a band with any
     other row (most rows do not), re-sketch only the flagged ones to read their signatures, and
     group equal bands among them to get the candidate pairs (verified, then clustered).
+
+    The curate stage runs the same definition as tasks over shard files (`sharded_steps`, built on
+    `signature_matrix`, `equal_row_pairs` and `jaccard`); this one-process version is the
+    reference it is tested against (tests/curation_oracle.py) and what bench_near_dedup.py times.
     """
     import numpy as np
     import rensa
@@ -379,20 +384,8 @@ def near_duplicates(
     np.cumsum(np.concatenate(sizes), out=sub_offsets[1:])
     signatures = np.array(sketch(sub_hashes, sub_offsets, config.num_perm, config.seed).to_rows(), np.uint32)
 
-    # Union-find over positions in `flagged` (ascending, so the smallest position = the smallest id).
-    parent = list(range(len(flagged)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)  # the root is always the smallest position
-
+    # Clusters of positions in `flagged` (ascending, so the smallest position = the smallest id).
+    clusters: UnionFind[int] = UnionFind(range(len(flagged)))
     sets: dict[int, frozenset[int]] = {}
     flat: list[int] = []
     bounds = sub_offsets.tolist()
@@ -413,13 +406,13 @@ def near_duplicates(
         for j in group:
             keep = first_with.setdefault(shingle_set(j) if config.verify else None, j)
             if keep != j:
-                union(keep, j)
+                clusters.union(keep, j)
                 active[j] = False
     candidates = _band_pairs(signatures, np.flatnonzero(active), bands, rows)
     for i, j in candidates.tolist():
-        if find(i) == find(j):
+        if clusters.find(i) == clusters.find(j):
             continue
         if not config.verify or jaccard(shingle_set(i), shingle_set(j)) >= config.threshold:
-            union(i, j)
+            clusters.union(i, j)
     ids = [ordered[d][0] for d in flagged.tolist()]
-    return [Duplicate(ids[i], ids[find(i)]) for i in range(len(flagged)) if find(i) != i]
+    return [Duplicate(ids[i], ids[root]) for i, root in clusters.components().items()]

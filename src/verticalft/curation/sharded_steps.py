@@ -1,9 +1,10 @@
 """The global curation steps — exact dedup, MinHash near dedup, decontamination — as map steps over
-the filtered shard files, so that no process holds the corpus (the executor=ray path; the local
-path runs the same steps in memory, `global_steps`, and the tests hold the two to the same answers).
+the filtered shard files, so that no process holds the corpus. Every executor runs this one
+algorithm (`map_shards`: the local process pool or Ray); the in-memory version of the same steps
+lives on only as the tests' oracle (tests/curation_oracle.py), which they hold this to, drop for drop.
 
-The layout is datatrove's MinHash pipeline on this project's executors (`map_shards`: process pool
-or Ray), with files on disk between the steps:
+The layout is datatrove's MinHash pipeline on this project's executors, with files on disk between
+the steps:
 
 1. **signatures**, one task per shard: each kept document's content hash (`dedup.text_hash`) and
    MinHash band keys (`near_dedup.signature_matrix`; a document's sketch depends on its text alone),
@@ -13,7 +14,7 @@ or Ray), with files on disk between the steps:
 3. **near dedup**: one task per band × bucket range turns equal band keys into candidate pairs
    (`pairs/…npy`, minus the exact duplicates); the driver keeps only the pair graph; tasks over
    chunks of pairs check each pair's exact Jaccard (`verify`) reading just the two shards' texts;
-   the driver joins verified pairs by union-find and the smallest id of a cluster stays
+   the driver joins verified pairs (`union_find`) and the smallest id of a cluster stays
    (as `near_dedup.near_duplicates`: connected components of verified candidate pairs);
 4. **decontamination and apply**, one task per shard: the eval set's n-gram index (small, sent to
    every task) is matched against the shard's survivors, drops are applied, and the survivors are
@@ -23,6 +24,7 @@ A document is addressed by a *ref*, shard number << 32 | row in the shard's kept
 is written atomically under a name keyed by what it was computed from, so a killed run reuses each
 finished one. Memory: a task holds one shard, one bucket range of one band (about
 `RANGE_DOCS` keys) or one chunk of pairs; the driver holds the pair graph and the drop lists.
+`corpus_steps`, the stage's entry, then merges the survivors into the corpus parts.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,15 @@ from verticalft.curation.audit import Funnel, sample_dropped
 from verticalft.curation.decontam import EvalIndex
 from verticalft.curation.dedup import text_hash
 from verticalft.curation.executors import map_shards
-from verticalft.curation.shards import MERGE_ROW_GROUP, eval_index, read_parquet, write_parquet
+from verticalft.curation.shards import (
+    MERGE_ROW_GROUP,
+    eval_index,
+    kept_path,
+    merge_parts,
+    read_parquet,
+    write_parquet,
+)
+from verticalft.curation.union_find import components
 from verticalft.recipe import CurateStage
 
 RANGE_DOCS = 200_000  # documents per bucket range of a dedup task (keeps each task's memory flat)
@@ -241,27 +251,43 @@ def candidate_pairs(paths: Sequence[Path]):
     return pairs[np.lexsort((pairs[:, 1] >> np.uint64(32), pairs[:, 0] >> np.uint64(32)))]
 
 
-def _components(edges: list[tuple[str, str]]) -> dict[str, str]:
-    """Union-find over id pairs: every member of a cluster except its smallest id → that id."""
-    parent: dict[str, str] = {}
+@dataclass(frozen=True)
+class _Tasks:
+    """One step's tasks on the recipe's executor (`map_shards`), with a progress bar."""
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    executor: str
+    workers: int | None
 
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in parent if find(x) != x}
+    def each(
+        self, desc: str, fn: Callable[..., Any], jobs: list[tuple[Any, ...]]
+    ) -> Iterator[tuple[int, Any]]:
+        """(job index, result) as tasks finish."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(jobs), desc=f"curate {desc} ({self.executor})", unit="task") as bar:
+            for j, res in map_shards(fn, jobs, self.executor, self.workers):
+                yield j, res
+                bar.update()
+
+    def run(self, desc: str, fn: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
+        """Every task's result, in job order."""
+        out: list[Any] = [None] * len(jobs)
+        for j, res in self.each(desc, fn, jobs):
+            out[j] = res
+        return out
+
+
+Drops = dict[int, tuple[str, str, str, str]]  # ref → (id, step, reason, detail)
+
+
+def _reasons(reason: str, n: int) -> Counter:
+    return Counter({reason: n} if n else {})
 
 
 def sharded_global_steps(
     cfg: CurateStage,
     shards: list[ShardFile],
+    *,
     eval_items: list[list[str]],
     freq: Counter,
     funnel: Funnel,
@@ -269,22 +295,8 @@ def sharded_global_steps(
     executor: str,
     workers: int | None,
 ) -> ShardedResult:
-    """The global steps over `shards`, recorded in `funnel`; survivors written under `folder`."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    def each(desc: str, fn, jobs: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
-        with tqdm(total=len(jobs), desc=f"curate {desc} ({executor})", unit="task") as bar:
-            for j, res in map_shards(fn, jobs, executor, workers):
-                yield j, res
-                bar.update()
-
-    def run(desc: str, fn, jobs: list[tuple[Any, ...]]) -> list[Any]:
-        out: list[Any] = [None] * len(jobs)
-        for j, res in each(desc, fn, jobs):
-            out[j] = res
-        return out
-
+    """The global steps over `shards`, recorded in `funnel`; work files and survivors under `folder`."""
+    tasks = _Tasks(executor, workers)
     for sub in ("signatures", "pairs", "survivors"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     shards = [s for s in shards if s.n_kept]
@@ -295,67 +307,118 @@ def sharded_global_steps(
         if near
         else None
     )
-    near_json = json.dumps(near_cfg.__dict__) if near_cfg else None
-
-    # 1. signatures
-    sig_paths, jobs = [], []
-    for s in shards:
-        path = folder / "signatures" / f"shard-{s.k:05d}-{_key(s.key, cfg.dedup.exact, near_json)}.npz"
-        sig_paths.append(str(path))
-        if not path.is_file():
-            jobs.append((s.path, s.k, str(path), cfg.dedup.exact, near_json))
-    run("signatures", write_signatures, jobs)
+    sig_paths = _signatures(tasks, shards, cfg.dedup.exact, near_cfg, folder / "signatures")
     ranges = bucket_ranges(total)
-    drops: dict[int, tuple[str, str, str, str]] = {}  # ref → (id, step, reason, detail)
-
-    # 2. exact dedup
+    drops: Drops = {}
     if cfg.dedup.exact:
-        for found in run("exact dedup", exact_range, [(sig_paths, lo, hi) for lo, hi in ranges]):
-            drops |= {ref: (rid, "exact_dedup", "exact_duplicate", keep) for ref, rid, keep in found}
-        funnel.count("exact_dedup", total, Counter({"exact_duplicate": len(drops)} if drops else {}))
-
-    # 3. near dedup
-    n_exact = len(drops)
+        drops |= _exact_drops(tasks, sig_paths, ranges)
+        funnel.count("exact_dedup", total, _reasons("exact_duplicate", len(drops)))
     if near_cfg is not None:
-        excluded = np.array(sorted(drops), dtype=np.uint64)
-        bands, _ = near_dedup.band_shape(near_cfg)
-        step_key = _key(sig_paths, hashlib.sha256(excluded.tobytes()).hexdigest())
-        pair_paths, jobs = [], []
-        for b in range(bands):
-            for lo, hi in ranges:
-                path = folder / "pairs" / f"band{b:03d}-{lo:03d}-{hi:03d}-{step_key}.npy"
-                pair_paths.append(path)
-                if not path.is_file():
-                    jobs.append((sig_paths, b, lo, hi, excluded, str(path)))
-        run("near-dedup buckets", band_pairs, jobs)
-        pairs = candidate_pairs(pair_paths)
-        kept_paths = {s.k: s.path for s in shards}
-        jobs = [
-            (kept_paths, pairs[i : i + VERIFY_PAIRS], near_cfg.ngram, near_cfg.threshold, near_cfg.verify)
-            for i in range(0, len(pairs), VERIFY_PAIRS)
-        ]
-        verified = [p for chunk in run("near-dedup verify", verify_pairs, jobs) for p in chunk]
-        refs = {rid: ref for a, ida, b, idb in verified for ref, rid in ((a, ida), (b, idb))}
-        near_drops = _components([(ida, idb) for _, ida, _, idb in verified])
-        drops |= {refs[rid]: (rid, "near_dedup", "near_duplicate", keep) for rid, keep in near_drops.items()}
-        funnel.count(
-            "near_dedup", total - n_exact, Counter({"near_duplicate": len(near_drops)} if near_drops else {})
+        near_drops = _near_drops(
+            tasks, near_cfg, shards, sig_paths=sig_paths, ranges=ranges, exact=drops, folder=folder / "pairs"
         )
+        funnel.count("near_dedup", total - len(drops), _reasons("near_duplicate", len(near_drops)))
+        drops |= near_drops
+    index, unmatchable = _decontamination_index(cfg, eval_items, freq)
+    res = _finish(tasks, cfg, shards, drops, index, folder / "survivors")
+    res.unmatchable = unmatchable
+    if index is not None:
+        hits = len(res.flagged) if cfg.decontaminate.corpus == "drop" else 0
+        funnel.count("decontaminate", total - len(drops), _reasons("contains_eval_item", hits))
+    return res
 
-    # 4. decontamination, drops applied, survivors written
+
+def _signatures(
+    tasks: _Tasks,
+    shards: list[ShardFile],
+    exact: bool,
+    near_cfg: near_dedup.NearDedupConfig | None,
+    folder: Path,
+) -> list[str]:
+    """Step 1: every shard's signature file (named by the shard's content and the settings, so a
+    rerun reuses the ones it has)."""
+    near_json = json.dumps(near_cfg.__dict__) if near_cfg else None
+    paths, jobs = [], []
+    for s in shards:
+        path = folder / f"shard-{s.k:05d}-{_key(s.key, exact, near_json)}.npz"
+        paths.append(str(path))
+        if not path.is_file():
+            jobs.append((s.path, s.k, str(path), exact, near_json))
+    tasks.run("signatures", write_signatures, jobs)
+    return paths
+
+
+def _exact_drops(tasks: _Tasks, sig_paths: list[str], ranges: list[tuple[int, int]]) -> Drops:
+    """Step 2: the exact duplicates, each naming the id that stays."""
+    drops: Drops = {}
+    for found in tasks.run("exact dedup", exact_range, [(sig_paths, lo, hi) for lo, hi in ranges]):
+        drops |= {ref: (rid, "exact_dedup", "exact_duplicate", keep) for ref, rid, keep in found}
+    return drops
+
+
+def _near_drops(
+    tasks: _Tasks,
+    near_cfg: near_dedup.NearDedupConfig,
+    shards: list[ShardFile],
+    *,
+    sig_paths: list[str],
+    ranges: list[tuple[int, int]],
+    exact: Drops,
+    folder: Path,
+) -> Drops:
+    """Step 3: candidate pairs per band and bucket range (the `exact` drops left out), verified in
+    chunks, joined into clusters; every member but a cluster's smallest id is dropped."""
+    import numpy as np
+
+    excluded = np.array(sorted(exact), dtype=np.uint64)
+    bands, _ = near_dedup.band_shape(near_cfg)
+    step_key = _key(sig_paths, hashlib.sha256(excluded.tobytes()).hexdigest())
+    pair_paths, bucket_jobs = [], []
+    for b in range(bands):
+        for lo, hi in ranges:
+            path = folder / f"band{b:03d}-{lo:03d}-{hi:03d}-{step_key}.npy"
+            pair_paths.append(path)
+            if not path.is_file():
+                bucket_jobs.append((sig_paths, b, lo, hi, excluded, str(path)))
+    tasks.run("near-dedup buckets", band_pairs, bucket_jobs)
+    pairs = candidate_pairs(pair_paths)
+    kept_paths = {s.k: s.path for s in shards}
+    verify_jobs = [
+        (kept_paths, pairs[i : i + VERIFY_PAIRS], near_cfg.ngram, near_cfg.threshold, near_cfg.verify)
+        for i in range(0, len(pairs), VERIFY_PAIRS)
+    ]
+    verified = [p for chunk in tasks.run("near-dedup verify", verify_pairs, verify_jobs) for p in chunk]
+    refs = {rid: ref for a, ida, b, idb in verified for ref, rid in ((a, ida), (b, idb))}
+    clusters = components((ida, idb) for _, ida, _, idb in verified)
+    return {refs[rid]: (rid, "near_dedup", "near_duplicate", keep) for rid, keep in clusters.items()}
+
+
+def _decontamination_index(
+    cfg: CurateStage, eval_items: list[list[str]], freq: Counter
+) -> tuple[EvalIndex | None, list[str]]:
+    """The eval index step 4 matches against (None: no eval set, or decontamination off), without
+    the n-grams common in the training data, and the eval items left with nothing to match."""
     index = eval_index(cfg, eval_items)
-    unmatchable: list[str] = []
-    mode = cfg.decontaminate.corpus
-    if index is not None and mode != "off":
-        index = index.without_common(freq, cfg.decontaminate.max_train_docs)
-        unmatchable = index.unmatchable
-    else:
-        index = None
+    if index is None or cfg.decontaminate.corpus == "off":
+        return None, []
+    index = index.without_common(freq, cfg.decontaminate.max_train_docs)
+    return index, index.unmatchable
+
+
+def _finish(
+    tasks: _Tasks,
+    cfg: CurateStage,
+    shards: list[ShardFile],
+    drops: Drops,
+    index: EvalIndex | None,
+    folder: Path,
+) -> ShardedResult:
+    """Step 4: per shard, the drops applied, decontamination, the survivors written."""
     by_shard: dict[int, dict[str, tuple[str, str, str]]] = {s.k: {} for s in shards}
     for ref, (rid, step, reason, detail) in drops.items():
         by_shard[ref >> 32][rid] = (step, reason, detail)
-    survivors = [str(folder / "survivors" / f"shard-{s.k:05d}.parquet") for s in shards]
-    cap = cfg.max_dropped_per_reason
+    survivors = [str(folder / f"shard-{s.k:05d}.parquet") for s in shards]
+    cap, mode = cfg.max_dropped_per_reason, cfg.decontaminate.corpus
     jobs = [(s.path, by_shard[s.k], index, mode, out, cap) for s, out in zip(shards, survivors, strict=True)]
     # Folded as shards finish: with a cap the driver keeps only the audit sample so far (the first
     # `cap` by id per reason, whatever the arrival order), never every shard's dropped rows.
@@ -363,7 +426,7 @@ def sharded_global_steps(
     dropped_by: dict[int, list[dict[str, Any]]] = {}
     sample: list[dict[str, Any]] = []
     n_kept = 0
-    for j, res in each("decontaminate", finish_shard, jobs):
+    for j, res in tasks.each("decontaminate", finish_shard, jobs):
         flagged_by[j] = res["flagged"]
         n_kept += res["n_kept"]
         if cap is None:
@@ -372,7 +435,42 @@ def sharded_global_steps(
             sample = sample_dropped(sample + res["dropped"], cap)
     dropped = sample if cap is not None else [row for j in sorted(dropped_by) for row in dropped_by[j]]
     flagged = [f for j in sorted(flagged_by) for f in flagged_by[j]]
-    if index is not None:
-        hits = Counter({"contains_eval_item": len(flagged)} if mode == "drop" and flagged else {})
-        funnel.count("decontaminate", total - len(drops), hits)
-    return ShardedResult(survivors, n_kept, dropped, flagged, unmatchable)
+    return ShardedResult(survivors, n_kept, dropped, flagged, [])
+
+
+# ----------------------------------------------------------------------------------- the stage's entry
+@dataclass
+class CuratedCorpus:
+    parts: list[str]  # corpus/part-*.parquet names, rows sorted by id
+    n_kept: int
+    dropped: list[dict[str, Any]]
+    flagged: list[dict[str, Any]]
+    unmatchable: list[str]
+
+
+def corpus_steps(
+    cfg: CurateStage,
+    *,
+    shards: Path,
+    kept: dict[int, tuple[str, int]],
+    eval_items: list[list[str]],
+    freq: Counter,
+    funnel: Funnel,
+    out: Path,
+) -> CuratedCorpus:
+    """The global steps over the filtered shards (`kept`: shard number → its key and kept rows) on
+    the recipe's executor, work files under `out/global`, the corpus merged into `out/corpus` in
+    parts of `shard_size` rows sorted by id."""
+    files = [ShardFile(k, str(kept_path(shards, k)), key, n) for k, (key, n) in sorted(kept.items())]
+    res = sharded_global_steps(
+        cfg,
+        files,
+        eval_items=eval_items,
+        freq=freq,
+        funnel=funnel,
+        folder=out / "global",
+        executor=cfg.executor,
+        workers=cfg.num_workers,
+    )
+    parts = merge_parts(res.survivors, out / "corpus", cfg.shard_size)
+    return CuratedCorpus(parts, res.n_kept, res.dropped, res.flagged, res.unmatchable)

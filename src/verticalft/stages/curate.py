@@ -9,8 +9,8 @@ Flow:
    content hash), so a killed run redoes only the shards it had not finished; the driver folds the
    shards' summaries as they arrive (`curation.shards`);
 3. across shards: exact dedup, MinHash near-dedup, then decontamination against the eval set
-   (n-grams common in the training data do not count, see decontam.py) — in memory for the local
-   executor, as tasks over the shard files on Ray (`curation.global_steps.corpus_steps`);
+   (n-grams common in the training data do not count, see decontam.py), as tasks over the shard
+   files in the same executor, so no process holds the corpus (`curation.sharded_steps.corpus_steps`);
 4. write `corpus/part-*.parquet` (sorted by id: identical bytes whatever the executor),
    `dropped/*.parquet` (every dropped record with its step and reason, or the first
    `max_dropped_per_reason` of each), then the SFT and preference sets through the field-aware
@@ -27,10 +27,10 @@ from typing import Any
 
 from verticalft.curation import executors, pii
 from verticalft.curation.audit import dropped_row, sample_dropped
-from verticalft.curation.global_steps import corpus_steps
 from verticalft.curation.noise_check import check_planted_noise, noise_labels
 from verticalft.curation.record_sets import curate_records
 from verticalft.curation.semantic import inline_seeds
+from verticalft.curation.sharded_steps import corpus_steps
 from verticalft.curation.shards import (
     ShardSummaries,
     cut_shards,
@@ -60,7 +60,15 @@ def run(ctx: StageContext) -> StageResult:
     merged = ShardSummaries(cfg.max_dropped_per_reason)
     with executors.session(cfg.executor, cfg.num_workers):
         run_shards(shards, cfg_json, eval_json, out / "shards", cfg.executor, cfg.num_workers, merged)
-        corpus = corpus_steps(cfg, out / "shards", merged.kept, eval_items, merged.freq, merged.funnel, out)
+        corpus = corpus_steps(
+            cfg,
+            shards=out / "shards",
+            kept=merged.kept,
+            eval_items=eval_items,
+            freq=merged.freq,
+            funnel=merged.funnel,
+            out=out,
+        )
     dropped, funnel, freq = merged.dropped, merged.funnel, merged.freq
     dropped += corpus.dropped
     funnel.check()

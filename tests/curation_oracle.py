@@ -1,24 +1,25 @@
-"""The cross-shard half of curation: exact dedup, MinHash near-dedup and decontamination against
-the eval set, each step audited in the funnel and every drop kept with its reason.
+"""The test oracle for the global curation steps: exact dedup, MinHash near-dedup and
+decontamination over a list of documents held in memory — the shortest statement of what the
+steps mean.
 
-Two implementations with the same answers (tests/test_sharded_steps.py): `global_steps` holds every
-kept document in this process (executor=local, small corpora); `sharded_steps` runs the steps as
-tasks over the shard files (executor=ray), so no process holds the corpus. `corpus_steps` picks one
-and writes the corpus parts.
+The stage runs only the sharded version (`verticalft.curation.sharded_steps`, tasks over shard
+files under either executor). This one stays here, in tests/, because it is written from the
+single-node definitions (`dedup.exact_duplicates`, `near_dedup.near_duplicates`,
+`EvalIndex.match`) and shares none of the sharded code (signature files, bucket ranges, ref
+arithmetic, pair chunks): tests/test_sharded_steps.py holds the sharded steps to its answers,
+document by document. It lived in `curation/global_steps.py` as the local executor's path until
+both executors ran the sharded steps (it held the corpus in one process: 6.7 GB at 1M documents).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from verticalft.curation import near_dedup
 from verticalft.curation.audit import Funnel
 from verticalft.curation.dedup import exact_duplicates
-from verticalft.curation.sharded_steps import ShardFile, sharded_global_steps
-from verticalft.curation.shards import eval_index, kept_path, load_kept, merge_parts, write_parts
+from verticalft.curation.shards import eval_index
 from verticalft.recipe import CurateStage
 
 
@@ -69,38 +70,3 @@ def global_steps(
                 flagged.append({"id": r["id"], "eval_id": m.eval_id, "overlap": m.overlap, "ngram": m.ngram})
         remove("decontaminate", "contains_eval_item", hits if cfg.decontaminate.corpus == "drop" else {})
     return kept, dropped, flagged, unmatchable
-
-
-@dataclass
-class CuratedCorpus:
-    parts: list[str]  # corpus/part-*.parquet names, rows sorted by id
-    n_kept: int
-    dropped: list[dict[str, Any]]
-    flagged: list[dict[str, Any]]
-    unmatchable: list[str]
-
-
-def corpus_steps(
-    cfg: CurateStage,
-    shards: Path,
-    kept: dict[int, tuple[str, int]],
-    eval_items: list[list[str]],
-    freq: Counter,
-    funnel: Funnel,
-    out: Path,
-) -> CuratedCorpus:
-    """The global steps over the filtered shards (`kept`: shard number → its key and kept rows),
-    the corpus written to `out/corpus` in parts of `shard_size` rows sorted by id — same bytes
-    either way."""
-    if cfg.executor == "local":
-        rows = [r for k in sorted(kept) for r in load_kept(shards, k, kept[k][1])]
-        rows, dropped, flagged, unmatchable = global_steps(cfg, rows, eval_items, freq, funnel)
-        rows.sort(key=lambda r: r["id"])
-        parts = write_parts(rows, out / "corpus", cfg.shard_size)
-        return CuratedCorpus(parts, len(rows), dropped, flagged, unmatchable)
-    files = [ShardFile(k, str(kept_path(shards, k)), key, n) for k, (key, n) in sorted(kept.items())]
-    res = sharded_global_steps(
-        cfg, files, eval_items, freq, funnel, out / "global", cfg.executor, cfg.num_workers
-    )
-    parts = merge_parts(res.survivors, out / "corpus", cfg.shard_size)
-    return CuratedCorpus(parts, res.n_kept, res.dropped, res.flagged, res.unmatchable)
