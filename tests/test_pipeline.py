@@ -149,7 +149,7 @@ def test_only_checks_what_it_will_run(tmp_path, monkeypatch):
 
 
 def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
-    # Issue 25: `--only sfft` matched no stage, ran nothing and exited 0.
+    # Regression: `--only sfft` matched no stage, ran nothing and exited 0.
     from typer.testing import CliRunner
 
     from verticalft.cli import app
@@ -174,7 +174,7 @@ def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
 
 
 def test_a_model_folder_without_tokenizer_files_is_a_validate_problem(tmp_path):
-    # Issue 25: `validate` crashed in transformers with a traceback (ValueError about slow
+    # Regression: `validate` crashed in transformers with a traceback (ValueError about slow
     # tokenizers) on a teacher folder holding weights/config but no tokenizer.
     from typer.testing import CliRunner
 

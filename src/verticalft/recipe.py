@@ -638,7 +638,7 @@ ALIASES = {
     "load_in_4bit": "quantization",
     "lr": "learning_rate",
     "epochs": "num_train_epochs",
-    # compute keys of earlier versions: "GPUs" meant three things (issue 12)
+    # compute keys of earlier versions, where "GPUs" meant three things
     "num_gpus": "nodes' and 'gpus_per_node (GPUs = nodes × gpus_per_node)",
     "nproc_per_node": "gpus_per_node",
     # cost key of earlier versions: average load 0.5 = peak twice the average
