@@ -1,6 +1,6 @@
 """How repeatable is one point of the bench stage's sweep? The same server, the same point, measured
 again and again under the settings that might explain a 4.6x gap between two `make demo` runs
-(issue 13: student-s peaked at 357 tok/s in one run and 1,654 in the next).
+(student-s peaked at 357 tok/s in one run and 1,654 in the next).
 
 One vLLM server (the bench stage's `ManagedServer` and `vllm bench serve` arguments) stays up; at
 one concurrency the point is measured `--repeats` times in each setting, settings interleaved

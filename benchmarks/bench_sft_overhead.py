@@ -6,7 +6,7 @@ Reports (1) step-throughput ratio ours/bare from `trainer.train()` wall time (ta
 the toolkit adds no cost; ours includes its checkpoint saves and TensorBoard logging);
 (2) that both sides do the same work: their trainable parameters (names, counts, dtypes), the
 diff of their resolved SFTConfigs (`to_dict`), and their per-step training losses, which must
-agree within float noise (issue 30: they did not, and ours was faster for doing less); and
+agree within float noise (they once did not, and ours was faster for doing less); and
 (3) packing efficiency of the batches our stage feeds the model: the fraction of non-padding
 tokens in the input tensors (target ≥ 0.95) and how full the packed max_length bins are,
 next to the same data unpacked (padded per batch) for contrast.

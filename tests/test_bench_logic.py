@@ -157,7 +157,7 @@ def test_repeats_combine_to_the_slower_one_and_flag_a_wide_spread():
     assert p["output_throughput"] == 500 and p["spread"] == pytest.approx(0.2) and p["unstable"] is False
     assert [r["output_throughput"] for r in p["repeats"]] == [600, 500]
     assert [r["total_input_tokens"] for r in p["repeats"]] == [2048, 2048]  # what the cost fit reads
-    # the two demo runs: 357 vs 1,654 tok/s → spread 3.63, flagged
+    # two `make demo` runs of one point once gave 357 vs 1,654 tok/s → spread 3.63, flagged
     p = combine_repeats([summarise(_point(16, 357, 10.0), slo), summarise(_point(16, 1654, 10.0), slo)], 0.2)
     assert p["spread"] == pytest.approx(3.6331, abs=1e-4) and p["unstable"] is True
     # the SLO holds only if every repeat met it; an unchecked repeat makes the point unchecked
@@ -189,7 +189,7 @@ def test_decode_tpot_reads_only_requests_that_streamed_a_token_per_chunk():
     # Three requests streamed token by token (4 gaps for 5 tokens), decode 4 ms/token each.
     tpot, how, n = decode_tpot(_requests([4, 4, 4]))
     assert (tpot, how, n) == (pytest.approx(4.0), PER_TOKEN, 3)
-    # The demo: most answers arrived in one chunk. vLLM's TPOT for such a request is
+    # As in a `make demo` run where most answers arrived in one chunk: vLLM's TPOT for such a request is
     # (e2e − TTFT) / (tokens − 1) with the whole answer inside "TTFT" → ≈ 0, and the median follows.
     burst = _requests([4, 0, 0, 0, 0])
     burst["latencies"][1:] = [burst["ttfts"][0] + 1e-5] * 4  # the answer came with its first chunk

@@ -339,7 +339,7 @@ def test_vllm_gets_a_chosen_template(tmp_path):
 
 
 def test_chatml_is_a_template_name_with_the_assistant_mask(smol_dir):
-    # Issue 25: `models.chat_template: chatml` was refused (not one of TRL's names).
+    # Regression: `models.chat_template: chatml` was refused (not one of TRL's names).
     assert load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["models.chat_template=chatml"])
     assert ct.chosen_template_path("chatml") == ct.CHATML_FILE.resolve()
     assert ct.chosen_template("chatml") == ct.chatml_training_template(None)  # the shipped file

@@ -1,4 +1,4 @@
-"""The top-level command: --version and the user-facing --help (issue 25)."""
+"""The top-level command: --version and the user-facing --help."""
 
 import re
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Sources beyond one file per set (issue 25, point 4): several weighted sources per set, `hf://` with
+"""Sources beyond one file per set: several weighted sources per set, `hf://` with
 config / data_files / streaming, `save_to_disk` folders and Parquet folders through every reader.
 
 Expected rows and counts are written by hand from the fixtures below; no network (an `hf://` set is

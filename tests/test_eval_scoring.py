@@ -78,7 +78,7 @@ def test_gates_name_what_fell_short():
 
 
 def test_choice_answer_as_an_mmlu_option_index(tmp_path):
-    # Issue 25: MMLU (and HF `cais/mmlu`) store the answer as the 0-based index of the right
+    # Regression: MMLU (and HF `cais/mmlu`) store the answer as the 0-based index of the right
     # option; `answer: 1` was read as the text "1" and every prediction scored 0.
     choices = ["Equity", "Liability", "Revenue", "Expense"]
     rows = [

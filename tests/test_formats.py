@@ -1,4 +1,4 @@
-"""The data formats users already have (issue 25): each read as the canonical rows, early errors.
+"""The data formats users already have: each read as the canonical rows, early errors.
 
 Expected rows are written by hand (or are what TRL's own `extract_prompt` returns); no training.
 """

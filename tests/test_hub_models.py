@@ -1,4 +1,4 @@
-"""Hub model ids against a local stand-in for the Hub (issue 25, point 6): a tiny HTTP server on
+"""Hub model ids against a local stand-in for the Hub: a tiny HTTP server on
 127.0.0.1 answering as huggingface.co does (404 + `X-Error-Code: RepoNotFound` for an unknown
 repository, the file with `X-Repo-Commit`/`ETag` for a known one), reached through `HF_ENDPOINT`.
 huggingface_hub reads the endpoint when it is imported, so `verticalft` runs in a subprocess with

@@ -1,6 +1,6 @@
 """Launched stages on several ranks, as on one GPU node, run here as two CPU processes (torchrun,
 gloo): the teacher cache built in parts by every rank, the ranks agreeing before one moves on, the
-process group made before any model loads. (Issue 24, defects 2, 6 and 9.)"""
+process group made before any model loads."""
 
 import os
 import re

@@ -1,5 +1,5 @@
 """Multi-turn conversations with system turns through distillation (sequence, on_policy, logits),
-teacher generation and eval (issue 25, point 3). Tiny models built on the spot; the expected
+teacher generation and eval. Tiny models built on the spot; the expected
 contexts and rendered prompts are written by hand or rendered by the tokenizer's own
 `apply_chat_template`, never by the code under test."""
 

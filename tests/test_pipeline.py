@@ -149,7 +149,7 @@ def test_only_checks_what_it_will_run(tmp_path, monkeypatch):
 
 
 def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
-    # Issue 25: `--only sfft` matched no stage, ran nothing and exited 0.
+    # Regression: `--only sfft` matched no stage, ran nothing and exited 0.
     from typer.testing import CliRunner
 
     from verticalft.cli import app
@@ -174,7 +174,7 @@ def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
 
 
 def test_a_model_folder_without_tokenizer_files_is_a_validate_problem(tmp_path):
-    # Issue 25: `validate` crashed in transformers with a traceback (ValueError about slow
+    # Regression: `validate` crashed in transformers with a traceback (ValueError about slow
     # tokenizers) on a teacher folder holding weights/config but no tokenizer.
     from typer.testing import CliRunner
 
@@ -194,3 +194,35 @@ def test_a_model_folder_without_tokenizer_files_is_a_validate_problem(tmp_path):
     # `run` refuses it the same way before any work (preflight)
     r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", [f"models.teacher={teacher}"])
     assert f"models.teacher: {teacher} has no tokenizer files" in " ".join(preflight(r, ["sft"]))
+
+
+def _renamed_into_place(monkeypatch) -> list[Path]:
+    """The files written by temp file + rename (rundir.atomic_write_text) from here on."""
+    import os
+
+    import verticalft.rundir as rundir
+
+    done: list[Path] = []
+    real = os.replace
+
+    def spy(src, dst):
+        real(src, dst)
+        done.append(Path(dst))
+
+    monkeypatch.setattr(rundir.os, "replace", spy)
+    return done
+
+
+def test_files_other_processes_read_are_written_whole(tmp_path, monkeypatch):
+    # Launched ranks read recipe.resolved.yaml and `accelerate launch` the stage's config: a
+    # reader must never find either half written, so both go through a temp file and a rename.
+    from verticalft.launch import stage_accelerate_config
+
+    _fake_stages(monkeypatch)
+    renamed = _renamed_into_place(monkeypatch)
+    run = RunDir(tmp_path)
+    run_recipe(load_recipe(ROOT / "recipes/finance.yaml", "tiny"), run, only=["curate"], echo=lambda s: None)
+    assert tmp_path / "recipe.resolved.yaml" in renamed
+    config = stage_accelerate_config(load_recipe(ROOT / "recipes/finance.yaml"), run, "cpt")
+    assert config == tmp_path / "cpt" / "accelerate_config.yaml" and config in renamed
+    assert yaml.safe_load(config.read_text())["fsdp_config"]["fsdp_version"] == 2

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "params, tokens, expected",
     [
-        # The seed's "Training Compute (FLOPs)" table (004_*.txt): FLOPs ≈ 6·N·D.
+        # Quoted training-compute figures (dense 7B–130B, DeepSeek V3): FLOPs ≈ 6·N·D.
         (7e9, 8e12, 3.4e23),
         (32e9, 7e12, 1.3e24),
         (80e9, 12e12, 5.8e24),
@@ -30,17 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
         (37e9, 14.8e12, 3.3e24),  # DeepSeek V3, active parameters
     ],
 )
-def test_seed_flops_table(params, tokens, expected):
-    assert training_flops(params, tokens) == pytest.approx(expected, rel=0.05)  # the seed rounds to 2 digits
+def test_quoted_training_flops_follow_6nd(params, tokens, expected):
+    assert training_flops(params, tokens) == pytest.approx(expected, rel=0.05)  # quoted to 2 digits
 
 
 @pytest.mark.parametrize("params, tokens", [(7e9, 140e9), (32e9, 640e9), (70e9, 1.4e12), (405e9, 8.1e12)])
-def test_seed_chinchilla_table(params, tokens):
+def test_chinchilla_tokens_are_20_per_parameter(params, tokens):
     assert chinchilla_tokens(params) == pytest.approx(tokens)
 
 
 def test_llama_405b_reference_point():
-    # Seed: Llama 3.1 405B ≈ 30.84M H100-hours × $2/hr ≈ $60M on 15.6T tokens; Meta reports ~38–41 % MFU.
+    # Meta's Llama 3.1 report: 405B on 15.6T tokens took 30.84M H100-hours (≈ $60M at $2/hr) at ~38–41 % MFU.
     hours = gpu_hours(training_flops(405e9, 15.6e12), GPUS["h100-sxm"], mfu=0.35)
     assert hours == pytest.approx(30.84e6, rel=0.05)
     assert hours * 2.0 == pytest.approx(60e6, rel=0.06)
@@ -71,7 +71,7 @@ def test_qlora_memory_is_far_below_full_and_32b_qlora_fits_one_h100():
 
 
 def test_qlora_keeps_embeddings_in_16_bit():
-    # the figure: Qwen2.5-7B's 152,064 × 3,584 × 2 = 1.09B embedding parameters cost
+    # Qwen2.5-7B's 152,064 × 3,584 × 2 = 1.09B embedding parameters cost
     # 2.18 GB in bf16 instead of 0.56 GB in NF4: +1.6 GB
     arch = KNOWN_ARCHS["Qwen/Qwen2.5-7B-Instruct"]
     q = training_memory_gb(arch, "qlora", 2048, 1, checkpointing=True)["weights"]
@@ -118,7 +118,7 @@ def test_plan_of_the_finance_recipe():
     assert (cpt.method, sft.method) == ("full", "qlora")
     assert cpt.tokens == pytest.approx(2e12 / 0.9)  # 10 % replay on top of the domain corpus
     assert cpt.flops == pytest.approx(8 * cpt.params * cpt.tokens)  # checkpointing on
-    # The seed prices CPT of a 32B–72B base at $100K–$2M.
+    # A commonly quoted range for CPT of a 32B–72B base is $100K–$2M.
     assert 1e5 < cpt.usd < 2e6
     assert sft.usd < 1000 and all(s.fits for s in plan.stages)
 

@@ -1,6 +1,6 @@
 """Templates without `{% generation %}` markers, unknown to TRL and not ChatML: the assistant turns
 are found by rendering prefixes (chat_templates.assistant_masks), sft trains on exactly them, and
-`preview` shows them (issue 25, point 6)."""
+`preview` shows them."""
 
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ from verticalft.pricing import (
 )
 
 
-def test_seed_self_hosting_figures_that_follow_from_its_prices():
-    # Seed "Self-hosting vs API": 8B at ~16,200 tok/s on an H100 at $2/h ≈ $0.03 per 1M tokens.
+def test_quoted_self_hosting_figures_that_follow_from_their_prices():
+    # Quoted self-hosting figure: 8B at ~16,200 tok/s on an H100 at $2/h ≈ $0.03 per 1M tokens.
     assert usd_per_million_tokens(16_200, 2.0) == pytest.approx(0.0343, abs=5e-4)
-    # 7B on an L40S at ~10,000 tok/s, at the seed's L40S month ($1,620 → $2.25/h) ≈ $0.06.
+    # 7B on an L40S at ~10,000 tok/s, at a quoted L40S month ($1,620 → $2.25/h) ≈ $0.06.
     assert usd_per_million_tokens(10_000, hourly_from_monthly(1620)) == pytest.approx(0.0625)
 
 
@@ -25,10 +25,10 @@ def test_l40s_month_is_2_25_per_hour_and_back():
     assert monthly_from_hourly(2.25) == pytest.approx(1620)
 
 
-def test_seed_figures_that_do_not_follow_are_computed_not_matched():
-    # Seed: 14B on an A100 at ~3,004 tok/s = $0.32/1M; at its A100 price ($1.50–2.00/h) it is $0.14–0.18.
+def test_quoted_figures_that_do_not_follow_are_computed_not_matched():
+    # Quoted: 14B on an A100 at ~3,004 tok/s = $0.32/1M; at a quoted A100 price ($1.50–2.00/h) it is $0.14–0.18.
     assert 0.13 < usd_per_million_tokens(3_004, 1.5) < usd_per_million_tokens(3_004, 2.0) < 0.19
-    # Seed ROI: "Sonnet, 5M tok/day = $45,000/month"; at $3 in / $15 out the bill is at most $2,250.
+    # Quoted ROI: "Sonnet, 5M tok/day = $45,000/month"; at $3 in / $15 out the bill is at most $2,250.
     assert api_monthly_cost(5e6, 3.0, 15.0, input_fraction=0.0) == pytest.approx(2250)
     assert api_monthly_cost(5e6, 3.0, 15.0, input_fraction=1.0) == pytest.approx(450)
     assert api_monthly_cost(5e6, 3.0, 15.0) == pytest.approx(1350)
@@ -116,7 +116,7 @@ def test_replicas_carry_the_peak():
 def test_effective_price_at_the_stated_volume():
     from verticalft.pricing import effective_usd_per_million, monthly_bill, monthly_from_hourly
 
-    # The example: one H100 at $2.50/h is $1,800/month; 5M tokens/day is 150M a month,
+    # One H100 at $2.50/h is $1,800/month; 5M tokens/day is 150M a month,
     # so each million tokens actually served costs $12 — whatever the saturated price is.
     replica = monthly_from_hourly(2.50)
     assert replica == pytest.approx(1800.0)

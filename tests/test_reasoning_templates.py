@@ -1,4 +1,4 @@
-"""Reasoning templates (issue 24): Qwen3's think block must neither zero the eval nor make the
+"""Reasoning templates: Qwen3's think block must neither zero the eval nor make the
 base model think through every token.
 
 TRL's `qwen3` training template (the variant this toolkit derives for Qwen3) writes

@@ -28,7 +28,7 @@ def test_resolved_recipe_round_trips(recipe, profile):
     assert again.stages.curate.filters and all(len(f.model_dump()) == 1 for f in again.stages.curate.filters)
 
 
-def test_full_recipes_follow_the_playbook():
+def test_full_finance_recipe_is_a_32b_teacher_with_8b_14b_students_and_qlora():
     r = load_recipe(ROOT / "recipes/finance.yaml")
     assert r.models.teacher == "Qwen/Qwen3-32B"
     assert any("8B" in s for s in r.models.students) and any("14B" in s for s in r.models.students)
@@ -149,7 +149,7 @@ def test_distill_section_is_checked_against_the_kind():
 
 
 def test_recipe_outside_recipes_gets_the_shared_profile_under_its_own(tmp_path, monkeypatch):
-    # Issue 25: finance.yaml has its own `profiles.tiny` block; a copy kept outside recipes/
+    # Regression: finance.yaml has its own `profiles.tiny` block; a copy kept outside recipes/
     # used that block alone, and `-p tiny` ran with the full recipe's Qwen3-32B teacher.
     copy = tmp_path / "elsewhere" / "finance.yaml"
     copy.parent.mkdir()

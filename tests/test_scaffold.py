@@ -37,7 +37,7 @@ def test_new_vertical_validates_and_points_at_its_own_data(tmp_path):
 
 
 def test_new_vertical_does_not_keep_the_templates_description_or_keywords(tmp_path):
-    # Issue 25: `verticalft new legal` kept finance's description and its keyword relevance
+    # Regression: `verticalft new legal` kept finance's description and its keyword relevance
     # filter, which would keep finance documents and drop legal ones.
     shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
     shutil.copytree(ROOT / "data_pipelines" / "finance", tmp_path / "data_pipelines" / "finance")

@@ -1,4 +1,4 @@
-"""The sft stage trains what a bare TRL script trains on the same data and settings (issue 30).
+"""The sft stage trains what a bare TRL script trains on the same data and settings.
 
 The reference is TRL alone: an `SFTTrainer` a user writes from the resolved recipe (the same tiny
 teacher, 4-bit NF4 base, LoRA + `modules_to_save`, packing, assistant-only loss, split, seed). The

@@ -1,6 +1,6 @@
 """The training skeleton under a sharding engine (FSDP2 / ZeRO-3), on CPU: no GPU here, so the
 engine itself cannot run; what runs is transformers' own Trainer with the decisions the skeleton
-takes under it. (Issue 24, defects 3-5.)"""
+takes under it."""
 
 from pathlib import Path
 

@@ -524,6 +524,15 @@ def new(domain: str, template: str = typer.Option("finance", help="Recipe to cop
     )
 
 
+@app.command()
+def reference() -> None:
+    """Print the recipe reference (Markdown: every block and key, type, default, description);
+    docs/RECIPE.md is this output."""
+    from verticalft.recipe_reference import reference_markdown
+
+    sys.stdout.write(reference_markdown())  # plain: rich would read `[…]` in the page as markup
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

@@ -35,10 +35,6 @@ def source_files(source: Source) -> list[Path]:
     return [] if source.path.startswith(HF_SCHEME) else [Path(source.path)]
 
 
-def missing_files(paths: list[Path]) -> list[str]:
-    return [str(p) for p in paths if not p.exists()]
-
-
 def data_suffix(path: Path) -> str:
     """The format suffix of a data file, looking through `.gz` (`x.jsonl.gz` → `.jsonl`)."""
     suffixes = [x.lower() for x in path.suffixes]

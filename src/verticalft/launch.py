@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from verticalft.rundir import RunDir
+from verticalft.rundir import RunDir, atomic_write_text
 from verticalft.stages import registry
 
 if TYPE_CHECKING:
@@ -230,9 +230,8 @@ def stage_accelerate_config(recipe: Recipe, run: RunDir, stage: str) -> Path:
     """Write the stage's resolved accelerate config into its folder; return the path."""
     base = yaml.safe_load(accelerate_config_path(stage_accelerate_choice(recipe, stage)).read_text())
     trainer = getattr(recipe.stages, stage).trainer
-    path = run.stage_dir(stage) / "accelerate_config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(resolve_accelerate_config(base, trainer), sort_keys=False))
+    path = run.stage_dir(stage) / "accelerate_config.yaml"  # read by `accelerate launch`
+    atomic_write_text(path, yaml.safe_dump(resolve_accelerate_config(base, trainer), sort_keys=False))
     return path
 
 

@@ -207,7 +207,7 @@ def keep_4bit_trainable(model: Any) -> Any:
     `gemv_4bit`, which has no autograd kernel, so training afterwards drops the gradient
     through every frozen base layer (only the LoRA paths carry it down). The sft stage trained
     that way after its quick eval: a grad norm half a bare TRL run's at step 1, a worse and
-    spiky loss curve (issue 30). A no-op without bitsandbytes layers or off CPU.
+    spiky loss curve. A no-op without bitsandbytes layers or off CPU.
     """
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit

@@ -22,7 +22,7 @@ from verticalft.data import source_files
 from verticalft.launch import has_gpu, launch_command
 from verticalft.procs import die_with_parent
 from verticalft.recipe import Recipe, did_you_mean, recipe_to_yaml
-from verticalft.rundir import RunDir, atomic_write_json, fingerprint, hash_file
+from verticalft.rundir import RunDir, atomic_write_json, atomic_write_text, fingerprint, hash_file
 from verticalft.stages import registry
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 
@@ -434,7 +434,8 @@ def run_recipe(
         raise PreflightFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     for note in preflight_notes(recipe, to_run):
         echo(f"note: {note}")
-    (run.root / "recipe.resolved.yaml").write_text(recipe_to_yaml(recipe))
+    # read by every launched rank (worker.py): never half written
+    atomic_write_text(run.root / "recipe.resolved.yaml", recipe_to_yaml(recipe))
     run.set_meta(recipe=recipe.name, stage_order=stages)
     outcomes = []
     for i, stage in enumerate(stages, start=1):

@@ -9,10 +9,10 @@ when a config.json leaves it out). The formulas, so a reader can check them:
   held for inference) counts *all* experts.
 
 - Training FLOPs, dense transformer, per token: forward 2N, backward 4N (2N for activation
-  gradients + 2N for weight gradients) → **6·N·D** for full training (Kaplan et al.; the seed's
-  FLOPs table). **LoRA/QLoRA: 4·N·D** — the frozen base still runs forward (2N) and passes
-  activation gradients back (2N), but computes no weight gradients; the adapters' own FLOPs are
-  < 1 % and ignored. Gradient checkpointing recomputes the forward: **+2·N·D**.
+  gradients + 2N for weight gradients) → **6·N·D** for full training (Kaplan et al.).
+  **LoRA/QLoRA: 4·N·D** — the frozen base still runs forward (2N) and passes activation
+  gradients back (2N), but computes no weight gradients; the adapters' own FLOPs are < 1 % and
+  ignored. Gradient checkpointing recomputes the forward: **+2·N·D**.
 - DPO: policy forward+backward on chosen *and* rejected (D counts both) plus a reference forward
   (2·N·D; with PEFT the reference is the base with the adapter off).
 - GPU-hours = FLOPs / (peak bf16 dense FLOP/s × MFU) / 3600; dollars = GPU-hours × $/GPU-hour.
@@ -67,11 +67,12 @@ class Gpu:
     name: str
     vram_gb: float
     bf16_tflops: float  # dense peak
-    usd_per_hour: float  # the seed's cloud price range, mid-point
+    usd_per_hour: float  # cloud on-demand price, mid-point of the quoted range
     mem_bandwidth_tbs: float
 
 
-# Cloud $/hr: the seed's GPU table (004_*.txt), mid-point of its range; L40S from its $1,620/month.
+# Cloud $/hr: mid-point of the quoted rental ranges (A100 80GB $1.50–2.00, H100 SXM $2.00–3.00,
+# H200 $2.29–5.00, B200 $4.00–6.00); L40S from a quoted $1,620 per 30-day month.
 GPUS: dict[str, Gpu] = {
     "a100-80gb": Gpu("a100-80gb", 80, 312, 1.75, 2.0),
     "h100-sxm": Gpu("h100-sxm", 80, 989, 2.5, 3.35),

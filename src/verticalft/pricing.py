@@ -1,10 +1,10 @@
 """What a model costs to run and to train, from first principles. Pure functions, no torch.
 
 Every figure comes from a measured or stated input (throughput, $/GPU-hour, token volume, token
-mix) so a reader can redo the arithmetic; nothing is bent to match a quoted figure. The seed's
-tables (../shared/seeds/004_*.txt) are unit-test cases where they are internally consistent.
+mix) so a reader can redo the arithmetic; nothing is bent to match a quoted figure. Quoted
+figures are unit-test cases (tests/test_pricing.py) where they are internally consistent.
 
-Conventions: a month is 30 days (720 hours) — the seed's "L40S, 1 month = $1,620" is 720 h at
+Conventions: a month is 30 days (720 hours) — a quoted "L40S, 1 month = $1,620" is 720 h at
 $2.25/h; prices are per 1M tokens; `input_fraction` is the share of tokens that are prompt.
 """
 

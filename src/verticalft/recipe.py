@@ -33,6 +33,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from verticalft.curation.filters import FILTERS
 from verticalft.formats import ColumnKey, FormatName
@@ -67,25 +68,43 @@ class Source(Strict):
     `Dataset.save_to_disk` folder, or .txt/.html pages for curation), or a Hugging Face dataset
     (`hf://name`, or `hf://<local folder>` as `datasets.load_dataset` reads it)."""
 
-    path: str
-    license: str = "unknown"  # declared licence; a record's own `license` field overrides it
-    split: str = "train"  # also picks the split of a save_to_disk DatasetDict folder
-    text_field: str = "text"
-    id_field: str = "id"  # rows without one get `<file stem>:<line>`
-    # Declared size, used by `plan` when the file is not on this machine (e.g. a 2T-token corpus).
-    tokens: float | None = Field(default=None, ge=0)
-    # SFT/preference sets: the row format (formats.py); `auto` picks per row by the fields present.
-    format: FormatName = "auto"
-    # The toolkit's field names → this file's (LLaMA-Factory dataset_info.json style), e.g.
-    # {messages: conversations} or {prompt: instruction, query: input, response: output}.
-    columns: dict[ColumnKey, str] = Field(default_factory=dict)
-    # `hf://` only, passed to `datasets.load_dataset`: the subset (`name=`, e.g. `all` for
-    # cais/mmlu), a branch/tag/commit to pin, which data files to read, and `streaming` (curate
-    # reads the corpus row by row into its shards; nothing is downloaded whole).
-    config: str | None = None
-    revision: str | None = None
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    streaming: bool = False
+    path: str = Field(description="a file, a folder, or `hf://<dataset>`")
+    license: str = Field(
+        default="unknown", description="declared licence; a record's own `license` field overrides it"
+    )
+    split: str = Field(
+        default="train", description="also picks the split of a save_to_disk DatasetDict folder"
+    )
+    text_field: str = Field(default="text", description="the field holding a document's text")
+    id_field: str = Field(default="id", description="rows without one get `<file stem>:<line>`")
+    tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="declared size, used by `plan` when the file is not on this machine (e.g. a 2T-token corpus)",
+    )
+    format: FormatName = Field(
+        default="auto",
+        description="SFT/preference sets: the row format; `auto` picks per row by the fields present",
+    )
+    # LLaMA-Factory dataset_info.json style.
+    columns: dict[ColumnKey, str] = Field(
+        default_factory=dict,
+        description="the toolkit's field names → this file's, e.g. {messages: conversations} or "
+        "{prompt: instruction, query: input, response: output}",
+    )
+    # `hf://` only, passed to `datasets.load_dataset`.
+    config: str | None = Field(
+        default=None, description="`hf://` only: the subset (`name=`, e.g. `all` for cais/mmlu)"
+    )
+    revision: str | None = Field(default=None, description="`hf://` only: a branch, tag or commit to pin")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        default=None, description="`hf://` only: which data files to read"
+    )
+    streaming: bool = Field(
+        default=False,
+        description="`hf://` only: read row by row (curate streams the corpus into its shards; nothing is "
+        "downloaded whole)",
+    )
 
     @model_validator(mode="after")
     def _hf_options_for_hf(self) -> Source:
@@ -98,11 +117,15 @@ class Source(Strict):
 class SetSource(Source):
     """A source of the SFT or preference set (a set takes one or a list of them)."""
 
-    # How much of this source training sees: a multiplier on its rows (data.weighted_rows).
-    # 2 = every row twice, 0.5 = a seeded half (compute.seed), 2.5 = twice plus a seeded half:
-    # the whole part repeats rows exactly, as epochs of that source would, and the fraction samples
-    # without replacement, so no row appears more than ceil(weight) times and reruns pick the same.
-    weight: float = Field(default=1.0, gt=0.0)
+    # data.weighted_rows: the whole part repeats rows exactly, as epochs of that source would, and
+    # the fraction samples without replacement, so no row appears more than ceil(weight) times and
+    # reruns pick the same.
+    weight: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="a multiplier on this source's rows: 2 = every row twice, 0.5 = a seeded half "
+        "(compute.seed), 2.5 = twice plus a seeded half",
+    )
 
 
 def _one_or_many(value: Any) -> Any:
@@ -114,20 +137,32 @@ SetSources = Annotated[Annotated[list[SetSource], Field(min_length=1)] | None, B
 
 
 class Replay(Source):
-    ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """General text mixed into CPT so the model keeps what it knew."""
+
+    ratio: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="share of the CPT tokens taken from this source"
+    )
 
 
 class Data(Strict):
-    corpus: list[Source] = Field(default_factory=list)
+    """Every data source of the run."""
+
+    corpus: list[Source] = Field(default_factory=list, description="raw domain text for curation and CPT")
     replay: Replay | None = None
-    heldout: Source | None = None  # domain text held out of CPT, for perplexity before/after
-    # One source or a list (each with its `weight`), in any supported format (formats.py):
-    sft: SetSources = None  # chat `messages`
-    preferences: SetSources = None  # prompt / chosen / rejected
-    eval: Source | None = None  # prompt / answer / task / kind / difficulty
-    # General-capability set in the same format (e.g. a slice of MMLU as `choice` items): the
-    # eval stage scores every model on it so forgetting from CPT/SFT shows up.
-    general_eval: Source | None = None
+    heldout: Source | None = Field(
+        default=None, description="domain text held out of CPT, for perplexity before/after"
+    )
+    # One source or a list (each with its `weight`), in any supported format (formats.py).
+    sft: SetSources = Field(default=None, description="chat `messages`: one source or a list of them")
+    preferences: SetSources = Field(
+        default=None, description="prompt / chosen / rejected: one source or a list of them"
+    )
+    eval: Source | None = Field(default=None, description="prompt / answer / task / kind / difficulty")
+    general_eval: Source | None = Field(
+        default=None,
+        description="general-capability set in the eval format (e.g. a slice of MMLU as `choice` items): "
+        "every model is scored on it so forgetting from CPT/SFT shows up",
+    )
 
 
 # --------------------------------------------------------------------------- models
@@ -150,18 +185,26 @@ def _template_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 class Models(Strict):
-    teacher: str  # HF id or local path; `tiny://teacher` in the tiny profile
-    students: list[str] = Field(default_factory=list)
+    """The base/teacher model and the students distilled from it."""
+
+    teacher: str = Field(description="HF id, local path, `*.gguf`, `pkg://…` or `tiny://teacher`")
+    students: list[str] = Field(
+        default_factory=list, description="model references as for the teacher, or `prune://teacher?layers=N`"
+    )
     trust_remote_code: bool = False
-    # The run's chat template, used by every stage and by vLLM (chat_templates.py), in its training
-    # variant ({% generation %} around assistant turns): null / `model` = the model's own; a TRL
-    # training template name (qwen2_5, qwen3, llama3, …); or a path to a .jinja file.
-    chat_template: Annotated[str | None, AfterValidator(_chat_template_choice)] = None
-    # Variables for every render of that template (HF apply_chat_template, TRL's trainers, vLLM
-    # offline and served), e.g. {enable_thinking: false} for Qwen3: its template otherwise lets
-    # the model think first and the eval scores the think block (chat_templates.py: render variables).
+    # Used by every stage and by vLLM (chat_templates.py), in its training variant
+    # ({% generation %} around assistant turns).
+    chat_template: Annotated[str | None, AfterValidator(_chat_template_choice)] = Field(
+        default=None,
+        description="the run's chat template: null / `model` = the model's own; a TRL training template "
+        "name (qwen2_5, qwen3, llama3, …), `chatml`; or a path to a .jinja file",
+    )
+    # HF apply_chat_template, TRL's trainers, vLLM offline and served (chat_templates.py: render
+    # variables).
     chat_template_kwargs: Annotated[dict[str, Any], AfterValidator(_template_kwargs)] = Field(
-        default_factory=dict
+        default_factory=dict,
+        description="variables for every render of that template, e.g. {enable_thinking: false} for Qwen3, "
+        "whose template otherwise lets the model think first and the eval score the think block",
     )
 
     def tiny_refs(self) -> list[str]:
@@ -180,99 +223,147 @@ class TinyModels(Strict):
 
 
 class TinySpec(Strict):
+    """The shape of one `tiny://<name>` Llama."""
+
     hidden_size: int = Field(ge=64)
     num_hidden_layers: int = Field(ge=1)
     intermediate_size: int = Field(ge=64)
-    num_key_value_heads: int | None = None  # default: as many as attention heads
+    num_key_value_heads: int | None = Field(default=None, description="default: as many as attention heads")
 
 
 # --------------------------------------------------------------------------- stages
 class Lora(Strict):
-    r: int = Field(default=16, ge=1)
+    """PEFT LoRA settings."""
+
+    r: int = Field(default=16, ge=1, description="LoRA rank")
     alpha: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    # Whole modules trained and saved next to the adapter (PEFT's `modules_to_save`), e.g.
-    # [embed_tokens, lm_head] when the base never saw the chat format.
-    modules_to_save: list[str] = Field(default_factory=list)
-    # Train the embedding rows of the chat template's special tokens (PEFT trainable tokens):
-    # a base model may never have seen <|user|>/<|assistant|>-style tokens in pretraining.
-    train_chat_tokens: bool = True
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="whole modules trained and saved next to the adapter (PEFT's `modules_to_save`), e.g. "
+        "[embed_tokens, lm_head] when the base never saw the chat format",
+    )
+    # PEFT trainable tokens: a base model may never have seen <|user|>/<|assistant|>-style tokens.
+    train_chat_tokens: bool = Field(
+        default=True, description="train the embedding rows of the chat template's special tokens"
+    )
 
 
 class LaunchedStage(Strict):
     """A training stage that runs under `compute.launcher`."""
 
-    # ddp | fsdp2 | deepspeed-zero3 | a path: this stage's accelerate config (default:
-    # compute.accelerate_config). Full-parameter CPT of a 32B model needs sharding (fsdp2);
-    # QLoRA fits one GPU per rank and is best served by plain data parallelism (ddp).
-    accelerate_config: str | None = None
+    # Full-parameter CPT of a 32B model needs sharding (fsdp2); QLoRA fits one GPU per rank and is
+    # best served by plain data parallelism (ddp).
+    accelerate_config: str | None = Field(
+        default=None,
+        description="this stage's accelerate config: ddp | fsdp2 | deepspeed-zero3 | a path "
+        "(default: compute.accelerate_config)",
+    )
 
 
 class CptStage(LaunchedStage):
+    """Continued pretraining of the teacher on the curated corpus (+ replay)."""
+
     method: Literal["full", "lora"] = "full"
     lora: Lora = Field(default_factory=Lora)
-    max_length: int = Field(default=2048, ge=16)
-    trainer: TrainerBlock = Field(default_factory=dict)
+    max_length: int = Field(default=2048, ge=16, description="tokens per packed training row")
+    trainer: TrainerBlock = Field(
+        default_factory=dict,
+        description="TrainingArguments / TRL config keys, passed through (validate checks them)",
+    )
 
 
 class SftStage(LaunchedStage):
-    quantization: Literal["nf4", "fp4", "none"] = "nf4"
+    """Supervised fine-tuning (QLoRA by default) on the curated SFT set, assistant tokens only."""
+
+    quantization: Literal["nf4", "fp4", "none"] = Field(
+        default="nf4", description="4-bit base (bitsandbytes) or none"
+    )
     lora: Lora = Field(default_factory=Lora)
     packing: bool = True
     max_length: int = Field(default=2048, ge=16)
-    merge: bool = True  # merge the adapter into a full model folder for later stages
-    trainer: TrainerBlock = Field(default_factory=dict)
+    merge: bool = Field(
+        default=True, description="merge the adapter into a full model folder for later stages"
+    )
+    trainer: TrainerBlock = Field(
+        default_factory=dict,
+        description="TrainingArguments / TRL config keys, passed through (validate checks them)",
+    )
 
 
 class DpoStage(LaunchedStage):
-    beta: float = Field(default=0.1, gt=0.0)
+    """Preference optimisation (TRL DPO) on the curated preference set."""
+
+    beta: float = Field(default=0.1, gt=0.0, description="DPO's KL weight against the reference model")
     quantization: Literal["nf4", "fp4", "none"] = "none"
     lora: Lora = Field(default_factory=Lora)
     max_length: int = Field(default=1024, ge=16)
     merge: bool = True
-    eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
-    trainer: TrainerBlock = Field(default_factory=dict)
+    eval_fraction: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="share of the pairs held out for reward accuracy"
+    )
+    trainer: TrainerBlock = Field(
+        default_factory=dict,
+        description="TrainingArguments / TRL config keys, passed through (validate checks them)",
+    )
 
 
 class DistillTeacher(Strict):
     """Where the teacher's outputs come from."""
 
-    # default: the run's newest model (dpo → sft → cpt), else models.teacher
-    model: str | None = None
-    quantization: Literal["nf4", "fp4", "none"] = "none"  # load the teacher 4-bit (bitsandbytes)
-    # `sequence` only: an OpenAI-compatible endpoint (a vLLM server, a hosted API) as the teacher
-    endpoint: str | None = None  # base URL, e.g. http://127.0.0.1:8000/v1
-    endpoint_model: str | None = None  # the model name the endpoint serves
-    api_key_env: str | None = None  # name of the environment variable holding the API key
+    model: str | None = Field(
+        default=None, description="default: the run's newest model (dpo → sft → cpt), else models.teacher"
+    )
+    quantization: Literal["nf4", "fp4", "none"] = Field(
+        default="none", description="load the teacher 4-bit (bitsandbytes)"
+    )
+    # `sequence` only: an OpenAI-compatible endpoint (a vLLM server, a hosted API) as the teacher.
+    endpoint: str | None = Field(
+        default=None,
+        description="`sequence` only: base URL of an OpenAI-compatible teacher, e.g. http://127.0.0.1:8000/v1",
+    )
+    endpoint_model: str | None = Field(default=None, description="the model name the endpoint serves")
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding the endpoint's API key"
+    )
 
 
 class TeacherGeneration(Strict):
     """`sequence`: how the teacher writes the responses the student learns from."""
 
-    backend: Literal["auto", "vllm", "hf", "openai"] = "auto"  # auto: vLLM when installed, else HF
+    backend: Literal["auto", "vllm", "hf", "openai"] = Field(
+        default="auto", description="auto: vLLM when installed, else transformers"
+    )
     max_new_tokens: int = Field(default=256, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy
+    temperature: float = Field(default=0.0, ge=0.0, description="0: greedy")
     batch_size: int = Field(default=32, ge=1)
 
 
 class DistillStage(LaunchedStage):
+    """Teacher → students: on teacher-written answers (sequence), on its logits, or on-policy."""
+
     kind: Literal["sequence", "logits", "on_policy"] = "logits"
     loss: Literal["forward_kl", "reverse_kl", "jsd", "tv"] = "forward_kl"
-    beta: float = Field(default=0.5, ge=0.0, le=1.0)  # jsd: weight of the teacher in the mixture
-    temperature: float = Field(default=2.0, gt=0.0)  # applied to both distributions, loss × T²
-    ce_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # mix of plain cross-entropy on labels
-    # logits: keep the teacher's top-k per token on disk and train without the teacher loaded
-    cache: bool = True
-    top_k: int = Field(default=64, ge=1)
-    students: list[str] | None = None  # default: models.students
-    max_examples: int | None = Field(default=None, ge=1)  # first N SFT conversations / prompts
-    method: Literal["full", "lora", "qlora"] = "qlora"  # how each student trains
+    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="jsd: weight of the teacher in the mixture")
+    temperature: float = Field(default=2.0, gt=0.0, description="applied to both distributions, loss × T²")
+    ce_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="mix of plain cross-entropy on labels")
+    cache: bool = Field(
+        default=True,
+        description="logits: keep the teacher's top-k per token on disk and train without the teacher loaded",
+    )
+    top_k: int = Field(default=64, ge=1, description="teacher logits kept per token in the cache")
+    students: list[str] | None = Field(default=None, description="default: models.students")
+    max_examples: int | None = Field(default=None, ge=1, description="first N SFT conversations / prompts")
+    method: Literal["full", "lora", "qlora"] = Field(default="qlora", description="how each student trains")
     lora: Lora = Field(default_factory=Lora)
     max_length: int = Field(default=2048, ge=16)
     teacher: DistillTeacher = Field(default_factory=DistillTeacher)
     generation: TeacherGeneration = Field(default_factory=TeacherGeneration)
-    trainer: TrainerBlock = Field(default_factory=dict)
+    trainer: TrainerBlock = Field(
+        default_factory=dict,
+        description="TrainingArguments / TRL config keys, passed through (validate checks them)",
+    )
 
     @model_validator(mode="after")
     def _kind_fits(self) -> DistillStage:
@@ -316,69 +407,98 @@ class _OneFilter(Strict):
 
 
 FilterStep = create_model(
-    "FilterStep", __base__=_OneFilter, **{n: (f.config | None, None) for n, f in FILTERS.items()}
+    "FilterStep",
+    __base__=_OneFilter,
+    __doc__=_OneFilter.__doc__,
+    **{n: (f.config | None, None) for n, f in FILTERS.items()},
 )
 
 
 class NearDedup(Strict):
-    threshold: float = Field(default=0.8, gt=0.0, lt=1.0)
-    num_perm: int = Field(default=128, ge=16)
-    ngram: int = Field(default=5, ge=1)
-    verify: bool = True  # check candidate pairs' true Jaccard
+    """MinHash LSH near-duplicate removal."""
+
+    threshold: float = Field(default=0.8, gt=0.0, lt=1.0, description="Jaccard similarity of a duplicate")
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations")
+    ngram: int = Field(default=5, ge=1, description="words per shingle")
+    verify: bool = Field(default=True, description="check candidate pairs' true Jaccard")
 
 
 class Dedup(Strict):
-    exact: bool = True
-    near: NearDedup | None = Field(default_factory=NearDedup)
+    exact: bool = Field(default=True, description="drop documents whose normalised text repeats")
+    near: NearDedup | None = Field(default_factory=NearDedup, description="null: no near-dedup")
 
 
 class Decontaminate(Strict):
-    ngram: int = Field(default=13, ge=1)
-    min_overlap: float = Field(default=0.5, ge=0.0, le=1.0)  # share of an eval item's n-grams
-    # n-grams found in more training documents than this are the domain's standard wording
-    # (a clause template, a filing heading), not a leaked item; they do not count as evidence.
-    max_train_docs: int | None = Field(default=10, ge=1)
+    """Training text that overlaps the eval sets."""
+
+    ngram: int = Field(default=13, ge=1, description="words per n-gram")
+    min_overlap: float = Field(default=0.5, ge=0.0, le=1.0, description="share of an eval item's n-grams")
+    # Such n-grams are the domain's standard wording (a clause template, a filing heading), not a
+    # leaked item.
+    max_train_docs: int | None = Field(
+        default=10,
+        ge=1,
+        description="n-grams found in more training documents than this do not count as evidence",
+    )
     corpus: Literal["drop", "flag", "off"] = "drop"
     sft: Literal["drop", "flag", "off"] = "drop"
     preferences: Literal["drop", "flag", "off"] = "drop"
 
 
 class RecordFilters(Strict):
-    dedup_prompt: bool = True
+    """Rules for the SFT and preference records."""
+
+    dedup_prompt: bool = Field(default=True, description="keep one record per prompt")
     min_response_chars: int = Field(default=1, ge=0)
     max_prompt_chars: int | None = Field(default=32_000, ge=1)
     max_response_chars: int | None = Field(default=32_000, ge=1)
 
 
 class CurateStage(Strict):
+    """Document filters, PII redaction, dedup and decontamination over sharded data."""
+
     executor: Literal["local", "ray"] = "local"
-    num_workers: int | None = Field(default=None, ge=1)  # default: every core
-    shard_size: int = Field(default=5_000, ge=1)  # documents per shard (the unit of resume)
-    filters: list[FilterStep] = Field(default_factory=list)  # type: ignore[valid-type]
-    pii: bool = True  # redact e-mails, phones, IPs, cards, IBANs, SSNs, account numbers
+    num_workers: int | None = Field(default=None, ge=1, description="default: every core")
+    shard_size: int = Field(default=5_000, ge=1, description="documents per shard (the unit of resume)")
+    filters: list[FilterStep] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="document filters in order, one key per item"
+    )
+    pii: bool = Field(
+        default=True, description="redact e-mails, phones, IPs, cards, IBANs, SSNs, account numbers"
+    )
     dedup: Dedup = Field(default_factory=Dedup)
     decontaminate: Decontaminate = Field(default_factory=Decontaminate)
     records: RecordFilters = Field(default_factory=RecordFilters)
-    max_dropped_per_reason: int | None = Field(default=None, ge=0)  # audit sample size; None: all
+    max_dropped_per_reason: int | None = Field(
+        default=None, ge=0, description="dropped documents kept per reason for the audit; null: all"
+    )
 
 
 class Gates(Strict):
     """Quality floors that fail the eval stage (after every result is saved)."""
 
-    min_score: float | None = Field(default=None, ge=0.0, le=1.0)  # the final teacher's domain score
-    min_retention: float | None = Field(default=None, gt=0.0)  # each student's score / the teacher's
-    min_general_retention: float | None = Field(default=None, gt=0.0)  # final teacher / base, general set
+    min_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="the final teacher's domain score"
+    )
+    min_retention: float | None = Field(
+        default=None, gt=0.0, description="each student's score / the teacher's"
+    )
+    min_general_retention: float | None = Field(
+        default=None, gt=0.0, description="final teacher / base on the general set"
+    )
 
 
 class EvalStage(Strict):
     """Every model of the run on the domain eval (and the general set): per item, per task."""
 
-    backend: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM when installed, else transformers
-    include_base: bool = True  # the untrained teacher as the reference row
-    max_items: int | None = Field(default=None, ge=1)  # default: the whole set
-    max_new_tokens: int | None = Field(default=None, ge=1)  # default: evaluation.max_new_tokens
-    engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM(...)
-    env: dict[str, str] = Field(default_factory=dict)  # environment of the vLLM process
+    backend: Literal["auto", "vllm", "hf"] = Field(
+        default="auto", description="auto: vLLM when installed, else transformers"
+    )
+    include_base: bool = Field(default=True, description="the untrained teacher as the reference row")
+    max_items: int | None = Field(default=None, ge=1, description="default: the whole set")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="default: evaluation.max_new_tokens")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM(...)")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the vLLM process")
     gates: Gates = Field(default_factory=Gates)
 
 
@@ -402,6 +522,8 @@ class Slo(Strict):
 
 
 class FitShape(Strict):
+    """A second request shape, to separate what input and output tokens cost."""
+
     input_len: int = Field(ge=1)
     output_len: int = Field(ge=1)
 
@@ -409,33 +531,53 @@ class FitShape(Strict):
 class BenchStage(Strict):
     """A vLLM server per model on 127.0.0.1, `vllm bench serve` over the concurrency sweep."""
 
-    # default: the final teacher and every distilled student; names: teacher, cpt, sft, dpo, <student>
-    models: list[str] | None = None
-    concurrency: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
-    num_prompts: int | None = Field(default=None, ge=1)  # per point; default 4 × concurrency, at least 16
-    input_len: int = Field(default=512, ge=1)
-    output_len: int = Field(default=128, ge=1)
+    models: list[str] | None = Field(
+        default=None,
+        description="default: the final teacher and every distilled student; names: teacher, cpt, sft, dpo, "
+        "`<student>`",
+    )
+    concurrency: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 8, 32], min_length=1, description="the sweep's concurrent requests"
+    )
+    num_prompts: int | None = Field(
+        default=None, ge=1, description="per point; default 4 × concurrency, at least 16"
+    )
+    input_len: int = Field(default=512, ge=1, description="prompt tokens per request")
+    output_len: int = Field(default=128, ge=1, description="answer tokens per request")
     slo: Slo = Field(default_factory=Slo)
-    # Serve a LoRA-trained model as its base + the adapter (`--enable-lora`) when vLLM can load the
-    # adapter, and check greedy parity against the merged weights on `parity_prompts` eval prompts.
-    lora: bool = True
+    # When vLLM can load the adapter; parity is greedy, on `parity_prompts` eval prompts.
+    lora: bool = Field(
+        default=True,
+        description="serve a LoRA-trained model as its base + the adapter (`--enable-lora`) and check parity "
+        "against the merged weights",
+    )
     parity_prompts: int = Field(default=16, ge=0)
-    max_model_len: int | None = Field(default=None, ge=16)  # default: input + output + 64
-    # Each point of the sweep is measured `repeats` times; the report flags a point whose
-    # repeats disagree by more than `max_spread` (relative) instead of pricing it silently.
-    repeats: int = Field(default=2, ge=1)
-    max_spread: float = Field(default=0.2, gt=0)
-    # A point shorter than this is re-run with proportionally more requests (recorded as its
-    # `sizing`): a 2-second point repeats badly on any machine.
-    min_seconds: float = Field(default=10.0, ge=0)
-    # A second request shape run at the priced concurrency, so the cost stage can separate what
-    # an input token and an output token cost (default: input_len / 4, same output_len).
-    fit_shape: FitShape | None = None
-    # GPUs per served model = vLLM's --tensor-parallel-size, and what its price multiplies. One
-    # number for all, or per model name (`teacher` = the final teacher; others default to 1).
-    gpus_per_model: Annotated[int, Field(ge=1)] | dict[str, Annotated[int, Field(ge=1)]] = 1
-    server_args: list[str] = Field(default_factory=list)  # extra `vllm serve` flags
-    env: dict[str, str] = Field(default_factory=dict)  # environment of the server
+    max_model_len: int | None = Field(default=None, ge=16, description="default: input + output + 64")
+    repeats: int = Field(default=2, ge=1, description="measurements of each point of the sweep")
+    max_spread: float = Field(
+        default=0.2,
+        gt=0,
+        description="the report flags a point whose repeats disagree by more than this (relative)",
+    )
+    # Recorded as the point's `sizing`: a 2-second point repeats badly on any machine.
+    min_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="a point shorter than this is re-run with proportionally more requests",
+    )
+    # Run at the priced concurrency.
+    fit_shape: FitShape | None = Field(
+        default=None,
+        description="second request shape, so the cost stage can separate input and output token costs "
+        "(default: input_len / 4, same output_len)",
+    )
+    # One number for all, or per model name (`teacher` = the final teacher; others default to 1).
+    gpus_per_model: Annotated[int, Field(ge=1)] | dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default=1,
+        description="GPUs per served model = vLLM's --tensor-parallel-size, and what its price multiplies",
+    )
+    server_args: list[str] = Field(default_factory=list, description="extra `vllm serve` flags")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the server")
     startup_timeout_s: float = Field(default=900.0, gt=0)
 
     def fit(self) -> FitShape:
@@ -450,6 +592,8 @@ class BenchStage(Strict):
 
 
 class Stages(Strict):
+    """The stages to run: a stage runs when its section is present."""
+
     curate: CurateStage | None = None
     cpt: CptStage | None = None
     sft: SftStage | None = None
@@ -480,19 +624,36 @@ class Compute(Strict):
     GPU. The launcher starts that many processes, `plan` shards over them and `cost` charges them
     for the launched stages (`launcher: none` runs a stage in this one process: one device)."""
 
-    gpu: str = "h100-sxm"
-    nodes: int = Field(default=1, ge=1)  # > 1: run on every node with NODE_RANK/MASTER_ADDR/MASTER_PORT set
-    gpus_per_node: int = Field(default=1, ge=1)  # = processes per node (on a CPU machine: processes)
-    # Model FLOPs utilisation: one number, or per method (full, lora, qlora, inference); the plan
-    # shows what it used (default per method: verticalft.plan.MFU_DEFAULTS).
-    mfu: Annotated[Any, AfterValidator(_check_mfu)] = None
-    launcher: Literal["none", "torchrun", "accelerate"] = "none"
-    accelerate_config: str = "ddp"  # ddp | fsdp2 | deepspeed-zero3 | a path to your own config
+    gpu: str = Field(
+        default="h100-sxm",
+        description="a name in plan.GPUS (price, memory, FLOP/s), e.g. h100-sxm, l40s, cpu",
+    )
+    nodes: int = Field(
+        default=1, ge=1, description="> 1: run on every node with NODE_RANK/MASTER_ADDR/MASTER_PORT set"
+    )
+    gpus_per_node: int = Field(
+        default=1, ge=1, description="= processes per node (on a CPU machine: processes)"
+    )
+    # The plan shows what it used.
+    mfu: Annotated[Any, AfterValidator(_check_mfu)] = Field(
+        default=None,
+        description="model FLOPs utilisation: a share in (0, 1], or one per method (full, lora, qlora, "
+        "inference); default per method: verticalft.plan.MFU_DEFAULTS",
+    )
+    launcher: Literal["none", "torchrun", "accelerate"] = Field(
+        default="none", description="none: training stages run in this one process"
+    )
+    accelerate_config: str = Field(
+        default="ddp", description="ddp | fsdp2 | deepspeed-zero3 | a path to your own config"
+    )
     seed: int = 42
-    # How long a rank waits at a barrier for the others (torch's default is 10 minutes): longer
-    # than the longest step one rank does alone — rank 0 scoring the teacher before the cache
-    # barrier, merging an adapter into a 32B model. `plan` warns when a planned step exceeds it.
-    timeout_minutes: float = Field(default=120.0, gt=0)
+    # Longer than the longest step one rank does alone — rank 0 scoring the teacher before the
+    # cache barrier, merging an adapter into a 32B model. `plan` warns when a planned step exceeds it.
+    timeout_minutes: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long a rank waits at a barrier for the others (torch's default is 10 minutes)",
+    )
 
     @property
     def world_size(self) -> int:
@@ -516,19 +677,32 @@ class ApiPrice(Strict):
 
 
 class Cost(Strict):
-    usd_per_gpu_hour: float | None = Field(default=None, gt=0)  # default: the GPU table's price
-    # The GPU the models are served on (default compute.gpu) and its price (default the table's).
-    serve_gpu: str | None = None
-    serve_usd_per_gpu_hour: float | None = Field(default=None, gt=0)
-    compare: dict[str, ApiPrice] = Field(default_factory=dict)
-    daily_tokens: float = Field(default=5_000_000, ge=0)
-    input_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # share of the daily tokens that are prompt
-    # Busiest hour's rate ÷ the day's average: replicas are sized to carry the peak flat out.
-    peak_to_average: float = Field(default=2.0, ge=1.0)
-    # Throughput on serve_gpu ÷ throughput on the device the bench ran on. Required (and shown in
-    # the report) when they differ: a CPU or another GPU's measurement is not a serve_gpu figure.
-    throughput_scale: float | None = Field(default=None, gt=0)
-    other_upfront_usd: float = Field(default=0.0, ge=0)  # data preparation, people: added to payback
+    """What training and serving cost, against the APIs the models replace."""
+
+    usd_per_gpu_hour: float | None = Field(default=None, gt=0, description="default: the GPU table's price")
+    serve_gpu: str | None = Field(
+        default=None, description="the GPU the models are served on (default compute.gpu)"
+    )
+    serve_usd_per_gpu_hour: float | None = Field(
+        default=None, gt=0, description="serve_gpu's price (default the GPU table's)"
+    )
+    compare: dict[str, ApiPrice] = Field(default_factory=dict, description="APIs to compare against, by name")
+    daily_tokens: float = Field(default=5_000_000, ge=0, description="tokens served per day")
+    input_fraction: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="share of the daily tokens that are prompt"
+    )
+    # Replicas are sized to carry the peak flat out.
+    peak_to_average: float = Field(default=2.0, ge=1.0, description="busiest hour's rate ÷ the day's average")
+    # A CPU or another GPU's measurement is not a serve_gpu figure.
+    throughput_scale: float | None = Field(
+        default=None,
+        gt=0,
+        description="throughput on serve_gpu ÷ throughput on the device the bench ran on; required when they "
+        "differ",
+    )
+    other_upfront_usd: float = Field(
+        default=0.0, ge=0, description="data preparation, people: added to payback"
+    )
 
     @model_validator(mode="after")
     def _priced(self) -> Cost:
@@ -569,8 +743,10 @@ class Route(Strict):
     at least its threshold, else hands over to the next. Names: run models (`teacher` = the final
     teacher) or `api:<name>` (see `apis`). Default: each distilled student → the teacher."""
 
-    cascades: list[Annotated[list[str], Field(min_length=2)]] | None = None
-    apis: dict[str, RouteApi] = Field(default_factory=dict)
+    cascades: list[Annotated[list[str], Field(min_length=2)]] | None = Field(
+        default=None, description="tiers in order, e.g. [student-s, teacher]; default: each student → teacher"
+    )
+    apis: dict[str, RouteApi] = Field(default_factory=dict, description="API tiers by name (`api:<name>`)")
     target: RouteTarget = Field(default_factory=lambda: RouteTarget(min_retention=0.95))
 
     @model_validator(mode="after")
@@ -587,14 +763,18 @@ class Route(Strict):
 class Evaluation(Strict):
     """Quick domain eval (greedy generation, exact/numeric match) recorded by training stages."""
 
-    max_items: int | None = Field(default=None, ge=1)
+    max_items: int | None = Field(default=None, ge=1, description="default: the whole eval set")
     max_new_tokens: int = Field(default=16, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    numeric_tolerance: float = Field(default=0.001, ge=0)  # relative
+    numeric_tolerance: float = Field(default=0.001, ge=0, description="relative, for numeric answers")
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    """One vertical: its models, data, stages, compute and cost."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$", description="names the run folder, `runs/<name>/<profile>/`"
+    )
     description: str = ""
     models: Models
     tiny: TinyModels = Field(default_factory=TinyModels)
@@ -604,7 +784,9 @@ class Recipe(Strict):
     cost: Cost = Field(default_factory=Cost)
     route: Route = Field(default_factory=Route)
     evaluation: Evaluation = Field(default_factory=Evaluation)
-    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-profile overlays laid over the recipe (`-p <profile>`)"
+    )
 
 
 TinyModels.model_rebuild()
@@ -638,7 +820,7 @@ ALIASES = {
     "load_in_4bit": "quantization",
     "lr": "learning_rate",
     "epochs": "num_train_epochs",
-    # compute keys of earlier versions: "GPUs" meant three things (issue 12)
+    # compute keys of earlier versions, where "GPUs" meant three things
     "num_gpus": "nodes' and 'gpus_per_node (GPUs = nodes × gpus_per_node)",
     "nproc_per_node": "gpus_per_node",
     # cost key of earlier versions: average load 0.5 = peak twice the average
@@ -654,29 +836,50 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _walk(loc: tuple[Any, ...]) -> tuple[FieldInfo | None, Any]:
+    """Follow an error's `loc` from `Recipe`: (the last key on the way that names a field, the block
+    class or type it holds). List indices, mapping keys (`cost.compare.<name>`) and pydantic's
+    union tags are steps inside a field's value, not fields."""
+    model: Any = Recipe
+    found = None
+    for part in loc:
+        if isinstance(part, int) or not _is_block(model):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is not None:
+            found, model = field, _unwrap(field.annotation)
+    return found, model
+
+
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at `loc` (to suggest its field names)."""
-    model: Any = Recipe
-    for part in loc:
-        if isinstance(part, int):  # a list index: the element model is already unwrapped
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        model = _unwrap(field.annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    model = _walk(loc)[1]
+    return model if _is_block(model) else None
+
+
+def _is_block(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _unwrap(annotation: Any) -> Any:
+    """The block class inside an annotation (`X | None`, `list[X]`, `dict[str, X]`), else the
+    annotation when it is a plain class."""
+    if _is_block(annotation):
+        return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
         inner = _unwrap(arg)
-        if inner is not None:
+        if _is_block(inner):
             return inner
     return annotation if isinstance(annotation, type) else None
+
+
+def _with_description(message: str, loc: tuple[Any, ...]) -> str:
+    """`message — <the key's description>` when the error is about a described key's own value (not
+    about a block inside it, whose own keys say more)."""
+    field, value = _walk(loc)
+    if field is None or not field.description or _is_block(value):
+        return message
+    return f"{message} — {field.description}"
 
 
 def _as_written(loc: tuple[Any, ...], raw: dict[str, Any]) -> tuple[Any, ...]:
@@ -699,7 +902,7 @@ def _pydantic_problems(err: ValidationError, raw: dict[str, Any]) -> list[Proble
             hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
             problems.append(Problem(path=path, message=f"unknown key{hint}"))
         else:
-            problems.append(Problem(path=path, message=e["msg"]))
+            problems.append(Problem(path=path, message=_with_description(e["msg"], loc)))
     return problems
 
 

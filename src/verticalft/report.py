@@ -304,13 +304,10 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
             "|---|---|---:|---:|---|---|",
         ]
         for api, p in prices.items():
-            if isinstance(p, dict):
-                lines.append(
-                    f"| {api} | `{p.get('model')}` | {usd(p.get('input_usd_per_m'))} | {usd(p.get('output_usd_per_m'))} "
-                    f"| {p.get('as_of') or '–'} | {p.get('source') or '–'} |"
-                )
-            else:  # runs priced before sources were recorded: (input, output)
-                lines.append(f"| {api} | – | {usd(p[0])} | {usd(p[1])} | – | – |")
+            lines.append(
+                f"| {api} | `{p.get('model')}` | {usd(p.get('input_usd_per_m'))} | {usd(p.get('output_usd_per_m'))} "
+                f"| {p.get('as_of') or '–'} | {p.get('source') or '–'} |"
+            )
         lines.append("")
     fits = {
         n: m for n, m in (metrics_of(stages, "cost").get("models") or {}).items() if m.get("token_seconds")
@@ -406,7 +403,7 @@ def _physical_section(stages: dict[str, Any], images: dict[str, str]) -> list[st
 def _training_cost_section(stages: dict[str, Any]) -> list[str]:
     """GPU spend per stage over every attempt (failed and killed ones too), next to the plan."""
     cost = metrics_of(stages, "cost")
-    spent = cost.get("spend") or cost.get("training") or {}  # "training": runs priced before attempts
+    spent = cost.get("spend") or {}
     if not spent:
         return []
     lines = [

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from verticalft.rundir import atomic_write_text
+
 DONE = "DONE"
 
 
@@ -126,8 +128,8 @@ def _finish(tmp: Path, root: Path, info: dict[str, Any]) -> TeacherCache:
     tmp.rename(root)
     cache = TeacherCache(root)
     info["bytes_per_token"] = round(cache.bytes_per_token(), 1)
-    (root / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-    (root / DONE).write_text("ok\n")
+    atomic_write_text(root / "meta.json", json.dumps(info, indent=2, sort_keys=True))
+    atomic_write_text(root / DONE, "ok\n")
     return TeacherCache(root)
 
 

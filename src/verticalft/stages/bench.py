@@ -298,7 +298,7 @@ def run(ctx: StageContext) -> StageResult:
     from verticalft.serving.device import serving_device
 
     metrics = {
-        "device": serving_device(),  # what the throughput was measured on (issue 13)
+        "device": serving_device(),  # what the throughput was measured on
         "concurrency": cfg.concurrency,
         "input_len": cfg.input_len,
         "output_len": cfg.output_len,

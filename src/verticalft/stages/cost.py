@@ -58,8 +58,7 @@ def throughput_scale(ctx: StageContext, serve_gpu: str, device: dict[str, Any] |
 
 def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str, Any]:
     """GPU spend per stage over *every* attempt (done, failed, killed), measured wall time × GPUs ×
-    price; `verticalft plan`'s estimate beside each training stage. Runs from before the attempts
-    log count their finished attempt only (`attempts: null`)."""
+    price; `verticalft plan`'s estimate beside each training stage."""
     from verticalft.plan import plan_recipe
 
     recipe = ctx.recipe
@@ -73,13 +72,9 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
     trained = training_stages()
     for stage in (*trained, *serving_stages()):
         attempts = ctx.run.attempts(stage)
-        rec = ctx.run.record(stage)
-        if attempts:
-            seconds = sum(a["seconds"] for a in attempts)
-        elif rec.status == "done" and rec.wall_time_s:
-            seconds = rec.wall_time_s
-        else:
+        if not attempts:
             continue
+        seconds = sum(a["seconds"] for a in attempts)
         training = stage in trained
         gpus = recipe.compute.training_gpus if training else serve_gpus
         price = train_price if training else serve_price
@@ -88,7 +83,7 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
         )
         line = {
             "wall_time_s": round(seconds, 2),
-            "attempts": len(attempts) or None,
+            "attempts": len(attempts),
             "failed_or_killed": sum(a["status"] != "done" for a in attempts),
             "gpus": gpus,
             "usd_per_gpu_hour": price,
@@ -96,7 +91,7 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
             "planned_usd": round(plan_usd, 2) if plan_usd else None,
         }
         if stage == "distill":
-            cache = rec.metrics.get("cache") or {}
+            cache = ctx.run.record(stage).metrics.get("cache") or {}
             line["of_which_cache_build_s"] = cache.get("build_seconds")
         out[stage] = line
     return out
@@ -106,11 +101,11 @@ def fitted_costs(bench: dict[str, Any]) -> tuple[c.TokenSeconds | None, str | No
     """Input/output replica-seconds per token from the bench's two shapes, or why not."""
     runs = [
         (r["duration"], r["total_input_tokens"], r["total_output_tokens"])
-        for r in bench.get("fit_runs") or []
+        for r in bench["fit_runs"]
         if r.get("duration") and r.get("total_input_tokens") is not None
     ]
     if not runs:
-        return None, "the bench ran one request shape (no fit_runs): priced at the benchmark's own mix"
+        return None, "no fit run has a duration and token totals: priced at the benchmark's own mix"
     try:
         return c.fit_token_seconds(runs), None
     except ValueError as exc:
@@ -142,7 +137,7 @@ def price_model(
             "input_usd_per_m": round(c.usd_per_million_at_mix(costs, 1.0, usd_per_hour, gpus), 6),
             "output_usd_per_m": round(c.usd_per_million_at_mix(costs, 0.0, usd_per_hour, gpus), 6),
         }
-    else:  # old bench: one shape, so only its own mix can be priced
+    else:  # no fit (see `why_not`): only the benchmark's own mix can be priced
         capacity = (op["input_throughput"] + op["output_throughput"]) * scale
         mix = op["input_throughput"] / (op["input_throughput"] + op["output_throughput"])
         per_kind = {"input_usd_per_m": None, "output_usd_per_m": None}
