@@ -31,6 +31,7 @@ SMOKE = [
     "stages.eval.max_items=24",
     "stages.bench.concurrency=[2]",
     "stages.bench.num_prompts=4",
+    "stages.bench.min_seconds=0",  # smoke: no re-run of short points (tests/test_e2e.py checks sizing)
 ]
 
 
