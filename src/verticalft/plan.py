@@ -494,13 +494,15 @@ def trained_tokens(
 
 
 def plan_recipe(recipe: Any) -> Plan:
+    """GPU-hours, dollars and memory per GPU of every training stage (and distillation) on the
+    recipe's hardware, before anything runs; warnings say what will not fit or cannot be sized."""
     c = recipe.compute
     gpu = GPUS.get(c.gpu)
     if gpu is None:
         raise ValueError(f"unknown GPU '{c.gpu}'; known: {', '.join(GPUS)}")
     price = recipe.cost.usd_per_gpu_hour or gpu.usd_per_hour
     plan = Plan(gpu=gpu, usd_per_gpu_hour=price)
-    from verticalft.launch import launch_warnings, stage_shards_weights
+    from verticalft.launch import launch_warnings
 
     plan.warnings += launch_warnings(recipe)
     specs = {k: v.model_dump() for k, v in recipe.tiny.specs.items()}
@@ -511,25 +513,42 @@ def plan_recipe(recipe: Any) -> Plan:
             "(its config.json is cached)"
         )
         return plan
+    plan.notes += assumption_notes(recipe, arch)
+    for stage in registry.model_stages():
+        cfg = getattr(recipe.stages, stage)
+        if cfg is not None and registry.stage(stage).training is not None:
+            row, warnings = plan_training_stage(recipe, stage, arch, gpu, price)
+            plan.stages.append(row)
+            plan.warnings += warnings
+    if recipe.stages.distill is not None:
+        plan_distill(recipe, arch, gpu, price, plan, specs)
+    return plan
+
+
+def assumption_notes(recipe: Any, arch: Arch) -> list[str]:
+    """What the plan's figures assume, said beside them: MoE accounting, the FLOPs formulas, the
+    MFU per method, and how each launched stage is split over the GPUs."""
+    from verticalft.launch import stage_accelerate_choice, stage_shards_weights
+
+    c = recipe.compute
+    notes = []
     if arch.is_moe:
-        plan.notes.append(
+        notes.append(
             f"{recipe.models.teacher} is a mixture of experts ({arch.experts_per_token} of {arch.experts} experts "
             f"per token): memory holds all {arch.params / 1e9:.2f}B parameters, FLOPs count the "
             f"{arch.active_params / 1e9:.2f}B a token runs through"
         )
-    plan.notes.append(
+    notes.append(
         "FLOPs: 6·N·D full, 4·N·D LoRA/QLoRA (+2·N·D with gradient checkpointing); "
         "DPO adds a reference forward 2·N·D"
     )
-    plan.notes.append(
+    notes.append(
         "MFU: " + ", ".join(f"{m} {mfu_for(c, m):.0%}" for m in MFU_DEFAULTS)
         + (" (the recipe's compute.mfu)" if isinstance(c.mfu, int | float) else
            " (defaults: full from the Llama 3 report's 38–43 %; the others assumed — set compute.mfu)")
     )  # fmt: skip
     if c.launcher == "accelerate":
-        from verticalft.launch import stage_accelerate_choice
-
-        plan.notes.append(
+        notes.append(
             "launch: "
             + ", ".join(
                 f"{s} {stage_accelerate_choice(recipe, s)}"
@@ -539,120 +558,82 @@ def plan_recipe(recipe: Any) -> Plan:
             )
             + f"; barriers wait up to compute.timeout_minutes={c.timeout_minutes:g}"
         )
-    d = recipe.data
-    for stage in registry.model_stages():
-        cfg = getattr(recipe.stages, stage)
-        training = registry.stage(stage).training
-        if cfg is None or training is None:
-            continue
-        t = cfg.trainer
-        ckpt = bool(t.get("gradient_checkpointing", False))
-        micro = int(t.get("per_device_train_batch_size", 8))
-        method = training.method(cfg)
-        if training.trains_on == "corpus":  # plain text, data.replay mixed in at its ratio
-            domain = sum(source_tokens(s) for s in d.corpus)
-            ratio = d.replay.ratio if d.replay else 0.0
-            tokens = trained_tokens(t, domain / (1.0 - ratio), None, cfg.max_length, c.training_gpus)
-        else:
-            source = getattr(d, training.trains_on) if training.trains_on else None
-            examples = source_examples(source)
-            tokens = trained_tokens(t, source_tokens(source), examples, cfg.max_length, c.training_gpus)
-        lora_r = cfg.lora.r
-        shards = c.world_size if stage_shards_weights(recipe, stage) else 1
-        if training.pairs:
-            flops = dpo_flops(arch.active_params, tokens, "lora" if method != "full" else "full", ckpt)
-        else:
-            flops = training_flops(arch.active_params, tokens, method, ckpt)
-        hours = gpu_hours(flops, gpu, mfu_for(c, method))
-        mem = training_memory_gb(
-            arch,
-            method,
-            cfg.max_length,
-            micro,
-            ckpt,
-            lora_r,
-            shards if method == "full" else 1,
-            2 if training.pairs else 1,  # chosen + rejected
+    return notes
+
+
+def stage_trained_tokens(recipe: Any, stage: str) -> float:
+    """Tokens a model stage trains on: the corpus (with data.replay mixed in at its ratio) for
+    CPT-like stages, else its set's tokens and examples, through `trained_tokens`."""
+    cfg, training = getattr(recipe.stages, stage), registry.stage(stage).training
+    d, gpus = recipe.data, recipe.compute.training_gpus
+    if training.trains_on == "corpus":
+        domain = sum(source_tokens(s) for s in d.corpus)
+        ratio = d.replay.ratio if d.replay else 0.0
+        return trained_tokens(cfg.trainer, domain / (1.0 - ratio), None, cfg.max_length, gpus)
+    source = getattr(d, training.trains_on) if training.trains_on else None
+    return trained_tokens(cfg.trainer, source_tokens(source), source_examples(source), cfg.max_length, gpus)
+
+
+def plan_training_stage(
+    recipe: Any, stage: str, arch: Arch, gpu: Gpu, price: float
+) -> tuple[StagePlan, list[str]]:
+    """One model stage's row (FLOPs on the active parameters, memory on all of them) and its
+    warnings (does not fit, no token count)."""
+    from verticalft.launch import stage_shards_weights
+
+    cfg, training = getattr(recipe.stages, stage), registry.stage(stage).training
+    t = cfg.trainer
+    ckpt = bool(t.get("gradient_checkpointing", False))
+    method = training.method(cfg)
+    tokens = stage_trained_tokens(recipe, stage)
+    if training.pairs:
+        flops = dpo_flops(arch.active_params, tokens, "lora" if method != "full" else "full", ckpt)
+    else:
+        flops = training_flops(arch.active_params, tokens, method, ckpt)
+    hours = gpu_hours(flops, gpu, mfu_for(recipe.compute, method))
+    shards = recipe.compute.world_size if stage_shards_weights(recipe, stage) else 1
+    mem = training_memory_gb(
+        arch,
+        method,
+        cfg.max_length,
+        int(t.get("per_device_train_batch_size", 8)),
+        ckpt,
+        cfg.lora.r,
+        shards if method == "full" else 1,
+        2 if training.pairs else 1,  # chosen + rejected
+    )
+    fits = mem["total"] <= gpu.vram_gb * 0.95
+    row = StagePlan(stage, recipe.models.teacher, arch.params, method, tokens, flops, hours, hours * price,
+                    mem, mem["total"], fits, arch.active_params)  # fmt: skip
+    warnings = []
+    if not fits:
+        warnings.append(
+            f"{stage}: needs ~{mem['total']:.1f} GB per GPU ({_breakdown(mem)}) "
+            f"but {gpu.name} has {gpu.vram_gb:.0f} GB — lower per_device_train_batch_size or max_length, "
+            f"enable gradient_checkpointing, use QLoRA, or shard with accelerate_config fsdp2 over more GPUs"
         )
-        fits = mem["total"] <= gpu.vram_gb * 0.95
-        plan.stages.append(
-            StagePlan(
-                stage,
-                recipe.models.teacher,
-                arch.params,
-                method,
-                tokens,
-                flops,
-                hours,
-                hours * price,
-                mem,
-                mem["total"],
-                fits,
-                arch.active_params,
-            )
-        )
-        if not fits:
-            plan.warnings.append(
-                f"{stage}: needs ~{mem['total']:.1f} GB per GPU ({_breakdown(mem)}) "
-                f"but {gpu.name} has {gpu.vram_gb:.0f} GB — lower per_device_train_batch_size or max_length, "
-                f"enable gradient_checkpointing, use QLoRA, or shard with accelerate_config fsdp2 over more GPUs"
-            )
-        if tokens == 0:
-            plan.warnings.append(f"{stage}: no token count (declare `tokens:` on its data source)")
-    if recipe.stages.distill is not None:
-        plan_distill(recipe, arch, gpu, price, plan, specs)
-    return plan
+    if tokens == 0:
+        warnings.append(f"{stage}: no token count (declare `tokens:` on its data source)")
+    return row, warnings
 
 
 def plan_distill(
     recipe: Any, teacher: Arch, gpu: Gpu, price: float, plan: Plan, specs: dict[str, Any]
 ) -> None:
     """One row for the teacher pass (cache / generation) and one per student, memory by kind."""
-    cfg, c = recipe.stages.distill, recipe.compute
-    t = cfg.trainer
-    ckpt = bool(t.get("gradient_checkpointing", False))
-    micro = int(t.get("per_device_train_batch_size", 8))
+    cfg = recipe.stages.distill
+    micro = int(cfg.trainer.get("per_device_train_batch_size", 8))
     # The teacher sees each (first `max_examples`) conversation once; students train on them as
     # their trainer block says (epochs or max_steps).
     tokens, examples = source_tokens(recipe.data.sft), source_examples(recipe.data.sft)
     if cfg.max_examples and examples and cfg.max_examples < examples:
         tokens, examples = tokens * cfg.max_examples / examples, cfg.max_examples
-    trained = trained_tokens(t, tokens, examples, cfg.max_length, c.training_gpus)
+    trained = trained_tokens(cfg.trainer, tokens, examples, cfg.max_length, recipe.compute.training_gpus)
     teacher_mem = inference_memory_gb(teacher, cfg.teacher.quantization, cfg.max_length, micro)
     beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
     if not beside:
-        what = "top-k cache" if cfg.kind == "logits" else "generation"
-        flops = 2.0 * teacher.active_params * tokens
-        hours = gpu_hours(flops, gpu, mfu_for(c, "inference"))
-        ranks = c.training_gpus if cfg.kind == "logits" else 1  # the cache is built in parts by every rank
-        wall_min = hours * 60 / ranks
-        plan.notes.append(
-            f"distill: the teacher {what} takes {hours:.2f} GPU-hours, "
-            + (f"built in parts by each of the {ranks} ranks (its own teacher copy): " if ranks > 1 else "")
-            + f"~{wall_min:.1f} min wall"
-        )
-        if wall_min > c.timeout_minutes:
-            plan.warnings.append(
-                f"distill: the teacher {what} (~{wall_min:.0f} min on {'each rank' if ranks > 1 else 'one GPU'}) "
-                f"is longer than compute.timeout_minutes={c.timeout_minutes:g}: the other ranks would time out "
-                "waiting; raise compute.timeout_minutes"
-            )
-        plan.stages.append(
-            StagePlan(
-                f"distill: teacher {what}",
-                cfg.teacher.model or recipe.models.teacher,
-                teacher.params,
-                f"inference ({cfg.teacher.quantization})",
-                tokens,
-                flops,
-                hours,
-                hours * price,
-                {"teacher": teacher_mem},
-                teacher_mem,
-                teacher_mem <= gpu.vram_gb * 0.95,
-                teacher.active_params,
-            )
-        )
+        plan_teacher_pass(recipe, teacher=teacher, teacher_mem=teacher_mem, tokens=tokens, gpu=gpu, price=price,
+                          plan=plan)  # fmt: skip
     from verticalft.pruning import is_prune, prune_name
 
     cut_from = (
@@ -666,42 +647,8 @@ def plan_distill(
         if arch is None:
             plan.warnings.append(f"distill: size of student {ref} unknown ({unknown})")
             continue
-        mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
-        alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
-        plan.notes.append(
-            f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
-            f"then student {alone:.1f} GB; logits online: {both} GB; sequence: teacher {teacher_mem:.1f} GB "
-            f"(generation; vLLM adds KV cache), then {alone:.1f} GB; on_policy: {both} GB"
-        )
-        if beside:
-            mem = {**mem, "teacher": teacher_mem, "total": round(mem["total"] + teacher_mem, 3)}
-        flops = training_flops(arch.active_params, trained, cfg.method, ckpt)
-        if beside:
-            flops += 2.0 * teacher.active_params * trained
-        hours = gpu_hours(flops, gpu, mfu_for(c, cfg.method))
-        fits = mem["total"] <= gpu.vram_gb * 0.95
-        plan.stages.append(
-            StagePlan(
-                f"distill: {name} ({cfg.kind}{', cache' if cfg.kind == 'logits' and cfg.cache else ''})",
-                ref,
-                arch.params,
-                cfg.method,
-                trained,
-                flops,
-                hours,
-                hours * price,
-                mem,
-                mem["total"],
-                fits,
-                arch.active_params,
-            )
-        )
-        if not fits:
-            plan.warnings.append(
-                f"distill {ref}: needs ~{mem['total']:.1f} GB ({_breakdown(mem)}) "
-                f"but {gpu.name} has {gpu.vram_gb:.0f} GB — use cache: true (teacher not in memory), "
-                "teacher.quantization: nf4, method: qlora, or a smaller max_length / batch"
-            )
+        plan_student(recipe, ref=ref, name=name, arch=arch, teacher=teacher, teacher_mem=teacher_mem,
+                     trained=trained, beside=beside, gpu=gpu, price=price, plan=plan)  # fmt: skip
     plan.notes.append(
         "distill memory: "
         + (
@@ -710,3 +657,102 @@ def plan_distill(
             else "the teacher runs alone first; students train without it"
         )
     )
+
+
+def plan_teacher_pass(
+    recipe: Any, *, teacher: Arch, teacher_mem: float, tokens: float, gpu: Gpu, price: float, plan: Plan
+) -> None:
+    """The teacher's pass before the students train (top-k cache or generated answers): its row,
+    its wall time, and a warning when the other ranks would time out waiting for it."""
+    cfg, c = recipe.stages.distill, recipe.compute
+    what = "top-k cache" if cfg.kind == "logits" else "generation"
+    flops = 2.0 * teacher.active_params * tokens
+    hours = gpu_hours(flops, gpu, mfu_for(c, "inference"))
+    ranks = c.training_gpus if cfg.kind == "logits" else 1  # the cache is built in parts by every rank
+    wall_min = hours * 60 / ranks
+    plan.notes.append(
+        f"distill: the teacher {what} takes {hours:.2f} GPU-hours, "
+        + (f"built in parts by each of the {ranks} ranks (its own teacher copy): " if ranks > 1 else "")
+        + f"~{wall_min:.1f} min wall"
+    )
+    if wall_min > c.timeout_minutes:
+        plan.warnings.append(
+            f"distill: the teacher {what} (~{wall_min:.0f} min on {'each rank' if ranks > 1 else 'one GPU'}) "
+            f"is longer than compute.timeout_minutes={c.timeout_minutes:g}: the other ranks would time out "
+            "waiting; raise compute.timeout_minutes"
+        )
+    plan.stages.append(
+        StagePlan(
+            f"distill: teacher {what}",
+            cfg.teacher.model or recipe.models.teacher,
+            teacher.params,
+            f"inference ({cfg.teacher.quantization})",
+            tokens,
+            flops,
+            hours,
+            hours * price,
+            {"teacher": teacher_mem},
+            teacher_mem,
+            teacher_mem <= gpu.vram_gb * 0.95,
+            teacher.active_params,
+        )  # fmt: skip
+    )
+
+
+def plan_student(
+    recipe: Any,
+    *,
+    ref: str,
+    name: str,
+    arch: Arch,
+    teacher: Arch,
+    teacher_mem: float,
+    trained: float,
+    beside: bool,
+    gpu: Gpu,
+    price: float,
+    plan: Plan,
+) -> None:
+    """One student's row: its training FLOPs (plus the teacher's forward when it sits beside),
+    its memory per GPU by distillation kind, and a warning when it does not fit."""
+    cfg = recipe.stages.distill
+    t = cfg.trainer
+    ckpt = bool(t.get("gradient_checkpointing", False))
+    micro = int(t.get("per_device_train_batch_size", 8))
+    mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
+    alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
+    plan.notes.append(
+        f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
+        f"then student {alone:.1f} GB; logits online: {both} GB; sequence: teacher {teacher_mem:.1f} GB "
+        f"(generation; vLLM adds KV cache), then {alone:.1f} GB; on_policy: {both} GB"
+    )
+    if beside:
+        mem = {**mem, "teacher": teacher_mem, "total": round(mem["total"] + teacher_mem, 3)}
+    flops = training_flops(arch.active_params, trained, cfg.method, ckpt)
+    if beside:
+        flops += 2.0 * teacher.active_params * trained
+    hours = gpu_hours(flops, gpu, mfu_for(recipe.compute, cfg.method))
+    fits = mem["total"] <= gpu.vram_gb * 0.95
+    label = f"distill: {name} ({cfg.kind}{', cache' if cfg.kind == 'logits' and cfg.cache else ''})"
+    plan.stages.append(
+        StagePlan(
+            label,
+            ref,
+            arch.params,
+            cfg.method,
+            trained,
+            flops,
+            hours,
+            hours * price,
+            mem,
+            mem["total"],
+            fits,
+            arch.active_params,
+        )  # fmt: skip
+    )
+    if not fits:
+        plan.warnings.append(
+            f"distill {ref}: needs ~{mem['total']:.1f} GB ({_breakdown(mem)}) "
+            f"but {gpu.name} has {gpu.vram_gb:.0f} GB — use cache: true (teacher not in memory), "
+            "teacher.quantization: nf4, method: qlora, or a smaller max_length / batch"
+        )
