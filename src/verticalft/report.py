@@ -268,10 +268,21 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
     lines = ["", "## Assumptions", ""]
     if a.get("note") and not note_shown:
         lines += [f"> **{'CPU figures. ' if a.get('serve_gpu') == 'cpu' else ''}Note:** {a['note']}", ""]
+    lines += _pricing_lines(a, metrics_of(stages, "cost").get("upfront_usd"))
+    lines += _api_price_lines(a.get("api_prices") or {})
+    lines += _token_cost_lines(metrics_of(stages, "cost").get("models") or {})
+    lines += _bench_lines(metrics_of(stages, "bench"))
+    if a.get("note") and note_shown:
+        lines.append("- Scope of the figures: see the note at the top of the Decision section")
+    return lines
+
+
+def _pricing_lines(a: dict[str, Any], upfront_usd: Any) -> list[str]:
+    """Hardware, prices, MFU, replica size, volume and mix: the inputs of every $ figure."""
     frac = a.get("input_fraction")
     gpus = a.get("gpus_per_replica") or {}
     scale = a.get("throughput_scale")
-    lines += [
+    return [
         f"- Serving: `{a.get('serve_gpu')}` at {usd(a.get('serve_usd_per_gpu_hour'))}/GPU-hour "
         f"(memory bandwidth {num(a.get('serve_gpu_bandwidth_tb_per_s'), '{:g}')} TB/s behind the decode floor, "
         f"peak {num(a.get('serve_gpu_peak_tflops'), '{:g}')} bf16 TFLOP/s); "
@@ -294,24 +305,31 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
         ),
         f"- A month is {num(a.get('hours_per_month'), '{:,.0f}')} hours",
         f"- Other upfront spend: {usd(a.get('other_upfront_usd'))}; total upfront (GPU spend + other): "
-        f"{usd(metrics_of(stages, 'cost').get('upfront_usd'))}",
+        f"{usd(upfront_usd)}",
     ]
-    prices = a.get("api_prices") or {}
-    if prices:
-        lines += [
-            "",
-            "| API | model | $/1M input | $/1M output | as of | source |",
-            "|---|---|---:|---:|---|---|",
-        ]
-        for api, p in prices.items():
-            lines.append(
-                f"| {api} | `{p.get('model')}` | {usd(p.get('input_usd_per_m'))} | {usd(p.get('output_usd_per_m'))} "
-                f"| {p.get('as_of') or '–'} | {p.get('source') or '–'} |"
-            )
-        lines.append("")
-    fits = {
-        n: m for n, m in (metrics_of(stages, "cost").get("models") or {}).items() if m.get("token_seconds")
-    }
+
+
+def _api_price_lines(prices: dict[str, Any]) -> list[str]:
+    """The API list prices compared against, with model id, date and source."""
+    if not prices:
+        return []
+    lines = [
+        "",
+        "| API | model | $/1M input | $/1M output | as of | source |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for api, p in prices.items():
+        lines.append(
+            f"| {api} | `{p.get('model')}` | {usd(p.get('input_usd_per_m'))} | {usd(p.get('output_usd_per_m'))} "
+            f"| {p.get('as_of') or '–'} | {p.get('source') or '–'} |"
+        )
+    return [*lines, ""]
+
+
+def _token_cost_lines(priced: dict[str, Any]) -> list[str]:
+    """The fitted input/output token costs per model, and any model priced at another mix."""
+    lines = []
+    fits = {n: m for n, m in priced.items() if m.get("token_seconds")}
     if fits:
         lines.append(
             "- Token costs fitted on the bench's two request shapes (replica-seconds per 1k tokens, input / output): "
@@ -325,45 +343,48 @@ def _assumptions_section(stages: dict[str, Any], note_shown: bool) -> list[str]:
                 for n, m in fits.items()
             )
         )
-    for n, m in (metrics_of(stages, "cost").get("models") or {}).items():
+    for n, m in priced.items():
         if m.get("mix_note"):
             lines.append(f"- `{n}`: {m['mix_note']} ({num(m.get('priced_mix'), '{:.0%}')} input)")
-    b = metrics_of(stages, "bench")
-    if b:
-        slo = b.get("slo") or {}
-        bounds = [
-            f"{k.removesuffix('_ms').upper()} ≤ {num(v, '{:,.0f}')} ms"
-            for k, v in slo.items()
-            if k.endswith("_ms") and is_num(v)
-        ]
-        lines.append(
-            f"- Benchmark: {num(b.get('input_len'), '{:.0f}')} input / {num(b.get('output_len'), '{:.0f}')} "
-            f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}"
+    return lines
+
+
+def _bench_lines(b: dict[str, Any]) -> list[str]:
+    """How the throughput was measured: request shape, sweep, repeats, SLO, device, serving mode."""
+    if not b:
+        return []
+    slo = b.get("slo") or {}
+    bounds = [
+        f"{k.removesuffix('_ms').upper()} ≤ {num(v, '{:,.0f}')} ms"
+        for k, v in slo.items()
+        if k.endswith("_ms") and is_num(v)
+    ]
+    lines = [
+        f"- Benchmark: {num(b.get('input_len'), '{:.0f}')} input / {num(b.get('output_len'), '{:.0f}')} "
+        f"output tokens per request, concurrency {', '.join(str(x) for x in b.get('concurrency') or [])}"
+        + (
+            f", each point {b['repeats']}× (spread recorded"
             + (
-                f", each point {b['repeats']}× (spread recorded"
-                + (
-                    f"; a point under {b['min_seconds']:g} s is re-run with more requests"
-                    if is_num(b.get("min_seconds")) and b["min_seconds"] > 0
-                    else ""
-                )
-                + f"), plus {b['fit_shape']['input_len']} in / "
-                f"{b['fit_shape']['output_len']} out at the priced concurrency for the token-cost fit"
-                if b.get("repeats") and b.get("fit_shape")
+                f"; a point under {b['min_seconds']:g} s is re-run with more requests"
+                if is_num(b.get("min_seconds")) and b["min_seconds"] > 0
                 else ""
             )
-            + "; "
-            f"SLO {', '.join(bounds) or 'none'}"
-            + (f" for ≥ {slo['min_attainment']:.0%} of requests" if is_num(slo.get("min_attainment")) else "")
+            + f"), plus {b['fit_shape']['input_len']} in / "
+            f"{b['fit_shape']['output_len']} out at the priced concurrency for the token-cost fit"
+            if b.get("repeats") and b.get("fit_shape")
+            else ""
         )
-        dev = b.get("device") or {}
-        if dev:
-            memory = f", {dev['memory_gb']:g} GB" if is_num(dev.get("memory_gb")) else ""
-            unit = "GPU(s)" if dev.get("kind") == "gpu" else "cores"
-            lines.append(f"- Benchmarked on: {dev.get('name')} × {dev.get('count')} {unit}{memory}")
-        for name, why in (b.get("served_merged_because") or {}).items():
-            lines.append(f"- `{name}` served as merged weights, not a LoRA adapter: {why}")
-    if a.get("note") and note_shown:
-        lines.append("- Scope of the figures: see the note at the top of the Decision section")
+        + "; "
+        f"SLO {', '.join(bounds) or 'none'}"
+        + (f" for ≥ {slo['min_attainment']:.0%} of requests" if is_num(slo.get("min_attainment")) else "")
+    ]
+    dev = b.get("device") or {}
+    if dev:
+        memory = f", {dev['memory_gb']:g} GB" if is_num(dev.get("memory_gb")) else ""
+        unit = "GPU(s)" if dev.get("kind") == "gpu" else "cores"
+        lines.append(f"- Benchmarked on: {dev.get('name')} × {dev.get('count')} {unit}{memory}")
+    for name, why in (b.get("served_merged_because") or {}).items():
+        lines.append(f"- `{name}` served as merged weights, not a LoRA adapter: {why}")
     return lines
 
 
