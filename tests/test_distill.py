@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -191,6 +192,74 @@ def test_killed_cache_build_is_not_taken_as_done(families, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         tc.write_cache(tmp_path / "c", dies(), 4, 8, len(tok), {})
     assert not tc.is_complete(tmp_path / "c")
+
+
+def _stage_context(teacher: str, run_root: Path):
+    from verticalft.recipe import load_recipe
+    from verticalft.rundir import RunDir
+    from verticalft.stages.base import StageContext
+
+    sets = [f"stages.distill.teacher.model={teacher}", "stages.distill.top_k=16", "evaluation.batch_size=2"]
+    recipe = load_recipe(ROOT / "recipes/finance.yaml", "tiny", overrides=sets)
+    return StageContext(recipe, RunDir(run_root), "distill")
+
+
+def _assert_same_cache(got, want):
+    assert len(got) == len(want)
+    for name in ("offsets", "ids", "logprobs", "tail"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+def test_stage_cache_is_built_in_parts_merged_as_one_pass_then_reused(
+    families, tmp_path, monkeypatch, capsys
+):
+    """build_cache in one process: 5 examples in teacher batches of 2 make parts [0, 2), [2, 4),
+    [4, 5) (64 parts asked, each a whole batch); merged, they equal one pass over the examples and
+    the parts folder is gone. A second call reuses the cache without loading the teacher (0 s)."""
+    from verticalft.distill import teacher as dt
+
+    a, _ = families
+    tok = load_tokenizer(a["teacher"])
+    V = len(tok)
+    ctx = _stage_context(a["teacher"], tmp_path / "run")
+    examples = _batch(tok, n=5)
+    cache, seconds = dt.build_cache(ctx, None, tok, examples, V)  # None: build_cache loads the teacher
+    assert "rank 0 builds parts [0, 1, 2] of 3 (0 of its 3 done before)" in capsys.readouterr().out
+    assert cache.meta["parts"] == 3 and seconds > 0
+    assert cache.root.parent == tmp_path / "run" / "teacher_cache"
+    assert sorted(p.name for p in cache.root.parent.iterdir()) == [cache.root.name, cache.root.name + ".lock"]
+    rows = tc.teacher_rows(load_model(a["teacher"]), examples, 16, 2.0, 2, V, tok.pad_token_id)
+    _assert_same_cache(cache, tc.write_cache(tmp_path / "one", rows, 5, 16, V, {}))
+
+    monkeypatch.setattr(dt, "load_teacher", lambda *args: pytest.fail("loaded the teacher to reuse a cache"))
+    again, seconds = dt.build_cache(ctx, None, tok, examples, V)
+    assert (again.root, seconds) == (cache.root, 0.0)
+    assert f"teacher cache: reusing {cache.root} (rank 0)" in capsys.readouterr().out
+
+
+def test_stage_cache_with_a_part_missing_is_not_merged_and_a_rerun_builds_only_that_part(
+    families, tmp_path, monkeypatch, capsys
+):
+    """4 examples in batches of 2: parts [0, 2) and [2, 4). A run that built only part 0 (as if
+    the rank owning part 1 died) refuses to merge, naming the part; the rerun builds part 1 alone."""
+    from verticalft.distill import teacher as dt
+
+    a, _ = families
+    tok = load_tokenizer(a["teacher"])
+    V = len(tok)
+    ctx = _stage_context(a["teacher"], tmp_path / "run")
+    examples = _batch(tok, n=4)
+    teacher = load_model(a["teacher"])
+    monkeypatch.setattr(tc, "parts_of_rank", lambda n_parts, rank, world: [0])
+    with pytest.raises(RuntimeError, match=r"teacher cache: parts \['part-00001'\] are not finished"):
+        dt.build_cache(ctx, teacher, tok, examples, V)
+    monkeypatch.undo()
+    cache, _ = dt.build_cache(ctx, teacher, tok, examples, V)
+    out = capsys.readouterr().out
+    assert "rank 0 builds parts [1] of 2 (1 of its 2 done before)" in out
+    assert "merging 2 parts" in out and cache.meta["parts"] == 2
+    rows = tc.teacher_rows(teacher, examples, 16, 2.0, 2, V, tok.pad_token_id)
+    _assert_same_cache(cache, tc.write_cache(tmp_path / "one", rows, 4, 16, V, {}))
 
 
 def _hub_cache(root, repos: dict[str, str]) -> None:

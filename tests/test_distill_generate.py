@@ -30,6 +30,8 @@ class _Endpoint(BaseHTTPRequestHandler):
             prompt, (prompt.upper(), "stop")
         )
         payload = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": reason}]}
+        if prompt == "bare":  # a server that leaves out what it may: null content, no finish_reason
+            payload = {"choices": [{"message": {"role": "assistant", "content": None}}]}
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -54,7 +56,15 @@ def test_endpoint_teacher_sends_the_key_from_the_environment(endpoint, monkeypat
     monkeypatch.setenv("TEACHER_KEY", "sk-test-123")
     prompts = ["payroll?", "cut", "empty", "payroll?"]
     chats = [[{"role": "user", "content": p}] for p in prompts]
-    gens = generate_openai(endpoint, "teacher-32b", chats, 32, 0.0, api_key_env="TEACHER_KEY", concurrency=2)
+    gens = generate_openai(
+        endpoint,
+        "teacher-32b",
+        chats,
+        max_new_tokens=32,
+        temperature=0.0,
+        api_key_env="TEACHER_KEY",
+        concurrency=2,
+    )
     assert [g.finish_reason for g in gens] == ["stop", "length", "stop", "stop"]
     assert gens[0].text == "PAYROLL?"
     path, auth, body = _Endpoint.seen[0]
@@ -73,7 +83,12 @@ def test_missing_key_is_a_clear_error(endpoint, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(RuntimeError, match="NO_SUCH_KEY is not set"):
         generate_openai(
-            endpoint, "m", [[{"role": "user", "content": "x"}]], 8, 0.0, api_key_env="NO_SUCH_KEY"
+            endpoint,
+            "m",
+            [[{"role": "user", "content": "x"}]],
+            max_new_tokens=8,
+            temperature=0.0,
+            api_key_env="NO_SUCH_KEY",
         )
 
 
@@ -93,6 +108,55 @@ def test_student_folder_names():
     assert student_name("tiny://student-s") == "student-s"
     assert student_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen2.5-7B-Instruct"
     assert student_name("/models/my-student/") == "my-student"
+
+
+def test_endpoint_request_body_and_an_answer_missing_its_optional_fields(endpoint):
+    chats = [[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "bare"}]]
+    kwargs = {"enable_thinking": False}
+    gens = generate_openai(
+        endpoint + "/", "m", chats, max_new_tokens=16, temperature=0.7, chat_template_kwargs=kwargs
+    )
+    assert [(g.text, g.finish_reason) for g in gens] == [("", "stop")]
+    path, auth, body = _Endpoint.seen[0]
+    assert path == "/v1/chat/completions" and auth is None  # no api_key_env: no Authorization header
+    assert body == {
+        "model": "m",
+        "messages": chats[0],  # the whole chat, system turn included
+        "max_tokens": 16,
+        "temperature": 0.7,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    generate_openai(endpoint, "m", chats, max_new_tokens=16, temperature=0.7)
+    assert "chat_template_kwargs" not in _Endpoint.seen[1][2]  # a hosted API may refuse the field
+
+
+def test_an_unreachable_endpoint_backs_off_then_reports_every_prompt(tmp_path, monkeypatch):
+    import socket
+
+    from verticalft.distill import generate as g
+
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    waits = []
+    monkeypatch.setattr(g.time, "sleep", waits.append)
+    journal = tmp_path / "answers.jsonl"
+    chats = [[{"role": "user", "content": "x"}]]
+    with pytest.raises(
+        g.EndpointError, match=r"1 of 1 prompts got no answer after 2 retries \(first: http://127"
+    ):
+        generate_openai(
+            f"http://127.0.0.1:{port}/v1",
+            "m",
+            chats,
+            max_new_tokens=8,
+            temperature=0.0,
+            retries=2,
+            backoff_s=40.0,
+            journal=journal,
+        )
+    assert waits == [40.0, 60.0]  # 40 · 2^0, then 40 · 2^1 = 80 capped at 60; none after the last try
+    assert not journal.exists()  # nothing answered, nothing saved
 
 
 class _Flaky(BaseHTTPRequestHandler):
@@ -139,14 +203,30 @@ def test_endpoint_teacher_retries_saves_each_answer_and_reruns_only_the_missing(
     try:
         with pytest.raises(EndpointError, match="1 of 4 prompts got no answer") as err:
             generate_openai(
-                url, "m", prompts, 8, 0.0, concurrency=2, journal=journal, retries=3, backoff_s=0.01
+                url,
+                "m",
+                prompts,
+                max_new_tokens=8,
+                temperature=0.0,
+                concurrency=2,
+                journal=journal,
+                retries=3,
+                backoff_s=0.01,
             )
         assert "3 answers received are saved" in str(err.value)
         assert _Flaky.calls == {"a": 3, "b": 3, "c": 4, "d": 3}  # 429, 503, then the answer
         assert len(journal.read_text().splitlines()) == 3
         _Flaky.down = set()  # recovered: the rerun asks for "c" only
         gens = generate_openai(
-            url, "m", prompts, 8, 0.0, concurrency=2, journal=journal, retries=3, backoff_s=0.01
+            url,
+            "m",
+            prompts,
+            max_new_tokens=8,
+            temperature=0.0,
+            concurrency=2,
+            journal=journal,
+            retries=3,
+            backoff_s=0.01,
         )
         assert [g.text for g in gens] == ["A", "B", "C", "D"]
         assert _Flaky.calls == {"a": 3, "b": 3, "c": 5, "d": 3}
@@ -159,7 +239,13 @@ def test_a_request_the_api_refuses_is_not_retried(endpoint, tmp_path):
 
     with pytest.raises(EndpointError, match="HTTP 400 .*maximum context length"):
         generate_openai(
-            endpoint, "m", [[{"role": "user", "content": "too long"}]], 8, 0.0, retries=5, backoff_s=10
+            endpoint,
+            "m",
+            [[{"role": "user", "content": "too long"}]],
+            max_new_tokens=8,
+            temperature=0.0,
+            retries=5,
+            backoff_s=10,
         )
     assert len(_Endpoint.seen) == 1
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,109 @@ def _near_duplicate(text: str, rng: random.Random) -> str:
     return " ".join(words) + "\n(Reprinted with permission.)"
 
 
+def _pii_doc(doc: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Append two PII sentences to `doc` (kept and redacted by curation); the label lists the values."""
+    values = _pii_values(rng)
+    kinds = rng.sample(sorted(values), k=2)
+    doc["text"] += " " + " ".join(PII_SENTENCES[k].format(v=values[k]) for k in kinds)
+    return {"id": doc["id"], "kind": "pii", "detail": {k: values[k] for k in kinds}}
+
+
+def _boilerplate_lines_doc(doc: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Wrap `doc` in nav/cookie lines (kept by curation, the lines stripped); the label lists them."""
+    head, tail = rng.sample(BOILERPLATE, 2), rng.choice(BOILERPLATE)
+    doc["text"] = "\n".join(head) + "\n" + doc["text"] + "\n" + tail
+    # the planted lines themselves: the noise check looks for these, not for the filter's regex
+    return {"id": doc["id"], "kind": "boilerplate_lines", "detail": [*head, tail]}
+
+
+# A noisy copy: (the document whose fields it copies, the fields it changes, the label's detail).
+_Copy = tuple[dict[str, Any], dict[str, Any], Any]
+
+
+def _exact_copy(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    src = rng.choice(docs)
+    return src, {}, src["id"]
+
+
+def _near_copy(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    src = rng.choice(docs)
+    return src, {"text": _near_duplicate(src["text"], rng)}, src["id"]
+
+
+def _boilerplate_page(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    lines = rng.sample(BOILERPLATE, k=4)
+    return rng.choice(docs), {"text": "\n".join(lines)}, ""
+
+
+def _non_english_page(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    return rng.choice(docs), {"text": rng.choice(NON_ENGLISH)}, ""
+
+
+def _junk_page(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    return rng.choice(docs), {"text": rng.choice(JUNK)}, ""
+
+
+def _stale_copy(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    src = rng.choice(docs)
+    year = rng.randint(1995, 2007)
+    date = f"{year}-{rng.randint(1, 12):02d}-15"
+    text = src["text"].replace("2024", str(year)).replace("2025", str(year))
+    return src, {"text": text, "date": date}, date
+
+
+def _licensed_copy(rng: random.Random, docs: list[dict[str, Any]]) -> _Copy:
+    src = rng.choice(docs)
+    text = src["text"] + " Licensed data; redistribution prohibited."
+    return src, {"text": text, "license": PROPRIETARY_LICENSE}, PROPRIETARY_LICENSE
+
+
+# The added noisy documents, in the order they are drawn (the order is part of the seed's output).
+_COPY_KINDS: list[tuple[str, float, Callable[[random.Random, list[dict[str, Any]]], _Copy]]] = [
+    ("exact_duplicate", 0.03, _exact_copy),
+    ("near_duplicate", 0.03, _near_copy),
+    ("boilerplate", 0.02, _boilerplate_page),
+    ("non_english", 0.02, _non_english_page),
+    ("too_short", 0.02, _junk_page),
+    ("stale_date", 0.02, _stale_copy),
+    ("license", 0.02, _licensed_copy),
+]
+
+
+def _noise_count(n: int, ratio: float) -> int:
+    """How many documents of a kind: `ratio` of the clean count, at least one."""
+    return max(1, round(n * ratio))
+
+
+def _plant_in_place(docs: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """Edit distinct clean documents in place (PII, then boilerplate lines); return their labels.
+
+    First, so that the copies drawn afterwards copy the final text."""
+    n = len(docs)
+    n_pii = _noise_count(n, 0.05)
+    targets = rng.sample(range(n), k=n_pii + _noise_count(n, 0.02))
+    return [
+        _pii_doc(docs[idx], rng) if j < n_pii else _boilerplate_lines_doc(docs[idx], rng)
+        for j, idx in enumerate(targets)
+    ]
+
+
+def _noisy_copies(
+    docs: list[dict[str, Any]], rng: random.Random, prefix: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The added documents of every `_COPY_KINDS` kind, each a changed copy of one of `docs`, with
+    new ids after theirs, and their labels."""
+    extra: list[dict[str, Any]] = []
+    labels: list[dict[str, Any]] = []
+    for kind, ratio, make in _COPY_KINDS:
+        for _ in range(_noise_count(len(docs), ratio)):
+            src, changes, detail = make(rng, docs)
+            doc = {**src, "id": f"{prefix}-{len(docs) + len(extra) + 1:06d}", **changes}
+            extra.append(doc)
+            labels.append({"id": doc["id"], "kind": kind, "detail": detail})
+    return extra, labels
+
+
 def plant_noise(
     clean: list[dict[str, Any]], rng: random.Random, prefix: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -146,76 +249,10 @@ def plant_noise(
     redact them; `detail` lists each planted value), too_short 2%, stale_date 2% (dated before
     2008), license 2% (a non-redistributable licence). Every other document is clean.
     """
-    n = len(clean)
     docs = [dict(d) for d in clean]
-    labels: list[dict[str, Any]] = []
-    counter = [n]
-
-    def new_id() -> str:
-        counter[0] += 1
-        return f"{prefix}-{counter[0]:06d}"
-
-    def count(ratio: float) -> int:
-        return max(1, round(n * ratio))
-
-    # In-place kinds first, on distinct clean documents, so copies below copy the final text.
-    targets = rng.sample(range(n), k=count(0.05) + count(0.02))
-    for j, idx in enumerate(targets):
-        doc = docs[idx]
-        if j < count(0.05):
-            values = _pii_values(rng)
-            kinds = rng.sample(sorted(values), k=2)
-            doc["text"] += " " + " ".join(PII_SENTENCES[k].format(v=values[k]) for k in kinds)
-            labels.append({"id": doc["id"], "kind": "pii", "detail": {k: values[k] for k in kinds}})
-        else:
-            head, tail = rng.sample(BOILERPLATE, 2), rng.choice(BOILERPLATE)
-            doc["text"] = "\n".join(head) + "\n" + doc["text"] + "\n" + tail
-            # the planted lines themselves: the noise check looks for these, not for the filter's regex
-            labels.append({"id": doc["id"], "kind": "boilerplate_lines", "detail": [*head, tail]})
-
-    extra: list[dict[str, Any]] = []
-    for _ in range(count(0.03)):
-        src = rng.choice(docs[:n])
-        extra.append({**src, "id": new_id()})
-        labels.append({"id": extra[-1]["id"], "kind": "exact_duplicate", "detail": src["id"]})
-    for _ in range(count(0.03)):
-        src = rng.choice(docs[:n])
-        extra.append({**src, "id": new_id(), "text": _near_duplicate(src["text"], rng)})
-        labels.append({"id": extra[-1]["id"], "kind": "near_duplicate", "detail": src["id"]})
-    for _ in range(count(0.02)):
-        lines = rng.sample(BOILERPLATE, k=4)
-        extra.append({**rng.choice(docs[:n]), "id": new_id(), "text": "\n".join(lines)})
-        labels.append({"id": extra[-1]["id"], "kind": "boilerplate", "detail": ""})
-    for _ in range(count(0.02)):
-        extra.append({**rng.choice(docs[:n]), "id": new_id(), "text": rng.choice(NON_ENGLISH)})
-        labels.append({"id": extra[-1]["id"], "kind": "non_english", "detail": ""})
-    for _ in range(count(0.02)):
-        extra.append({**rng.choice(docs[:n]), "id": new_id(), "text": rng.choice(JUNK)})
-        labels.append({"id": extra[-1]["id"], "kind": "too_short", "detail": ""})
-    for _ in range(count(0.02)):
-        src = rng.choice(docs[:n])
-        year = rng.randint(1995, 2007)
-        extra.append(
-            {
-                **src,
-                "id": new_id(),
-                "text": src["text"].replace("2024", str(year)).replace("2025", str(year)),
-                "date": f"{year}-{rng.randint(1, 12):02d}-15",
-            }
-        )
-        labels.append({"id": extra[-1]["id"], "kind": "stale_date", "detail": extra[-1]["date"]})
-    for _ in range(count(0.02)):
-        src = rng.choice(docs[:n])
-        extra.append(
-            {
-                **src,
-                "id": new_id(),
-                "text": src["text"] + " Licensed data; redistribution prohibited.",
-                "license": PROPRIETARY_LICENSE,
-            }
-        )
-        labels.append({"id": extra[-1]["id"], "kind": "license", "detail": PROPRIETARY_LICENSE})
-
+    labels = _plant_in_place(docs, rng)
+    extra, copy_labels = _noisy_copies(docs, rng, prefix)
+    labels += copy_labels
     # Interleave the extra documents at random places so order carries no signal.
     for doc in extra:
         docs.insert(rng.randrange(len(docs) + 1), doc)
@@ -308,6 +345,71 @@ def _unique_items(task_fn: TaskFn, rng: random.Random, n: int, seen: set[str]) -
     return items
 
 
+def _leak_free(doc_fn: DocFn, eval_prompts: list[str]) -> DocFn:
+    """`doc_fn`, redrawn until the document quotes no eval prompt: a clean document that quotes an
+    eval item and its answer (a worked worksheet) is a leak, and curation would drop it."""
+
+    def doc(rng: random.Random) -> dict[str, Any]:
+        d = doc_fn(rng)
+        while any(p in d["text"] for p in eval_prompts):
+            d = doc_fn(rng)
+        return d
+
+    return doc
+
+
+def _raw_documents(
+    doc_fn: DocFn, rng: random.Random, prefix: str, n_docs: int, n_heldout: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(corpus with planted noise, its noise labels, held-out clean text), all from one `rng`."""
+    clean = [{"id": f"{prefix}-{i:06d}", **doc_fn(rng)} for i in range(n_docs)]
+    corpus, labels = plant_noise(clean, rng, prefix)
+    heldout = [{"id": f"{prefix}-heldout-{i:05d}", **doc_fn(rng)} for i in range(n_heldout)]
+    return corpus, labels, heldout
+
+
+def _rejections(
+    items: list[TaskItem], rng: random.Random, hallucinations: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """(rejected answer, kind) per preference item: half are wrong (a wrong figure or label), half
+    the right answer with a hallucinated, unsupported addition — what DPO is meant to train away."""
+    return [
+        (t.rejected, "wrong")
+        if rng.random() < 0.5
+        else (f"{t.answer}, {rng.choice(hallucinations)}", "hallucination")
+        for t in items
+    ]
+
+
+def _sft_rows(items: list[TaskItem]) -> Iterator[dict[str, Any]]:
+    for t in items:
+        messages = [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.answer}]
+        yield {"messages": messages, "task": t.task}
+
+
+def _preference_rows(items: list[TaskItem], rejections: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    for t, (rejected, kind) in zip(items, rejections, strict=True):
+        yield {
+            "prompt": [{"role": "user", "content": t.prompt}],
+            "chosen": [{"role": "assistant", "content": t.answer}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "task": t.task,
+            "rejected_kind": kind,
+        }
+
+
+def _eval_rows(items: list[TaskItem], prefix: str) -> Iterator[dict[str, Any]]:
+    for i, t in enumerate(items):
+        yield {
+            "id": f"{prefix}-eval-{i:04d}",
+            "task": t.task,
+            "prompt": t.prompt,
+            "answer": t.answer,
+            "kind": t.kind,
+            "difficulty": t.difficulty,
+        }
+
+
 def build_sample(
     out_dir: Path,
     prefix: str,
@@ -322,82 +424,28 @@ def build_sample(
     n_eval: int = 200,
     hallucinations: tuple[str, ...] = ("as confirmed in a 2019 filing", "according to unnamed sources"),
 ) -> dict[str, int]:
-    """Write the domain sample to `out_dir`; returns row counts per file."""
+    """Write the domain sample to `out_dir`; returns row counts per file.
+
+    Each part draws from its own generator seeded from `seed` (the corpus and held-out text share
+    one), so the committed sample is rebuilt byte for byte."""
     seen: set[str] = set()
-    # Eval first: its prompts never appear in training, the corpus's worked worksheets included
-    # (a clean document that quotes an eval item and its answer is a leak, and curation drops it).
+    # Eval first: its prompts never appear in training, the corpus's worked worksheets included.
     eval_items = _unique_items(task_fn, random.Random(seed + 1), n_eval, seen)
-    eval_prompts = [t.prompt for t in eval_items]
-
-    def leak_free_doc(rng: random.Random) -> dict[str, Any]:
-        doc = doc_fn(rng)
-        while any(p in doc["text"] for p in eval_prompts):
-            doc = doc_fn(rng)
-        return doc
-
-    rng = random.Random(seed)
-    clean = [{"id": f"{prefix}-{i:06d}", **leak_free_doc(rng)} for i in range(n_docs)]
-    corpus, labels = plant_noise(clean, rng, prefix)
-    heldout = [{"id": f"{prefix}-heldout-{i:05d}", **leak_free_doc(rng)} for i in range(n_heldout)]
-
+    doc = _leak_free(doc_fn, [t.prompt for t in eval_items])
+    corpus, labels, heldout = _raw_documents(doc, random.Random(seed), prefix, n_docs, n_heldout)
     sft_items = _unique_items(task_fn, random.Random(seed + 2), n_sft, seen)
     pref_items = _unique_items(task_fn, random.Random(seed + 3), n_pref, seen)
-
-    # Half the rejected answers are wrong (a wrong figure or label), half are the right answer
-    # with a hallucinated, unsupported addition — what DPO is meant to train away.
-    rej_rng = random.Random(seed + 4)
-    rejections = [
-        (t.rejected, "wrong")
-        if rej_rng.random() < 0.5
-        else (f"{t.answer}, {rej_rng.choice(hallucinations)}", "hallucination")
-        for t in pref_items
-    ]
-    counts = {
+    rejections = _rejections(pref_items, random.Random(seed + 4), hallucinations)
+    return {
         "corpus.jsonl": write_jsonl(out_dir / "corpus.jsonl", corpus),
         "noise_labels.jsonl": write_jsonl(out_dir / "noise_labels.jsonl", labels),
         "heldout.jsonl": write_jsonl(out_dir / "heldout.jsonl", heldout),
-        "sft.jsonl": write_jsonl(
-            out_dir / "sft.jsonl",
-            (
-                {
-                    "messages": [
-                        {"role": "user", "content": t.prompt},
-                        {"role": "assistant", "content": t.answer},
-                    ],
-                    "task": t.task,
-                }
-                for t in sft_items
-            ),
-        ),
+        "sft.jsonl": write_jsonl(out_dir / "sft.jsonl", _sft_rows(sft_items)),
         "preferences.jsonl": write_jsonl(
-            out_dir / "preferences.jsonl",
-            (
-                {
-                    "prompt": [{"role": "user", "content": t.prompt}],
-                    "chosen": [{"role": "assistant", "content": t.answer}],
-                    "rejected": [{"role": "assistant", "content": rejected}],
-                    "task": t.task,
-                    "rejected_kind": kind,
-                }
-                for t, (rejected, kind) in zip(pref_items, rejections, strict=True)
-            ),
+            out_dir / "preferences.jsonl", _preference_rows(pref_items, rejections)
         ),
-        "eval.jsonl": write_jsonl(
-            out_dir / "eval.jsonl",
-            (
-                {
-                    "id": f"{prefix}-eval-{i:04d}",
-                    "task": t.task,
-                    "prompt": t.prompt,
-                    "answer": t.answer,
-                    "kind": t.kind,
-                    "difficulty": t.difficulty,
-                }
-                for i, t in enumerate(eval_items)
-            ),
-        ),
+        "eval.jsonl": write_jsonl(out_dir / "eval.jsonl", _eval_rows(eval_items, prefix)),
     }
-    return counts
 
 
 def build_and_report(out_dir: Path, prefix: str, doc_fn: DocFn, task_fn: TaskFn, **kwargs: Any) -> None:

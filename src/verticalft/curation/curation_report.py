@@ -36,6 +36,26 @@ def plot_funnel(funnel: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 def render(name: str, m: dict[str, Any]) -> str:
+    """`report.md` from the curate stage's metrics: the headline and funnel, the repairs made to
+    kept documents, the planted noise caught (sample data only), the training sets and the
+    quarantined rows; a section with nothing to say is left out."""
+    lines = [
+        *_headline_and_funnel(name, m),
+        *_repairs(m),
+        *_planted_noise(m.get("planted_noise")),
+        *_training_records(m.get("records", {})),
+        *_quarantine(m.get("quarantine")),
+        "",
+        "Every dropped record is in `dropped/*.parquet` with its step, reason and detail "
+        "(the kept copy for duplicates, the eval item for contamination).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _headline_and_funnel(name: str, m: dict[str, Any]) -> list[str]:
+    """What was read, kept and dropped, how it ran, and the funnel table (the six biggest drop
+    reasons of each step)."""
     lines = [
         f"# Curation report — {name}",
         "",
@@ -51,39 +71,53 @@ def render(name: str, m: dict[str, Any]) -> str:
     for s in m["funnel"]:
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items(), key=lambda x: -x[1])[:6])
         lines.append(f"| {s['step']} | {s['in']:,} | {s['kept']:,} | {s['in'] - s['kept']:,} | {reasons} |")
+    return lines
+
+
+def _repairs(m: dict[str, Any]) -> list[str]:
+    """Documents kept but changed (PII redacted, lines removed), and eval-set contamination."""
     details = m.get("details", {})
     pii = {k[4:]: v for k, v in details.items() if k.startswith("pii_")}
     removed = {k[6:]: v for k, v in details.items() if k.startswith("lines_")}
-    lines += ["", "## Repairs (documents kept)", ""]
-    lines.append("PII redacted: " + (", ".join(f"{k} {v}" for k, v in pii.items()) or "none"))
-    lines.append("")
-    lines.append("Lines removed: " + (", ".join(f"{k} {v}" for k, v in removed.items()) or "none"))
-    lines += [
+    return [
+        "",
+        "## Repairs (documents kept)",
+        "",
+        "PII redacted: " + (", ".join(f"{k} {v}" for k, v in pii.items()) or "none"),
+        "",
+        "Lines removed: " + (", ".join(f"{k} {v}" for k, v in removed.items()) or "none"),
         "",
         f"Eval-set contamination: {m['flagged_contamination']} corpus document(s) contain an eval item "
         f"(`flagged.jsonl`); {m['eval_items_unmatchable']} eval item(s) consist only of wording common in "
         "the training data and cannot be matched.",
     ]
-    noise = m.get("planted_noise")
-    if noise:
-        lines += [
-            "",
-            "## Planted noise caught (sample data labels)",
-            "",
-            "| kind | planted | caught | rate |",
-        ]
-        lines.append("|---|---:|---:|---:|")
-        for kind, k in noise["kinds"].items():
-            lines.append(f"| {kind} | {k['planted']} | {k['caught']} | {k['rate']:.0%} |")
-        c = noise["clean"]
-        lines += [
-            "",
-            f"Clean documents dropped: {c['dropped']} of {c['total']} ({c['rate']:.1%})"
-            + (": " + ", ".join(f"{r} {n}" for r, n in c["reasons"].items()) if c["reasons"] else "."),
-        ]
-    if m.get("records"):
-        lines += ["", "## Training records", ""]
-    for set_name, s in m.get("records", {}).items():
+
+
+def _planted_noise(noise: dict[str, Any] | None) -> list[str]:
+    """How much of each planted kind curation caught, and the clean documents it dropped: only the
+    sample data has noise labels."""
+    if not noise:
+        return []
+    lines = ["", "## Planted noise caught (sample data labels)", "", "| kind | planted | caught | rate |"]
+    lines.append("|---|---:|---:|---:|")
+    for kind, k in noise["kinds"].items():
+        lines.append(f"| {kind} | {k['planted']} | {k['caught']} | {k['rate']:.0%} |")
+    c = noise["clean"]
+    reasons = ": " + ", ".join(f"{r} {n}" for r, n in c["reasons"].items()) if c["reasons"] else "."
+    return [
+        *lines,
+        "",
+        f"Clean documents dropped: {c['dropped']} of {c['total']} ({c['rate']:.1%})" + reasons,
+    ]
+
+
+def _training_records(sets: dict[str, Any]) -> list[str]:
+    """Each SFT / preference set: in, kept, drops by reason, PII redacted; and each source's
+    trained rows when the weights make them differ from the kept ones."""
+    if not sets:
+        return []
+    lines = ["", "## Training records", ""]
+    for set_name, s in sets.items():
         drops = {r: n for step in s["funnel"] for r, n in step["dropped"].items()}
         lines.append(
             f"- `{set_name}`: {s['in']:,} in → {s['kept']:,} kept; dropped: "
@@ -95,16 +129,19 @@ def render(name: str, m: dict[str, Any]) -> str:
                 f"  - `{x['path']}`: {x['kept']:,} kept × weight {x['weight']:g} → {x['trained']:,} trained rows"
                 for x in s["sources"]
             ]
-    if m.get("quarantine"):
-        lines += ["", "## Quarantined rows (`quarantine.jsonl`)", ""]
-        lines += [f"- `{q['file']}:{q['line']}` — {q['error']}" for q in m["quarantine"][:20]]
-    lines += [
+    return lines
+
+
+def _quarantine(rows: list[dict[str, Any]] | None) -> list[str]:
+    """The first 20 malformed rows, with file and line (all of them are in `quarantine.jsonl`)."""
+    if not rows:
+        return []
+    return [
         "",
-        "Every dropped record is in `dropped/*.parquet` with its step, reason and detail "
-        "(the kept copy for duplicates, the eval item for contamination).",
+        "## Quarantined rows (`quarantine.jsonl`)",
         "",
+        *(f"- `{q['file']}:{q['line']}` — {q['error']}" for q in rows[:20]),
     ]
-    return "\n".join(lines)
 
 
 def write_report(folder: Path, name: str, metrics: dict[str, Any]) -> Path:

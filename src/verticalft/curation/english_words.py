@@ -242,72 +242,100 @@ def _special_patterns() -> dict[str, list[tuple[str, ...]]]:
     return patterns
 
 
+# spaCy's English tokenizer exceptions (spacy/lang/en/tokenizer_exceptions.py) as data, by kind;
+# `_english_exceptions` expands them the way spaCy's file does (lower and title case, ’ for ').
+# Contractions: each stem (lower and title case) with each ending; "|" splits an ending's tokens.
+_CONTRACTIONS = (
+    ("i", "'m m 'm|a m|a"),
+    ("i you he she it we they", "'ll ll 'll|'ve ll|ve 'd d 'd|'ve d|ve"),
+    ("i you we they", "'ve ve"),
+    ("you we they", "'re re"),
+    ("he she it", "'s s"),
+    ("who what when where why how there that this", "'s s"),
+    ("who what when where why how there that this these those", "'ll ll 'll|'ve ll|ve"),
+    ("who what when where why how there that this these those", "'d d 'd|'ve d|ve"),
+    ("who what when where why how there these those", "'re re 've ve"),
+    ("ca could do does did had may might must need ought sha should wo would", "n't nt"),
+    ("ca could do does did had may might must need ought sha should wo would", "n't|'ve nt|ve"),
+    ("could might must should would", "'ve ve"),
+    ("ai are is was were have has dare", "n't nt"),
+)
+# Irregular forms: orth → its tokens ("|" between them), each case spelled out as spaCy does.
+_IRREGULAR = (
+    "y'all=y'|all yall=y|all how'd'y=how|'d|'y How'd'y=How|'d|'y not've=not|'ve notve=not|ve "
+    "Not've=Not|'ve Notve=Not|ve cannot=can|not Cannot=Can|not gonna=gon|na Gonna=Gon|na gotta=got|ta "
+    "Gotta=Got|ta let's=let|'s Let's=Let|'s c'mon=c'm|on C'mon=C'm|on °C.=°|C|. °F.=°|F|. °K.=°|K|. "
+    "°c.=°|c|. °f.=°|f|. °k.=°|k|."
+)
+# Dropped-g forms, kept whole with and without the apostrophe (lower and title case).
+_DROPPED_G = ("doin", "goin", "nothin", "nuthin", "ol", "somethin", "lovin", "havin")
+# Tokens kept whole: abbreviations, other spellings, symbols, emoticons (and "a." … "z.").
+_WHOLE = (
+    "em 'em ll 'll nuff 'nuff 'S 's ‘S ‘s and/or w/o 're 'd 'Cause 'cause 'cos 'Cos 'coz 'Coz 'cuz 'Cuz "
+    "'bout ma'am Ma'am o'clock O'clock Mt. Ak. Ala. Apr. Ariz. Ark. Aug. Calif. Colo. Conn. Dec. Del. "
+    "Feb. Fla. Ga. Ia. Id. Ill. Ind. Jan. Jul. Jun. Kan. Kans. Ky. La. Mar. Mass. Mich. Minn. Miss. "
+    "N.C. N.D. N.H. N.J. N.M. N.Y. Neb. Nebr. Nev. Nov. Oct. Okla. Ore. Pa. S.C. Sep. Sept. Tenn. Va. "
+    "Wash. Wis. a.m. Adm. Bros. co. Co. Corp. D.C. Dr. e.g. E.g. E.G. Gen. Gov. i.e. I.e. I.E. Inc. "
+    "Jr. Ltd. Md. Messrs. Mo. Mont. Mr. Mrs. Ms. p.m. Ph.D. Prof. Rep. Rev. Sen. St. vs. v.s. "
+    "' '' C++ ä. ö. ü. \\\") \\t \\n <space> — "
+    # emoticons
+    ":) :-) :)) :-)) :))) :-))) (: (-: =) (= :] :-] [: [-: [= =] :o) (o: :} :-} 8) 8-) (-8 ;) ;-) (; "
+    "(-; :( :-( :(( :-(( :((( :-((( ): )-: =( >:( :') :'-) :'( :'-( :/ :-/ =/ =| :| :-| ]= =[ :1 :P "
+    ":-P :p :-p :O :-O :o :-o :0 :-0 :() >:o :* :-* :3 :-3 =3 :> :-> :X :-X :x :-x :D :-D ;D ;-D =D "
+    "xD XD xDD XDD 8D 8-D ^_^ ^__^ ^___^ >.< >.> <.< ._. ;_; -_- -__- v.v V.V v_v V_V o_o o_O O_o O_O "
+    "0_o o_0 0_0 o.O O.o O.O o.o 0.0 o.0 0.o @_@ <3 <33 <333 </3 (^_^) (-_-) (._.) (>_<) (*_*) (¬_¬) "
+    "ಠ_ಠ ಠ︵ಠ (ಠ_ಠ) ¯\\(ツ)/¯ (╯°□°）╯︵┻━┻ ><(((*>"
+)
+# Words, not contractions: "ill" is not "i'll", "well" not "we'll" (lower and title case).
+_NOT_CONTRACTIONS = ("ill", "its", "hell", "shell", "shed", "were", "well", "whore")
+
+
 def _english_exceptions() -> dict[str, tuple[str, ...]]:
-    """spaCy's English tokenizer exceptions (spacy/lang/en/tokenizer_exceptions.py), regenerated."""
-    exc: dict[str, tuple[str, ...]] = {}
+    """spaCy's English tokenizer exceptions, orth → tokens, in spaCy's order.
 
-    def add(stems: str, *endings: str) -> None:
-        for stem in stems.split():
-            for orth in (stem, stem.title()):
-                for ending in endings:
-                    parts = (orth, *ending.split("|"))
-                    exc["".join(parts)] = parts
-
-    add("i", "'m", "m", "'m|a", "m|a")
-    add("i you he she it we they", "'ll", "ll", "'ll|'ve", "ll|ve", "'d", "d", "'d|'ve", "d|ve")
-    add("i you we they", "'ve", "ve")
-    add("you we they", "'re", "re")
-    add("he she it", "'s", "s")
-    add("who what when where why how there that this", "'s", "s")
-    add("who what when where why how there that this these those", "'ll", "ll", "'ll|'ve", "ll|ve")
-    add("who what when where why how there that this these those", "'d", "d", "'d|'ve", "d|ve")
-    add("who what when where why how there these those", "'re", "re", "'ve", "ve")
-    add("ca could do does did had may might must need ought sha should wo would", "n't", "nt")
-    add("ca could do does did had may might must need ought sha should wo would", "n't|'ve", "nt|ve")
-    add("could might must should would", "'ve", "ve")
-    add("ai are is was were have has dare", "n't", "nt")
-    for h in range(1, 13):
-        for period in ("a.m.", "am", "p.m.", "pm"):
-            exc[f"{h}{period}"] = (str(h), period)
-    for orth, parts in [
-        ("y'all", "y'|all"), ("yall", "y|all"), ("how'd'y", "how|'d|'y"), ("How'd'y", "How|'d|'y"),
-        ("not've", "not|'ve"), ("notve", "not|ve"), ("Not've", "Not|'ve"), ("Notve", "Not|ve"),
-        ("cannot", "can|not"), ("Cannot", "Can|not"), ("gonna", "gon|na"), ("Gonna", "Gon|na"),
-        ("gotta", "got|ta"), ("Gotta", "Got|ta"), ("let's", "let|'s"), ("Let's", "Let|'s"),
-        ("c'mon", "c'm|on"), ("C'mon", "C'm|on"), ("°C.", "°|C|."), ("°F.", "°|F|."), ("°K.", "°|K|."),
-        ("°c.", "°|c|."), ("°f.", "°|f|."), ("°k.", "°|k|."),
-    ]:  # fmt: skip
-        exc[orth] = tuple(parts.split("|"))
-    for stem in ("doin", "goin", "nothin", "nuthin", "ol", "somethin", "lovin", "havin"):
-        for orth in (stem, stem.title()):
-            exc[orth] = (orth,)
-            exc[orth + "'"] = (orth + "'",)
-    singles = (
-        "em 'em ll 'll nuff 'nuff 'S 's ‘S ‘s and/or w/o 're 'd 'Cause 'cause 'cos 'Cos 'coz 'Coz 'cuz 'Cuz "
-        "'bout ma'am Ma'am o'clock O'clock Mt. Ak. Ala. Apr. Ariz. Ark. Aug. Calif. Colo. Conn. Dec. Del. "
-        "Feb. Fla. Ga. Ia. Id. Ill. Ind. Jan. Jul. Jun. Kan. Kans. Ky. La. Mar. Mass. Mich. Minn. Miss. "
-        "N.C. N.D. N.H. N.J. N.M. N.Y. Neb. Nebr. Nev. Nov. Oct. Okla. Ore. Pa. S.C. Sep. Sept. Tenn. Va. "
-        "Wash. Wis. a.m. Adm. Bros. co. Co. Corp. D.C. Dr. e.g. E.g. E.G. Gen. Gov. i.e. I.e. I.E. Inc. "
-        "Jr. Ltd. Md. Messrs. Mo. Mont. Mr. Mrs. Ms. p.m. Ph.D. Prof. Rep. Rev. Sen. St. vs. v.s. "
-        "' '' C++ ä. ö. ü. \\\") \\t \\n <space> — "
-        # emoticons
-        ":) :-) :)) :-)) :))) :-))) (: (-: =) (= :] :-] [: [-: [= =] :o) (o: :} :-} 8) 8-) (-8 ;) ;-) (; "
-        "(-; :( :-( :(( :-(( :((( :-((( ): )-: =( >:( :') :'-) :'( :'-( :/ :-/ =/ =| :| :-| ]= =[ :1 :P "
-        ":-P :p :-p :O :-O :o :-o :0 :-0 :() >:o :* :-* :3 :-3 =3 :> :-> :X :-X :x :-x :D :-D ;D ;-D =D "
-        "xD XD xDD XDD 8D 8-D ^_^ ^__^ ^___^ >.< >.> <.< ._. ;_; -_- -__- v.v V.V v_v V_V o_o o_O O_o O_O "
-        "0_o o_0 0_0 o.O O.o O.O o.o 0.0 o.0 0.o @_@ <3 <33 <333 </3 (^_^) (-_-) (._.) (>_<) (*_*) (¬_¬) "
-        "ಠ_ಠ ಠ︵ಠ (ಠ_ಠ) ¯\\(ツ)/¯ (╯°□°）╯︵┻━┻ ><(((*>"
-    )
-    for orth in singles.split() + [f"{c}." for c in "abcdefghijklmnopqrstuvwxyz"]:
-        exc[orth] = (orth,)
-    for stem in ("ill", "its", "hell", "shell", "shed", "were", "well", "whore"):  # words, not contractions
+    Built from the tables above rather than written out: the ~1,000 entries are a few rules over a
+    few word lists, and the rules are what a reader checks against spaCy's file."""
+    exc = {**_contractions(), **_clock_times(), **_irregular(), **_dropped_g(), **_whole()}
+    for stem in _NOT_CONTRACTIONS:
         exc.pop(stem, None)
         exc.pop(stem.title(), None)
     # Every exception written with ' also exists with ’ (spaCy's `expand_exc`).
-    exc.update(
-        {k.replace("'", "’"): tuple(p.replace("'", "’") for p in v) for k, v in exc.items() if "'" in k}
-    )
+    curly = {k.replace("'", "’"): tuple(p.replace("'", "’") for p in v) for k, v in exc.items() if "'" in k}
+    return {**exc, **curly}
+
+
+def _contractions() -> dict[str, tuple[str, ...]]:
+    """ "don't" → "do" "n't", "Shouldn't've" → "Should" "n't" "'ve", …: every `_CONTRACTIONS` stem
+    in lower and title case with each of its endings."""
+    exc: dict[str, tuple[str, ...]] = {}
+    for stems, endings in _CONTRACTIONS:
+        for stem in stems.split():
+            for orth in (stem, stem.title()):
+                for ending in endings.split():
+                    parts = (orth, *ending.split("|"))
+                    exc["".join(parts)] = parts
     return exc
+
+
+def _clock_times() -> dict[str, tuple[str, ...]]:
+    """ "3pm" → "3" "pm", "11a.m." → "11" "a.m." for the hours 1 to 12."""
+    return {f"{h}{period}": (str(h), period) for h in range(1, 13) for period in ("a.m.", "am", "p.m.", "pm")}
+
+
+def _irregular() -> dict[str, tuple[str, ...]]:
+    """ "gonna" → "gon" "na", "°C." → "°" "C" "." and the other `_IRREGULAR` forms."""
+    pairs = (entry.split("=") for entry in _IRREGULAR.split())
+    return {orth: tuple(parts.split("|")) for orth, parts in pairs}
+
+
+def _dropped_g() -> dict[str, tuple[str, ...]]:
+    """ "doin" and "doin'" kept whole, in lower and title case."""
+    return {o: (o,) for stem in _DROPPED_G for orth in (stem, stem.title()) for o in (orth, orth + "'")}
+
+
+def _whole() -> dict[str, tuple[str, ...]]:
+    """`_WHOLE` and the single letters with a dot ("a." … "z."), each one token."""
+    return {orth: (orth,) for orth in _WHOLE.split() + [f"{c}." for c in "abcdefghijklmnopqrstuvwxyz"]}
 
 
 _SPECIALS = _english_exceptions()

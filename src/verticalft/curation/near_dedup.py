@@ -221,12 +221,24 @@ def _block_shingle_hashes(texts: Sequence[str], n: int):
     """
     import numpy as np
 
+    joined, starts, lengths, first_word = _word_spans(texts)
+    words = _word_hashes(joined, starts, lengths)
+    return _ngram_hashes(words, first_word, n), first_word.astype(np.uint64)
+
+
+def _word_spans(texts: Sequence[str]):
+    """(joined, starts, lengths, first_word): the texts normalised and joined into one buffer,
+    each preceded by a space and the whole followed by 15 more (so 8-byte reads never run off);
+    the start and length of each word in it; and each text's first word number (len + 1 entries:
+    text d's words are starts[first_word[d] : first_word[d + 1]])."""
+    import numpy as np
+
     table = _ASCII_WORDS
     parts = [t.encode().translate(table) if t.isascii() else _normalised_bytes(t) for t in texts]
     sizes = np.fromiter((len(p) + 1 for p in parts), dtype=np.int64, count=len(parts))
     doc_start = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(sizes, out=doc_start[1:])  # each part is preceded by one space in `joined`
-    joined = b" ".join([b"", *parts, b" " * 15])  # trailing spaces: 8-byte reads never run off
+    joined = b" ".join([b"", *parts, b" " * 15])
     buf = np.frombuffer(joined, dtype=np.uint8)
     in_word = buf != 32
     change = np.empty(len(buf) - 1, dtype=bool)
@@ -234,12 +246,17 @@ def _block_shingle_hashes(texts: Sequence[str], n: int):
     edges = np.nonzero(change)[0] + 1  # alternately a word's start and its end
     starts = edges[0::2]
     lengths = edges[1::2] - starts
-    first_word = np.searchsorted(starts, doc_start)  # doc d's words: starts[first_word[d] : first_word[d+1]]
+    return joined, starts, lengths, np.searchsorted(starts, doc_start)
 
-    # Word hashes: the word's bytes 8 at a time (unaligned little-endian reads, masked to the word;
-    # a word has no zero byte, so up to 8 bytes the masked value is the word), longer words folding
-    # in one more chunk per round by multiply + xor-shift.
-    at = np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=joined, strides=(1,))
+
+def _word_hashes(joined: bytes, starts, lengths):
+    """One 64-bit hash per word: the word's bytes 8 at a time (unaligned little-endian reads,
+    masked to the word; a word has no zero byte, so up to 8 bytes the masked value is the word),
+    longer words folding in one more chunk per round by multiply + xor-shift, and words over
+    `_LONG_WORD` bytes (URLs, base64 blobs) one blake2b hash each."""
+    import numpy as np
+
+    at = np.ndarray(shape=(len(joined) - 7,), dtype="<u8", buffer=joined, strides=(1,))
     keep = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
     words = at[starts]
     words &= keep[np.minimum(lengths, 8)]
@@ -250,13 +267,19 @@ def _block_shingle_hashes(texts: Sequence[str], n: int):
         words[longer] = _fold(words[longer] * np.uint64(_K_CHUNK) + chunk)
         k += 1
         longer = longer[lengths[longer] > 8 * k]
-    for i, a, b in _longest(starts, lengths):  # URLs, base64 blobs: one stable hash each
+    for i, a, b in _longest(starts, lengths):
         words[i] = int.from_bytes(hashlib.blake2b(joined[a:b], digest_size=8).digest(), "little")
+    return words
 
-    # One n-gram slot per word: the n-gram starting there (a polynomial of word hashes, folded).
-    # A text's last n-1 slots would straddle into the next text, so they repeat its first n-gram
-    # instead (a set ignores repeats); a text of 1..n-1 words fills its slots with one hash of all
-    # its words. Then each text's shingles are exactly its slice of words, nothing to compact.
+
+def _ngram_hashes(words, first_word, n: int):
+    """One n-gram slot per word: the n-gram starting there (a polynomial of word hashes, folded).
+
+    A text's last n-1 slots would straddle into the next text, so they repeat its first n-gram
+    instead (a set ignores repeats); a text of 1..n-1 words fills its slots with one hash of all
+    its words. Then each text's shingles are exactly its slice of words, nothing to compact."""
+    import numpy as np
+
     total = len(words)
     grams = np.zeros(total, dtype=np.uint64)
     if total >= n:
@@ -276,7 +299,7 @@ def _block_shingle_hashes(texts: Sequence[str], n: int):
         for w in words[lo:hi].tolist():
             h = (h * _K_GRAM + w) & 0xFFFFFFFFFFFFFFFF
         grams[lo:hi] = _fold(np.array([h], dtype=np.uint64))
-    return grams, first_word.astype(np.uint64)
+    return grams
 
 
 def _sorted_runs(matrix):
@@ -352,23 +375,42 @@ def near_duplicates(
     `signature_matrix`, `equal_row_pairs` and `jaccard`); this one-process version is the
     reference it is tested against (tests/curation_oracle.py) and what bench_near_dedup.py times.
     """
-    import numpy as np
-    import rensa
-
     bands, rows = band_shape(config)
     ordered = sorted(records, key=lambda r: r[0])
     if len(ordered) < 2:
         return []
-    texts = [text for _, text in ordered]
-    sketch = rensa.RMinHash.digest_matrix_from_flat_token_hashes
+    index, blocks = _sketch_into_index([text for _, text in ordered], config, bands)
+    flagged, sub_hashes, sub_offsets = _flagged_rows(index, blocks)
+    if not len(flagged):
+        return []
+    clusters = _clusters(sub_hashes, sub_offsets, config, bands, rows)
+    ids = [ordered[d][0] for d in flagged.tolist()]
+    return [Duplicate(ids[i], ids[root]) for i, root in clusters.components().items()]
+
+
+def _sketch_into_index(texts: Sequence[str], config: NearDedupConfig, bands: int):
+    """(index, blocks): every text's sketch inserted into rensa's LSH index, block by block, and
+    each block's (first row, shingle hashes, offsets, sketches), kept to query the index once
+    every row is in."""
+    import rensa
+
     index = rensa.RMinHashLSH(config.threshold, config.num_perm, bands)
     blocks = []
     for lo, hi in _blocks(texts, _BLOCK_CHARS):
         hashes, offsets = _block_shingle_hashes(texts[lo:hi], config.ngram)
-        matrix = sketch(hashes, offsets, config.num_perm, config.seed)
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
+            hashes, offsets, config.num_perm, config.seed
+        )
         index.insert_matrix(matrix, lo)
         blocks.append((lo, hashes, offsets, matrix))
-    # Once every row is in, a row is flagged when it shares a band with any other row.
+    return index, blocks
+
+
+def _flagged_rows(index, blocks):
+    """(flagged rows, their shingle hashes one after the other, their offsets): the rows that
+    share a band with any other row (most rows do not), the only ones that can have a duplicate."""
+    import numpy as np
+
     pieces, sizes, flagged_parts = [np.zeros(0, dtype=np.uint64)], [], [np.zeros(0, dtype=np.int64)]
     for lo, hashes, offsets, matrix in blocks:
         local = np.flatnonzero(np.array(index.query_duplicate_flags_matrix(matrix), dtype=bool))
@@ -377,42 +419,59 @@ def near_duplicates(
         sizes.append(stop - start)
         flagged_parts.append(local + lo)
     flagged = np.concatenate(flagged_parts)
-    if not len(flagged):
-        return []
-    sub_hashes = np.concatenate(pieces)  # the flagged texts' hashes, one after the other
     sub_offsets = np.zeros(len(flagged) + 1, dtype=np.uint64)
     np.cumsum(np.concatenate(sizes), out=sub_offsets[1:])
-    signatures = np.array(sketch(sub_hashes, sub_offsets, config.num_perm, config.seed).to_rows(), np.uint32)
+    return flagged, np.concatenate(pieces), sub_offsets
 
-    # Clusters of positions in `flagged` (ascending, so the smallest position = the smallest id).
-    clusters: UnionFind[int] = UnionFind(range(len(flagged)))
-    sets: dict[int, frozenset[int]] = {}
-    flat: list[int] = []
-    bounds = sub_offsets.tolist()
 
-    def shingle_set(i: int) -> frozenset[int]:
-        if not flat:
-            flat.extend(sub_hashes.tolist())
-        if i not in sets:
-            sets[i] = frozenset(flat[bounds[i] : bounds[i + 1]])
-        return sets[i]
+class _ShingleSets:
+    """Row i's hashed shingle set, built on first use: most flagged rows never need theirs."""
 
-    # Rows with one signature (almost always copies with one shingle set) are joined first and only
-    # the first of each shingle set enters the band pairing, so a thousand copies of a page cost a
-    # thousand set builds, not half a million candidate pairs.
-    active = np.ones(len(flagged), dtype=bool)
-    for group in equal_row_groups(signatures):
-        first_with: dict[object, int] = {}
-        for j in group:
-            keep = first_with.setdefault(shingle_set(j) if config.verify else None, j)
-            if keep != j:
-                clusters.union(keep, j)
-                active[j] = False
-    candidates = _band_pairs(signatures, np.flatnonzero(active), bands, rows)
-    for i, j in candidates.tolist():
+    def __init__(self, hashes, offsets) -> None:
+        self._hashes, self._bounds = hashes, offsets.tolist()
+        self._flat: list[int] = []
+        self._sets: dict[int, frozenset[int]] = {}
+
+    def __call__(self, i: int) -> frozenset[int]:
+        if not self._flat:
+            self._flat.extend(self._hashes.tolist())
+        if i not in self._sets:
+            self._sets[i] = frozenset(self._flat[self._bounds[i] : self._bounds[i + 1]])
+        return self._sets[i]
+
+
+def _clusters(hashes, offsets, config: NearDedupConfig, bands: int, rows: int) -> UnionFind[int]:
+    """Clusters of the flagged rows (positions, ascending, so the smallest position is the
+    smallest id), from their re-sketched signatures: equal signatures first, then band pairs."""
+    import numpy as np
+    import rensa
+
+    sketch = rensa.RMinHash.digest_matrix_from_flat_token_hashes
+    signatures = np.array(sketch(hashes, offsets, config.num_perm, config.seed).to_rows(), np.uint32)
+    clusters: UnionFind[int] = UnionFind(range(len(offsets) - 1))
+    shingle_set = _ShingleSets(hashes, offsets)
+    active = _join_equal_signatures(signatures, clusters, shingle_set, config.verify)
+    for i, j in _band_pairs(signatures, np.flatnonzero(active), bands, rows).tolist():
         if clusters.find(i) == clusters.find(j):
             continue
         if not config.verify or jaccard(shingle_set(i), shingle_set(j)) >= config.threshold:
             clusters.union(i, j)
-    ids = [ordered[d][0] for d in flagged.tolist()]
-    return [Duplicate(ids[i], ids[root]) for i, root in clusters.components().items()]
+    return clusters
+
+
+def _join_equal_signatures(signatures, clusters: UnionFind[int], shingle_set: _ShingleSets, verify: bool):
+    """Join rows with one signature (almost always copies with one shingle set: with `verify`,
+    the same set) and return which rows stay active: only the first of each shingle set enters the
+    band pairing, so a thousand copies of a page cost a thousand set builds, not half a million
+    candidate pairs."""
+    import numpy as np
+
+    active = np.ones(len(signatures), dtype=bool)
+    for group in equal_row_groups(signatures):
+        first_with: dict[object, int] = {}
+        for j in group:
+            keep = first_with.setdefault(shingle_set(j) if verify else None, j)
+            if keep != j:
+                clusters.union(keep, j)
+                active[j] = False
+    return active

@@ -70,6 +70,7 @@ def generate_openai(
     endpoint: str,
     model: str,
     chats: list[Chat],
+    *,
     max_new_tokens: int,
     temperature: float,
     api_key_env: str | None = None,
@@ -90,48 +91,18 @@ def generate_openai(
     once all the others are done (and saved). `chat_template_kwargs` go in each request body (vLLM's
     extension of the API) only when there are some: a hosted API may refuse unknown fields.
     """
-    headers = {"Content-Type": "application/json"}
-    if api_key_env:
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise RuntimeError(f"distill.teacher.api_key_env: environment variable {api_key_env} is not set")
-        headers["Authorization"] = f"Bearer {key}"
     url = endpoint.rstrip("/") + "/chat/completions"
+    post = _Poster(url, _headers(api_key_env), timeout, retries, backoff_s)
     saved = _read_journal(journal)
     lock = threading.Lock()
 
-    def body_of(chat: Chat) -> dict[str, Any]:
-        return {
-            "model": model,
-            "messages": [dict(m) for m in chat],
-            "max_tokens": max_new_tokens,
-            "temperature": temperature,
-        } | ({"chat_template_kwargs": dict(chat_template_kwargs)} if chat_template_kwargs else {})
-
     def one(chat: Chat) -> Generation | BaseException:
-        body = body_of(chat)
+        body = _request_body(model, chat, max_new_tokens, temperature, chat_template_kwargs)
         key = _request_key(url, body)
         if key in saved:
             return saved[key]
-        data = json.dumps(body).encode()
-        for attempt in range(retries + 1):
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    choice = json.loads(resp.read())["choices"][0]
-                gen = Generation(choice["message"]["content"] or "", choice.get("finish_reason") or "stop")
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code not in RETRY_STATUS or attempt == retries:
-                    detail = exc.read().decode(errors="replace")[:300]
-                    return EndpointError(f"HTTP {exc.code} from {url}: {detail}")
-                wait = _retry_after(exc.headers.get("Retry-After")) or backoff_s * 2**attempt
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == retries:
-                    return EndpointError(f"{url}: {exc}")
-                wait = backoff_s * 2**attempt
-            time.sleep(min(wait, 60.0))
-        if journal is not None:
+        gen = post(body)
+        if journal is not None and isinstance(gen, Generation):
             with lock, journal.open("a") as f:
                 f.write(json.dumps({"key": key, "text": gen.text, "finish_reason": gen.finish_reason}) + "\n")
         return gen
@@ -140,14 +111,82 @@ def generate_openai(
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         out = list(tqdm(pool.map(one, chats), total=len(chats), desc="teacher (endpoint)", unit="prompt"))
+    _raise_if_unanswered(out, retries, journal)
+    return [o for o in out if isinstance(o, Generation)]
+
+
+def _headers(api_key_env: str | None) -> dict[str, str]:
+    """The request headers: the API key, when the recipe names its variable, read from the
+    environment here and never written anywhere else."""
+    headers = {"Content-Type": "application/json"}
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise RuntimeError(f"distill.teacher.api_key_env: environment variable {api_key_env} is not set")
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def _request_body(
+    model: str,
+    chat: Chat,
+    max_new_tokens: int,
+    temperature: float,
+    chat_template_kwargs: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The `/chat/completions` body; `chat_template_kwargs` only when there are some (a hosted API
+    may refuse the unknown field)."""
+    return {
+        "model": model,
+        "messages": [dict(m) for m in chat],
+        "max_tokens": max_new_tokens,
+        "temperature": temperature,
+    } | ({"chat_template_kwargs": dict(chat_template_kwargs)} if chat_template_kwargs else {})
+
+
+@dataclass(frozen=True)
+class _Poster:
+    """One request body POSTed to `url` until it gets an answer: a transient failure (a status in
+    `RETRY_STATUS`, a timeout, a dropped connection) waits `backoff_s` · 2^attempt (or the server's
+    `Retry-After`), at most 60 s, and tries again, `retries` times; any other failure, or the last,
+    is returned as an `EndpointError` so the other prompts go on."""
+
+    url: str
+    headers: dict[str, str]
+    timeout: float
+    retries: int
+    backoff_s: float
+
+    def __call__(self, body: dict[str, Any]) -> Generation | EndpointError:
+        data = json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    choice = json.loads(resp.read())["choices"][0]
+                return Generation(choice["message"]["content"] or "", choice.get("finish_reason") or "stop")
+            except urllib.error.HTTPError as exc:
+                if exc.code not in RETRY_STATUS or attempt == self.retries:
+                    detail = exc.read().decode(errors="replace")[:300]
+                    return EndpointError(f"HTTP {exc.code} from {self.url}: {detail}")
+                wait = _retry_after(exc.headers.get("Retry-After")) or self.backoff_s * 2**attempt
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if attempt == self.retries:
+                    return EndpointError(f"{self.url}: {exc}")
+                wait = self.backoff_s * 2**attempt
+            time.sleep(min(wait, 60.0))
+        raise AssertionError("unreachable: the last attempt returns")
+
+
+def _raise_if_unanswered(out: list[Generation | BaseException], retries: int, journal: Path | None) -> None:
+    """One `EndpointError` for every prompt left unanswered, once the others are done and saved."""
     failed = [o for o in out if isinstance(o, BaseException)]
     if failed:
         where = f"; the {len(out) - len(failed)} answers received are saved in {journal}" if journal else ""
         raise EndpointError(
-            f"{len(failed)} of {len(chats)} prompts got no answer after {retries} retries "
+            f"{len(failed)} of {len(out)} prompts got no answer after {retries} retries "
             f"(first: {failed[0]}){where}; rerun to ask only for the missing ones"
         )
-    return [o for o in out if isinstance(o, Generation)]
 
 
 def _request_key(url: str, body: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from verticalft.launch import agree_or_raise, any_rank, main_process_first, world_size
@@ -69,8 +70,37 @@ def build_cache(
     rank (`agree_or_raise`) instead of leaving the others at the barrier.
     `teacher` may be None: it is loaded if this rank has parts to build.
     """
-    import fcntl
+    from verticalft.distill import cache as tc
 
+    cfg = ctx.recipe.stages.distill
+    identity, root = _cache_root(ctx, tokenizer, examples)
+    # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
+    if not any_rank(not tc.is_complete(root)):
+        print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
+        return tc.TeacherCache(root), 0.0
+    ranges = tc.part_ranges(len(examples), ctx.recipe.evaluation.batch_size)
+    parts_dir = root.with_name(root.name + ".parts")
+    meta = {"teacher": identity, "temperature": cfg.temperature, "vocab_size": vocab}
+    t0, error = time.time(), None
+    try:
+        _build_parts_of_rank(
+            ctx, teacher, tokenizer, examples, vocab=vocab, ranges=ranges, parts_dir=parts_dir, meta=meta
+        )
+    except Exception as exc:  # noqa: BLE001 — re-raised on every rank just below
+        error = exc
+    agree_or_raise(error, "building the teacher cache")
+    seconds = round(time.time() - t0, 2)
+    _merge_parts_once(root, parts_dir, len(ranges), vocab, meta)
+    return tc.TeacherCache(root), seconds
+
+
+def _cache_root(ctx: StageContext, tokenizer: Any, examples: list[dict[str, Any]]) -> tuple[str, Path]:
+    """(teacher identity, cache folder): the key covers the teacher (its run fingerprint when a stage
+    of this run made it), the tokenizer, the examples, top-k and temperature.
+
+    The folder is beside the stage folder, not in it: a rerun of the stage with other student
+    settings (epochs, learning rate, students) clears distill/ but reuses a cache whose key still
+    matches."""
     from verticalft.distill import cache as tc
 
     cfg = ctx.recipe.stages.distill
@@ -79,50 +109,63 @@ def build_cache(
     producer = next((s for s in newest_first if ctx.run.output(s, "model") == t_path), None)
     identity = tc.teacher_identity(t_path, ctx.run.record(producer).fingerprint if producer else None)
     key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, cfg.temperature)
-    # Beside the stage folder, not in it: a rerun of the stage with other student settings
-    # (epochs, learning rate, students) clears distill/ but reuses a cache whose key still matches.
     root = ctx.run.root / "teacher_cache" / key
     root.parent.mkdir(parents=True, exist_ok=True)
-    # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
-    if not any_rank(not tc.is_complete(root)):
-        print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
-        return tc.TeacherCache(root), 0.0
+    return identity, root
+
+
+def _build_parts_of_rank(
+    ctx: StageContext,
+    teacher: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    *,
+    vocab: int,
+    ranges: list[tuple[int, int]],
+    parts_dir: Path,
+    meta: dict[str, Any],
+) -> None:
+    """This rank's share of the parts, skipping those a killed run finished; the teacher is loaded
+    only when there is a part to build."""
+    from verticalft.distill import cache as tc
+
+    cfg = ctx.recipe.stages.distill
     batch, k = ctx.recipe.evaluation.batch_size, min(cfg.top_k, vocab)
-    ranges = tc.part_ranges(len(examples), batch)
-    parts_dir = root.with_name(key + ".parts")
-    meta = {"teacher": identity, "temperature": cfg.temperature, "vocab_size": vocab}
-    t0, error = time.time(), None
-    try:
-        mine = tc.parts_of_rank(len(ranges), rank(), world_size())
-        todo = [i for i in mine if not tc.is_complete(parts_dir / f"part-{i:05d}")]
-        print(
-            f"  teacher cache: rank {rank()} builds parts {todo} of {len(ranges)} "
-            f"({len(mine) - len(todo)} of its {len(mine)} done before)",
-            flush=True,
+    mine = tc.parts_of_rank(len(ranges), rank(), world_size())
+    todo = [i for i in mine if not tc.is_complete(parts_dir / f"part-{i:05d}")]
+    print(
+        f"  teacher cache: rank {rank()} builds parts {todo} of {len(ranges)} "
+        f"({len(mine) - len(todo)} of its {len(mine)} done before)",
+        flush=True,
+    )
+    if todo and teacher is None:
+        teacher = load_teacher(ctx, teacher_path(ctx))
+    for i in todo:
+        a, b = ranges[i]
+        rows = tc.teacher_rows(
+            teacher, examples[a:b], k, cfg.temperature, batch, vocab, tokenizer.pad_token_id
         )
-        if todo and teacher is None:
-            teacher = load_teacher(ctx, t_path)
-        for i in todo:
-            a, b = ranges[i]
-            rows = tc.teacher_rows(
-                teacher, examples[a:b], k, cfg.temperature, batch, vocab, tokenizer.pad_token_id
-            )
-            tc.write_cache(parts_dir / f"part-{i:05d}", rows, b - a, k, vocab, {**meta, "examples_from": a})
-    except Exception as exc:  # noqa: BLE001 — re-raised on every rank just below
-        error = exc
-    agree_or_raise(error, "building the teacher cache")
-    seconds = round(time.time() - t0, 2)
-    with main_process_first(), root.with_name(key + ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # and two independent runs never merge at once
-        if not tc.is_complete(root):
-            parts = [parts_dir / f"part-{i:05d}" for i in range(len(ranges))]
-            missing = [p.name for p in parts if not tc.is_complete(p)]
-            if missing:
-                raise RuntimeError(f"teacher cache: parts {missing} are not finished in {parts_dir}")
-            print(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})", flush=True)
-            tc.merge_parts(root, parts, vocab, meta)
-            shutil.rmtree(parts_dir, ignore_errors=True)
-    return tc.TeacherCache(root), seconds
+        tc.write_cache(parts_dir / f"part-{i:05d}", rows, b - a, k, vocab, {**meta, "examples_from": a})
+
+
+def _merge_parts_once(root: Path, parts_dir: Path, n_parts: int, vocab: int, meta: dict[str, Any]) -> None:
+    """Rank 0 merges the parts into `root` while the other ranks wait, under a file lock so that
+    two independent runs never merge at once; a cache another run finished is left as it is."""
+    import fcntl
+
+    from verticalft.distill import cache as tc
+
+    with main_process_first(), root.with_name(root.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tc.is_complete(root):
+            return
+        parts = [parts_dir / f"part-{i:05d}" for i in range(n_parts)]
+        missing = [p.name for p in parts if not tc.is_complete(p)]
+        if missing:
+            raise RuntimeError(f"teacher cache: parts {missing} are not finished in {parts_dir}")
+        print(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})", flush=True)
+        tc.merge_parts(root, parts, vocab, meta)
+        shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 def generates_in_process(ctx: StageContext) -> bool:
@@ -164,10 +207,10 @@ def teacher_generations(
             t.endpoint,
             t.endpoint_model or teacher_path(ctx),
             contexts,
-            gen.max_new_tokens,
-            gen.temperature,
-            t.api_key_env,
-            gen.batch_size,
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            api_key_env=t.api_key_env,
+            concurrency=gen.batch_size,
             journal=ctx.dir / "teacher_answers.jsonl",  # a rerun asks only for what is missing
             chat_template_kwargs=kwargs,
         )

@@ -134,7 +134,12 @@ def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) 
     max_new = (
         ctx.recipe.stages.eval.max_new_tokens if ctx.recipe.stages.eval else None
     ) or ctx.recipe.evaluation.max_new_tokens
-    served = [g.text for g in generate_openai(server.base_url + "/v1", m.name, chats, max_new, 0.0)]
+    served = [
+        g.text
+        for g in generate_openai(
+            server.base_url + "/v1", m.name, chats, max_new_tokens=max_new, temperature=0.0
+        )
+    ]
     merged = reference_answers(ctx, m.name, m.path, items, max_new)
     same = [a == b for a, b in zip(served, merged, strict=True)]
     return {

@@ -78,7 +78,15 @@ def run(ctx: StageContext) -> StageResult:
     for name, required in SETS:
         sources = getattr(recipe.data, name)
         if sources:
-            sets[name] = curate_records(name, sources, required, cfg, eval_items, freq, out)
+            sets[name] = curate_records(
+                name=name,
+                sources=sources,
+                required=required,
+                cfg=cfg,
+                eval_items=eval_items,
+                corpus_freq=freq,
+                out=out,
+            )
             if not sets[name]["kept"]:
                 paths = ", ".join(s.path for s in sources)
                 emptied.append(_emptied(name, paths, sets[name]["quarantined"], sets[name]["dropped_rows"]))
