@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 from verticalft.plan import (
-    GPUS,
     KNOWN_ARCHS,
     Arch,
     chinchilla_tokens,
@@ -14,6 +13,7 @@ from verticalft.plan import (
     training_flops,
     training_memory_gb,
 )
+from verticalft.pricing import GPUS
 from verticalft.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
