@@ -19,8 +19,8 @@ from verticalft.serving.benchmark import (
     summarise,
 )
 from verticalft.serving.server import lora_problem, lora_rank_arg, vllm_command
-from verticalft.stages.base import RunModel
 from verticalft.stages.bench import plan_units, select_models
+from verticalft.stages.run_models import RunModel
 
 
 def _point(c, tput, goodput=None, failed=0, req=10.0):

@@ -137,8 +137,9 @@ def test_eval_jobs_carry_each_models_engine_args(tmp_path, monkeypatch):
     from verticalft.recipe import load_recipe
     from verticalft.rundir import RunDir
     from verticalft.serving import offline
-    from verticalft.stages.base import RunModel, StageContext
+    from verticalft.stages.base import StageContext
     from verticalft.stages.eval import generate_all
+    from verticalft.stages.run_models import RunModel
 
     r = load_recipe(FINANCE)
     ctx = StageContext(r, RunDir(tmp_path / "run"), "eval")

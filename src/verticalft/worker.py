@@ -12,11 +12,11 @@ import argparse
 
 import yaml
 
-from verticalft.launch import init_process_state
+from verticalft.launch import init_process_state, is_main_process
 from verticalft.pipeline import run_stage_in_process, write_worker_result
 from verticalft.recipe import Recipe
 from verticalft.rundir import RunDir
-from verticalft.stages.base import PartialFailure, StageContext, is_main_process
+from verticalft.stages.base import PartialFailure, StageContext
 
 
 def main() -> None:

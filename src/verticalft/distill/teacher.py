@@ -10,10 +10,10 @@ import shutil
 import time
 from typing import Any
 
-from verticalft.launch import agree_or_raise, any_rank, main_process_first, world_size
+from verticalft.launch import agree_or_raise, any_rank, main_process_first, rank, world_size
 from verticalft.models import load_model
 from verticalft.rundir import atomic_write_json
-from verticalft.stages.base import StageContext, rank
+from verticalft.stages.base import StageContext
 from verticalft.stages.registry import model_stages
 
 

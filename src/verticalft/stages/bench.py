@@ -37,7 +37,8 @@ from verticalft.serving.benchmark import (
     summarise,
 )
 from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
-from verticalft.stages.base import RunModel, StageContext, StageResult, final_teacher, models_in_run
+from verticalft.stages.base import StageContext, StageResult
+from verticalft.stages.run_models import RunModel, final_teacher, models_in_run
 
 
 @dataclass

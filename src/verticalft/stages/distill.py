@@ -46,20 +46,12 @@ from verticalft.distill.teacher import (
     sequence_rows,
     teacher_path,
 )
-from verticalft.launch import FailedOnAnotherRank, any_rank, world_size
+from verticalft.launch import FailedOnAnotherRank, any_rank, is_main_process, rank, world_size
 from verticalft.models import load_tokenizer
 from verticalft.pruning import pruning_record
 from verticalft.rundir import atomic_write_json
-from verticalft.stages.base import (
-    PartialFailure,
-    StageContext,
-    StageResult,
-    fmt_score,
-    is_main_process,
-    quick_eval,
-    rank,
-)
-from verticalft.stages.training import PeakRss
+from verticalft.stages.base import PartialFailure, StageContext, StageResult
+from verticalft.stages.training import PeakRss, fmt_score, quick_eval
 
 __all__ = ["STUDENT_DONE", "run"]
 

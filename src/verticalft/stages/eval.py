@@ -25,14 +25,8 @@ from verticalft.data import DataError
 from verticalft.rundir import atomic_write_text
 from verticalft.scoring import confidence, item_fields, item_messages, load_items, score_items, summarise
 from verticalft.serving.offline import pick_backend
-from verticalft.stages.base import (
-    PartialFailure,
-    RunModel,
-    StageContext,
-    StageResult,
-    final_teacher,
-    models_in_run,
-)
+from verticalft.stages.base import PartialFailure, StageContext, StageResult
+from verticalft.stages.run_models import RunModel, final_teacher, models_in_run
 
 
 def generate_all(
