@@ -393,4 +393,4 @@ def build_sample(
 def build_and_report(out_dir: Path, prefix: str, doc_fn: DocFn, task_fn: TaskFn, **kwargs: Any) -> None:
     """`build_sample` for a builder's `main()`: write the files and print what was written."""
     for name, n in build_sample(out_dir, prefix, doc_fn, task_fn, **kwargs).items():
-        print(f"{out_dir / name}: {n} rows")
+        print(f"{out_dir / name}: {n} rows")  # noqa: T201 - the builder script's output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from verticalft.models import load_model
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import StageContext
 from verticalft.stages.registry import model_stages
+
+logger = logging.getLogger(__name__)
 
 
 def teacher_path(ctx: StageContext) -> str:
@@ -85,7 +88,7 @@ def build_cache(
     root.parent.mkdir(parents=True, exist_ok=True)
     # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
     if not any_rank(not tc.is_complete(root)):
-        print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
+        logger.info(f"  teacher cache: reusing {root} (rank {rank()})")
         return tc.TeacherCache(root), 0.0
     batch, k = ctx.recipe.evaluation.batch_size, min(cfg.top_k, vocab)
     ranges = tc.part_ranges(len(examples), batch)
@@ -95,10 +98,9 @@ def build_cache(
     try:
         mine = tc.parts_of_rank(len(ranges), rank(), world_size())
         todo = [i for i in mine if not tc.is_complete(parts_dir / f"part-{i:05d}")]
-        print(
+        logger.info(
             f"  teacher cache: rank {rank()} builds parts {todo} of {len(ranges)} "
-            f"({len(mine) - len(todo)} of its {len(mine)} done before)",
-            flush=True,
+            f"({len(mine) - len(todo)} of its {len(mine)} done before)"
         )
         if todo and teacher is None:
             teacher = load_teacher(ctx, t_path)
@@ -119,7 +121,7 @@ def build_cache(
             missing = [p.name for p in parts if not tc.is_complete(p)]
             if missing:
                 raise RuntimeError(f"teacher cache: parts {missing} are not finished in {parts_dir}")
-            print(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})", flush=True)
+            logger.info(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})")
             tc.merge_parts(root, parts, vocab, meta)
             shutil.rmtree(parts_dir, ignore_errors=True)
     return tc.TeacherCache(root), seconds

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,8 @@ from verticalft.pruning import pruning_record
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 from verticalft.stages.training import PeakRss, fmt_score, quick_eval
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["STUDENT_DONE", "run"]
 
@@ -93,11 +96,11 @@ def run(ctx: StageContext) -> StageResult:
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
-        print(f"  student {name}: done in an earlier attempt of this stage (kept)", flush=True)
+        logger.info(f"  student {name}: done in an earlier attempt of this stage (kept)")
     failures: dict[str, str] = {}
     for name, path in todo.items():
         sctx = ctx.sub(name)
-        print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
+        logger.info(f"  student {name}: {cfg.kind} distillation from {t_path}")
         error: Exception | None = None
         try:  # one student's failure must not lose the others
             results[name] = _train_student(sctx, path, t_path, tokenizer, contexts, side, fp)
@@ -213,7 +216,7 @@ def _record_failure(sctx: StageContext, name: str, exc: Exception) -> str:
     sctx.dir.mkdir(parents=True, exist_ok=True)
     log = sctx.dir / ("error.log" if world_size() == 1 else f"error.rank{rank()}.log")
     log.write_text("".join(traceback.format_exception(exc)))
-    print(f"  student {name} FAILED on rank {rank()}: {message} (traceback: {log})", flush=True)
+    logger.error(f"  student {name} FAILED on rank {rank()}: {message} (traceback: {log})")
     return message
 
 

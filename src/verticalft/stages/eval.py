@@ -19,6 +19,7 @@ is saved: a failed gate fails the stage with what fell short, and the report sti
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from verticalft.data import DataError
@@ -27,6 +28,8 @@ from verticalft.scoring import confidence, item_fields, item_messages, load_item
 from verticalft.serving.offline import pick_backend
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 from verticalft.stages.run_models import RunModel, final_teacher, models_in_run
+
+logger = logging.getLogger(__name__)
 
 
 def generate_all(
@@ -54,9 +57,8 @@ def generate_all(
                                             max_new_tokens, cfg.engine_args, m.path))
             for m in models
         ]  # fmt: skip
-        print(
-            f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})",
-            flush=True,
+        logger.info(
+            f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})"
         )
         outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
         return {
@@ -127,7 +129,7 @@ def run(ctx: StageContext) -> StageResult:
     backend = pick_backend(cfg.backend)
     max_new = cfg.max_new_tokens or ev.max_new_tokens
     chats = [item_messages(it) for rows in items.values() for it in rows]
-    print(f"  eval: {', '.join(m.name for m in models)} on {len(chats)} prompts via {backend}", flush=True)
+    logger.info(f"  eval: {', '.join(m.name for m in models)} on {len(chats)} prompts via {backend}")
     generations = generate_all(ctx, models, chats, backend, max_new)
 
     scores: dict[str, Any] = {}
