@@ -161,7 +161,9 @@ def test_eval_generation_renders_prompts_with_the_run_template_kwargs(qwen3_tok)
     assert [c.text for c in generate(model, qwen3_tok, [USER_TURN], 6, 1, NO_THINK)] == [direct]
     assert [c.text for c in generate(model, qwen3_tok, [USER_TURN], 6, 1)] == [thinking]
     items = [{"prompt": PROMPT, "answer": "payroll", "kind": "label"}]
-    summary = evaluate_model(model, qwen3_tok, items, 6, 1, chat_template_kwargs=NO_THINK)
+    summary = evaluate_model(
+        model, qwen3_tok, items, max_new_tokens=6, batch_size=1, chat_template_kwargs=NO_THINK
+    )
     assert summary["examples"][0]["prediction"] == direct.strip()[:40]
 
 

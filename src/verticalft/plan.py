@@ -260,6 +260,7 @@ def gpu_hours(flops: float, gpu: Gpu, mfu: float) -> float:
 def training_memory_gb(
     arch: Arch,
     method: str,
+    *,
     seq_len: int,
     micro_batch: int,
     checkpointing: bool,
@@ -572,12 +573,12 @@ def plan_training_stage(
     mem = training_memory_gb(
         arch,
         method,
-        cfg.max_length,
-        int(t.get("per_device_train_batch_size", 8)),
-        ckpt,
-        cfg.lora.r,
-        shards if method == "full" else 1,
-        2 if training.pairs else 1,  # chosen + rejected
+        seq_len=cfg.max_length,
+        micro_batch=int(t.get("per_device_train_batch_size", 8)),
+        checkpointing=ckpt,
+        lora_r=cfg.lora.r,
+        shards=shards if method == "full" else 1,
+        sequences_per_example=2 if training.pairs else 1,  # chosen + rejected
     )
     fits = mem["total"] <= gpu.vram_gb * 0.95
     row = StagePlan(stage, recipe.models.teacher, arch.params, method, tokens, flops, hours, hours * price,
@@ -696,7 +697,9 @@ def plan_student(
     t = cfg.trainer
     ckpt = bool(t.get("gradient_checkpointing", False))
     micro = int(t.get("per_device_train_batch_size", 8))
-    mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
+    mem = training_memory_gb(
+        arch, cfg.method, seq_len=cfg.max_length, micro_batch=micro, checkpointing=ckpt, lora_r=cfg.lora.r
+    )
     alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
     plan.notes.append(
         f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "

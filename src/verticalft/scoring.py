@@ -352,6 +352,7 @@ def evaluate_model(
     model: Any,
     tokenizer: Any,
     items: list[dict[str, Any]],
+    *,
     max_new_tokens: int = 16,
     batch_size: int = 32,
     tolerance: float = 0.001,

@@ -87,6 +87,7 @@ def _peft(sctx: StageContext, tokenizer: Any) -> Any:
 def train_logits(
     sctx: StageContext,
     path: str,
+    *,
     tokenizer: Any,
     examples: list[dict[str, Any]],
     vocab: int,

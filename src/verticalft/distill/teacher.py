@@ -107,7 +107,13 @@ def build_cache(
         for i in todo:
             a, b = ranges[i]
             rows = tc.teacher_rows(
-                teacher, examples[a:b], k, cfg.temperature, batch, vocab, tokenizer.pad_token_id
+                teacher,
+                examples[a:b],
+                k=k,
+                temperature=cfg.temperature,
+                batch_size=batch,
+                vocab_size=vocab,
+                pad_id=tokenizer.pad_token_id,
             )
             tc.write_cache(parts_dir / f"part-{i:05d}", rows, b - a, k, vocab, {**meta, "examples_from": a})
     except Exception as exc:  # noqa: BLE001 — re-raised on every rank just below
@@ -179,8 +185,15 @@ def teacher_generations(
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
         path = teacher_path(ctx)
         # sized like the eval stage sizes the teacher: its GPUs, the contexts' length
-        args = engine_args_for(ctx.recipe, "teacher", True, contexts, gen.max_new_tokens,
-                               ev.engine_args if ev else None, path)  # fmt: skip
+        args = engine_args_for(
+            ctx.recipe,
+            "teacher",
+            teacher_sized=True,
+            prompts=contexts,
+            max_new_tokens=gen.max_new_tokens,
+            explicit=ev.engine_args if ev else None,
+            model_path=path,
+        )
         out = g.generate_vllm(
             path, contexts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
             args or None, ev.env if ev else None, tokenizer.chat_template, kwargs,

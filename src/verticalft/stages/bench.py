@@ -173,8 +173,19 @@ def measure(
     while len(repeats) < cfg.repeats:
         r = len(repeats)
         stem = f"{tag}-{c}-r{r + 1}"
-        argv = benchmark_argv(server.base_url, name, tokenizer, c, n, *shape, slo, ctx.dir / name,
-                              f"{stem}.json", ctx.recipe.compute.seed + r)  # fmt: skip
+        argv = benchmark_argv(
+            server.base_url,
+            name,
+            tokenizer=tokenizer,
+            concurrency=c,
+            num_prompts=n,
+            input_len=shape[0],
+            output_len=shape[1],
+            slo=slo,
+            result_dir=ctx.dir / name,
+            result_file=f"{stem}.json",
+            seed=ctx.recipe.compute.seed + r,
+        )
         point = summarise(client.run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
         assert_no_failures(point, name, server)
         point["num_prompts"] = n

@@ -92,7 +92,9 @@ def run(ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
-    side = _teacher_side(ctx, t_path, tokenizer, convs, contexts, bool(todo), metrics)
+    side = _teacher_side(
+        ctx, t_path, tokenizer=tokenizer, convs=convs, contexts=contexts, any_todo=bool(todo), metrics=metrics
+    )
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
@@ -103,7 +105,9 @@ def run(ctx: StageContext) -> StageResult:
         logger.info(f"  student {name}: {cfg.kind} distillation from {t_path}")
         error: Exception | None = None
         try:  # one student's failure must not lose the others
-            results[name] = _train_student(sctx, path, t_path, tokenizer, contexts, side, fp)
+            results[name] = _train_student(
+                sctx, path, t_path=t_path, tokenizer=tokenizer, contexts=contexts, side=side, fp=fp
+            )
         except Exception as exc:
             error = exc
         # every rank gives the student up together (one rank moving on alone hangs the others)
@@ -135,6 +139,7 @@ def run(ctx: StageContext) -> StageResult:
 def _teacher_side(
     ctx: StageContext,
     t_path: str,
+    *,
     tokenizer: Any,
     convs: list[list[dict[str, str]]],
     contexts: list[list[dict[str, str]]],
@@ -185,6 +190,7 @@ def _teacher_side(
 def _train_student(
     sctx: StageContext,
     path: str,
+    *,
     t_path: str,
     tokenizer: Any,
     contexts: list[list[dict[str, str]]],
@@ -194,7 +200,15 @@ def _train_student(
     """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
     kind = sctx.recipe.stages.distill.kind
     if kind == "logits":
-        done = train_logits(sctx, path, tokenizer, side.examples, len(tokenizer), side.teacher, side.cache)
+        done = train_logits(
+            sctx,
+            path,
+            tokenizer=tokenizer,
+            examples=side.examples,
+            vocab=len(tokenizer),
+            teacher=side.teacher,
+            cache=side.cache,
+        )
     elif kind == "sequence":
         done = train_sequence(sctx, path, tokenizer, side.rows)
     else:

@@ -53,8 +53,9 @@ def generate_all(
         template = chosen_template(ctx.recipe.models.chat_template)
         jobs = [
             Job(m.name, m.path, chats, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs,
-                engine_args=engine_args_for(ctx.recipe, m.name, m.role != "student", chats,
-                                            max_new_tokens, cfg.engine_args, m.path))
+                engine_args=engine_args_for(ctx.recipe, m.name, teacher_sized=m.role != "student",
+                                            prompts=chats, max_new_tokens=max_new_tokens,
+                                            explicit=cfg.engine_args, model_path=m.path))
             for m in models
         ]  # fmt: skip
         logger.info(

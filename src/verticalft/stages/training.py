@@ -261,9 +261,14 @@ def quick_eval(
         return None
     ev = ctx.recipe.evaluation
     summary = evaluate_model(
-        model, tokenizer, items, ev.max_new_tokens, ev.batch_size, ev.numeric_tolerance,
-        ctx.recipe.models.chat_template_kwargs,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        items,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+        tolerance=ev.numeric_tolerance,
+        chat_template_kwargs=ctx.recipe.models.chat_template_kwargs,
+    )
     return summary if is_main_process() else None
 
 
