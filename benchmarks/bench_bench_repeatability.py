@@ -65,8 +65,20 @@ def main(argv: list[str]) -> int:
     ):
         for r in range(args.repeats):
             for name, (warmups, n) in settings.items():
-                av = benchmark_argv(server.base_url, "m", model, args.concurrency, n, args.input_len, args.output_len,
-                                    slo, work, f"{name}-{r}.json", seed=r, warmups=warmups)  # fmt: skip
+                av = benchmark_argv(
+                    server.base_url,
+                    "m",
+                    tokenizer=model,
+                    concurrency=args.concurrency,
+                    num_prompts=n,
+                    input_len=args.input_len,
+                    output_len=args.output_len,
+                    slo=slo,
+                    result_dir=work,
+                    result_file=f"{name}-{r}.json",
+                    seed=r,
+                    warmups=warmups,
+                )
                 p = summarise(client.run_point(server, av, work / f"{name}-{r}.log"), slo)
                 runs[name].append(
                     {k: p[k] for k in ("output_throughput", "median_tpot_ms", "median_ttft_ms", "duration")}

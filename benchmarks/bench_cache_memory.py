@@ -114,7 +114,16 @@ def job(a: argparse.Namespace, variant: str) -> dict[str, Any]:
         it = old_teacher_rows(teacher, rows, a.top_k, 1.0, a.batch_size, vocab)
     else:
         chunk = int(variant.removeprefix("chunk_"))
-        it = tc.teacher_rows(teacher, rows, a.top_k, 1.0, a.batch_size, vocab, 0, chunk_size=chunk)
+        it = tc.teacher_rows(
+            teacher,
+            rows,
+            k=a.top_k,
+            temperature=1.0,
+            batch_size=a.batch_size,
+            vocab_size=vocab,
+            pad_id=0,
+            chunk_size=chunk,
+        )
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS (VmHWM) := current RSS
     before = _status_mb("VmRSS")
     t0 = time.perf_counter()

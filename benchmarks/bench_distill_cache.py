@@ -112,7 +112,13 @@ def job_build(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     teacher = load_model(folders["teacher"])
     rows = tc.teacher_rows(
-        teacher, examples, a.k, TEMPERATURE, a.build_batch_size, len(tok), tok.pad_token_id
+        teacher,
+        examples,
+        k=a.k,
+        temperature=TEMPERATURE,
+        batch_size=a.build_batch_size,
+        vocab_size=len(tok),
+        pad_id=tok.pad_token_id,
     )
     cache = tc.write_cache(Path(a.work) / "cache", rows, len(examples), a.k, len(tok), {"teacher": "bench"})
     return {

@@ -19,8 +19,8 @@ from verticalft.serving.benchmark import (
     summarise,
 )
 from verticalft.serving.server import lora_problem, lora_rank_arg, vllm_command
-from verticalft.stages.base import RunModel
 from verticalft.stages.bench import plan_units, select_models
+from verticalft.stages.run_models import RunModel
 
 
 def _point(c, tput, goodput=None, failed=0, req=10.0):
@@ -57,7 +57,16 @@ def test_benchmark_argv_is_what_vllm_bench_serve_parses(tmp_path):
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     argv = benchmark_argv(
-        "http://127.0.0.1:8000", "dpo", "/m", 4, 32, 64, 16, Slo(ttft_ms=500, tpot_ms=50), tmp_path, "c4.json"
+        "http://127.0.0.1:8000",
+        "dpo",
+        tokenizer="/m",
+        concurrency=4,
+        num_prompts=32,
+        input_len=64,
+        output_len=16,
+        slo=Slo(ttft_ms=500, tpot_ms=50),
+        result_dir=tmp_path,
+        result_file="c4.json",
     )
     args = parser.parse_args(argv)
     assert (args.max_concurrency, args.num_prompts, args.random_input_len, args.random_output_len) == (
@@ -142,7 +151,18 @@ def test_benchmark_requests_ignore_eos(tmp_path):
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     args = parser.parse_args(
-        benchmark_argv("http://127.0.0.1:1", "m", "/m", 1, 4, 8, 8, Slo(), tmp_path, "x.json")
+        benchmark_argv(
+            "http://127.0.0.1:1",
+            "m",
+            tokenizer="/m",
+            concurrency=1,
+            num_prompts=4,
+            input_len=8,
+            output_len=8,
+            slo=Slo(),
+            result_dir=tmp_path,
+            result_file="x.json",
+        )
     )
     assert args.ignore_eos is True  # output length no longer depends on the model or the vLLM version
     assert args.num_warmups == 1  # one warm-up request per concurrent slot, not measured
@@ -220,5 +240,14 @@ def test_a_short_point_is_resized_to_last_the_minimum():
     # never more than 16 × the configured count: 32 requests in 0.01 s would want 35,200
     assert prompts_for(32, 0.01, 10.0, configured=32) == 32 * MAX_PROMPT_GROWTH == 512
     assert "--save-detailed" in benchmark_argv(
-        "http://127.0.0.1:1", "m", "t", 1, 8, 4, 4, Slo(), Path("."), "r.json"
+        "http://127.0.0.1:1",
+        "m",
+        tokenizer="t",
+        concurrency=1,
+        num_prompts=8,
+        input_len=4,
+        output_len=4,
+        slo=Slo(),
+        result_dir=Path("."),
+        result_file="r.json",
     )

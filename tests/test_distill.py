@@ -158,7 +158,9 @@ def test_cache_refuses_a_batch_it_was_not_built_for(families, tmp_path):
     examples = _batch(tok, n=3)
     cache = tc.write_cache(
         tmp_path / "c",
-        tc.teacher_rows(teacher, examples, 8, 1.0, 4, None, tok.pad_token_id),
+        tc.teacher_rows(
+            teacher, examples, k=8, temperature=1.0, batch_size=4, vocab_size=None, pad_id=tok.pad_token_id
+        ),
         3,
         8,
         len(tok),
@@ -184,7 +186,17 @@ def test_killed_cache_build_is_not_taken_as_done(families, tmp_path):
     examples = _batch(tok, n=4)
 
     def dies():
-        for i, row in enumerate(tc.teacher_rows(teacher, examples, 8, 1.0, 2, None, tok.pad_token_id)):
+        for i, row in enumerate(
+            tc.teacher_rows(
+                teacher,
+                examples,
+                k=8,
+                temperature=1.0,
+                batch_size=2,
+                vocab_size=None,
+                pad_id=tok.pad_token_id,
+            )
+        ):
             if i == 2:
                 raise KeyboardInterrupt
             yield row

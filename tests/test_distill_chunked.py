@@ -79,7 +79,11 @@ def full_logit_rows(teacher, rows, k, temperature, batch_size):
 def test_cache_rows_equal_the_full_logit_rows(chunk):
     teacher, rows = tiny(0), examples()
     want = full_logit_rows(teacher, rows, k=8, temperature=2.0, batch_size=3)
-    got = list(tc.teacher_rows(teacher, rows, 8, 2.0, 3, USED, pad_id=0, chunk_size=chunk))
+    got = list(
+        tc.teacher_rows(
+            teacher, rows, k=8, temperature=2.0, batch_size=3, vocab_size=USED, pad_id=0, chunk_size=chunk
+        )
+    )
     assert [len(g[0]) for g in got] == [sum(r["response_mask"][1:]) for r in rows]  # one row per token
     assert len(got[2][0]) == 0  # the example without a response has no rows
     for (gi, gv, gt), (wi, wv, wt) in zip(got, want, strict=True):
@@ -118,11 +122,21 @@ def reference_loss(student, teacher, cache, inputs, settings):
     ones = torch.ones(logits.shape[0])
     if cache is not None:
         ids, logp, tail = cached_rows(cache, index, logits.shape[0], logits.device)
-        kd = topk_distill_loss(logits, ids, logp, ones, s.divergence, s.temperature, s.beta, None, tail)
+        kd = topk_distill_loss(
+            logits,
+            ids,
+            logp,
+            ones,
+            kind=s.divergence,
+            temperature=s.temperature,
+            beta=s.beta,
+            num_tokens=None,
+            teacher_tail_log=tail,
+        )
     else:
         with torch.no_grad():
             t_logits = teacher(**inputs).logits[:, :-1, : s.vocab_size][mask]
-        kd = distill_loss(logits, t_logits, ones, s.divergence, s.temperature, s.beta)
+        kd = distill_loss(logits, t_logits, ones, kind=s.divergence, temperature=s.temperature, beta=s.beta)
     ce = label_cross_entropy(logits[None], labels[:, 1:][mask][None], ones[None])
     return mix(kd, ce, s.ce_weight)
 
@@ -131,7 +145,14 @@ def reference_loss(student, teacher, cache, inputs, settings):
 def cache(tmp_path_factory):
     rows = examples(6, seed=2)
     root = tmp_path_factory.mktemp("cache") / "c"
-    return tc.write_cache(root, tc.teacher_rows(tiny(3, 96), rows, 16, 2.0, 4, USED), len(rows), 16, USED, {})
+    return tc.write_cache(
+        root,
+        tc.teacher_rows(tiny(3, 96), rows, k=16, temperature=2.0, batch_size=4, vocab_size=USED),
+        len(rows),
+        16,
+        USED,
+        {},
+    )
 
 
 @pytest.mark.parametrize("peft", [None, "lm_head", "chat_tokens"])
@@ -186,11 +207,25 @@ def test_a_cache_merged_from_parts_equals_a_one_pass_build(tmp_path):
     ranges = tc.part_ranges(len(rows), 2, parts=4)
     assert ranges == [(0, 4), (4, 8), (8, 12), (12, 13)]  # ceil(13/4)=4 examples, a multiple of 2
     assert tc.parts_of_rank(len(ranges), 1, 3) == [1] and tc.parts_of_rank(len(ranges), 0, 3) == [0, 3]
-    one = tc.write_cache(tmp_path / "one", tc.teacher_rows(teacher, rows, 16, 2.0, 2, USED), 13, 16, USED, {})
+    one = tc.write_cache(
+        tmp_path / "one",
+        tc.teacher_rows(teacher, rows, k=16, temperature=2.0, batch_size=2, vocab_size=USED),
+        13,
+        16,
+        USED,
+        {},
+    )
     parts = [tmp_path / "parts" / f"part-{i}" for i in range(len(ranges))]
     for i in (3, 1, 0, 2):  # the order ranks finish in does not matter
         a, b = ranges[i]
-        tc.write_cache(parts[i], tc.teacher_rows(teacher, rows[a:b], 16, 2.0, 2, USED), b - a, 16, USED, {})
+        tc.write_cache(
+            parts[i],
+            tc.teacher_rows(teacher, rows[a:b], k=16, temperature=2.0, batch_size=2, vocab_size=USED),
+            b - a,
+            16,
+            USED,
+            {},
+        )
     merged = tc.merge_parts(tmp_path / "merged", parts, USED, {})
     assert tc.is_complete(tmp_path / "merged") and merged.meta["parts"] == 4 and len(merged) == 13
     for name in ("offsets", "ids", "logprobs", "tail"):

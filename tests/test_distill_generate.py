@@ -298,7 +298,13 @@ def test_sequence_teacher_is_scored_then_freed_before_a_vllm_child(backend, tmp_
     tokenizer = load_tokenizer(folder, None, require_mask=True)
     metrics: dict = {}
     distill._teacher_side(
-        ctx, folder, tokenizer, [], [[{"role": "user", "content": "What was revenue?"}]], True, metrics
+        ctx,
+        folder,
+        tokenizer=tokenizer,
+        convs=[],
+        contexts=[[{"role": "user", "content": "What was revenue?"}]],
+        any_todo=True,
+        metrics=metrics,
     )
     assert metrics["teacher_eval"] is not None and len(refs) == 1  # loaded once, scored
     # (passed to generation, still in memory)

@@ -31,17 +31,17 @@ def logits(*shape, scale=3.0, seed=0):
 @pytest.mark.parametrize("kind", DIVERGENCES)
 def test_divergence_of_a_distribution_with_itself_is_zero(kind):
     t = logits(2, 7, V)
-    assert distill_loss(t, t.clone(), torch.ones(2, 7), kind, temperature=2.0).abs() < 1e-6
+    assert distill_loss(t, t.clone(), torch.ones(2, 7), kind=kind, temperature=2.0).abs() < 1e-6
 
 
 def test_forward_and_reverse_kl_differ_on_asymmetric_inputs():
     s, t = logits(4, V, seed=1), logits(4, V, scale=6.0, seed=2)
     mask = torch.ones(4)
-    fwd = distill_loss(s, t, mask, "forward_kl")
-    rev = distill_loss(s, t, mask, "reverse_kl")
+    fwd = distill_loss(s, t, mask, kind="forward_kl")
+    rev = distill_loss(s, t, mask, kind="reverse_kl")
     assert fwd > 0 and rev > 0 and abs(fwd - rev) > 0.05
     # forward KL(t‖s) is reverse KL with the roles swapped
-    assert torch.allclose(fwd, distill_loss(t, s, mask, "reverse_kl"))
+    assert torch.allclose(fwd, distill_loss(t, s, mask, kind="reverse_kl"))
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
@@ -67,23 +67,23 @@ def test_temperature_softens_both_and_scales_by_t_squared(kind):
     mask = torch.ones(3, 5)
     T = 2.5
     manual = bucket_divergence(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), kind).mean()
-    assert torch.allclose(distill_loss(s, t, mask, kind, temperature=T), T**2 * manual, rtol=1e-5)
+    assert torch.allclose(distill_loss(s, t, mask, kind=kind, temperature=T), T**2 * manual, rtol=1e-5)
 
 
 def test_normalised_per_response_token_not_per_sequence():
     s, t = logits(2, 6, V, seed=9), logits(2, 6, V, seed=10)
     mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
     per = bucket_divergence(F.log_softmax(s, -1), F.log_softmax(t, -1), "forward_kl")
-    loss = distill_loss(s, t, mask, "forward_kl")
+    loss = distill_loss(s, t, mask, kind="forward_kl")
     # the mean over the 6 response tokens, so the 5-token row weighs 5x the 1-token row …
     assert torch.allclose(loss, per[mask].mean())
     assert not torch.allclose(loss, torch.stack([per[0][mask[0]].mean(), per[1][mask[1]].mean()]).mean())
     # … padding and masked positions change nothing, whatever their logits
     s2 = s.clone()
     s2[~mask] = 1e3
-    assert torch.allclose(distill_loss(s2, t, mask, "forward_kl"), loss)
+    assert torch.allclose(distill_loss(s2, t, mask, kind="forward_kl"), loss)
     # with gradient accumulation the caller passes the token count of all micro-batches
-    assert torch.allclose(distill_loss(s, t, mask, "forward_kl", num_tokens=12), loss / 2)
+    assert torch.allclose(distill_loss(s, t, mask, kind="forward_kl", num_tokens=12), loss / 2)
     assert masked_token_mean(per, torch.zeros_like(mask)) == 0  # no response token: 0, not nan
 
 
@@ -93,10 +93,10 @@ def test_top_k_with_tail_equals_full_vocabulary_at_k_equal_vocab(kind, T):
     s, t = logits(2, 4, V, seed=11), logits(2, 4, V, seed=12)
     mask = torch.ones(2, 4)
     ids, top, tail = teacher_topk(t, V, T)
-    full = distill_loss(s, t, mask, kind, T)
-    assert torch.allclose(topk_distill_loss(s, ids, top, mask, kind, T), full, atol=1e-5)
+    full = distill_loss(s, t, mask, kind=kind, temperature=T)
+    assert torch.allclose(topk_distill_loss(s, ids, top, mask, kind=kind, temperature=T), full, atol=1e-5)
     assert torch.allclose(
-        topk_distill_loss(s, ids, top, mask, kind, T, teacher_tail_log=tail), full, atol=1e-5
+        topk_distill_loss(s, ids, top, mask, kind=kind, temperature=T, teacher_tail_log=tail), full, atol=1e-5
     )
 
 
@@ -108,17 +108,17 @@ def test_top_k_keeps_the_tail_mass_explicitly():
     assert torch.allclose(tail.exp(), 1 - top.exp().sum(-1), atol=1e-6)
     # … and the loss differs from one that renormalises the top-k and forgets the tail
     mask = torch.ones(16)
-    with_tail_loss = topk_distill_loss(s, ids, top, mask, "forward_kl", teacher_tail_log=tail)
+    with_tail_loss = topk_distill_loss(s, ids, top, mask, kind="forward_kl", teacher_tail_log=tail)
     renorm = bucket_divergence(
         F.log_softmax(s.gather(-1, ids), -1), F.log_softmax(top, -1), "forward_kl"
     ).mean()
     assert abs(with_tail_loss - renorm) > 1e-3
     # a larger k gets closer to the full-vocabulary value
-    full = distill_loss(s, t, mask, "forward_kl")
+    full = distill_loss(s, t, mask, kind="forward_kl")
     errs = []
     for k in (4, 16, 48):
         i, v, tl = teacher_topk(t, k, 1.0)
-        errs.append(abs(topk_distill_loss(s, i, v, mask, "forward_kl", teacher_tail_log=tl) - full))
+        errs.append(abs(topk_distill_loss(s, i, v, mask, kind="forward_kl", teacher_tail_log=tl) - full))
     assert errs[0] > errs[1] > errs[2]
 
 
@@ -132,13 +132,13 @@ def test_matches_trl_generalized_jsd(beta, T):
     labels[:, :3] = -100
     mask = labels != -100
     trl = GKDTrainer.generalized_jsd_loss(s, t, labels=labels, beta=beta, temperature=T)
-    ours = distill_loss(s, t, mask, "jsd", temperature=T, beta=beta)
+    ours = distill_loss(s, t, mask, kind="jsd", temperature=T, beta=beta)
     # TRL does not apply the T² factor; otherwise the same number
     assert torch.allclose(ours / T**2, trl, rtol=1e-5, atol=1e-6)
     if beta == 0.0:
-        assert torch.allclose(ours, distill_loss(s, t, mask, "forward_kl", temperature=T))
+        assert torch.allclose(ours, distill_loss(s, t, mask, kind="forward_kl", temperature=T))
     if beta == 1.0:
-        assert torch.allclose(ours, distill_loss(s, t, mask, "reverse_kl", temperature=T))
+        assert torch.allclose(ours, distill_loss(s, t, mask, kind="reverse_kl", temperature=T))
 
 
 def test_cross_entropy_mix():
@@ -180,7 +180,9 @@ def assert_same(got, want):
 def test_chunked_full_vocabulary_loss_and_gradients_equal_the_full_logit_loss(kind, chunk):
     hidden, head = hidden_and_head()
     teacher, T, beta = logits(N, V, seed=21), 2.0, 0.3
-    want = value_and_grads(distill_loss(head(hidden), teacher, torch.ones(N), kind, T, beta), hidden, head)
+    want = value_and_grads(
+        distill_loss(head(hidden), teacher, torch.ones(N), kind=kind, temperature=T, beta=beta), hidden, head
+    )
     total = chunked_token_sum(
         lambda h, t: full_divergence(head(h), t, kind, T, beta), hidden, teacher, chunk_size=chunk
     )
@@ -193,9 +195,13 @@ def test_chunked_top_k_loss_and_gradients_equal_the_full_logit_loss(kind, chunk)
     hidden, head = hidden_and_head(seed=22)
     T, beta = 2.0, 0.5
     ids, top, tail = teacher_topk(logits(N, V, seed=23), 8, T)
-    ref = topk_distill_loss(head(hidden), ids, top, torch.ones(N), kind, T, beta, teacher_tail_log=tail)
+    ref = topk_distill_loss(
+        head(hidden), ids, top, torch.ones(N), kind=kind, temperature=T, beta=beta, teacher_tail_log=tail
+    )
     total = chunked_token_sum(
-        lambda h, i, v, tl: topk_divergence(head(h), i, v, kind, T, beta, tl),
+        lambda h, i, v, tl: topk_divergence(
+            head(h), i, v, kind=kind, temperature=T, beta=beta, teacher_tail_log=tl
+        ),
         hidden,
         ids,
         top,

@@ -74,7 +74,7 @@ def test_converted_folder_is_an_ordinary_hf_model_that_knows_paris(converted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, seconds = converted
-    print(f"GGUF conversion: {seconds:.1f}s")
+    print(f"GGUF conversion: {seconds:.1f}s")  # noqa: T201 - the timing, shown with pytest -s
     assert (Path(folder) / "model.safetensors").is_file() and is_converted(Path(folder))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # the path alone, no gguf_file
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -92,18 +92,43 @@ def test_a_32b_teacher_gets_two_gpus_and_a_bounded_context(tmp_path):
     prompts = ["What was Q3 operating income?", "é" * 300]  # the longest: 600 UTF-8 bytes
     model = _qwen3_folder(tmp_path)
     # 600 bytes + 256 for the chat template + 16 new tokens (evaluation.max_new_tokens)
-    teacher = engine_args_for(r, "base", True, prompts, 16, r.stages.eval.engine_args, model)
+    teacher = engine_args_for(
+        r,
+        "base",
+        teacher_sized=True,
+        prompts=prompts,
+        max_new_tokens=16,
+        explicit=r.stages.eval.engine_args,
+        model_path=model,
+    )
     assert teacher == {"tensor_parallel_size": 2, "max_model_len": 872}
-    dpo = engine_args_for(r, "dpo", True, prompts, 16, {}, model)  # every teacher-sized model
+    dpo = engine_args_for(
+        r, "dpo", teacher_sized=True, prompts=prompts, max_new_tokens=16, explicit={}, model_path=model
+    )  # every teacher-sized model
     assert dpo["tensor_parallel_size"] == 2
-    student = engine_args_for(r, "Qwen3-8B", False, prompts, 16, {}, model)
+    student = engine_args_for(
+        r, "Qwen3-8B", teacher_sized=False, prompts=prompts, max_new_tokens=16, explicit={}, model_path=model
+    )
     assert student == {"tensor_parallel_size": 1, "max_model_len": 872}
     # never beyond the model's own context (vLLM refuses a larger max_model_len)
-    long = engine_args_for(r, "base", True, ["x" * 100_000], 16, {}, model)
+    long = engine_args_for(
+        r,
+        "base",
+        teacher_sized=True,
+        prompts=["x" * 100_000],
+        max_new_tokens=16,
+        explicit={},
+        model_path=model,
+    )
     assert long["max_model_len"] == QWEN3_32B_CONTEXT
     # one number for every model, as bench reads it
     r4 = load_recipe(FINANCE, overrides=["stages.bench.gpus_per_model=4"])
-    assert engine_args_for(r4, "Qwen3-8B", False, prompts, 16)["tensor_parallel_size"] == 4
+    assert (
+        engine_args_for(r4, "Qwen3-8B", teacher_sized=False, prompts=prompts, max_new_tokens=16)[
+            "tensor_parallel_size"
+        ]
+        == 4
+    )
 
 
 def test_explicit_engine_args_win(tmp_path):
@@ -112,7 +137,15 @@ def test_explicit_engine_args_win(tmp_path):
 
     r = load_recipe(FINANCE)
     explicit = {"max_model_len": 8192, "tensor_parallel_size": 4, "gpu_memory_utilization": 0.8}
-    args = engine_args_for(r, "base", True, ["short"], 16, explicit, _qwen3_folder(tmp_path))
+    args = engine_args_for(
+        r,
+        "base",
+        teacher_sized=True,
+        prompts=["short"],
+        max_new_tokens=16,
+        explicit=explicit,
+        model_path=_qwen3_folder(tmp_path),
+    )
     assert args == explicit
 
 
@@ -124,7 +157,14 @@ def test_cpu_profiles_keep_their_engine_args(profile):
     r = load_recipe(FINANCE, profile)
     assert r.compute.gpu == "cpu"
     for name, teacher_sized in (("base", True), ("dpo", True), ("student-s", False)):
-        args = engine_args_for(r, name, teacher_sized, ["p" * 5000], 16, r.stages.eval.engine_args)
+        args = engine_args_for(
+            r,
+            name,
+            teacher_sized=teacher_sized,
+            prompts=["p" * 5000],
+            max_new_tokens=16,
+            explicit=r.stages.eval.engine_args,
+        )
         assert args == r.stages.eval.engine_args  # exactly what the profile sets, nothing derived
     expected_len = {"tiny": 512, "small": 1024}[profile]  # recipes/profiles/<profile>.yaml
     assert r.stages.eval.engine_args["max_model_len"] == expected_len
@@ -137,8 +177,9 @@ def test_eval_jobs_carry_each_models_engine_args(tmp_path, monkeypatch):
     from verticalft.recipe import load_recipe
     from verticalft.rundir import RunDir
     from verticalft.serving import offline
-    from verticalft.stages.base import RunModel, StageContext
+    from verticalft.stages.base import StageContext
     from verticalft.stages.eval import generate_all
+    from verticalft.stages.run_models import RunModel
 
     r = load_recipe(FINANCE)
     ctx = StageContext(r, RunDir(tmp_path / "run"), "eval")

@@ -10,7 +10,8 @@ import yaml
 from verticalft.launch import launch_command
 from verticalft.recipe import load_recipe
 from verticalft.rundir import RunDir
-from verticalft.stages.base import StageContext, trainer_config
+from verticalft.stages.base import StageContext
+from verticalft.stages.training import trainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FINANCE = ROOT / "recipes/finance.yaml"

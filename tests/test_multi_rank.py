@@ -91,7 +91,15 @@ def _one_process_cache(run_root: Path, out: Path):
     examples = [chat_example(tok, m, cfg.max_length, kwargs) for m in conversations(ctx)[: cfg.max_examples]]
     key = tc.cache_key(tc.teacher_identity(path), tok, examples, cfg.top_k, cfg.temperature)
     teacher = load_model(path, "none")
-    rows = tc.teacher_rows(teacher, examples, cfg.top_k, cfg.temperature, 8, len(tok), tok.pad_token_id)
+    rows = tc.teacher_rows(
+        teacher,
+        examples,
+        k=cfg.top_k,
+        temperature=cfg.temperature,
+        batch_size=8,
+        vocab_size=len(tok),
+        pad_id=tok.pad_token_id,
+    )
     return key, tc.write_cache(out, rows, len(examples), min(cfg.top_k, len(tok)), len(tok), {})
 
 

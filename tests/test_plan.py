@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 from verticalft.plan import (
-    GPUS,
     KNOWN_ARCHS,
     Arch,
     chinchilla_tokens,
@@ -14,6 +13,7 @@ from verticalft.plan import (
     training_flops,
     training_memory_gb,
 )
+from verticalft.pricing import GPUS
 from verticalft.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +60,13 @@ def test_known_architectures_match_their_names():
 
 def test_qlora_memory_is_far_below_full_and_32b_qlora_fits_one_h100():
     arch = KNOWN_ARCHS["Qwen/Qwen3-32B"]
-    q = training_memory_gb(arch, "qlora", 2048, 1, checkpointing=True, lora_r=64)
-    full = training_memory_gb(arch, "full", 2048, 1, checkpointing=True)
+    q = training_memory_gb(arch, "qlora", seq_len=2048, micro_batch=1, checkpointing=True, lora_r=64)
+    full = training_memory_gb(arch, "full", seq_len=2048, micro_batch=1, checkpointing=True)
     embed = 151936 * 5120 * 2  # input embedding + lm_head (untied), left in bf16 by bitsandbytes
     assert q["weights"] == pytest.approx(((arch.params - embed) * 4.127 / 8 + embed * 2) / 1e9, rel=1e-3)
     assert full["trainable_state"] == pytest.approx(arch.params * 16 / 1e9, rel=1e-3)
     assert q["total"] < 80 < full["total"]
-    sharded = training_memory_gb(arch, "full", 2048, 1, checkpointing=True, shards=64)
+    sharded = training_memory_gb(arch, "full", seq_len=2048, micro_batch=1, checkpointing=True, shards=64)
     assert sharded["trainable_state"] == pytest.approx(full["trainable_state"] / 64, rel=1e-3)
 
 
@@ -74,7 +74,7 @@ def test_qlora_keeps_embeddings_in_16_bit():
     # Qwen2.5-7B's 152,064 × 3,584 × 2 = 1.09B embedding parameters cost
     # 2.18 GB in bf16 instead of 0.56 GB in NF4: +1.6 GB
     arch = KNOWN_ARCHS["Qwen/Qwen2.5-7B-Instruct"]
-    q = training_memory_gb(arch, "qlora", 2048, 1, checkpointing=True)["weights"]
+    q = training_memory_gb(arch, "qlora", seq_len=2048, micro_batch=1, checkpointing=True)["weights"]
     all_nf4 = arch.params * 4.127 / 8 / 1e9
     assert q - all_nf4 == pytest.approx(152064 * 3584 * 2 * (2 - 4.127 / 8) / 1e9, abs=1e-3)  # GB, 3 decimals
     assert 1.5 < q - all_nf4 < 1.7
@@ -84,7 +84,7 @@ def test_swiglu_activations_and_training_logits_by_hand():
     # h = 4096, I = 14336 (Llama-3.1-8B): (18 + 8 × 3.5) = 46 bytes per token per hidden unit per
     # layer; s·b = 2048 → 46 × 2048 × 4096 × 32 layers = 12.35 GB without checkpointing
     arch = KNOWN_ARCHS["meta-llama/Llama-3.1-8B-Instruct"]
-    m = training_memory_gb(arch, "qlora", 2048, 1, checkpointing=False)
+    m = training_memory_gb(arch, "qlora", seq_len=2048, micro_batch=1, checkpointing=False)
     assert m["activations"] == pytest.approx(46 * 2048 * 4096 * 32 / 1e9, rel=1e-3)
     # logits: 12 bytes × 2048 tokens × 128,256 vocabulary = 3.15 GB (was 4 bytes: 1.05 GB)
     assert m["logits"] == pytest.approx(12 * 2048 * 128256 / 1e9, rel=1e-3)
@@ -107,9 +107,14 @@ def test_mfu_per_method_defaults_and_overrides():
 
 def test_activation_memory_grows_with_batch_and_shrinks_with_checkpointing():
     arch = Arch(4096, 32, 14336, 32, 8, 128, 128256)
-    a = training_memory_gb(arch, "qlora", 2048, 1, False)["activations"]
-    assert training_memory_gb(arch, "qlora", 2048, 2, False)["activations"] == pytest.approx(2 * a)
-    assert training_memory_gb(arch, "qlora", 2048, 1, True)["activations"] < a / 5
+    a = training_memory_gb(arch, "qlora", seq_len=2048, micro_batch=1, checkpointing=False)["activations"]
+    assert training_memory_gb(arch, "qlora", seq_len=2048, micro_batch=2, checkpointing=False)[
+        "activations"
+    ] == pytest.approx(2 * a)
+    assert (
+        training_memory_gb(arch, "qlora", seq_len=2048, micro_batch=1, checkpointing=True)["activations"]
+        < a / 5
+    )
 
 
 def test_plan_of_the_finance_recipe():
@@ -190,7 +195,9 @@ def test_qlora_7b_memory_against_llama_factorys_measurements(seq, measured_gb):
     # LLaMA-Factory wiki, "Performance comparison" (https://github.com/hiyouga/LLaMA-Factory/wiki/Performance-comparison):
     # LLaMA2-7B, 4-bit, FlashAttention-2, batch 1, LoRA rank 8 on all modules, A100 40GB:
     # 6 / 7 / 9 / 12 GB at 1k / 2k / 4k / 8k tokens (LLaMA-Factory checkpoints activations by default).
-    est = training_memory_gb(LLAMA2_7B, "qlora", seq, 1, checkpointing=True, lora_r=8)["total"]
+    est = training_memory_gb(LLAMA2_7B, "qlora", seq_len=seq, micro_batch=1, checkpointing=True, lora_r=8)[
+        "total"
+    ]
     assert 0.75 * measured_gb < est < 1.1 * measured_gb
 
 
@@ -199,7 +206,7 @@ def test_qlora_65b_on_one_48gb_gpu():
     # enough to finetune a 65B parameter model on a single 48GB GPU" — LoRA r = 64 on all linear
     # layers, adapters in bf16 (2 B weight + 2 B grad + 8 B Adam = 12 B/param, where PEFT's default
     # fp32 adapters need 16), paged optimizers, gradient checkpointing.
-    m = training_memory_gb(LLAMA_65B, "qlora", 512, 1, checkpointing=True, lora_r=64)
+    m = training_memory_gb(LLAMA_65B, "qlora", seq_len=512, micro_batch=1, checkpointing=True, lora_r=64)
     bf16_adapters = m["total"] - LLAMA_65B.lora_params(64) * (16 - 12) / 1e9
     assert (
         bf16_adapters < 48 < m["total"] + 2

@@ -187,3 +187,14 @@ def test_api_prices_come_from_the_recipe_or_the_shipped_table():
     with pytest.raises(RecipeError) as err:
         load_recipe("recipes/finance.yaml", overrides=["cost.compare.my-api={}"])
     assert "cost" in str(err.value) and "no price for API 'my-api'" in str(err.value)
+
+
+def test_gpu_prices_come_from_the_recipe_or_the_shipped_table():
+    from verticalft.pricing import gpu_and_price
+
+    gpu, usd = gpu_and_price("l40s")
+    # a quoted L40S month, $1,620 over 720 h, is $2.25/h; 48 GB of memory
+    assert (gpu.name, gpu.vram_gb, usd) == ("l40s", 48, pytest.approx(1620 / 720))
+    assert gpu_and_price("l40s", 1.9)[1] == 1.9
+    with pytest.raises(ValueError, match=r"unknown GPU 'rtx-9090'; known: a100-80gb, h100-sxm, .*l40s, cpu"):
+        gpu_and_price("rtx-9090")

@@ -120,7 +120,7 @@ def pruned(teacher, tmp_path_factory) -> tuple[Path, float]:
 
 def test_influence_prune_drops_exactly_the_identity_layer(pruned):
     folder, seconds = pruned
-    print(f"pruning the tiny teacher: {seconds:.1f}s")
+    print(f"pruning the tiny teacher: {seconds:.1f}s")  # noqa: T201 - the timing, shown with pytest -s
     rec = pruning_record(folder)
     assert rec["kept_layers"] == [0, 1, 3] and rec["removed_layers"] == [IDENTITY_LAYER]
     assert rec["influence"][IDENTITY_LAYER] == pytest.approx(0.0, abs=1e-6)

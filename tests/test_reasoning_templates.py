@@ -27,7 +27,7 @@ from verticalft import scoring
 from verticalft.distill.batching import chat_example
 from verticalft.models import CHAT_TEMPLATE, load_tokenizer, train_tiny_tokenizer
 from verticalft.recipe import RecipeError, load_recipe
-from verticalft.scoring import evaluate_model, generate, normalise, score_answer, score_items
+from verticalft.scoring import evaluate_model, first_answer_line, generate, score_answer, score_items
 from verticalft.serving.server import vllm_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_strip_think_only_touches_a_leading_block():
     assert scoring.strip_think("<think>a</think>b</think>c") == "b</think>c"  # the first close ends it
     assert scoring.strip_think("<think>never closed") == ""
     assert scoring.strip_think("BUY, not <think>x</think>") == "BUY, not <think>x</think>"
-    assert normalise(EMPTY_THINK + "Dining.\nextra") == "dining"
+    assert first_answer_line(EMPTY_THINK + "Dining.\nextra") == "dining"
 
 
 def test_score_items_reads_past_the_think_block_for_every_kind():
@@ -161,7 +161,9 @@ def test_eval_generation_renders_prompts_with_the_run_template_kwargs(qwen3_tok)
     assert [c.text for c in generate(model, qwen3_tok, [USER_TURN], 6, 1, NO_THINK)] == [direct]
     assert [c.text for c in generate(model, qwen3_tok, [USER_TURN], 6, 1)] == [thinking]
     items = [{"prompt": PROMPT, "answer": "payroll", "kind": "label"}]
-    summary = evaluate_model(model, qwen3_tok, items, 6, 1, chat_template_kwargs=NO_THINK)
+    summary = evaluate_model(
+        model, qwen3_tok, items, max_new_tokens=6, batch_size=1, chat_template_kwargs=NO_THINK
+    )
     assert summary["examples"][0]["prediction"] == direct.strip()[:40]
 
 

@@ -1,8 +1,10 @@
 import json
 
+import pytest
+
 from verticalft.pipeline import stage_fingerprints
 from verticalft.recipe import load_recipe
-from verticalft.rundir import RunDir, atomic_write_text, hash_file
+from verticalft.rundir import RunDir, atomic_write_text, hash_file, write_jsonl
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -10,6 +12,20 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     atomic_write_text(path, "x" * 10)
     assert path.read_text() == "x" * 10
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_write_jsonl_keeps_text_readable_unless_asked_for_sorted_ascii(tmp_path):
+    rows = [{"z": "café", "a": 1}, {"b": None}]
+    assert write_jsonl(tmp_path / "plain.jsonl", iter(rows)) == 2
+    assert (tmp_path / "plain.jsonl").read_bytes() == b'{"z": "caf\xc3\xa9", "a": 1}\n{"b": null}\n'
+    assert write_jsonl(tmp_path / "canon.jsonl", rows, sort_keys=True, ensure_ascii=True) == 2
+    assert (tmp_path / "canon.jsonl").read_bytes() == b'{"a": 1, "z": "caf\\u00e9"}\n{"b": null}\n'
+    # a lone surrogate (what json.loads makes of "\\ud800") cannot be UTF-8: escaped it can
+    write_jsonl(tmp_path / "s.jsonl", [{"t": "\ud800"}], ensure_ascii=True)
+    assert (tmp_path / "s.jsonl").read_text() == '{"t": "\\ud800"}\n'
+    with pytest.raises(UnicodeEncodeError):
+        write_jsonl(tmp_path / "bad.jsonl", [{"t": "\ud800"}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canon.jsonl", "plain.jsonl", "s.jsonl"]
 
 
 def test_stage_is_done_only_with_marker_and_matching_fingerprint(tmp_path):

@@ -38,7 +38,7 @@ def test_the_final_save_under_fsdp_writes_the_whole_model(tmp_path, monkeypatch)
     nothing under FSDP unless the state dict is FULL, so the stage's model folder stayed empty."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from verticalft.stages.base import save_outputs
+    from verticalft.stages.training import save_outputs
 
     trainer, tok = _tiny_trainer(tmp_path)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
@@ -89,11 +89,11 @@ def test_a_sharded_model_is_scored_on_every_rank_and_reported_by_rank_0(monkeypa
     """generate() on a sharded module gathers weights in every forward: rank 0 alone deadlocked
     waiting for ranks that had moved on. Every rank generates; rank 0 alone returns the score."""
     import verticalft.scoring as scoring
-    from verticalft.stages.base import quick_eval
+    from verticalft.stages.training import quick_eval
 
     ran: list[str] = []
 
-    def evaluate_model(model, tokenizer, items, *a):
+    def evaluate_model(model, tokenizer, items, **settings):
         ran.append(f"rank {__import__('os').environ['RANK']}: {len(items)} items")
         return {"score": 0.5}
 

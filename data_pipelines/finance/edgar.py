@@ -420,10 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.user_agent, license=args.license, www_base=args.www_base, data_base=args.data_base
         )
     except EdgarError as e:
-        print(f"edgar: {e}", file=sys.stderr)
+        print(f"edgar: {e}", file=sys.stderr)  # noqa: T201 - the command's error message
         return 2
     summary = collect(client, args.tickers, args.out, args.forms, args.limit, progress=not args.no_progress)
-    print(
+    print(  # noqa: T201 - the command's summary line
         f"edgar: wrote {summary.written} filings to {args.out} "
         f"({summary.skipped} already there, {len(summary.errors)} skipped on errors)",
         file=sys.stderr,

@@ -11,4 +11,4 @@ from verticalft.sample_data import build_general_replay
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent / "sample"
-    print(f"{out / 'replay.jsonl'}: {build_general_replay(out)} rows")
+    print(f"{out / 'replay.jsonl'}: {build_general_replay(out)} rows")  # noqa: T201 - the script's output

@@ -52,10 +52,13 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MODEL_CHOICE = "model"
 # `models.chat_template: chatml`: standard ChatML (`<|im_start|>role\n…<|im_end|>\n`, no default
@@ -314,10 +317,9 @@ def training_template(tokenizer: Any, choice: str | None = None) -> str:
     elif trl := _trl_training(tokenizer, template):
         resolved = trl
         if diffs := render_differences(tokenizer, trl, template):  # by TRL's design (Qwen3: think blocks)
-            print(
+            logger.info(
                 f"  chat template: TRL's training variant renders {len(diffs)} probe conversations "
-                f"differently from the model's own, e.g. {diffs[0]}",
-                flush=True,
+                f"differently from the model's own, e.g. {diffs[0]}"
             )
     else:
         resolved = derive_chatml(tokenizer, template)
@@ -361,12 +363,11 @@ def use_run_template(
                 raise ChatTemplateError(
                     f"{exc}; nor can its assistant turns be found by rendering prefixes: {problem}"
                 ) from None
-            print(
-                "  chat template: no {% generation %} markers; assistant turns found by rendering prefixes",
-                flush=True,
+            logger.info(
+                "  chat template: no {% generation %} markers; assistant turns found by rendering prefixes"
             )
         elif tokenizer.chat_template and not isinstance(exc, NoTrainingVariant):
-            print(f"  chat template: {exc} (rendering with it as it is)", flush=True)
+            logger.warning(f"  chat template: {exc} (rendering with it as it is)")
         # NoTrainingVariant while only rendering: nothing to say, rendering needs no markers (and sft
         # finds the assistant turns by prefix rendering)
     return tokenizer

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from verticalft.logs import show_logs
 from verticalft.recipe import Recipe, RecipeError, Source, load_recipe
 
 # What `verticalft --help` says: for the user (the module docstring above is for developers).
@@ -57,6 +58,8 @@ def _main(
     ),
 ) -> None:
     """Options before any command (the help text is HELP)."""
+    # the library's progress lines (stages, launches, caches), as they are, beside our own output
+    show_logs(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
 ProfileOpt = typer.Option(

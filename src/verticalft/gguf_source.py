@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -36,6 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PKG_SCHEME = "pkg://"
 MARKER = "CONVERTED.json"
@@ -225,10 +228,9 @@ def resolve_gguf(ref: str, cache_dir: str | Path | None = None) -> str:
         for stale in [folder, *root.glob(f".{folder.name}.tmp-*")]:  # a killed conversion
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{folder.name}.tmp-{os.getpid()}"
-        print(
+        logger.info(
             f"  converting GGUF {path.name} ({path.stat().st_size / 2**20:.0f} MB, {info.architecture}) "
-            f"to an HF folder, once: {folder}",
-            flush=True,
+            f"to an HF folder, once: {folder}"
         )
         t0 = time.time()
         dtype = convert(info, tmp)
@@ -236,7 +238,7 @@ def resolve_gguf(ref: str, cache_dir: str | Path | None = None) -> str:
         marker = {"format": FORMAT, "source": str(path), "sha256": digest, "dtype": dtype, "seconds": seconds}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         os.rename(tmp, folder)
-        print(f"  converted in {seconds:.0f}s → {folder}", flush=True)
+        logger.info(f"  converted in {seconds:.0f}s → {folder}")
     return str(folder)
 
 

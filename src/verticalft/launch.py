@@ -9,7 +9,7 @@ block, so the two can never disagree:
   `gradient_checkpointing` ("can't be set to True simultaneously", `Trainer.__init__`). Under
   FSDP the trainer key decides: it becomes the FSDP config's `fsdp_activation_checkpointing`
   (FSDP's own checkpointing avoids re-gathering shards in the backward) and the worker's
-  `TrainingArguments` get `gradient_checkpointing=False` (`stages.base.trainer_config`).
+  `TrainingArguments` get `gradient_checkpointing=False` (`stages.training.trainer_config`).
 - DeepSpeed: `gradient_accumulation_steps` and `gradient_clipping` are left out of the config, so
   accelerate passes "auto" and transformers fills them from the trainer's
   `gradient_accumulation_steps` / `max_grad_norm` (a pinned value that differs is DeepSpeed's
@@ -86,6 +86,16 @@ def local_rank() -> int | None:
     """This process's device index under torchrun / accelerate (None when not launched)."""
     value = os.environ.get("LOCAL_RANK")
     return int(value) if value is not None else None
+
+
+def rank() -> int:
+    """This process's global rank (0 when not launched)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that writes shared files (results, merged models, caches)."""
+    return rank() == 0
 
 
 def world_size() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -25,6 +26,8 @@ from verticalft.recipe import Recipe, did_you_mean, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, atomic_write_text, fingerprint, hash_file
 from verticalft.stages import registry
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
+
+logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 VERSIONED = ["verticalft", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"]
@@ -346,12 +349,11 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
     result_path.unlink(missing_ok=True)
     cmd = launch_command(recipe, run, stage, resume)
     if recipe.compute.launcher == "accelerate" and not has_gpu() and recipe.compute.gpus_per_node > 1:
-        print(
+        logger.warning(
             "  note: `accelerate launch --cpu` starts one process unless MPI is set up; for multi-process "
-            "CPU training use compute.launcher=torchrun",
-            flush=True,
+            "CPU training use compute.launcher=torchrun"
         )
-    print(f"  launching: {' '.join(cmd)}", flush=True)
+    logger.info(f"  launching: {' '.join(cmd)}")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent())  # torchrun stops its workers
     if not result_path.exists():

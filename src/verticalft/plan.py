@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verticalft.pricing import Gpu, gpu_and_price
 from verticalft.stages import registry
 
 NF4_BYTES_PER_PARAM = 4.127 / 8
@@ -60,27 +61,6 @@ def mfu_for(compute: Any, method: str) -> float:
 
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
-
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    vram_gb: float
-    bf16_tflops: float  # dense peak
-    usd_per_hour: float  # cloud on-demand price, mid-point of the quoted range
-    mem_bandwidth_tbs: float
-
-
-# Cloud $/hr: mid-point of the quoted rental ranges (A100 80GB $1.50–2.00, H100 SXM $2.00–3.00,
-# H200 $2.29–5.00, B200 $4.00–6.00); L40S from a quoted $1,620 per 30-day month.
-GPUS: dict[str, Gpu] = {
-    "a100-80gb": Gpu("a100-80gb", 80, 312, 1.75, 2.0),
-    "h100-sxm": Gpu("h100-sxm", 80, 989, 2.5, 3.35),
-    "h200": Gpu("h200", 141, 989, 3.65, 4.8),
-    "b200": Gpu("b200", 192, 2250, 5.0, 8.0),
-    "l40s": Gpu("l40s", 48, 362, 2.25, 0.864),
-    "cpu": Gpu("cpu", 24, 0.2, 0.10, 0.05),  # a 2-core CI runner: say so, do not pretend
-}
 
 
 @dataclass(frozen=True)
@@ -280,6 +260,7 @@ def gpu_hours(flops: float, gpu: Gpu, mfu: float) -> float:
 def training_memory_gb(
     arch: Arch,
     method: str,
+    *,
     seq_len: int,
     micro_batch: int,
     checkpointing: bool,
@@ -497,10 +478,7 @@ def plan_recipe(recipe: Any) -> Plan:
     """GPU-hours, dollars and memory per GPU of every training stage (and distillation) on the
     recipe's hardware, before anything runs; warnings say what will not fit or cannot be sized."""
     c = recipe.compute
-    gpu = GPUS.get(c.gpu)
-    if gpu is None:
-        raise ValueError(f"unknown GPU '{c.gpu}'; known: {', '.join(GPUS)}")
-    price = recipe.cost.usd_per_gpu_hour or gpu.usd_per_hour
+    gpu, price = gpu_and_price(c.gpu, recipe.cost.usd_per_gpu_hour)
     plan = Plan(gpu=gpu, usd_per_gpu_hour=price)
     from verticalft.launch import launch_warnings
 
@@ -595,12 +573,12 @@ def plan_training_stage(
     mem = training_memory_gb(
         arch,
         method,
-        cfg.max_length,
-        int(t.get("per_device_train_batch_size", 8)),
-        ckpt,
-        cfg.lora.r,
-        shards if method == "full" else 1,
-        2 if training.pairs else 1,  # chosen + rejected
+        seq_len=cfg.max_length,
+        micro_batch=int(t.get("per_device_train_batch_size", 8)),
+        checkpointing=ckpt,
+        lora_r=cfg.lora.r,
+        shards=shards if method == "full" else 1,
+        sequences_per_example=2 if training.pairs else 1,  # chosen + rejected
     )
     fits = mem["total"] <= gpu.vram_gb * 0.95
     row = StagePlan(stage, recipe.models.teacher, arch.params, method, tokens, flops, hours, hours * price,
@@ -719,7 +697,9 @@ def plan_student(
     t = cfg.trainer
     ckpt = bool(t.get("gradient_checkpointing", False))
     micro = int(t.get("per_device_train_batch_size", 8))
-    mem = training_memory_gb(arch, cfg.method, cfg.max_length, micro, ckpt, cfg.lora.r)
+    mem = training_memory_gb(
+        arch, cfg.method, seq_len=cfg.max_length, micro_batch=micro, checkpointing=ckpt, lora_r=cfg.lora.r
+    )
     alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
     plan.notes.append(
         f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "

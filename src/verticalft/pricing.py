@@ -3,6 +3,8 @@
 Every figure comes from a measured or stated input (throughput, $/GPU-hour, token volume, token
 mix) so a reader can redo the arithmetic; nothing is bent to match a quoted figure. Quoted
 figures are unit-test cases (tests/test_pricing.py) where they are internally consistent.
+The shipped tables (GPUs: memory, FLOP/s, bandwidth, $/hour; API list prices) live here too, the
+one place `verticalft plan` and the cost stage read them from.
 
 Conventions: a month is 30 days (720 hours) — a quoted "L40S, 1 month = $1,620" is 720 h at
 $2.25/h; prices are per 1M tokens; `input_fraction` is the share of tokens that are prompt.
@@ -79,6 +81,35 @@ def compare_to_api(
 
 
 # --------------------------------------------------------------------------- shipped prices
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    vram_gb: float
+    bf16_tflops: float  # dense peak
+    usd_per_hour: float  # cloud on-demand price, mid-point of the quoted range
+    mem_bandwidth_tbs: float
+
+
+# Cloud $/hr: mid-point of the quoted rental ranges (A100 80GB $1.50–2.00, H100 SXM $2.00–3.00,
+# H200 $2.29–5.00, B200 $4.00–6.00); L40S from a quoted $1,620 per 30-day month.
+GPUS: dict[str, Gpu] = {
+    "a100-80gb": Gpu("a100-80gb", 80, 312, 1.75, 2.0),
+    "h100-sxm": Gpu("h100-sxm", 80, 989, 2.5, 3.35),
+    "h200": Gpu("h200", 141, 989, 3.65, 4.8),
+    "b200": Gpu("b200", 192, 2250, 5.0, 8.0),
+    "l40s": Gpu("l40s", 48, 362, 2.25, 0.864),
+    "cpu": Gpu("cpu", 24, 0.2, 0.10, 0.05),  # a 2-core CI runner: say so, do not pretend
+}
+
+
+def gpu_and_price(name: str, usd_per_hour: float | None = None) -> tuple[Gpu, float]:
+    """The GPU `name` names in `GPUS` and its $/hour: `usd_per_hour` when the recipe states one,
+    else the table's; an unknown name is an error listing the known ones."""
+    if name not in GPUS:
+        raise ValueError(f"unknown GPU '{name}'; known: {', '.join(GPUS)}")
+    return GPUS[name], usd_per_hour or GPUS[name].usd_per_hour
+
+
 @dataclass(frozen=True)
 class ApiListPrice:
     """One API's list price ($ per 1M tokens, standard tier, no cache hits, short prompts), the

@@ -626,7 +626,7 @@ class Compute(Strict):
 
     gpu: str = Field(
         default="h100-sxm",
-        description="a name in plan.GPUS (price, memory, FLOP/s), e.g. h100-sxm, l40s, cpu",
+        description="a name in pricing.GPUS (price, memory, FLOP/s), e.g. h100-sxm, l40s, cpu",
     )
     nodes: int = Field(
         default=1, ge=1, description="> 1: run on every node with NODE_RANK/MASTER_ADDR/MASTER_PORT set"

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(
+    path: Path, rows: Iterable[dict[str, Any]], *, sort_keys: bool = False, ensure_ascii: bool = False
+) -> int:
+    """Write `rows` as JSON lines, atomically (a reader never sees half a file); returns the count.
+
+    The keywords are `json.dumps`'s: `sort_keys` for files compared byte for byte whatever order a
+    row's keys were built in (curate's local and Ray runs), `ensure_ascii` for rows that may carry
+    text UTF-8 cannot encode (a lone surrogate from a `\\ud800` escape in a quarantined row).
+    """
+    lines = [json.dumps(r, sort_keys=sort_keys, ensure_ascii=ensure_ascii, default=str) + "\n" for r in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
 
 
 def hash_file(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> str:  # noqa: B006 - memo

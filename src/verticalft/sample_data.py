@@ -19,14 +19,14 @@ Everything is deterministic from a seed, so the committed sample can be rebuilt 
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from verticalft.curation.pii import luhn_valid
+from verticalft.rundir import write_jsonl
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,6 @@ class TaskItem:
 
 DocFn = Callable[[random.Random], dict[str, Any]]
 TaskFn = Callable[[random.Random], TaskItem]
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def luhn_complete(prefix: str) -> str:
@@ -451,4 +441,4 @@ def build_sample(
 def build_and_report(out_dir: Path, prefix: str, doc_fn: DocFn, task_fn: TaskFn, **kwargs: Any) -> None:
     """`build_sample` for a builder's `main()`: write the files and print what was written."""
     for name, n in build_sample(out_dir, prefix, doc_fn, task_fn, **kwargs).items():
-        print(f"{out_dir / name}: {n} rows")
+        print(f"{out_dir / name}: {n} rows")  # noqa: T201 - the builder script's output

@@ -45,7 +45,7 @@ def strip_think(text: str) -> str:
     return answer.lstrip("\n") if closed else ""  # the newlines after it, as Qwen3's template drops them
 
 
-def normalise(text: str) -> str:
+def first_answer_line(text: str) -> str:
     """First line of the answer (after any think block), lower-cased, without a final period."""
     text = strip_think(text)
     return text.strip().splitlines()[0].strip().strip(".").lower() if text.strip() else ""
@@ -196,12 +196,12 @@ _CHOICE = re.compile(r"^\(?([A-Za-z])[).:]?(?:\s|$)")
 def choice_letter(prediction: str, choices: list[str] | None = None) -> str | None:
     """The option a multiple-choice answer picked: a leading letter ("B", "(b)", "B) …") or, when
     the model wrote an option's text instead, that option's letter."""
-    first = normalise(prediction)
+    first = first_answer_line(prediction)
     m = _CHOICE.match(first)
     if m and (not choices or ord(m.group(1).lower()) - 97 < len(choices)):
         return m.group(1).upper()
     for i, option in enumerate(choices or []):
-        if first == normalise(option):
+        if first == first_answer_line(option):
             return chr(65 + i)
     return None
 
@@ -216,7 +216,7 @@ def score_answer(
     """label: first line, case-insensitive; exact: whole text, whitespace-normalised; number:
     within `tolerance` (relative, absolute below 1); choice: the same option letter as `answer`."""
     if kind == "number":
-        got, want = parse_number(normalise(prediction)), parse_number(answer)
+        got, want = parse_number(first_answer_line(prediction)), parse_number(answer)
         if got is None or want is None:
             return False
         return abs(got - want) <= tolerance * max(1.0, abs(want))
@@ -225,7 +225,7 @@ def score_answer(
     if kind == "choice":
         want = choice_letter(answer, choices)
         return want is not None and choice_letter(prediction, choices) == want
-    return normalise(prediction) == normalise(answer)
+    return first_answer_line(prediction) == first_answer_line(answer)
 
 
 def score_items(items: list[dict[str, Any]], predictions: list[str], tolerance: float = 0.001) -> list[bool]:
@@ -352,6 +352,7 @@ def evaluate_model(
     model: Any,
     tokenizer: Any,
     items: list[dict[str, Any]],
+    *,
     max_new_tokens: int = 16,
     batch_size: int = 32,
     tolerance: float = 0.001,

@@ -12,11 +12,12 @@ import argparse
 
 import yaml
 
-from verticalft.launch import init_process_state
+from verticalft.launch import init_process_state, is_main_process
+from verticalft.logs import show_logs
 from verticalft.pipeline import run_stage_in_process, write_worker_result
 from verticalft.recipe import Recipe
 from verticalft.rundir import RunDir
-from verticalft.stages.base import PartialFailure, StageContext, is_main_process
+from verticalft.stages.base import PartialFailure, StageContext
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--stage", required=True)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
+    show_logs()  # progress lines to stdout, which the launcher passes on to the terminal
     run = RunDir(args.run_dir)
     recipe = Recipe.model_validate(yaml.safe_load((run.root / "recipe.resolved.yaml").read_text()))
     # the process group (with the recipe's timeout) and this rank's GPU, before any model loads

@@ -25,11 +25,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from verticalft.curation.dedup import normalise
+from verticalft.curation.dedup import lowercase_words
 
 
 def ngrams(text: str, n: int) -> set[str]:
-    ws = normalise(text).split()
+    ws = lowercase_words(text).split()
     if len(ws) < n:
         return {" ".join(ws)} if ws else set()
     return {" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)}

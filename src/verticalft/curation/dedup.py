@@ -16,13 +16,15 @@ _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 
 
-def normalise(text: str) -> str:
+def lowercase_words(text: str) -> str:
+    """The words of `text`, NFKC lower-cased, one space between them: punctuation and runs of
+    whitespace are separators. Copies that differ only in formatting give the same string."""
     text = unicodedata.normalize("NFKC", text).lower()
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
 def text_hash(text: str) -> str:
-    return hashlib.blake2b(normalise(text).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(lowercase_words(text).encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Near-duplicate detection: MinHash LSH over word 5-grams on `rensa` (Rust), deterministic.
 
 Why this shape:
-- Shingles are word n-grams of the normalised text (`dedup.normalise`), so case, punctuation and
+- Shingles are word n-grams of the normalised text (`dedup.lowercase_words`), so case, punctuation and
   spacing edits do not hide a copy. `shingles` gives them as strings (to read, to explain a drop);
   `near_duplicates` works on 64-bit hashes of the same n-grams, built a block of texts at a time
   with numpy and no Python object per word (`_block_shingle_hashes`), because per-n-gram Python
@@ -27,7 +27,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 
-from verticalft.curation.dedup import Duplicate, normalise
+from verticalft.curation.dedup import Duplicate, lowercase_words
 from verticalft.curation.union_find import UnionFind
 
 VERIFY_FP_WEIGHT = 0.1  # false-positive weight of the band choice when candidates are verified
@@ -44,7 +44,7 @@ class NearDedupConfig:
 
 def shingles(text: str, n: int = 5) -> set[str]:
     """Word n-grams of the normalised text; a text shorter than n words is one shingle."""
-    ws = normalise(text).split()
+    ws = lowercase_words(text).split()
     if len(ws) <= n:
         return {" ".join(ws)}
     return {" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)}
@@ -81,8 +81,8 @@ def jaccard(a: Set, b: Set) -> float:
 
 
 # ---------------------------------------------------------------- hashed shingles, whole corpus
-# ASCII text: `normalise` is lower-casing plus "every non-word character is a separator", which one
-# bytes.translate does at C speed (NFKC leaves ASCII alone). Other text goes through `normalise`.
+# ASCII text: `lowercase_words` is lower-casing plus "every non-word character is a separator", which one
+# bytes.translate does at C speed (NFKC leaves ASCII alone). Other text goes through `lowercase_words`.
 _ASCII_WORDS = bytes(
     c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 or c == 95 else 32 for c in range(128)
 ) + bytes(range(128, 256))
@@ -112,10 +112,10 @@ def _fold(x):
 
 
 def _normalised_bytes(text: str) -> bytes:
-    """`normalise(text).encode()` up to runs of spaces, which only separate words anyway.
+    """`lowercase_words(text).encode()` up to runs of spaces, which only separate words anyway.
 
-    `normalise` runs two Unicode regexes; here ASCII text is one bytes.translate, and other text is
-    NFKC + lower (as `normalise`) with each distinct non-word character replaced by a space, then
+    `lowercase_words` runs two Unicode regexes; here ASCII text is one bytes.translate, and other text is
+    NFKC + lower (as `lowercase_words`) with each distinct non-word character replaced by a space, then
     the same translate for the ASCII ones.
     """
     if text.isascii():

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from verticalft.curation.dedup import Duplicate, exact_duplicates, normalise
+from verticalft.curation.dedup import Duplicate, exact_duplicates, lowercase_words
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 
@@ -83,7 +83,7 @@ def record_reason(row: dict[str, Any], rules: RecordRules = RecordRules()) -> st
             return f"empty_{k}"
     if row.get("finish_reason") == "length" or any(looks_truncated(f[k]) for k in responses):
         return "truncated_response"
-    if "chosen" in f and normalise(f["chosen"]) == normalise(f["rejected"]):
+    if "chosen" in f and lowercase_words(f["chosen"]) == lowercase_words(f["rejected"]):
         return "chosen_equals_rejected"
     if rules.max_prompt_chars and len(f["prompt"]) > rules.max_prompt_chars:
         return "prompt_too_long"

@@ -20,7 +20,7 @@ from verticalft.curation.chain import build_chain, run_chain
 from verticalft.curation.executors import map_shards
 from verticalft.curation.sources import Quarantined, stream_sources
 from verticalft.recipe import CurateStage, Source
-from verticalft.rundir import atomic_write_json, atomic_write_text
+from verticalft.rundir import atomic_write_json
 
 CORPUS_COLUMNS = ["id", "text", "source", "date", "license"]
 MERGE_ROW_GROUP = 256  # rows per row group of files `merge_parts` streams (one group per file in memory)
@@ -297,7 +297,3 @@ def _write_part(rows: list[dict[str, Any]], folder: Path, k: int) -> str:
     path = folder / f"part-{k:05d}.parquet"
     write_parquet(rows, path)
     return path.name
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))

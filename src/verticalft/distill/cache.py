@@ -215,6 +215,7 @@ def merge_parts(root: Path, parts: list[Path], vocab_size: int, meta: dict[str, 
 def teacher_rows(
     teacher: Any,
     examples: list[dict[str, Any]],
+    *,
     k: int,
     temperature: float,
     batch_size: int,

@@ -113,6 +113,7 @@ def distill_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
+    *,
     kind: Divergence = "forward_kl",
     temperature: float = 1.0,
     beta: float = 0.5,
@@ -142,6 +143,7 @@ def topk_divergence(
     student_logits: torch.Tensor,
     teacher_ids: torch.Tensor,
     teacher_topk_log: torch.Tensor,
+    *,
     kind: Divergence = "forward_kl",
     temperature: float = 1.0,
     beta: float = 0.5,
@@ -164,6 +166,7 @@ def topk_distill_loss(
     teacher_ids: torch.Tensor,
     teacher_topk_log: torch.Tensor,
     mask: torch.Tensor,
+    *,
     kind: Divergence = "forward_kl",
     temperature: float = 1.0,
     beta: float = 0.5,
@@ -178,7 +181,13 @@ def topk_distill_loss(
     its own tail bucket.
     """
     per_token = topk_divergence(
-        student_logits, teacher_ids, teacher_topk_log, kind, temperature, beta, teacher_tail_log
+        student_logits,
+        teacher_ids,
+        teacher_topk_log,
+        kind=kind,
+        temperature=temperature,
+        beta=beta,
+        teacher_tail_log=teacher_tail_log,
     )
     return temperature**2 * masked_token_mean(per_token, mask, num_tokens)
 

@@ -6,6 +6,7 @@ DistillationTrainer) — then eval and save."""
 from __future__ import annotations
 
 import fcntl
+import logging
 from typing import Any
 
 from verticalft.distill.teacher import conversations, teacher_path
@@ -13,6 +14,8 @@ from verticalft.models import lora_config
 from verticalft.pruning import FORMAT, build_pruned, is_prune, parse_prune, prune_name, pruning_record
 from verticalft.stages.base import StageContext
 from verticalft.stages.training import Trained, TrainingJob, train_model
+
+logger = logging.getLogger(__name__)
 
 LOGIT_KINDS = ("logits", "on_policy")
 
@@ -50,7 +53,7 @@ def vocab_preflight(
     if bad and kind in LOGIT_KINDS:
         raise ValueError(f"distill.kind={kind}: " + " | ".join(r.message() for r in bad))
     for name, r in reports.items():
-        print(f"  vocab preflight {name}: {r.message()}", flush=True)
+        logger.info(f"  vocab preflight {name}: {r.message()}")
     return {
         name: {"verdict": r.verdict, "tokenizer_size": r.tokenizer_size, "overlap": r.overlap}
         for name, r in reports.items()
@@ -84,6 +87,7 @@ def _peft(sctx: StageContext, tokenizer: Any) -> Any:
 def train_logits(
     sctx: StageContext,
     path: str,
+    *,
     tokenizer: Any,
     examples: list[dict[str, Any]],
     vocab: int,
@@ -222,15 +226,14 @@ def pruned_student(ctx: StageContext, ref: str, teacher: str) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)  # launched ranks resolve students too: one builds, the rest reuse
         done = pruning_record(out)
         if done and done.get("format") == FORMAT and done["spec"] == ref and done["teacher"] == teacher:
-            print(f"  pruned student {out.parent.name}: reusing {out}", flush=True)
+            logger.info(f"  pruned student {out.parent.name}: reusing {out}")
             return str(out)
         layers = parse_prune(ref).layers
-        print(f"  pruned student {out.parent.name}: cutting {teacher} to {layers} layers", flush=True)
+        logger.info(f"  pruned student {out.parent.name}: cutting {teacher} to {layers} layers")
         folder = build_pruned(ref, teacher, out, conversations(ctx), ctx.recipe.models.trust_remote_code)
     rec = pruning_record(folder) or {}
-    print(
+    logger.info(
         f"  pruned student {out.parent.name}: kept layers {rec.get('kept_layers')} "
-        f"({rec.get('parameters', 0) / 1e6:.1f}M parameters, {rec.get('seconds')}s)",
-        flush=True,
+        f"({rec.get('parameters', 0) / 1e6:.1f}M parameters, {rec.get('seconds')}s)"
     )
     return folder

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from verticalft.launch import agree_or_raise, any_rank, main_process_first, world_size
+from verticalft.launch import agree_or_raise, any_rank, main_process_first, rank, world_size
 from verticalft.models import load_model
 from verticalft.rundir import atomic_write_json
-from verticalft.stages.base import StageContext, rank
+from verticalft.stages.base import StageContext
 from verticalft.stages.registry import model_stages
+
+logger = logging.getLogger(__name__)
 
 
 def teacher_path(ctx: StageContext) -> str:
@@ -76,7 +79,7 @@ def build_cache(
     identity, root = _cache_root(ctx, tokenizer, examples)
     # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
     if not any_rank(not tc.is_complete(root)):
-        print(f"  teacher cache: reusing {root} (rank {rank()})", flush=True)
+        logger.info(f"  teacher cache: reusing {root} (rank {rank()})")
         return tc.TeacherCache(root), 0.0
     ranges = tc.part_ranges(len(examples), ctx.recipe.evaluation.batch_size)
     parts_dir = root.with_name(root.name + ".parts")
@@ -133,17 +136,22 @@ def _build_parts_of_rank(
     batch, k = ctx.recipe.evaluation.batch_size, min(cfg.top_k, vocab)
     mine = tc.parts_of_rank(len(ranges), rank(), world_size())
     todo = [i for i in mine if not tc.is_complete(parts_dir / f"part-{i:05d}")]
-    print(
+    logger.info(
         f"  teacher cache: rank {rank()} builds parts {todo} of {len(ranges)} "
-        f"({len(mine) - len(todo)} of its {len(mine)} done before)",
-        flush=True,
+        f"({len(mine) - len(todo)} of its {len(mine)} done before)"
     )
     if todo and teacher is None:
         teacher = load_teacher(ctx, teacher_path(ctx))
     for i in todo:
         a, b = ranges[i]
         rows = tc.teacher_rows(
-            teacher, examples[a:b], k, cfg.temperature, batch, vocab, tokenizer.pad_token_id
+            teacher,
+            examples[a:b],
+            k=k,
+            temperature=cfg.temperature,
+            batch_size=batch,
+            vocab_size=vocab,
+            pad_id=tokenizer.pad_token_id,
         )
         tc.write_cache(parts_dir / f"part-{i:05d}", rows, b - a, k, vocab, {**meta, "examples_from": a})
 
@@ -163,7 +171,7 @@ def _merge_parts_once(root: Path, parts_dir: Path, n_parts: int, vocab: int, met
         missing = [p.name for p in parts if not tc.is_complete(p)]
         if missing:
             raise RuntimeError(f"teacher cache: parts {missing} are not finished in {parts_dir}")
-        print(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})", flush=True)
+        logger.info(f"  teacher cache: merging {len(parts)} parts into {root} (rank {rank()})")
         tc.merge_parts(root, parts, vocab, meta)
         shutil.rmtree(parts_dir, ignore_errors=True)
 
@@ -220,8 +228,15 @@ def teacher_generations(
         ev = ctx.recipe.stages.eval  # the same vLLM engine settings as the eval stage
         path = teacher_path(ctx)
         # sized like the eval stage sizes the teacher: its GPUs, the contexts' length
-        args = engine_args_for(ctx.recipe, "teacher", True, contexts, gen.max_new_tokens,
-                               ev.engine_args if ev else None, path)  # fmt: skip
+        args = engine_args_for(
+            ctx.recipe,
+            "teacher",
+            teacher_sized=True,
+            prompts=contexts,
+            max_new_tokens=gen.max_new_tokens,
+            explicit=ev.engine_args if ev else None,
+            model_path=path,
+        )
         out = g.generate_vllm(
             path, contexts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
             args or None, ev.env if ev else None, tokenizer.chat_template, kwargs,

@@ -103,7 +103,15 @@ class LogitDistillTrainer(Trainer):
 
             def divergence(logits: torch.Tensor, *t: torch.Tensor) -> torch.Tensor:
                 ids, logp, tail = t
-                return topk_divergence(logits, ids, logp, s.divergence, s.temperature, s.beta, tail)
+                return topk_divergence(
+                    logits,
+                    ids,
+                    logp,
+                    kind=s.divergence,
+                    temperature=s.temperature,
+                    beta=s.beta,
+                    teacher_tail_log=tail,
+                )
         else:
             with torch.no_grad():
                 t_hidden, t_head = response_hidden(self.teacher, inputs, mask, s.vocab_size)

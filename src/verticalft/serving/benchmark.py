@@ -31,6 +31,7 @@ POOLED = "pooled (e2e − TTFT) / (tokens − 1)"
 def benchmark_argv(
     base_url: str,
     served_name: str,
+    *,
     tokenizer: str,
     concurrency: int,
     num_prompts: int,

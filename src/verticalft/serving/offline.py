@@ -14,6 +14,7 @@ and token counts. A model can be a merged folder or a base plus a PEFT LoRA adap
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from verticalft.logs import show_logs
+
+logger = logging.getLogger(__name__)
 
 
 def pick_backend(requested: str, endpoint: str | None = None) -> str:
@@ -135,7 +140,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.time() - loaded, 3),
             "load_seconds": round(loaded - t0, 3),
         }
-        print(f"[verticalft] {job.name}: {len(outs)} prompts in {time.time() - loaded:.1f}s", flush=True)
+        logger.info(f"[verticalft] {job.name}: {len(outs)} prompts in {time.time() - loaded:.1f}s")
         del llm, outs
         gc.collect()
     return results
@@ -157,4 +162,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # vLLM spawns workers: the guard is required (docs/STACK.md)
+    show_logs()  # progress lines to stdout: vllm.log
     raise SystemExit(main(sys.argv[1:]))

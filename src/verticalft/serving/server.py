@@ -52,6 +52,7 @@ def log_tail(path: Path, lines: int = 40) -> str:
 def vllm_command(
     model: str,
     port: int,
+    *,
     host: str = LOCALHOST,
     served_name: str | None = None,
     lora_modules: Mapping[str, str] | None = None,
@@ -83,6 +84,7 @@ class ManagedServer:
         command: Sequence[str],
         port: int,
         log_path: Path,
+        *,
         host: str = LOCALHOST,
         env: Mapping[str, str] | None = None,
         health_path: str = "/health",

@@ -82,6 +82,7 @@ def tensor_parallel_size(recipe: Recipe, name: str, teacher_sized: bool) -> int:
 def engine_args_for(
     recipe: Recipe,
     name: str,
+    *,
     teacher_sized: bool,
     prompts: Sequence[Prompt],
     max_new_tokens: int,

@@ -21,6 +21,7 @@ runs in one child process for the stage (`bench/client.log`: serving.benchmark.B
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ from verticalft.serving.benchmark import (
     summarise,
 )
 from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
-from verticalft.stages.base import RunModel, StageContext, StageResult, final_teacher, models_in_run
+from verticalft.stages.base import StageContext, StageResult
+from verticalft.stages.run_models import RunModel, final_teacher, models_in_run
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,8 +178,19 @@ def measure(
     while len(repeats) < cfg.repeats:
         r = len(repeats)
         stem = f"{tag}-{c}-r{r + 1}"
-        argv = benchmark_argv(server.base_url, name, tokenizer, c, n, *shape, slo, ctx.dir / name,
-                              f"{stem}.json", ctx.recipe.compute.seed + r)  # fmt: skip
+        argv = benchmark_argv(
+            server.base_url,
+            name,
+            tokenizer=tokenizer,
+            concurrency=c,
+            num_prompts=n,
+            input_len=shape[0],
+            output_len=shape[1],
+            slo=slo,
+            result_dir=ctx.dir / name,
+            result_file=f"{stem}.json",
+            seed=ctx.recipe.compute.seed + r,
+        )
         point = summarise(client.run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
         assert_no_failures(point, name, server)
         point["num_prompts"] = n
@@ -193,11 +208,11 @@ def measure(
     point["sizing"] = sizing
     each = ", ".join(f"{p['output_throughput']:.1f}" for p in repeats)
     tpot = point.get("decode_tpot_ms")
-    print(f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out, {n} requests, "
-          f"{point['duration']:.1f} s): {point['output_throughput']:.1f} output tok/s (repeats {each}), "
-          f"p50 TTFT {point['median_ttft_ms']:.1f} ms, TPOT "
-          + (f"{tpot:.2f} ms ({point['tpot_method']})" if tpot is not None else "–")
-          + ("  [repeats disagree]" if point["unstable"] else ""), flush=True)  # fmt: skip
+    logger.info(f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out, {n} requests, "
+                f"{point['duration']:.1f} s): {point['output_throughput']:.1f} output tok/s (repeats {each}), "
+                f"p50 TTFT {point['median_ttft_ms']:.1f} ms, TPOT "
+                + (f"{tpot:.2f} ms ({point['tpot_method']})" if tpot is not None else "–")
+                + ("  [repeats disagree]" if point["unstable"] else ""))  # fmt: skip
     return point
 
 
@@ -241,7 +256,7 @@ def bench_unit(
                        extra_args=extra, chat_template=template,
                        chat_template_kwargs=ctx.recipe.models.chat_template_kwargs)  # fmt: skip
     log = ctx.dir / (served[0]) / "server.log"
-    print(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})", flush=True)
+    logger.info(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})")
     results = {}
     with ManagedServer(cmd, port, log, env=cfg.env, startup_timeout=cfg.startup_timeout_s) as server:
         for name in served:
@@ -290,7 +305,7 @@ def run(ctx: StageContext) -> StageResult:
         names = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
         done = ctx.dir / names[0] / "result.json"
         if ctx.resume and done.is_file():
-            print(f"  {', '.join(names)}: benchmarked in an earlier attempt (reused)", flush=True)
+            logger.info(f"  {', '.join(names)}: benchmarked in an earlier attempt (reused)")
             results |= json.loads(done.read_text())
         else:
             todo.append((unit, done))

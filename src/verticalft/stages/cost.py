@@ -22,15 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from verticalft import pricing as c
-from verticalft.plan import GPUS, MFU_DEFAULTS, mfu_for
+from verticalft.plan import MFU_DEFAULTS, mfu_for
 from verticalft.stages.base import StageContext, StageResult
 from verticalft.stages.registry import serving_stages, training_stages
-
-
-def gpu_and_price(name: str, price: float | None) -> tuple[Any, float]:
-    if name not in GPUS:
-        raise ValueError(f"unknown GPU '{name}'; known: {', '.join(GPUS)}")
-    return GPUS[name], price or GPUS[name].usd_per_hour
 
 
 def same_device(serve_gpu: str, device: dict[str, Any] | None) -> bool | None:
@@ -201,9 +195,9 @@ def price_model(
 
 def run(ctx: StageContext) -> StageResult:
     cfg, compute = ctx.recipe.cost, ctx.recipe.compute
-    train_gpu, train_price = gpu_and_price(compute.gpu, cfg.usd_per_gpu_hour)
+    train_gpu, train_price = c.gpu_and_price(compute.gpu, cfg.usd_per_gpu_hour)
     serve_name = cfg.serve_gpu or compute.gpu
-    serve_gpu, serve_price = gpu_and_price(
+    serve_gpu, serve_price = c.gpu_and_price(
         serve_name,
         cfg.serve_usd_per_gpu_hour or (cfg.usd_per_gpu_hour if serve_name == compute.gpu else None),
     )

@@ -12,8 +12,8 @@ from typing import Any
 
 from verticalft.data import load_texts, mix_replay
 from verticalft.models import load_tokenizer, lora_config
-from verticalft.stages.base import StageContext, StageResult, perplexity
-from verticalft.stages.training import TrainingJob, train_model
+from verticalft.stages.base import StageContext, StageResult
+from verticalft.stages.training import TrainingJob, perplexity, train_model
 
 
 def run(ctx: StageContext) -> StageResult:

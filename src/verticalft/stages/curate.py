@@ -36,10 +36,10 @@ from verticalft.curation.shards import (
     cut_shards,
     read_parquet,
     run_shards,
-    write_jsonl,
     write_parts,
 )
 from verticalft.curation.sources import eval_prompts
+from verticalft.rundir import write_jsonl
 from verticalft.stages.base import StageContext, StageResult
 
 SETS = (("sft", ("messages",)), ("preferences", ("prompt", "chosen", "rejected")))
@@ -97,8 +97,11 @@ def run(ctx: StageContext) -> StageResult:
                 out / "dropped", max(cfg.shard_size, 1))  # fmt: skip
     if cfg.pii:
         quarantined = [dataclasses.replace(q, raw=pii.redact(q.raw).text) for q in quarantined]
-    write_jsonl([q.__dict__ for q in quarantined], out / "quarantine.jsonl")
-    write_jsonl(corpus.flagged, out / "flagged.jsonl")
+    # sorted keys: the local and Ray runs write the same bytes; ASCII: raw rows may hold surrogates
+    write_jsonl(
+        out / "quarantine.jsonl", [q.__dict__ for q in quarantined], sort_keys=True, ensure_ascii=True
+    )
+    write_jsonl(out / "flagged.jsonl", corpus.flagged, sort_keys=True, ensure_ascii=True)
 
     metrics: dict[str, Any] = {
         "read": read,

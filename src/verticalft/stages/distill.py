@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -46,20 +47,14 @@ from verticalft.distill.teacher import (
     sequence_rows,
     teacher_path,
 )
-from verticalft.launch import FailedOnAnotherRank, any_rank, world_size
+from verticalft.launch import FailedOnAnotherRank, any_rank, is_main_process, rank, world_size
 from verticalft.models import load_tokenizer
 from verticalft.pruning import pruning_record
 from verticalft.rundir import atomic_write_json
-from verticalft.stages.base import (
-    PartialFailure,
-    StageContext,
-    StageResult,
-    fmt_score,
-    is_main_process,
-    quick_eval,
-    rank,
-)
-from verticalft.stages.training import PeakRss
+from verticalft.stages.base import PartialFailure, StageContext, StageResult
+from verticalft.stages.training import PeakRss, fmt_score, quick_eval
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["STUDENT_DONE", "run"]
 
@@ -97,18 +92,22 @@ def run(ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
-    side = _teacher_side(ctx, t_path, tokenizer, convs, contexts, bool(todo), metrics)
+    side = _teacher_side(
+        ctx, t_path, tokenizer=tokenizer, convs=convs, contexts=contexts, any_todo=bool(todo), metrics=metrics
+    )
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
-        print(f"  student {name}: done in an earlier attempt of this stage (kept)", flush=True)
+        logger.info(f"  student {name}: done in an earlier attempt of this stage (kept)")
     failures: dict[str, str] = {}
     for name, path in todo.items():
         sctx = ctx.sub(name)
-        print(f"  student {name}: {cfg.kind} distillation from {t_path}", flush=True)
+        logger.info(f"  student {name}: {cfg.kind} distillation from {t_path}")
         error: Exception | None = None
         try:  # one student's failure must not lose the others
-            results[name] = _train_student(sctx, path, t_path, tokenizer, contexts, side, fp)
+            results[name] = _train_student(
+                sctx, path, t_path=t_path, tokenizer=tokenizer, contexts=contexts, side=side, fp=fp
+            )
         except Exception as exc:
             error = exc
         # every rank gives the student up together (one rank moving on alone hangs the others)
@@ -140,6 +139,7 @@ def run(ctx: StageContext) -> StageResult:
 def _teacher_side(
     ctx: StageContext,
     t_path: str,
+    *,
     tokenizer: Any,
     convs: list[list[dict[str, str]]],
     contexts: list[list[dict[str, str]]],
@@ -190,6 +190,7 @@ def _teacher_side(
 def _train_student(
     sctx: StageContext,
     path: str,
+    *,
     t_path: str,
     tokenizer: Any,
     contexts: list[list[dict[str, str]]],
@@ -199,7 +200,15 @@ def _train_student(
     """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
     kind = sctx.recipe.stages.distill.kind
     if kind == "logits":
-        done = train_logits(sctx, path, tokenizer, side.examples, len(tokenizer), side.teacher, side.cache)
+        done = train_logits(
+            sctx,
+            path,
+            tokenizer=tokenizer,
+            examples=side.examples,
+            vocab=len(tokenizer),
+            teacher=side.teacher,
+            cache=side.cache,
+        )
     elif kind == "sequence":
         done = train_sequence(sctx, path, tokenizer, side.rows)
     else:
@@ -221,7 +230,7 @@ def _record_failure(sctx: StageContext, name: str, exc: Exception) -> str:
     sctx.dir.mkdir(parents=True, exist_ok=True)
     log = sctx.dir / ("error.log" if world_size() == 1 else f"error.rank{rank()}.log")
     log.write_text("".join(traceback.format_exception(exc)))
-    print(f"  student {name} FAILED on rank {rank()}: {message} (traceback: {log})", flush=True)
+    logger.error(f"  student {name} FAILED on rank {rank()}: {message} (traceback: {log})")
     return message
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from verticalft.chat_templates import with_template_kwargs
 from verticalft.data import split_sets
 from verticalft.models import load_tokenizer, lora_config
-from verticalft.stages.base import StageContext, StageResult, fmt_score
-from verticalft.stages.training import TrainingJob, train_model
+from verticalft.stages.base import StageContext, StageResult
+from verticalft.stages.training import TrainingJob, fmt_score, train_model
 
 
 def _rewards(evaluated: dict[str, float]) -> dict[str, Any]:

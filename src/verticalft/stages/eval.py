@@ -19,20 +19,17 @@ is saved: a failed gate fails the stage with what fell short, and the report sti
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from verticalft.data import DataError
 from verticalft.rundir import atomic_write_text
 from verticalft.scoring import confidence, item_fields, item_messages, load_items, score_items, summarise
 from verticalft.serving.offline import pick_backend
-from verticalft.stages.base import (
-    PartialFailure,
-    RunModel,
-    StageContext,
-    StageResult,
-    final_teacher,
-    models_in_run,
-)
+from verticalft.stages.base import PartialFailure, StageContext, StageResult
+from verticalft.stages.run_models import RunModel, final_teacher, models_in_run
+
+logger = logging.getLogger(__name__)
 
 
 def generate_all(
@@ -56,13 +53,13 @@ def generate_all(
         template = chosen_template(ctx.recipe.models.chat_template)
         jobs = [
             Job(m.name, m.path, chats, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs,
-                engine_args=engine_args_for(ctx.recipe, m.name, m.role != "student", chats,
-                                            max_new_tokens, cfg.engine_args, m.path))
+                engine_args=engine_args_for(ctx.recipe, m.name, teacher_sized=m.role != "student",
+                                            prompts=chats, max_new_tokens=max_new_tokens,
+                                            explicit=cfg.engine_args, model_path=m.path))
             for m in models
         ]  # fmt: skip
-        print(
-            f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})",
-            flush=True,
+        logger.info(
+            f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})"
         )
         outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
         return {
@@ -133,7 +130,7 @@ def run(ctx: StageContext) -> StageResult:
     backend = pick_backend(cfg.backend)
     max_new = cfg.max_new_tokens or ev.max_new_tokens
     chats = [item_messages(it) for rows in items.values() for it in rows]
-    print(f"  eval: {', '.join(m.name for m in models)} on {len(chats)} prompts via {backend}", flush=True)
+    logger.info(f"  eval: {', '.join(m.name for m in models)} on {len(chats)} prompts via {backend}")
     generations = generate_all(ctx, models, chats, backend, max_new)
 
     scores: dict[str, Any] = {}

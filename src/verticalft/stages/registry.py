@@ -39,7 +39,7 @@ class Training:
 
     config: str  # the TRL config class (`trl.<config>`) its `trainer:` block is passed to
     # Trainer keys the stage sets itself (the stage passes them as `managed=` to
-    # stages.base.trainer_config) → what controls each: a recipe setting one in `trainer:` would be
+    # stages.training.trainer_config) → what controls each: a recipe setting one in `trainer:` would be
     # overridden silently, so validation rejects it and names the recipe key to use instead.
     managed: Mapping[str, str]
     method: Callable[[Any], str]  # full | lora | qlora, from the stage's section (plan, launch)

@@ -3,20 +3,27 @@
 cpt, sft, dpo and every distilled student train through `train_model`; a stage says only what
 differs (the TRL config and trainer, its defaults and managed keys, what it measures on held-out
 data), so the order of work, checkpoint resume, dtype handling and the saved folders are the same
-everywhere and live here once.
+everywhere and live here once. The glue it is made of (`trainer_config`, `train_and_measure`,
+`quick_eval`, `save_outputs`) lives below it; the distill stage scores students with the same
+`quick_eval`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from verticalft.launch import agree_or_raise, is_sharded_run
+from verticalft.launch import agree_or_raise, has_gpu, is_fsdp_run, is_main_process, is_sharded_run
 from verticalft.models import fit_trainable_dtype, keep_4bit_trainable, load_model
-from verticalft.stages.base import StageContext, quick_eval, save_outputs, train_and_measure, trainer_config
+from verticalft.stages.base import StageContext
 
 
 @dataclass
@@ -37,7 +44,7 @@ class TrainingJob:
     # taken before and after training (`train_model` skips them when the trainer has no eval set)
     measure: Callable[[dict[str, float]], dict[str, Any]] | None = None
     measure_before: bool = True
-    eval_before: bool = True  # the domain quick eval (stages.base.quick_eval) before training …
+    eval_before: bool = True  # the domain quick eval (`quick_eval`) before training …
     eval_after: bool = True  # … and after it
     # PEFT/TRL leave trainable weights in bf16 on a CPU without bf16 support (fit_trainable_dtype)
     fit_dtype: bool = True
@@ -138,3 +145,161 @@ class PeakRss:
     @property
     def mb(self) -> float:
         return round(self.peak / 2**20, 1)
+
+
+# --------------------------------------------------------------------------- trainer glue
+def trainer_config(
+    ctx: StageContext, config_cls: type, defaults: dict[str, Any], managed: dict[str, Any]
+) -> Any:
+    """Build a TRL config: toolkit defaults < the recipe's `trainer:` block < managed keys.
+
+    Managed keys (output dir, lengths, packing …) come from the stage's own recipe fields and
+    are rejected in `trainer:` at validation time, so nothing is silently overridden.
+    """
+    block = getattr(ctx.recipe.stages, ctx.stage).trainer
+    # transformers 5 reads the TensorBoard folder from the environment only; without it an
+    # evaluate() before train() would log into ./runs/<date> in the working directory.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.dir / "tensorboard")
+    kwargs = {
+        "seed": ctx.recipe.compute.seed,
+        "save_strategy": "steps",
+        "save_steps": 50,
+        "save_total_limit": 2,
+        "logging_steps": 5,
+        "report_to": ["tensorboard"],
+        "include_num_input_tokens_seen": "non_padding",
+        "use_cpu": not has_gpu(),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+        "num_train_epochs": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.03,
+        "eval_strategy": "no",
+        # the process group's timeout (launch.init_process_state made it with the same value)
+        "ddp_timeout": int(ctx.recipe.compute.timeout_minutes * 60),
+        # TRL configs default to bf16=True; on a CPU without AVX-512-BF16/AMX that autocast makes
+        # every step ~15-30x slower (models.fit_trainable_dtype), so it follows the hardware.
+        "bf16": _bf16_ok(),
+        **defaults,
+        **block,
+        **managed,
+        "output_dir": str(ctx.checkpoints),
+    }
+    if is_fsdp_run():  # FSDP checkpoints activations itself (launch.resolve_accelerate_config)
+        kwargs["gradient_checkpointing"] = False
+    return config_cls(**kwargs)
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    from verticalft.models import training_dtype
+
+    return training_dtype() == torch.bfloat16
+
+
+def last_checkpoint(ctx: StageContext) -> str | None:
+    """The newest *complete* trainer checkpoint of a killed attempt (None on a fresh start).
+
+    The HF Trainer writes `trainer_state.json` last, so a checkpoint folder without it was cut
+    off mid-write: it is removed rather than resumed from.
+    """
+    if not ctx.resume or not ctx.checkpoints.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in ctx.checkpoints.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def train_and_measure(trainer: Any, ctx: StageContext) -> dict[str, Any]:
+    """Run `trainer.train()` (resuming when a checkpoint exists) and return its metrics."""
+    resume_from = last_checkpoint(ctx)
+    t0 = time.time()
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    history = trainer.state.log_history
+    losses = [{"step": h["step"], "loss": round(h["loss"], 5)} for h in history if "loss" in h]
+    return {
+        "resumed_from": Path(resume_from).name if resume_from else None,
+        "train_loss": round(out.training_loss, 5),
+        "loss_curve": losses,
+        "first_loss": losses[0]["loss"] if losses else None,
+        "last_loss": losses[-1]["loss"] if losses else None,
+        "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+        "train_seconds": round(time.time() - t0, 2),
+        "train_steps_per_second": out.metrics.get("train_steps_per_second"),
+    }
+
+
+def perplexity(eval_loss: float | None) -> float | None:
+    if eval_loss is None:
+        return None
+    return round(math.exp(min(eval_loss, 50.0)), 4)
+
+
+def quick_eval(
+    ctx: StageContext, model: Any, tokenizer: Any, every_rank: bool = False
+) -> dict[str, Any] | None:
+    """Domain eval score of `model` on the recipe's eval set, returned on rank 0 only.
+
+    Rank 0 alone generates, unless `every_rank`: a model sharded by FSDP/ZeRO-3 gathers its
+    weights in every forward, so every rank must generate the same batches (transformers then
+    sets `synced_gpus`); rank 0 alone would wait for the others forever.
+    """
+    from verticalft.scoring import evaluate_model
+
+    items = ctx.eval_items()
+    if not items or not (is_main_process() or every_rank):
+        return None
+    ev = ctx.recipe.evaluation
+    summary = evaluate_model(
+        model,
+        tokenizer,
+        items,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+        tolerance=ev.numeric_tolerance,
+        chat_template_kwargs=ctx.recipe.models.chat_template_kwargs,
+    )
+    return summary if is_main_process() else None
+
+
+def fmt_score(summary: dict[str, Any] | None) -> str:
+    return f"{summary['score']:.3f}" if summary else "n/a"
+
+
+def save_outputs(
+    ctx: StageContext, trainer: Any, tokenizer: Any, base_model: str, is_peft: bool, merge: bool
+) -> dict[str, str]:
+    """Write the stage's HF/PEFT folders (rank 0) and return the manifest outputs."""
+    outputs: dict[str, str] = {"base_model": base_model}
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # Trainer.save_model writes nothing under FSDP unless the state dict is FULL; checkpoints
+        # stay SHARDED (fast, resumable), the final save gathers (accelerate's intended override)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if is_peft:
+        adapter = ctx.dir / "adapter"
+        trainer.save_model(str(adapter))
+        if is_main_process():
+            tokenizer.save_pretrained(adapter)
+        outputs["adapter"] = str(adapter)
+        if merge and is_main_process():
+            from verticalft.models import merge_adapter
+
+            outputs["model"] = merge_adapter(
+                base_model, str(adapter), ctx.dir / "model", ctx.recipe.models.trust_remote_code
+            )
+    else:
+        trainer.save_model(str(ctx.dir / "model"))
+        if is_main_process():
+            tokenizer.save_pretrained(ctx.dir / "model")
+        outputs["model"] = str(ctx.dir / "model")
+    return outputs
