@@ -2,6 +2,7 @@
 cache (its loss equals the online loss at k = vocab size), and a refused recipe."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -223,7 +224,7 @@ def _assert_same_cache(got, want):
 
 
 def test_stage_cache_is_built_in_parts_merged_as_one_pass_then_reused(
-    families, tmp_path, monkeypatch, capsys
+    families, tmp_path, monkeypatch, caplog
 ):
     """build_cache in one process: 5 examples in teacher batches of 2 make parts [0, 2), [2, 4),
     [4, 5) (64 parts asked, each a whole batch); merged, they equal one pass over the examples and
@@ -235,22 +236,32 @@ def test_stage_cache_is_built_in_parts_merged_as_one_pass_then_reused(
     V = len(tok)
     ctx = _stage_context(a["teacher"], tmp_path / "run")
     examples = _batch(tok, n=5)
+    caplog.set_level(logging.INFO, logger="verticalft")
     cache, seconds = dt.build_cache(ctx, None, tok, examples, V)  # None: build_cache loads the teacher
-    assert "rank 0 builds parts [0, 1, 2] of 3 (0 of its 3 done before)" in capsys.readouterr().out
+    assert "rank 0 builds parts [0, 1, 2] of 3 (0 of its 3 done before)" in caplog.text
+    caplog.clear()
     assert cache.meta["parts"] == 3 and seconds > 0
     assert cache.root.parent == tmp_path / "run" / "teacher_cache"
     assert sorted(p.name for p in cache.root.parent.iterdir()) == [cache.root.name, cache.root.name + ".lock"]
-    rows = tc.teacher_rows(load_model(a["teacher"]), examples, 16, 2.0, 2, V, tok.pad_token_id)
+    rows = tc.teacher_rows(
+        load_model(a["teacher"]),
+        examples,
+        k=16,
+        temperature=2.0,
+        batch_size=2,
+        vocab_size=V,
+        pad_id=tok.pad_token_id,
+    )
     _assert_same_cache(cache, tc.write_cache(tmp_path / "one", rows, 5, 16, V, {}))
 
     monkeypatch.setattr(dt, "load_teacher", lambda *args: pytest.fail("loaded the teacher to reuse a cache"))
     again, seconds = dt.build_cache(ctx, None, tok, examples, V)
     assert (again.root, seconds) == (cache.root, 0.0)
-    assert f"teacher cache: reusing {cache.root} (rank 0)" in capsys.readouterr().out
+    assert f"teacher cache: reusing {cache.root} (rank 0)" in caplog.text
 
 
 def test_stage_cache_with_a_part_missing_is_not_merged_and_a_rerun_builds_only_that_part(
-    families, tmp_path, monkeypatch, capsys
+    families, tmp_path, monkeypatch, caplog
 ):
     """4 examples in batches of 2: parts [0, 2) and [2, 4). A run that built only part 0 (as if
     the rank owning part 1 died) refuses to merge, naming the part; the rerun builds part 1 alone."""
@@ -262,15 +273,18 @@ def test_stage_cache_with_a_part_missing_is_not_merged_and_a_rerun_builds_only_t
     ctx = _stage_context(a["teacher"], tmp_path / "run")
     examples = _batch(tok, n=4)
     teacher = load_model(a["teacher"])
+    caplog.set_level(logging.INFO, logger="verticalft")
     monkeypatch.setattr(tc, "parts_of_rank", lambda n_parts, rank, world: [0])
     with pytest.raises(RuntimeError, match=r"teacher cache: parts \['part-00001'\] are not finished"):
         dt.build_cache(ctx, teacher, tok, examples, V)
     monkeypatch.undo()
     cache, _ = dt.build_cache(ctx, teacher, tok, examples, V)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "rank 0 builds parts [1] of 2 (1 of its 2 done before)" in out
     assert "merging 2 parts" in out and cache.meta["parts"] == 2
-    rows = tc.teacher_rows(teacher, examples, 16, 2.0, 2, V, tok.pad_token_id)
+    rows = tc.teacher_rows(
+        teacher, examples, k=16, temperature=2.0, batch_size=2, vocab_size=V, pad_id=tok.pad_token_id
+    )
     _assert_same_cache(cache, tc.write_cache(tmp_path / "one", rows, 4, 16, V, {}))
 
 
