@@ -12,23 +12,22 @@ from typing import Any
 
 from verticalft.launch import agree_or_raise, any_rank, main_process_first, world_size
 from verticalft.models import load_model
+from verticalft.recipe import DistillStage
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import StageContext, rank
 from verticalft.stages.registry import model_stages
 
 
 def teacher_path(ctx: StageContext) -> str:
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     return ctx.resolve_model(cfg.teacher.model) if cfg.teacher.model else ctx.input_model()
 
 
 def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
     from verticalft.data import load_sets
 
-    sources = ctx.curated("sft") or ctx.recipe.data.sft
-    if not sources:
-        raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
-    rows = load_sets(sources, "sft", ctx.recipe.compute.seed).select_columns(["messages"])
+    # data.sft: its prompts, and for logits its conversations
+    rows = load_sets(ctx.set_sources("sft"), "sft", ctx.recipe.compute.seed).select_columns(["messages"])
     return [row["messages"] for row in rows.to_list()]
 
 
@@ -53,7 +52,7 @@ def prompt_contexts(convs: list[list[dict[str, str]]]) -> list[list[dict[str, st
 
 
 def load_teacher(ctx: StageContext, path: str) -> Any:
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     return load_model(path, cfg.teacher.quantization, ctx.recipe.models.trust_remote_code, inference=True)
 
 
@@ -73,7 +72,7 @@ def build_cache(
 
     from verticalft.distill import cache as tc
 
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     t_path = teacher_path(ctx)
     newest_first = reversed(model_stages())
     producer = next((s for s in newest_first if ctx.run.output(s, "model") == t_path), None)
@@ -130,7 +129,8 @@ def generates_in_process(ctx: StageContext) -> bool:
     from a vLLM child process or an endpoint, which must find the GPU memory free."""
     from verticalft.serving.offline import pick_backend
 
-    gen, t = ctx.recipe.stages.distill.generation, ctx.recipe.stages.distill.teacher
+    cfg = ctx.stage_section(DistillStage)
+    gen, t = cfg.generation, cfg.teacher
     return pick_backend(gen.backend, t.endpoint) == "hf"
 
 
@@ -153,7 +153,7 @@ def teacher_generations(
     from verticalft.distill import generate as g
     from verticalft.serving.offline import pick_backend
 
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     gen, t = cfg.generation, cfg.teacher
     kwargs = ctx.recipe.models.chat_template_kwargs  # e.g. Qwen3 answers without thinking
     backend = pick_backend(gen.backend, t.endpoint)
@@ -191,7 +191,7 @@ def teacher_generations(
 def sequences_key(ctx: StageContext, contexts: list[list[dict[str, str]]]) -> str:
     """What the teacher's answers depend on: the teacher, the generation settings, the template
     variables and every context, whole (a changed system turn or earlier exchange is a new key)."""
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     what = [
         teacher_path(ctx),
         cfg.teacher.model_dump(),
