@@ -44,7 +44,7 @@ def curate_records(
         rc.dedup_prompt, rc.min_response_chars, rc.max_prompt_chars, rc.max_response_chars
     )
     funnel = Funnel()
-    kept, dropped, pii_counts = [], [], Counter()
+    kept, dropped, pii_counts = [], [], Counter[str]()
     for r in rows:
         reason = records.record_reason(r, rules)
         funnel.record("records", reason)
