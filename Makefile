@@ -20,7 +20,7 @@ SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
 STAGES := tiny_models curate cpt sft dpo distill eval
 
-.PHONY: setup setup-serve setup-bench demo demo-small test test-fast lint format clean gpu-check
+.PHONY: setup setup-serve setup-bench demo demo-small test test-fast lint typecheck format clean gpu-check
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ test-fast: setup-serve
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks data_pipelines
 	$(VENV)/bin/ruff format --check src tests benchmarks data_pipelines
+	$(MAKE) --no-print-directory typecheck
+
+# mypy over src/verticalft, as configured in pyproject.toml ([tool.mypy]).
+typecheck: setup
+	$(VENV)/bin/mypy
 
 format: setup
 	$(VENV)/bin/ruff format src tests benchmarks data_pipelines

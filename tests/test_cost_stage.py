@@ -197,3 +197,16 @@ def test_an_api_tier_is_scored_from_its_answers_and_billed_per_token(tmp_path):
         "shares": [1.0],
         "usd_per_m": 6.25,
     }
+
+
+def test_route_without_a_scored_teacher_says_which_key_to_set(tmp_path):
+    # eval scored students only (include_base: false, no trained teacher stage): the default
+    # cascade "<student> → teacher" has no teacher to escalate to. Before: AttributeError on None.
+    run, _, _, student = _student_answers(tmp_path)
+    _stage(
+        run, "eval", {"teacher": None, "models": {"student-s": {"role": "student"}}}, {"student-s": student}
+    )
+    recipe = load_recipe(ROOT / "recipes/finance.yaml", "tiny", [])
+    _stage(run, "cost", cost.run(StageContext(recipe, run, "cost")).metrics)
+    with pytest.raises(ValueError, match=r"scored no teacher .*name the tiers in route\.cascades"):
+        route.run(StageContext(recipe, run, "route"))

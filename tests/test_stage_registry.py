@@ -140,3 +140,31 @@ def test_the_groups_follow_the_descriptors():
     assert registry.model_stages() == ["cpt", "sft", "dpo"]
     assert registry.training_stages() == ["cpt", "sft", "dpo", "distill"]
     assert registry.serving_stages() == ["eval", "bench"]
+
+
+def test_a_stage_reads_its_own_section_typed_and_is_told_when_it_is_absent(tmp_path):
+    from verticalft.recipe import DpoStage, SftStage
+
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["stages.sft.max_length=384"])
+    section = StageContext(r, RunDir(tmp_path), "sft").stage_section(SftStage)
+    assert isinstance(section, SftStage) and section.max_length == 384  # the override above
+    with pytest.raises(TypeError, match=r"stages\.sft is a SftStage, not a DpoStage"):
+        StageContext(r, RunDir(tmp_path), "sft").stage_section(DpoStage)
+    no_sft = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["stages.sft=null"])
+    with pytest.raises(RuntimeError, match=r"stages\.sft: the sft stage ran without its recipe section"):
+        StageContext(no_sft, RunDir(tmp_path), "sft").stage_section(SftStage)
+
+
+def test_a_training_set_absent_from_the_recipe_is_named_by_its_key(tmp_path):
+    r = load_recipe(ROOT / "recipes/finance.yaml", "tiny", ["data.preferences=null"])
+    with pytest.raises(ValueError, match=r"^stages\.dpo: needs data\.preferences$"):
+        StageContext(r, RunDir(tmp_path), "dpo").set_sources("preferences")
+    # the recipe's own sources when curate has not run in this run
+    sft = StageContext(r, RunDir(tmp_path), "sft").set_sources("sft")
+    assert [s.path for s in sft] == [s.path for s in r.data.sft or []] and sft
+
+
+def test_training_of_names_the_training_stages_for_a_stage_that_trains_nothing():
+    assert registry.training_of("dpo").pairs and registry.training_of("cpt").trains_on == "corpus"
+    with pytest.raises(ValueError, match="eval is not a training stage; those are cpt, sft, dpo, distill"):
+        registry.training_of("eval")

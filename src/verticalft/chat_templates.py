@@ -312,6 +312,7 @@ def training_template(tokenizer: Any, choice: str | None = None) -> str:
     template = chosen_template(choice) or _own_template(tokenizer)
     if not template:
         raise ChatTemplateError(f"{name} has no chat template; {FIX}")
+    resolved: str | None
     if has_generation_markers(template):
         resolved = template
     elif trl := _trl_training(tokenizer, template):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.console import Console
@@ -12,6 +13,10 @@ from rich.table import Table
 
 from verticalft.logs import show_logs
 from verticalft.recipe import Recipe, RecipeError, Source, load_recipe
+
+if TYPE_CHECKING:
+    from verticalft.formats import Kind
+    from verticalft.preview import Rendered
 
 # What `verticalft --help` says: for the user (the module docstring above is for developers).
 HELP = (
@@ -97,7 +102,8 @@ def validate(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = Set
     # that cannot do logit distillation, a chat template the trained stages cannot mask: recipe
     # errors on any machine.
     wrong, ref_notes = model_ref_check(r)
-    wrong, notes = tokenizer_file_problems(r) + wrong, []
+    wrong = tokenizer_file_problems(r) + wrong
+    notes: list[str] = []
     if not wrong and "distill" in stages:  # the vocabulary check loads those tokenizers
         wrong, notes = distill_vocab_check(r)
     if not wrong:
@@ -139,7 +145,10 @@ def data_set_check(r: Recipe) -> tuple[list[str], list[str], list[str]]:
     lines: list[str] = []
     problems: list[str] = []
     notes: list[str] = []
-    sets = [(name, getattr(r.data, name) or []) for name in ("sft", "preferences")]
+    set_names: tuple[Kind, ...] = ("sft", "preferences")
+    sets: list[tuple[Kind | Literal["eval"], list[Source]]] = [
+        (name, getattr(r.data, name) or []) for name in set_names
+    ]
     for name, sources in [*sets, ("eval", [r.data.eval] if r.data.eval else [])]:
         for i, source in enumerate(sources):
             key = f"data.{name}" + (f".{i}" if len(sources) > 1 else "")
@@ -150,7 +159,9 @@ def data_set_check(r: Recipe) -> tuple[list[str], list[str], list[str]]:
     return lines, problems, notes
 
 
-def _source_check(key: str, name: str, source: Source) -> tuple[str | None, list[str], str | None]:
+def _source_check(
+    key: str, name: Kind | Literal["eval"], source: Source
+) -> tuple[str | None, list[str], str | None]:
     """(validate's line, problems, note) for one source of set `name` (see `data_set_check`)."""
     from verticalft.data import HF_SCHEME, DataError, HubUnreachable, check_set, located_rows
     from verticalft.scoring import item_problem
@@ -350,7 +361,8 @@ def _key_metrics(m: dict) -> str:
         parts.append(f"reward acc {m['reward_accuracy']:.3f}")
     if m.get("last_loss") is not None:
         parts.append(f"loss {m['first_loss']:.3f}→{m['last_loss']:.3f}")
-    models = m.get("models") if isinstance(m.get("models"), dict) else {}
+    models = m.get("models")
+    models = models if isinstance(models, dict) else {}
     for name, x in models.items():  # eval: score; bench: peak tok/s; cost: $/1M
         if isinstance(x.get("domain"), dict):
             parts.append(f"{name} {x['domain']['score']:.3f}")
@@ -418,31 +430,31 @@ def preview(
     kwargs = r.models.chat_template_kwargs
     try:
         # every source of a set: each file's format renders on its own (weights do not matter here)
-        for source in r.data.sft or [] if r.stages.sft is not None else []:
-            rows = _first_rows(source, "sft", n)
-            console.rule(f"sft: {source.path} (max_length {r.stages.sft.max_length})")
-            for i, row in enumerate(rows):
-                shown = sft_example(
-                    tokenizer, row["messages"], r.stages.sft.max_length, kwargs, row.get("tools")
-                )
-                _print_rendered(f"example {i + 1}", shown)
-        for source in r.data.preferences or [] if r.stages.dpo is not None else []:
-            rows = _first_rows(source, "preferences", n)
-            console.rule(f"preferences: {source.path} (max_length {r.stages.dpo.max_length})")
-            for i, row in enumerate(rows):
-                parts = preference_example(
-                    tokenizer, row["prompt"], row["chosen"], row["rejected"], r.stages.dpo.max_length, kwargs
-                )
-                for name, shown in parts.items():
-                    _print_rendered(f"example {i + 1} {name}", shown)
-        if r.data.corpus and r.stages.cpt is not None:
+        if (sft := r.stages.sft) is not None:
+            for set_source in r.data.sft or []:
+                rows = _first_rows(set_source, "sft", n)
+                console.rule(f"sft: {set_source.path} (max_length {sft.max_length})")
+                for i, row in enumerate(rows):
+                    shown = sft_example(tokenizer, row["messages"], sft.max_length, kwargs, row.get("tools"))
+                    _print_rendered(f"example {i + 1}", shown)
+        if (dpo := r.stages.dpo) is not None:
+            for set_source in r.data.preferences or []:
+                rows = _first_rows(set_source, "preferences", n)
+                console.rule(f"preferences: {set_source.path} (max_length {dpo.max_length})")
+                for i, row in enumerate(rows):
+                    parts = preference_example(
+                        tokenizer, row["prompt"], row["chosen"], row["rejected"], dpo.max_length, kwargs
+                    )
+                    for name, shown in parts.items():
+                        _print_rendered(f"example {i + 1} {name}", shown)
+        if r.data.corpus and (cpt := r.stages.cpt) is not None:
             source = r.data.corpus[0]
             rows = _first_rows(source, None, n)
-            console.rule(f"corpus: {source.path} (max_length {r.stages.cpt.max_length})")
+            console.rule(f"corpus: {source.path} (max_length {cpt.max_length})")
             for i, row in enumerate(rows):
                 _print_rendered(
                     f"document {i + 1}",
-                    corpus_example(tokenizer, row[source.text_field], r.stages.cpt.max_length),
+                    corpus_example(tokenizer, row[source.text_field], cpt.max_length),
                     400,
                 )
     except DataError as exc:
@@ -465,7 +477,7 @@ def _preview_tokenizer(r: Recipe, profile: str, runs_dir: Path) -> object:
     )
 
 
-def _first_rows(source: Source, kind: str | None, n: int) -> list[dict]:
+def _first_rows(source: Source, kind: Kind | None, n: int) -> list[dict]:
     """The first `n` rows of a source in canonical form (any supported format, `data.load_set`);
     `kind` None: a text corpus."""
     from verticalft.data import load_set, load_source
@@ -474,7 +486,7 @@ def _first_rows(source: Source, kind: str | None, n: int) -> list[dict]:
     return ds.select(range(min(n, len(ds)))).to_list()
 
 
-def _print_rendered(title: str, shown: object, limit: int | None = None) -> None:
+def _print_rendered(title: str, shown: Rendered, limit: int | None = None) -> None:
     """Trained tokens in green on a terminal, between ⟦ ⟧ when piped (no colour to see)."""
     from rich.markup import escape
 

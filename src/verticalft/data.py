@@ -12,10 +12,11 @@ a set of several sources is read, weighted and concatenated by `load_sets`.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -43,9 +44,9 @@ def data_suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def open_bytes(path: Path) -> BinaryIO:
+def open_bytes(path: Path) -> io.BufferedIOBase:
     """The file for reading bytes, decompressed when it is gzipped (named `.gz`)."""
-    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")  # type: ignore[return-value]
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
 def parse_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | str, bytes]]:
@@ -72,7 +73,7 @@ def parse_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | str, bytes]]
             yield lineno, row, raw
 
 
-def _lines(f: BinaryIO, path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(f: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes]]:
     """Numbered lines; a corrupt gzip stream is a `DataError` naming the file and line it broke at."""
     lineno = 0
     try:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -73,16 +73,17 @@ class Normalised:
 
 def kind_of(required: tuple[str, ...]) -> Kind | None:
     """The set kind behind a required-fields tuple (how curation names the SFT/preference sets)."""
-    return {SFT_FIELDS: "sft", PREFERENCE_FIELDS: "preferences"}.get(tuple(required))  # type: ignore[return-value]
+    kinds: dict[tuple[str, ...], Kind] = {SFT_FIELDS: "sft", PREFERENCE_FIELDS: "preferences"}
+    return kinds.get(tuple(required))
 
 
-def is_canonical_source(fmt: str, columns: Mapping[str, str] | None) -> bool:
+def is_canonical_source(fmt: str, columns: Mapping[ColumnKey, str] | None) -> bool:
     """Whether a source is read as today's canonical rows whatever they hold (no detection)."""
     return fmt in ("messages", "preference") and not columns
 
 
 def normalise_row(
-    row: dict[str, Any], kind: Kind, fmt: str = "auto", columns: Mapping[str, str] | None = None
+    row: dict[str, Any], kind: Kind, fmt: str = "auto", columns: Mapping[ColumnKey, str] | None = None
 ) -> Normalised:
     """`row` in the canonical form of `kind`; a canonical row comes back as the very same dict.
 
@@ -115,7 +116,7 @@ def normalise_row(
 
 
 def columns_problem(
-    columns: list[str], kind: Kind, fmt: str = "auto", mapping: Mapping[str, str] | None = None
+    columns: list[str], kind: Kind, fmt: str = "auto", mapping: Mapping[ColumnKey, str] | None = None
 ) -> str | None:
     """Why no row of a table with these `columns` could be read as a `kind` set (None: some could).
 
@@ -125,7 +126,7 @@ def columns_problem(
     if kind == "preferences":
         missing = [k for k in ("chosen", "rejected") if k not in present]
         return f"no column(s) {', '.join(missing)}" if missing else None
-    needs = {
+    needs: dict[str, list[tuple[str, ...]]] = {
         "messages": [("messages",)],
         "sharegpt": [("conversations",), ("messages",)],
         "alpaca": [("instruction", "output")],
@@ -139,7 +140,7 @@ def columns_problem(
 
 
 # --------------------------------------------------------------------------- columns
-def _apply_columns(row: dict[str, Any], columns: Mapping[str, str], fmt: str) -> dict[str, Any]:
+def _apply_columns(row: dict[str, Any], columns: Mapping[ColumnKey, str], fmt: str) -> dict[str, Any]:
     """The row with the file's columns renamed to the toolkit's names (`columns`: ours → theirs)."""
     alpaca = fmt == "alpaca" or "query" in columns or "response" in columns
     rename = {"query": "input", "response": "output" if alpaca else "completion"}
@@ -320,6 +321,6 @@ def _implicit(row: dict[str, Any]) -> bool:
     )
 
 
-def _fields(names: list[str]) -> str:
+def _fields(names: Sequence[str]) -> str:
     quoted = ", ".join(repr(n) for n in names)
     return f"field {quoted}" if len(names) == 1 else f"fields {quoted}"

@@ -417,18 +417,14 @@ def unknown_stage_check(names: list[str], option: str) -> None:
 def run_recipe(
     recipe: Recipe,
     run: RunDir,
+    *,
     until: str | None = None,
     only: list[str] | None = None,
     force: bool | list[str] = False,
     echo: Callable[[str], None] = print,
 ) -> list[StageOutcome]:
     """Run enabled stages up to `until` (inclusive). Raises StageFailed on the first failure."""
-    unknown_stage_check([until] if until is not None else [], "--until")
-    unknown_stage_check(only or [], "--only")
-    stages = enabled_stages(recipe)
-    if until is not None:
-        order = registry.stage_order()
-        stages = [s for s in stages if order.index(s) <= order.index(until)]
+    stages = selected_stages(recipe, until=until, only=only)
     to_run = [s for s in stages if not only or s in only]  # only what will run needs checking
     fps = stage_fingerprints(recipe, stages)
     problems = preflight(recipe, to_run, pending_stages(run, stages, to_run, fps, force))
@@ -452,30 +448,57 @@ def run_recipe(
             continue
         if forced:
             run.begin_forced(stage)
-        record, resumable = run.begin(stage, fps[stage], inputs={"fingerprint": fps[stage]})
-        echo(f"{head}: running{' (resuming a killed attempt)' if resumable else ''} → {run.stage_dir(stage)}")
-        t0 = time.time()
-        try:
-            if registry.stage(stage).training is not None and recipe.compute.launcher != "none":
-                result = _run_launched(recipe, run, stage, resumable)
-            else:
-                result = run_stage_in_process(StageContext(recipe, run, stage, resume=resumable))
-        except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
-            if isinstance(exc, PartialFailure):  # keep what the finished units produced
-                record.outputs, record.metrics = exc.result.outputs, exc.result.metrics
-            run.fail(stage, record, f"{type(exc).__name__}: {exc}")
-            run.log_attempt(stage, "failed", time.time() - t0, fps[stage])
-            if isinstance(exc, Exception) and not isinstance(exc, StageFailed):
-                raise StageFailed(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
-            raise
-        record.outputs, record.metrics = result.outputs, result.metrics
-        record.wall_time_s = round(time.time() - t0, 2)
-        record.versions = versions()
-        run.finish(stage, record, after)
-        run.log_attempt(stage, "done", record.wall_time_s, fps[stage])
-        echo(f"{head}: done in {record.wall_time_s:.1f}s — {result.summary}")
-        outcomes.append(StageOutcome(stage, "done", record.wall_time_s, result.summary))
+        outcomes.append(_run_stage(recipe, run, stage, fp=fps[stage], after=after, head=head, echo=echo))
     return outcomes
+
+
+def selected_stages(recipe: Recipe, *, until: str | None, only: list[str] | None) -> list[str]:
+    """The enabled stages up to `until` in pipeline order (`--until`, `--only` checked to name
+    known stages; `only` narrows what runs, not this order)."""
+    unknown_stage_check([until] if until is not None else [], "--until")
+    unknown_stage_check(only or [], "--only")
+    stages = enabled_stages(recipe)
+    if until is None:
+        return stages
+    order = registry.stage_order()
+    return [s for s in stages if order.index(s) <= order.index(until)]
+
+
+def _run_stage(
+    recipe: Recipe,
+    run: RunDir,
+    stage: str,
+    *,
+    fp: str,
+    after: dict[str, str | None],
+    head: str,
+    echo: Callable[[str], None],
+) -> StageOutcome:
+    """One stage that must run: begun in the manifest (resuming a killed attempt), run in this
+    process or under the launcher, its record finished, or failed and re-raised as StageFailed."""
+    record, resumable = run.begin(stage, fp, inputs={"fingerprint": fp})
+    echo(f"{head}: running{' (resuming a killed attempt)' if resumable else ''} → {run.stage_dir(stage)}")
+    t0 = time.time()
+    try:
+        if registry.stage(stage).training is not None and recipe.compute.launcher != "none":
+            result = _run_launched(recipe, run, stage, resumable)
+        else:
+            result = run_stage_in_process(StageContext(recipe, run, stage, resume=resumable))
+    except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
+        if isinstance(exc, PartialFailure):  # keep what the finished units produced
+            record.outputs, record.metrics = exc.result.outputs, exc.result.metrics
+        run.fail(stage, record, f"{type(exc).__name__}: {exc}")
+        run.log_attempt(stage, "failed", time.time() - t0, fp)
+        if isinstance(exc, Exception) and not isinstance(exc, StageFailed):
+            raise StageFailed(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+        raise
+    record.outputs, record.metrics = result.outputs, result.metrics
+    record.wall_time_s = round(time.time() - t0, 2)
+    record.versions = versions()
+    run.finish(stage, record, after)
+    run.log_attempt(stage, "done", record.wall_time_s, fp)
+    echo(f"{head}: done in {record.wall_time_s:.1f}s — {result.summary}")
+    return StageOutcome(stage, "done", record.wall_time_s, result.summary)
 
 
 def write_worker_result(run: RunDir, stage: str, result: StageResult, failed: str | None = None) -> None:

@@ -185,7 +185,7 @@ def _tied_default(cfg: dict[str, Any]) -> bool:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     model_type = cfg.get("model_type")
-    if model_type not in CONFIG_MAPPING:
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         return False
     return bool(getattr(CONFIG_MAPPING[model_type](), "tie_word_embeddings", False))
 
@@ -441,9 +441,10 @@ def source_examples(source: Any) -> int | None:
 
     if isinstance(source, list):
         counts = [source_examples(s) for s in source]
-        if any(c is None for c in counts):
+        known = [c for c in counts if c is not None]
+        if len(known) < len(counts):
             return None
-        return sum(weighted_rows(c, getattr(s, "weight", 1.0)) for c, s in zip(counts, source, strict=True))
+        return sum(weighted_rows(c, getattr(s, "weight", 1.0)) for c, s in zip(known, source, strict=True))
     if source is None or not Path(source.path).is_file():
         return None
     with open(source.path, "rb") as f:
@@ -542,7 +543,7 @@ def assumption_notes(recipe: Any, arch: Arch) -> list[str]:
 def stage_trained_tokens(recipe: Any, stage: str) -> float:
     """Tokens a model stage trains on: the corpus (with data.replay mixed in at its ratio) for
     CPT-like stages, else its set's tokens and examples, through `trained_tokens`."""
-    cfg, training = getattr(recipe.stages, stage), registry.stage(stage).training
+    cfg, training = getattr(recipe.stages, stage), registry.training_of(stage)
     d, gpus = recipe.data, recipe.compute.training_gpus
     if training.trains_on == "corpus":
         domain = sum(source_tokens(s) for s in d.corpus)
@@ -559,7 +560,7 @@ def plan_training_stage(
     warnings (does not fit, no token count)."""
     from verticalft.launch import stage_shards_weights
 
-    cfg, training = getattr(recipe.stages, stage), registry.stage(stage).training
+    cfg, training = getattr(recipe.stages, stage), registry.training_of(stage)
     t = cfg.trainer
     ckpt = bool(t.get("gradient_checkpointing", False))
     method = training.method(cfg)

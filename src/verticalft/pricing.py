@@ -193,14 +193,17 @@ def api_price_row(name: str, override: Any = None) -> dict[str, Any]:
     p_out = getattr(override, "output_usd_per_m", None)
     p_in, p_out = api_price(name, p_in, p_out)
     row = API_PRICES.get(name)
-    overridden = row is None or (p_in, p_out) != (row.input_usd_per_m, row.output_usd_per_m)
+    # the shipped row when the prices are its own, else None (the recipe's figures)
+    shipped = (
+        row if row is not None and (p_in, p_out) == (row.input_usd_per_m, row.output_usd_per_m) else None
+    )
     return {
-        "model": row.model if row and not overridden else name,
+        "model": shipped.model if shipped else name,
         "input_usd_per_m": p_in,
         "output_usd_per_m": p_out,
-        "as_of": getattr(override, "as_of", None) or (None if overridden else row.as_of),  # type: ignore[union-attr]
+        "as_of": getattr(override, "as_of", None) or (shipped.as_of if shipped else None),
         "source": getattr(override, "source", None)
-        or ("recipe (cost.compare), no source given" if overridden else row.source),  # type: ignore[union-attr]
+        or (shipped.source if shipped else "recipe (cost.compare), no source given"),
     }
 
 

@@ -149,6 +149,8 @@ def block_influence(model: Any, batches: list[dict[str, Any]]) -> list[float]:
         def record(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
+            if mask is None:  # never: set before each batch's forward
+                raise RuntimeError("block_influence: a layer ran outside a batch")
             cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
             sums[index] += float(((1.0 - cos) * mask).sum())
 
@@ -256,7 +258,7 @@ def build_pruned(
         keep = even_layers(total, spec.layers)
     drop_layers(model, keep)
     stored = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code).dtype
-    model.to(stored if isinstance(stored, torch.dtype) else torch.float32)
+    model.to(stored if isinstance(stored, torch.dtype) else torch.float32)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) types the dtype as `self`
     record = {
         "format": FORMAT,
         "spec": ref,

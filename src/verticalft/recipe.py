@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -406,12 +406,15 @@ class _OneFilter(Strict):
         return getattr(self, self.name)
 
 
-FilterStep = create_model(
-    "FilterStep",
-    __base__=_OneFilter,
-    __doc__=_OneFilter.__doc__,
-    **{n: (f.config | None, None) for n, f in FILTERS.items()},
-)
+if TYPE_CHECKING:  # its fields (one per filter of the registry) exist only once FILTERS is built
+    FilterStep = _OneFilter
+else:
+    FilterStep = create_model(
+        "FilterStep",
+        __base__=_OneFilter,
+        __doc__=_OneFilter.__doc__,
+        **{n: (f.config | None, None) for n, f in FILTERS.items()},
+    )
 
 
 class NearDedup(Strict):
@@ -460,7 +463,7 @@ class CurateStage(Strict):
     executor: Literal["local", "ray"] = "local"
     num_workers: int | None = Field(default=None, ge=1, description="default: every core")
     shard_size: int = Field(default=5_000, ge=1, description="documents per shard (the unit of resume)")
-    filters: list[FilterStep] = Field(  # type: ignore[valid-type]
+    filters: list[FilterStep] = Field(
         default_factory=list, description="document filters in order, one key per item"
     )
     pii: bool = Field(

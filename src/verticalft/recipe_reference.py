@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
@@ -104,7 +104,7 @@ def _container_suffix(annotation: Any) -> str:
     return ""
 
 
-def _type_text(annotation: Any, seen: dict[type[BaseModel], str], metadata: list[Any] = ()) -> str:
+def _type_text(annotation: Any, seen: dict[type[BaseModel], str], metadata: Sequence[Any] = ()) -> str:
     """`int (≥ 1)`, `list of str`, `one of nf4, fp4, none`, `block stages.cpt.lora`, `float or null`."""
     if get_origin(annotation) is Annotated:
         base, *extra = get_args(annotation)
@@ -137,7 +137,7 @@ def _flatten(metadata: list[Any]) -> list[Any]:
     return [m for item in metadata for m in (item.metadata if isinstance(item, FieldInfo) else [item])]
 
 
-def _constraints(metadata: list[Any]) -> list[str]:
+def _constraints(metadata: Sequence[Any]) -> list[str]:
     out = []
     for item in metadata:
         for attr, form in CONSTRAINTS.items():

@@ -63,7 +63,8 @@ def split_halves(keys: Sequence[str]) -> tuple[list[int], list[int]]:
     """Item indices split in two by a hash of each item's key (`scoring.item_key`: its prompt, or
     its whole chat for an item with `system`/`messages`): stable when the eval
     file is reordered or grows. The first half picks thresholds, the second reports them."""
-    pick, report = [], []
+    pick: list[int] = []
+    report: list[int] = []
     for i, key in enumerate(keys):
         (pick if hashlib.sha256(key.encode()).digest()[0] % 2 == 0 else report).append(i)
     return pick, report
@@ -106,7 +107,7 @@ def candidate_thresholds(tier: Tier, items: Sequence[int], max_points: int = 41)
     """Thresholds worth trying for a tier: each distinct confidence it gave on `items` (every
     escalation share those items allow), thinned to evenly spaced quantiles past `max_points`,
     plus +∞ (always escalate). 0 answers everything with a known confidence."""
-    values = sorted({tier.confidence[i] for i in items if tier.confidence[i] is not None})  # type: ignore[misc]
+    values = sorted({c for i in items if (c := tier.confidence[i]) is not None})
     if len(values) > max_points:
         step = (len(values) - 1) / (max_points - 1)
         values = [values[round(j * step)] for j in range(max_points)]
@@ -141,14 +142,14 @@ def choose(
     """The point a target picks, and whether the target was met: the cheapest point with quality
     ≥ `min_quality`, or the best quality at ≤ `max_usd_per_m`. Unmet: the closest point (best
     quality, or lowest cost) — the caller says so."""
-    if (min_quality is None) == (max_usd_per_m is None):
-        raise ValueError("give exactly one target: min_quality or max_usd_per_m")
-    if min_quality is not None:
+    if min_quality is not None and max_usd_per_m is None:
         ok = [p for p in points if p.quality >= min_quality - 1e-12]
         if ok:
             return min(ok, key=lambda p: (p.usd_per_m, -p.quality)), True
         return max(points, key=lambda p: (p.quality, -p.usd_per_m)), False
-    ok = [p for p in points if p.usd_per_m <= max_usd_per_m + 1e-12]  # type: ignore[operator]
+    if min_quality is not None or max_usd_per_m is None:
+        raise ValueError("give exactly one target: min_quality or max_usd_per_m")
+    ok = [p for p in points if p.usd_per_m <= max_usd_per_m + 1e-12]
     if ok:
         return max(ok, key=lambda p: (p.quality, -p.usd_per_m)), True
     return min(points, key=lambda p: (p.usd_per_m, -p.quality)), False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -69,9 +70,14 @@ def _blank_domain_words(text: str, domain: str, template: str) -> str:
     for key, note in todo.items():
         flow = rf"^(?P<indent>[ \t]*){key}:[ \t]*\[[^\]]*\][^\n]*$"  # keywords: [a, b,\n   c]
         block = rf"^(?P<indent>[ \t]*){key}:[ \t]*(?:#[^\n]*)?\n(?:(?P=indent)[ \t]*- [^\n]*\n)+"
-        text = re.sub(block, lambda m, k=key, n=note: f"{m['indent']}{k}: []   # {n}\n", text, flags=re.M)
-        text = re.sub(flow, lambda m, k=key, n=note: f"{m['indent']}{k}: []   # {n}", text, flags=re.M)
+        text = re.sub(block, _emptied_list(key, note, "\n"), text, flags=re.M)
+        text = re.sub(flow, _emptied_list(key, note, ""), text, flags=re.M)
     return text
+
+
+def _emptied_list(key: str, note: str, end: str) -> Callable[[re.Match[str]], str]:
+    """The replacement of a matched `key:` list: `key: []   # note`, at the list's indent."""
+    return lambda m: f"{m['indent']}{key}: []   # {note}{end}"
 
 
 def scaffold_vertical(domain: str, template: str, root: Path) -> list[Path]:

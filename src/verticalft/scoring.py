@@ -223,8 +223,8 @@ def score_answer(
     if kind == "exact":
         return " ".join(strip_think(prediction).split()) == " ".join(answer.split())
     if kind == "choice":
-        want = choice_letter(answer, choices)
-        return want is not None and choice_letter(prediction, choices) == want
+        letter = choice_letter(answer, choices)
+        return letter is not None and choice_letter(prediction, choices) == letter
     return first_answer_line(prediction) == first_answer_line(answer)
 
 

@@ -86,7 +86,9 @@ def dropped_row(r: dict[str, Any], redact: bool) -> dict[str, Any]:
 
     from verticalft.curation import pii
 
-    text = r.get("text") if isinstance(r.get("text"), str) else json.dumps(r.get("row"), default=str)
+    text = r.get("text")
+    if not isinstance(text, str):
+        text = json.dumps(r.get("row"), default=str)
     return {
         "id": str(r.get("id")),
         "step": r["step"],

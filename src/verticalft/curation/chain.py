@@ -39,7 +39,7 @@ def build_chain(cfg: CurateStage) -> list[tuple[str, Step]]:
     """(step name, function) in the order they run."""
     specs = list(cfg.filters)
     if not any(s.name == "license" for s in specs):
-        specs.insert(0, FilterStep(license={}))
+        specs.insert(0, FilterStep.model_validate({"license": {}}))
     chain = [(s.name, make_step(s)) for s in specs]
     if cfg.pii:
         chain.append(("pii", _redact_step))

@@ -35,7 +35,7 @@ def tokens(text: str) -> tuple[str, ...]:
         for i, p in enumerate(parts):
             if p is None:
                 parts[i] = _CHUNKS[chunks[i]] = _split_chunk(chunks[i])
-    return tuple(chain.from_iterable(parts))
+    return tuple(chain.from_iterable(p for p in parts if p is not None))  # every one is, by now
 
 
 _CHUNKS: dict[str, tuple[str, ...]] = {}

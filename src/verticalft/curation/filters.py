@@ -65,6 +65,11 @@ def text_rule(fn: Callable[[str], str | None]) -> Step:
     return step
 
 
+def with_rules(fn: Callable[[str, Any], str | None], rules: Any) -> Callable[[str], str | None]:
+    """`fn(text, rules)` as a function of the text, its rules built once per step."""
+    return lambda text: fn(text, rules)
+
+
 @dataclass(frozen=True)
 class Filter:
     name: str
@@ -97,7 +102,7 @@ def rules_model(name: str, rules_cls: type, presets: dict[str, Any]) -> type[Bas
     """
     names = (*presets, *PRESET_ALIASES)
     hints = typing.get_type_hints(rules_cls)
-    fields: dict[str, Any] = {"preset": (Literal[names], names[0])}  # type: ignore[valid-type]
+    fields: dict[str, Any] = {"preset": (Literal[names], names[0])}  # type: ignore[valid-type]  # names known at run time
     for f in dataclasses.fields(rules_cls):
         fields[f.name] = (hints[f.name] | None, None)
     return create_model(name, __base__=Strict, **fields)
@@ -108,7 +113,7 @@ def rule_filter(name: str, model_name: str, rules_cls: type, presets: dict[str, 
     return Filter(
         name,
         rules_model(model_name, rules_cls, presets),
-        lambda block: text_rule(lambda t, r=rules_for(name, block): fn(t, r)),
+        lambda block: text_rule(with_rules(fn, rules_for(name, block))),
         presets,
     )
 
@@ -210,9 +215,7 @@ register(
         "language",
         LanguageFilter,
         lambda cfg: text_rule(
-            lambda t, r=langid.LanguageRules(tuple(cfg.languages), cfg.min_score): langid.language_reason(
-                t, r
-            )
+            with_rules(langid.language_reason, langid.LanguageRules(tuple(cfg.languages), cfg.min_score))
         ),
     )
 )
@@ -251,8 +254,9 @@ register(
         "relevance",
         RelevanceFilter,
         lambda cfg: text_rule(
-            lambda t, r=relevance.RelevanceRules(tuple(cfg.keywords), tuple(cfg.patterns), cfg.min_hits_per_1k_words): (
-                relevance.relevance_reason(t, r)
+            with_rules(
+                relevance.relevance_reason,
+                relevance.RelevanceRules(tuple(cfg.keywords), tuple(cfg.patterns), cfg.min_hits_per_1k_words),
             )
         ),
     )

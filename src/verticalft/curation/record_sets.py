@@ -83,7 +83,7 @@ def _apply_record_rules(
     rules = records.RecordRules(
         rc.dedup_prompt, rc.min_response_chars, rc.max_prompt_chars, rc.max_response_chars
     )
-    kept, pii_counts = [], Counter()
+    kept, pii_counts = [], Counter[str]()
     for r in rows:
         reason = records.record_reason(r, rules)
         funnel.record("records", reason)

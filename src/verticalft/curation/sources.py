@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,7 +114,7 @@ def stream_sources(
 
 
 def indexed_records(
-    sources: list[Source], required: tuple[str, ...] = ()
+    sources: Sequence[Source], required: tuple[str, ...] = ()
 ) -> Iterator[tuple[int, dict[str, Any] | Quarantined]]:
     """`stream_sources` with the index of the source each item came from: a set of several
     sources is curated as one (dedup across them) but written per source, for its weight."""
@@ -150,7 +150,10 @@ def read_sources(
     rows: list[dict[str, Any]] = []
     bad: list[Quarantined] = []
     for item in stream_sources(sources, required):
-        (bad if isinstance(item, Quarantined) else rows).append(item)  # type: ignore[arg-type]
+        if isinstance(item, Quarantined):
+            bad.append(item)
+        else:
+            rows.append(item)
     return rows, bad
 
 
@@ -416,9 +419,10 @@ def _page_record(
         except UnicodeDecodeError as exc:
             return Quarantined(str(path), 0, f"not UTF-8 ({exc.reason})", _raw(data[:RAW_CHARS]))
     else:
-        row = _html_row(data)
-        if row is None:
+        html = _html_row(data)
+        if html is None:
             return Quarantined(str(path), 0, "no text extracted from HTML", _raw(data[:RAW_CHARS]))
+        row = html
     if not required and not row["text"].strip():
         return Quarantined(str(path), 0, "no text (empty page)", _raw(data[:RAW_CHARS]))
     return _record(row, source, required, str(path), 0, path.stem, data[: 4 * RAW_CHARS], page_id=rel)
@@ -427,11 +431,13 @@ def _page_record(
 def _html_row(data: bytes) -> dict[str, Any] | None:
     """Main text of an HTML page (navigation, menus, footers dropped; tables kept) and its date."""
     import trafilatura
+    from trafilatura.settings import Document
 
     doc = trafilatura.bare_extraction(
         data, with_metadata=True, include_tables=True, include_comments=False, include_images=False
     )
-    if doc is None or not (doc.text or "").strip():
+    # a Document (a dict only with the deprecated as_dict=True), or None when nothing was found
+    if not isinstance(doc, Document) or not (doc.text or "").strip():
         return None
     row: dict[str, Any] = {"text": doc.text}
     if doc.date:

@@ -12,6 +12,7 @@ from typing import Any
 from verticalft.distill.teacher import conversations, teacher_path
 from verticalft.models import lora_config
 from verticalft.pruning import FORMAT, build_pruned, is_prune, parse_prune, prune_name, pruning_record
+from verticalft.recipe import DistillStage
 from verticalft.stages.base import StageContext
 from verticalft.stages.training import Trained, TrainingJob, train_model
 
@@ -29,7 +30,7 @@ def student_name(ref: str) -> str:
 
 
 def students(ctx: StageContext) -> dict[str, str]:
-    refs = ctx.recipe.stages.distill.students or ctx.recipe.models.students
+    refs = ctx.stage_section(DistillStage).students or ctx.recipe.models.students
     if not refs:
         raise ValueError("stages.distill: no students (set models.students or stages.distill.students)")
     # a pruned student is cut from this stage's teacher here, the first time it is asked for
@@ -65,7 +66,7 @@ def _job(
 ) -> TrainingJob:
     """A student's TrainingJob: the recipe's method (full, LoRA, QLoRA), no eval before training
     (a fresh or pruned student scores nothing worth recording), merged folder after it."""
-    method = sctx.recipe.stages.distill.method
+    method = sctx.stage_section(DistillStage).method
     return TrainingJob(
         model_path=path,
         tokenizer=tokenizer,
@@ -80,7 +81,7 @@ def _job(
 
 
 def _peft(sctx: StageContext, tokenizer: Any) -> Any:
-    cfg = sctx.recipe.stages.distill
+    cfg = sctx.stage_section(DistillStage)
     return None if cfg.method == "full" else lora_config(cfg.lora, tokenizer)
 
 
@@ -101,7 +102,7 @@ def train_logits(
     from verticalft.distill.batching import DistillCollator
     from verticalft.distill.trainer import LogitDistillTrainer, LossSettings
 
-    cfg = sctx.recipe.stages.distill
+    cfg = sctx.stage_section(DistillStage)
     data = Dataset.from_list([{**ex, "example_index": i} for i, ex in enumerate(examples)])
     settings = LossSettings(cfg.loss, cfg.temperature, cfg.beta, cfg.ce_weight, vocab)
     peft = _peft(sctx, tokenizer)
@@ -136,7 +137,7 @@ def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dic
 
     from verticalft.chat_templates import with_template_kwargs
 
-    cfg = sctx.recipe.stages.distill
+    cfg = sctx.stage_section(DistillStage)
     data = with_template_kwargs(Dataset.from_list(rows), sctx.recipe.models.chat_template_kwargs)
     return train_model(
         sctx,
@@ -165,7 +166,7 @@ def train_on_policy(
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
-    cfg = sctx.recipe.stages.distill
+    cfg = sctx.stage_section(DistillStage)
     beta = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(cfg.loss, cfg.beta)
     # the student generates during training: left padding for TRL, the saved tokenizer stays as is
     generating = copy.deepcopy(tokenizer)

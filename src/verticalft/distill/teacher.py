@@ -14,6 +14,7 @@ from typing import Any
 
 from verticalft.launch import agree_or_raise, any_rank, main_process_first, rank, world_size
 from verticalft.models import load_model
+from verticalft.recipe import DistillStage
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import StageContext
 from verticalft.stages.registry import model_stages
@@ -22,17 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 def teacher_path(ctx: StageContext) -> str:
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     return ctx.resolve_model(cfg.teacher.model) if cfg.teacher.model else ctx.input_model()
 
 
 def conversations(ctx: StageContext) -> list[list[dict[str, str]]]:
     from verticalft.data import load_sets
 
-    sources = ctx.curated("sft") or ctx.recipe.data.sft
-    if not sources:
-        raise ValueError("stages.distill: needs data.sft (its prompts, and for logits its conversations)")
-    rows = load_sets(sources, "sft", ctx.recipe.compute.seed).select_columns(["messages"])
+    # data.sft: its prompts, and for logits its conversations
+    rows = load_sets(ctx.set_sources("sft"), "sft", ctx.recipe.compute.seed).select_columns(["messages"])
     return [row["messages"] for row in rows.to_list()]
 
 
@@ -57,7 +56,7 @@ def prompt_contexts(convs: list[list[dict[str, str]]]) -> list[list[dict[str, st
 
 
 def load_teacher(ctx: StageContext, path: str) -> Any:
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     return load_model(path, cfg.teacher.quantization, ctx.recipe.models.trust_remote_code, inference=True)
 
 
@@ -75,7 +74,7 @@ def build_cache(
     """
     from verticalft.distill import cache as tc
 
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     identity, root = _cache_root(ctx, tokenizer, examples)
     # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
     if not any_rank(not tc.is_complete(root)):
@@ -106,7 +105,7 @@ def _cache_root(ctx: StageContext, tokenizer: Any, examples: list[dict[str, Any]
     matches."""
     from verticalft.distill import cache as tc
 
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     t_path = teacher_path(ctx)
     newest_first = reversed(model_stages())
     producer = next((s for s in newest_first if ctx.run.output(s, "model") == t_path), None)
@@ -132,7 +131,7 @@ def _build_parts_of_rank(
     only when there is a part to build."""
     from verticalft.distill import cache as tc
 
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     batch, k = ctx.recipe.evaluation.batch_size, min(cfg.top_k, vocab)
     mine = tc.parts_of_rank(len(ranges), rank(), world_size())
     todo = [i for i in mine if not tc.is_complete(parts_dir / f"part-{i:05d}")]
@@ -181,7 +180,8 @@ def generates_in_process(ctx: StageContext) -> bool:
     from a vLLM child process or an endpoint, which must find the GPU memory free."""
     from verticalft.serving.offline import pick_backend
 
-    gen, t = ctx.recipe.stages.distill.generation, ctx.recipe.stages.distill.teacher
+    cfg = ctx.stage_section(DistillStage)
+    gen, t = cfg.generation, cfg.teacher
     return pick_backend(gen.backend, t.endpoint) == "hf"
 
 
@@ -204,7 +204,7 @@ def teacher_generations(
     from verticalft.distill import generate as g
     from verticalft.serving.offline import pick_backend
 
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     gen, t = cfg.generation, cfg.teacher
     kwargs = ctx.recipe.models.chat_template_kwargs  # e.g. Qwen3 answers without thinking
     backend = pick_backend(gen.backend, t.endpoint)
@@ -249,7 +249,7 @@ def teacher_generations(
 def sequences_key(ctx: StageContext, contexts: list[list[dict[str, str]]]) -> str:
     """What the teacher's answers depend on: the teacher, the generation settings, the template
     variables and every context, whole (a changed system turn or earlier exchange is a new key)."""
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     what = [
         teacher_path(ctx),
         cfg.teacher.model_dump(),

@@ -23,6 +23,7 @@ from verticalft.distill.batching import IGNORE, response_hidden
 from verticalft.distill.cache import TeacherCache
 from verticalft.distill.losses import (
     DEFAULT_CHUNK,
+    Divergence,
     chunked_token_sum,
     full_divergence,
     mix,
@@ -33,7 +34,7 @@ from verticalft.distill.losses import (
 
 @dataclass
 class LossSettings:
-    divergence: str = "forward_kl"
+    divergence: Divergence = "forward_kl"
     temperature: float = 1.0
     beta: float = 0.5
     ce_weight: float = 0.0

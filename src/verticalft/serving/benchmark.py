@@ -120,15 +120,15 @@ class BenchClient:
         while not wait([future], timeout=poll_seconds).done:
             server.check_alive("during the benchmark")
         error = future.exception()
-        result = None if error else future.result()
-        if error or (result or {}).get("failed"):
+        result: dict[str, Any] = {} if error else future.result()
+        if error or result.get("failed"):
             # Requests failing is often the first sign of a server that is dying: give its exit a
             # moment to show, so the error names the server (and its log) rather than the requests.
             server.wait_exit(3.0)
         server.check_alive("during the benchmark")
         if error:
             raise error
-        return result  # type: ignore[return-value]
+        return result
 
 
 def _client_init(parent: int, log_path: str) -> None:
@@ -258,9 +258,10 @@ def combine_repeats(repeats: list[dict[str, Any]], max_spread: float = 0.2) -> d
 
 def relative_spread(values: list[float | None]) -> float | None:
     """(max − min) / min; None when a value is missing or the smallest is not positive."""
-    if any(v is None for v in values) or min(values) <= 0:  # type: ignore[type-var]
+    known = [v for v in values if v is not None]
+    if len(known) < len(values) or min(known) <= 0:
         return None
-    return round((max(values) - min(values)) / min(values), 4)  # type: ignore[type-var, operator]
+    return round((max(known) - min(known)) / min(known), 4)
 
 
 def operating_point(sweep: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from verticalft.formats import FormatName, Kind
 from verticalft.gguf_source import is_gguf, resolve_gguf
 from verticalft.models import is_tiny, tiny_name
 from verticalft.recipe import Recipe, SetSource, Source
 from verticalft.rundir import RunDir
 from verticalft.stages.registry import model_stages
+
+SectionT = TypeVar("SectionT", bound=BaseModel)  # a recipe section class (stages.<name>)
 
 
 @dataclass
@@ -54,6 +59,18 @@ class StageContext:
     def checkpoints(self) -> Path:
         return self.dir / "checkpoints"
 
+    def stage_section(self, kind: type[SectionT]) -> SectionT:
+        """This stage's own recipe section `stages.<stage>`, typed and never None: the pipeline runs
+        a stage only when its section is present, so inside its `run` an absent section is a caller
+        bug (a stage run by hand on a recipe without it), said here rather than as an
+        AttributeError on None further down."""
+        found = getattr(self.recipe.stages, self.stage, None)
+        if found is None:
+            raise RuntimeError(f"stages.{self.stage}: the {self.stage} stage ran without its recipe section")
+        if not isinstance(found, kind):
+            raise TypeError(f"stages.{self.stage} is a {type(found).__name__}, not a {kind.__name__}")
+        return found
+
     def resolve_model(self, ref: str) -> str:
         """An HF id/path as written in the recipe; `tiny://name` → the folder tiny_models built;
         a GGUF file (`*.gguf`, `pkg://…`) → its HF folder, converted once (gguf_source)."""
@@ -76,18 +93,15 @@ class StageContext:
                 return path
         return self.resolve_model(self.recipe.models.teacher)
 
-    def curated(self, name: str) -> list[Source] | None:
+    def curated(self, name: Kind) -> list[SetSource] | None:
         """A curated set's sources when a curate stage completed in this run, else None (the stage
-        then reads the recipe's raw sources). `corpus`: one folder of Parquet shards. `sft`,
-        `preferences`: a folder per recipe source (`<set>/<i>/`) with that source's weight, so
-        `data.load_sets` weights curated rows as it weights raw ones."""
+        then reads the recipe's raw sources): a folder per recipe source (`<set>/<i>/`) with that
+        source's weight, so `data.load_sets` weights curated rows as it weights raw ones."""
         path = self.run.output("curate", name)
         if not path:
             return None
-        if name == "corpus":
-            return [Source(path=path, license="curated")]
         # curate writes canonical rows: read them as such, no format detection
-        fmt = {"sft": "messages", "preferences": "preference"}[name]
+        fmt: FormatName = "messages" if name == "sft" else "preference"
         raw = getattr(self.recipe.data, name) or []
         folders = [(Path(path) / str(i), s) for i, s in enumerate(raw)]
         # a source curation kept no row of has no folder
@@ -97,8 +111,18 @@ class StageContext:
             if f.is_dir()
         ]
 
+    def set_sources(self, name: Kind) -> list[SetSource]:
+        """What this stage trains on from `data.<name>`: the curated set when curate ran, else the
+        recipe's raw sources; a recipe without that set is an error naming its key."""
+        sources = self.curated(name) or getattr(self.recipe.data, name)
+        if not sources:
+            raise ValueError(f"stages.{self.stage}: needs data.{name}")
+        return sources
+
     def curated_corpus(self) -> list[Source] | None:
-        return self.curated("corpus")
+        """The curated corpus (one folder of Parquet shards) when curate ran, else None."""
+        path = self.run.output("curate", "corpus")
+        return [Source(path=path, license="curated")] if path else None
 
     def eval_items(self) -> list[dict[str, Any]]:
         """The recipe's eval items (checked, as the eval stage reads them) for the quick eval."""

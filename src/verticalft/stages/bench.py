@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from verticalft.chat_templates import chosen_template_path
+from verticalft.recipe import BenchStage
 from verticalft.rundir import atomic_write_json
 from verticalft.serving.benchmark import (
     BenchClient,
@@ -76,12 +77,12 @@ def plan_units(models: list[RunModel], use_lora: bool) -> tuple[list[Unit], dict
     merged_because: dict[str, str] = {}
     for m in models:
         problem = lora_problem(m.adapter) if (use_lora and m.adapter and m.base_model) else "no adapter"
-        if problem is None:
-            units.setdefault(m.base_model, Unit(m.base_model)).loras[m.name] = m.adapter  # type: ignore[index]
-        else:
+        if problem is not None:
             if m.adapter and use_lora:
                 merged_because[m.name] = problem
             units.setdefault(m.path, Unit(m.path)).base_name = m.name
+        elif m.base_model and m.adapter:  # both are set whenever problem is None
+            units.setdefault(m.base_model, Unit(m.base_model)).loras[m.name] = m.adapter
     return list(units.values()), merged_because
 
 
@@ -170,7 +171,7 @@ def measure(
 ) -> dict[str, Any]:
     """One point of the sweep at concurrency `c`, measured `repeats` times (vLLM result file and
     printed table per repeat), combined into one point that carries its spread."""
-    cfg = ctx.recipe.stages.bench
+    cfg = ctx.stage_section(BenchStage)
     slo = cfg.slo
     configured = n = cfg.num_prompts or max(16, 4 * c)
     repeats: list[dict[str, Any]] = []
@@ -233,7 +234,7 @@ def fit_runs(
 def bench_unit(
     ctx: StageContext, client: BenchClient, unit: Unit, by_name: dict[str, RunModel], teacher: str | None
 ) -> dict[str, dict[str, Any]]:
-    cfg = ctx.recipe.stages.bench
+    cfg = ctx.stage_section(BenchStage)
     served = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
     label = served[0] if unit.base_name else f"{served[0]}-base"
     gpus = max(cfg.gpus_for(n, n == teacher) for n in served)
@@ -293,7 +294,7 @@ def bench_unit(
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.recipe.stages.bench
+    cfg = ctx.stage_section(BenchStage)
     models = models_in_run(ctx, include_base=True)
     selected = select_models(cfg.models, models)
     units, merged_because = plan_units(selected, cfg.lora)

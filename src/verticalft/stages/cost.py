@@ -41,9 +41,9 @@ def throughput_scale(ctx: StageContext, serve_gpu: str, device: dict[str, Any] |
     stated = ctx.recipe.cost.throughput_scale
     if stated is not None:
         return stated
-    if same_device(serve_gpu, device) is False:
+    if device is not None and same_device(serve_gpu, device) is False:
         raise ValueError(
-            f"the bench measured throughput on {device.get('name')} ({device.get('kind')}) but "  # type: ignore[union-attr]
+            f"the bench measured throughput on {device.get('name')} ({device.get('kind')}) but "
             f"cost.serve_gpu is '{serve_gpu}': run the bench on a {serve_gpu}, or state the assumption "
             f"as cost.throughput_scale (throughput on {serve_gpu} ÷ throughput measured); the report shows it"
         )
@@ -127,7 +127,9 @@ def price_model(
         mix = cfg.input_fraction
         costs = c.TokenSeconds(costs.input_s / scale, costs.output_s / scale, costs.clamped)
         capacity = costs.capacity(mix)
-        per_kind = {  # marginal prices: a mix of only input (fraction 1) or only output (0) tokens
+        per_kind: dict[
+            str, float | None
+        ] = {  # marginal prices: a mix of only input (fraction 1) or only output (0) tokens
             "input_usd_per_m": round(c.usd_per_million_at_mix(costs, 1.0, usd_per_hour, gpus), 6),
             "output_usd_per_m": round(c.usd_per_million_at_mix(costs, 0.0, usd_per_hour, gpus), 6),
         }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,17 @@ from verticalft.curation.audit import dropped_row, sample_dropped
 from verticalft.curation.noise_check import check_planted_noise, noise_labels
 from verticalft.curation.record_sets import curate_records
 from verticalft.curation.semantic import inline_seeds
-from verticalft.curation.sharded_steps import corpus_steps
+from verticalft.curation.sharded_steps import CuratedCorpus, corpus_steps
 from verticalft.curation.shards import (
+    InputShard,
     ShardSummaries,
     cut_shards,
     read_parquet,
     run_shards,
     write_parts,
 )
-from verticalft.curation.sources import eval_prompts
+from verticalft.curation.sources import Quarantined, eval_prompts
+from verticalft.recipe import CurateStage, Data
 from verticalft.rundir import write_jsonl
 from verticalft.stages.base import StageContext, StageResult
 
@@ -46,7 +49,8 @@ SETS = (("sft", ("messages",)), ("preferences", ("prompt", "chosen", "rejected")
 
 
 def run(ctx: StageContext) -> StageResult:
-    recipe, cfg, out = ctx.recipe, inline_seeds(ctx.recipe.stages.curate), ctx.dir
+    recipe, out = ctx.recipe, ctx.dir
+    cfg: CurateStage = inline_seeds(ctx.stage_section(CurateStage))
     # Only the keys the recipe set: rule blocks overlay their preset with exactly those (a
     # default-filled dump would read as "every threshold set"). Where the work runs is no part of
     # what a shard produces, so switching executors reuses finished shards.
@@ -57,6 +61,52 @@ def run(ctx: StageContext) -> StageResult:
     shards, quarantined, read = cut_shards(
         recipe.data.corpus, cfg.shard_size, cfg_json, eval_json, out / "shards"
     )
+    merged, corpus = _corpus(
+        shards, cfg, cfg_json=cfg_json, eval_json=eval_json, eval_items=eval_items, out=out
+    )
+    dropped = merged.dropped
+    noise = _noise_check(recipe.data.corpus, cfg, out / "corpus", dropped)
+    sets, emptied = _record_sets(
+        recipe.data,
+        cfg,
+        eval_items=eval_items,
+        freq=merged.freq,
+        quarantined=quarantined,
+        dropped=dropped,
+        out=out,
+    )
+    quarantined = _write_audit(cfg, quarantined=quarantined, dropped=dropped, flagged=corpus.flagged, out=out)
+    metrics = _metrics(
+        cfg, read=read, shards=shards, merged=merged, corpus=corpus, sets=sets, quarantined=quarantined
+    )
+    if noise:
+        metrics["planted_noise"] = noise
+    from verticalft.curation.curation_report import write_report
+
+    report = write_report(out, recipe.name, metrics)
+    outputs = {"corpus": str(out / "corpus"), "report": str(report), "dropped": str(out / "dropped")}
+    outputs |= {name: str(out / name) for name in sets}
+    summary = (
+        f"{read} docs → {corpus.n_kept} kept, {metrics['dropped']} dropped, {len(quarantined)} quarantined"
+        + "".join(f"; {n} {s['in']} → {s['kept']}" for n, s in sets.items())
+    )
+    if emptied:  # the report and quarantine.jsonl are written: the user can read why
+        raise ValueError(" | ".join(emptied) + f" (every row: {out / 'quarantine.jsonl'}, {report})")
+    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+
+
+def _corpus(
+    shards: list[InputShard],
+    cfg: CurateStage,
+    *,
+    cfg_json: str,
+    eval_json: str,
+    eval_items: list[list[str]],
+    out: Path,
+) -> tuple[ShardSummaries, CuratedCorpus]:
+    """Steps 2 and 3 in one executor session: the per-document chain on every input shard (their
+    summaries folded as they arrive), then the global steps over the shard files; every corpus
+    drop ends in the summaries' `dropped`, and the funnel is checked."""
     merged = ShardSummaries(cfg.max_dropped_per_reason)
     with executors.session(cfg.executor, cfg.num_workers):
         run_shards(shards, cfg_json, eval_json, out / "shards", cfg.executor, cfg.num_workers, merged)
@@ -69,14 +119,28 @@ def run(ctx: StageContext) -> StageResult:
             funnel=merged.funnel,
             out=out,
         )
-    dropped, funnel, freq = merged.dropped, merged.funnel, merged.freq
-    dropped += corpus.dropped
-    funnel.check()
-    noise = _noise_check(recipe.data.corpus, cfg, out / "corpus", dropped)
+    merged.dropped += corpus.dropped
+    merged.funnel.check()
+    return merged, corpus
 
-    sets, emptied = {}, []
+
+def _record_sets(
+    data: Data,
+    cfg: CurateStage,
+    *,
+    eval_items: list[list[str]],
+    freq: Counter[str],
+    quarantined: list[Quarantined],
+    dropped: list[dict[str, Any]],
+    out: Path,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The SFT and preference sets through the field-aware rules: each set's summary by name, and
+    why each set that kept no row is empty. Their quarantined and dropped rows are appended to
+    `quarantined` and `dropped` (the stage's audit lists)."""
+    sets: dict[str, dict[str, Any]] = {}
+    emptied: list[str] = []
     for name, required in SETS:
-        sources = getattr(recipe.data, name)
+        sources = getattr(data, name)
         if sources:
             sets[name] = curate_records(
                 name=name,
@@ -92,7 +156,20 @@ def run(ctx: StageContext) -> StageResult:
                 emptied.append(_emptied(name, paths, sets[name]["quarantined"], sets[name]["dropped_rows"]))
             quarantined += sets[name].pop("quarantined")
             dropped += sets[name].pop("dropped_rows")
+    return sets, emptied
 
+
+def _write_audit(
+    cfg: CurateStage,
+    *,
+    quarantined: list[Quarantined],
+    dropped: list[dict[str, Any]],
+    flagged: list[dict[str, Any]],
+    out: Path,
+) -> list[Quarantined]:
+    """`dropped/*.parquet` (every drop, or the first `max_dropped_per_reason` of each reason),
+    `quarantine.jsonl` and `flagged.jsonl`; returns the quarantined rows as written (PII redacted
+    when `cfg.pii`), which the metrics sample."""
     write_parts([dropped_row(r, cfg.pii) for r in sample_dropped(dropped, cfg.max_dropped_per_reason)],
                 out / "dropped", max(cfg.shard_size, 1))  # fmt: skip
     if cfg.pii:
@@ -101,9 +178,23 @@ def run(ctx: StageContext) -> StageResult:
     write_jsonl(
         out / "quarantine.jsonl", [q.__dict__ for q in quarantined], sort_keys=True, ensure_ascii=True
     )
-    write_jsonl(out / "flagged.jsonl", corpus.flagged, sort_keys=True, ensure_ascii=True)
+    write_jsonl(out / "flagged.jsonl", flagged, sort_keys=True, ensure_ascii=True)
+    return quarantined
 
-    metrics: dict[str, Any] = {
+
+def _metrics(
+    cfg: CurateStage,
+    *,
+    read: int,
+    shards: list[InputShard],
+    merged: ShardSummaries,
+    corpus: CuratedCorpus,
+    sets: dict[str, dict[str, Any]],
+    quarantined: list[Quarantined],
+) -> dict[str, Any]:
+    """The stage's manifest metrics: counts, the funnel, per-filter details, the record sets."""
+    funnel = merged.funnel
+    return {
         "read": read,
         "quarantined": len(quarantined),
         "kept": corpus.n_kept,
@@ -119,20 +210,6 @@ def run(ctx: StageContext) -> StageResult:
         "records": sets,
         "quarantine": [q.__dict__ for q in quarantined[:50]],
     }
-    if noise:
-        metrics["planted_noise"] = noise
-    from verticalft.curation.curation_report import write_report
-
-    report = write_report(out, recipe.name, metrics)
-    outputs = {"corpus": str(out / "corpus"), "report": str(report), "dropped": str(out / "dropped")}
-    outputs |= {name: str(out / name) for name in sets}
-    summary = (
-        f"{read} docs → {corpus.n_kept} kept, {metrics['dropped']} dropped, {len(quarantined)} quarantined"
-        + "".join(f"; {n} {s['in']} → {s['kept']}" for n, s in sets.items())
-    )
-    if emptied:  # the report and quarantine.jsonl are written: the user can read why
-        raise ValueError(" | ".join(emptied) + f" (every row: {out / 'quarantine.jsonl'}, {report})")
-    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
 
 
 def _emptied(name: str, path: str, quarantined: list[Any], dropped: list[dict[str, Any]]) -> str:

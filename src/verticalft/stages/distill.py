@@ -25,7 +25,7 @@ import gc
 import json
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from verticalft.distill.students import (
@@ -50,6 +50,7 @@ from verticalft.distill.teacher import (
 from verticalft.launch import FailedOnAnotherRank, any_rank, is_main_process, rank, world_size
 from verticalft.models import load_tokenizer
 from verticalft.pruning import pruning_record
+from verticalft.recipe import DistillStage
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 from verticalft.stages.training import PeakRss, fmt_score, quick_eval
@@ -67,9 +68,12 @@ class TeacherSide:
 
     teacher: Any = None  # the loaded teacher, only where a student needs it in memory (online logits)
     eval: dict[str, Any] | None = None  # its quick eval (rank 0), the base of every retention
-    examples: list[dict[str, list[int]]] | None = None  # logits: tokenized conversations + masks
+    # built only when a student is to train (none: left empty)
+    examples: list[dict[str, list[int]]] = field(
+        default_factory=list
+    )  # logits: tokenized conversations + masks
     cache: Any = None  # logits with `cache: true`: the top-k cache (distill/cache.py)
-    rows: list[dict[str, Any]] | None = None  # sequence: the teacher's curated answers
+    rows: list[dict[str, Any]] = field(default_factory=list)  # sequence: the teacher's curated answers
 
     @property
     def score(self) -> float | None:
@@ -77,7 +81,7 @@ class TeacherSide:
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg, recipe = ctx.recipe.stages.distill, ctx.recipe
+    cfg, recipe = ctx.stage_section(DistillStage), ctx.recipe
     t_path, studs, fp = teacher_path(ctx), students(ctx), _fingerprint(ctx)
     vocab = vocab_preflight(
         t_path, studs, cfg.kind, recipe.models.trust_remote_code, recipe.models.chat_template
@@ -148,7 +152,7 @@ def _teacher_side(
 ) -> TeacherSide:
     """Load and score the teacher, then build what the students need from it (the logit cache or
     the curated answers) and unload it when no student needs it in memory."""
-    cfg = ctx.recipe.stages.distill
+    cfg = ctx.stage_section(DistillStage)
     side = TeacherSide()
     # Under a launcher only rank 0 scores the teacher (it writes the results); with a cache every
     # rank loads it for its share of the parts (build_cache); online logits need it everywhere.
@@ -198,7 +202,7 @@ def _train_student(
     fp: str,
 ) -> dict[str, Any]:
     """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
-    kind = sctx.recipe.stages.distill.kind
+    kind = sctx.stage_section(DistillStage).kind
     if kind == "logits":
         done = train_logits(
             sctx,

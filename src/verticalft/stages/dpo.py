@@ -12,6 +12,7 @@ from typing import Any
 from verticalft.chat_templates import with_template_kwargs
 from verticalft.data import split_sets
 from verticalft.models import load_tokenizer, lora_config
+from verticalft.recipe import DpoStage
 from verticalft.stages.base import StageContext, StageResult
 from verticalft.stages.training import TrainingJob, fmt_score, train_model
 
@@ -28,11 +29,12 @@ def _rewards(evaluated: dict[str, float]) -> dict[str, Any]:
 def run(ctx: StageContext) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
-    recipe, cfg = ctx.recipe, ctx.recipe.stages.dpo
+    recipe, cfg = ctx.recipe, ctx.stage_section(DpoStage)
     base = ctx.input_model()
     # held-out pairs drawn before the sources' weights apply (data.split_sets)
-    sources = ctx.curated("preferences") or recipe.data.preferences
-    parts = split_sets(sources, "preferences", recipe.compute.seed, lambda n: cfg.eval_fraction)
+    parts = split_sets(
+        ctx.set_sources("preferences"), "preferences", recipe.compute.seed, lambda n: cfg.eval_fraction
+    )
     kwargs = recipe.models.chat_template_kwargs  # TRL renders rows with them
     split = {
         name: with_template_kwargs(d.select_columns(["prompt", "chosen", "rejected"]), kwargs)

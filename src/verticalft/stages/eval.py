@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 from verticalft.data import DataError
+from verticalft.recipe import EvalStage
 from verticalft.rundir import atomic_write_text
 from verticalft.scoring import confidence, item_fields, item_messages, load_items, score_items, summarise
 from verticalft.serving.offline import pick_backend
@@ -41,7 +42,7 @@ def generate_all(
 ) -> dict[str, dict[str, list[Any]]]:
     """Greedy completions of every chat (an item's messages: `scoring.item_messages`) by every
     model: {model: {texts, finish_reasons, mean_logprobs}}."""
-    cfg = ctx.recipe.stages.eval
+    cfg = ctx.stage_section(EvalStage)
     kwargs = ctx.recipe.models.chat_template_kwargs  # template variables, e.g. enable_thinking: false
     if backend == "vllm":
         from verticalft.chat_templates import chosen_template
@@ -69,14 +70,14 @@ def generate_all(
     import gc
 
     from verticalft.models import load_model, load_tokenizer
-    from verticalft.scoring import generate
+    from verticalft.scoring import generate as generate_hf  # not serving.offline's vLLM one
 
     batch = ctx.recipe.evaluation.batch_size
-    results = {}
+    results: dict[str, dict[str, list[Any]]] = {}
     for m in models:
         model = load_model(m.path, "none", ctx.recipe.models.trust_remote_code, inference=True)
         tokenizer = load_tokenizer(m.path, ctx.recipe.models.chat_template)
-        done = generate(model, tokenizer, chats, max_new_tokens, batch, kwargs)
+        done = generate_hf(model, tokenizer, chats, max_new_tokens, batch, kwargs)
         results[m.name] = {
             "texts": [c.text for c in done],
             "finish_reasons": [c.finish_reason for c in done],
@@ -120,7 +121,7 @@ def check_gates(gates: Any, scores: dict[str, Any], teacher: str, base: str | No
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg, ev = ctx.recipe.stages.eval, ctx.recipe.evaluation
+    cfg, ev = ctx.stage_section(EvalStage), ctx.recipe.evaluation
     sets = {"domain": ctx.recipe.data.eval, "general": ctx.recipe.data.general_eval}
     items = {k: load_items(src, cfg.max_items or ev.max_items) for k, src in sets.items() if src is not None}
     if not items.get("domain"):
@@ -136,7 +137,8 @@ def run(ctx: StageContext) -> StageResult:
     scores: dict[str, Any] = {}
     outputs: dict[str, str] = {}
     for m in models:
-        gen, start, per_model = generations[m.name], 0, {"role": m.role, "path": m.path}
+        gen, start = generations[m.name], 0
+        per_model: dict[str, Any] = {"role": m.role, "path": m.path}
         lines = []
         for set_name, rows in items.items():
             texts = gen["texts"][start : start + len(rows)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from verticalft.recipe import Data, Recipe, Source
+    from verticalft.recipe import Data, Recipe, SetSource, Source
     from verticalft.stages.base import StageContext, StageResult
 
 # Trainer keys every training stage sets itself, and what controls each (see `Training.managed`).
@@ -110,10 +110,16 @@ def _curate_section(recipe: Recipe) -> dict[str, Any]:
 
 def _curate_seeds(recipe: Recipe) -> list[str]:
     """Seed documents of the embedding filter: inputs like the data files."""
+    from verticalft.curation.filters import SemanticRelevanceFilter
+
     cur = recipe.stages.curate
-    return [
-        p for f in (cur.filters if cur else []) if f.semantic_relevance for p in f.semantic_relevance.seeds
-    ]
+    blocks = [f.config for f in (cur.filters if cur else [])]
+    return [p for b in blocks if isinstance(b, SemanticRelevanceFilter) for p in b.seeds]
+
+
+def _or_absent(sources: list[SetSource] | None) -> list[Source | None]:
+    """A set's sources, or [None] for a set the recipe leaves out (see `Stage.inputs`)."""
+    return [*sources] if sources else [None]
 
 
 def _curate_notes(m: dict[str, Any]) -> list[str]:
@@ -137,14 +143,14 @@ def _adapter_method(section: Any) -> str:
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="tiny_models",
-        inputs=lambda d: [*d.corpus, *(d.sft or [None])],
+        inputs=lambda d: [*d.corpus, *_or_absent(d.sft)],
         enabled_when=lambda r: bool(r.models.tiny_refs()),
         section_from=lambda r: r.tiny.model_dump(),
         report_notes=_tiny_notes,
     ),
     Stage(
         name="curate",
-        inputs=lambda d: [*d.corpus, *(d.sft or [None]), *(d.preferences or [None]), d.eval],
+        inputs=lambda d: [*d.corpus, *_or_absent(d.sft), *_or_absent(d.preferences), d.eval],
         section_from=_curate_section,
         extra_files=_curate_seeds,
         source_keys_ignored=frozenset({"weight"}),  # it writes each row once; the readers apply it
@@ -171,7 +177,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="sft",
-        inputs=lambda d: [*(d.sft or [None]), d.eval],
+        inputs=lambda d: [*_or_absent(d.sft), d.eval],
         requires="sft",
         checks_sets=("sft",),
         training=Training(
@@ -189,7 +195,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="dpo",
-        inputs=lambda d: [*(d.preferences or [None]), d.eval],
+        inputs=lambda d: [*_or_absent(d.preferences), d.eval],
         requires="preferences",
         checks_sets=("preferences",),
         training=Training(
@@ -207,7 +213,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="distill",
-        inputs=lambda d: [*(d.sft or [None]), d.eval],
+        inputs=lambda d: [*_or_absent(d.sft), d.eval],
         checks_sets=("sft",),
         training=Training(
             config="SFTConfig",
@@ -254,6 +260,15 @@ def stage(name: str) -> Stage:
         if s.name == name:
             return s
     raise KeyError(name)
+
+
+def training_of(name: str) -> Training:
+    """How training stage `name` trains (an error for a stage that trains nothing: the caller
+    meant one of `training_stages()`)."""
+    found = stage(name).training
+    if found is None:
+        raise ValueError(f"{name} is not a training stage; those are {', '.join(training_stages())}")
+    return found
 
 
 def stage_order() -> list[str]:

@@ -121,6 +121,19 @@ def route_cascade(
     }
 
 
+def with_teacher(cascades: list[list[str]], teacher: str | None) -> list[list[str]]:
+    """The cascades with `teacher` replaced by the model the eval stage scored as the final teacher
+    (None: it scored none, `stages.eval.include_base: false` and no trained teacher stage)."""
+    if teacher is not None:
+        return [[teacher if n == "teacher" else n for n in cas] for cas in cascades]
+    if any("teacher" in cas for cas in cascades):
+        raise ValueError(
+            "route: a cascade ends in 'teacher' but the eval stage scored no teacher "
+            "(stages.eval.include_base: false and no cpt/sft/dpo stage); name the tiers in route.cascades"
+        )
+    return cascades
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.recipe.route
     ev = ctx.run.record("eval")
@@ -132,7 +145,7 @@ def run(ctx: StageContext) -> StageResult:
     items = next(iter(rows.values()))
     students = [n for n, m in (ev.metrics.get("models") or {}).items() if m.get("role") == "student"]
     cascades = cfg.cascades or [[s, "teacher"] for s in students if s in priced]
-    cascades = [[teacher if n == "teacher" else n for n in cas] for cas in cascades]
+    cascades = with_teacher(cascades, teacher)
     for cas in cascades:
         for n in cas:
             if n.startswith("api:") and n not in rows:
