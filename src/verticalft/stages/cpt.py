@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> StageResult:
         "eval_loss": loss_after,
         "heldout_perplexity_before": ppl_before,
         "heldout_perplexity_after": ppl_after,
-        "eval_base": done.eval_before,
+        "eval_before": done.eval_before,
     }
     summary = f"held-out perplexity {ppl_before} → {ppl_after}, {metrics['tokens_seen']:,} tokens"
     return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)
