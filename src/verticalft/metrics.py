@@ -59,7 +59,9 @@ __all__ = [
     "TrainingMetrics",
     "from_dict",
     "load_run",
+    "score_of",
     "to_dict",
+    "trained",
 ]
 
 R = TypeVar("R")
@@ -88,6 +90,7 @@ class Score:
     n: int | None = None
     by_task: dict[str, float] = field(default_factory=dict)
     by_difficulty: dict[str, float] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = sometimes(factory=list)  # the quick eval's first answers
 
 
 @dataclass(kw_only=True)
@@ -553,19 +556,26 @@ def _renamed(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {renames.get(k, k): v for k, v in metrics.items()}
 
 
-def from_dict(cls: type[R], data: Any, where: str = "metrics") -> R:
+def from_dict(cls: type[R], data: Any, where: str = "metrics", *, strict: bool = False) -> R:
     """`data` (a manifest dict) as a `cls` record, nested records included; a key the record needs
-    and `data` lacks is a `MetricsError` naming `where` (the key path) and the keys it has."""
+    and `data` lacks is a `MetricsError` naming `where` (the key path) and the keys it has.
+
+    `strict` (a stage checking what it is about to write): a key the record does not name is an
+    error too, so a figure is never dropped from the manifest unnoticed. Reading a manifest is
+    not strict: keys an older toolkit wrote are ignored."""
     if not isinstance(data, dict):
         raise MetricsError(f"{where}: expected an object ({cls.__name__}), got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if strict and unknown and "extra" not in names:
+        raise MetricsError(f"{where}: {', '.join(unknown)} not in {cls.__name__} (verticalft.metrics)")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name == "extra":
             values["extra"] = {k: v for k, v in data.items() if k not in names}
         elif f.name in data:
-            values[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+            values[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}", strict)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise MetricsError(
                 f"{where}: no '{f.name}' ({cls.__name__} needs it); has: {', '.join(sorted(data)) or 'nothing'}"
@@ -573,23 +583,34 @@ def from_dict(cls: type[R], data: Any, where: str = "metrics") -> R:
     return cls(**values)
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def _convert(hint: Any, value: Any, where: str, strict: bool) -> Any:
     """`value` read as `hint`: records, and lists / dicts / optionals of them; anything else as is."""
     if value is None:
         return None
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         inner = [a for a in get_args(hint) if a is not type(None)]
-        return _convert(inner[0], value, where) if len(inner) == 1 else value
+        return _convert(inner[0], value, where, strict) if len(inner) == 1 else value
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return from_dict(hint, value, where)
+        return from_dict(hint, value, where, strict=strict)
     if origin is list and isinstance(value, list):
         (item,) = get_args(hint)
-        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_convert(item, v, f"{where}[{i}]", strict) for i, v in enumerate(value)]
     if origin is dict and isinstance(value, dict):
         _, item = get_args(hint)
-        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _convert(item, v, f"{where}.{k}", strict) for k, v in value.items()}
     return value
+
+
+def trained(metrics: dict[str, Any], where: str) -> dict[str, Any]:
+    """A trainer run's figures (`stages.training.Trained.metrics`) as the keyword arguments of a
+    stage's record (`CptMetrics(**trained(done.metrics, "cpt"), domain_docs=…)`), checked strictly."""
+    return vars(from_dict(TrainingMetrics, metrics, f"stages.{where}.metrics", strict=True))
+
+
+def score_of(summary: dict[str, Any] | None) -> Score | None:
+    """A quick eval's summary (`scoring.summarise`, None where it did not run) as a `Score`."""
+    return None if summary is None else from_dict(Score, summary, "score", strict=True)
 
 
 def to_dict(record: Any) -> Any:
