@@ -28,6 +28,7 @@ from verticalft.metrics import (
     CptMetrics,
     DistillMetrics,
     DpoMetrics,
+    MetricsError,
     RouteMetrics,
     RunMetrics,
     load_run,
@@ -559,12 +560,18 @@ def _funnel(run: RunMetrics, root: Path) -> Path | None:
 
 
 def write_report(run: RunDir, title: str) -> str:
+    """report.md and its plots from the run's manifest; a manifest that does not match the metrics
+    contract is a `MetricsError` naming the file and the key, before anything is written."""
     manifest = run.manifest()
+    try:
+        loaded = load_run(manifest)
+    except MetricsError as exc:
+        raise MetricsError(f"{run.manifest_path}: {exc}") from None
     path = run.root / "report.md"
     from verticalft.plots import write_plots
 
     images = dict(write_plots(manifest, run.root / "plots"))
-    funnel = _funnel(load_run(manifest), run.root)
+    funnel = _funnel(loaded, run.root)
     if funnel:
         images["funnel"] = funnel
     rel = {k: Path(os.path.relpath(p, run.root)).as_posix() for k, p in images.items()}
