@@ -498,7 +498,7 @@ class RunMetrics:
     cost: CostMetrics | None = None
     route: RouteMetrics | None = None
 
-    def trained(self, stage: str) -> CptMetrics | SftMetrics | DpoMetrics | None:
+    def training(self, stage: str) -> CptMetrics | SftMetrics | DpoMetrics | None:
         """The training record of cpt / sft / dpo (None for any other stage or one not run)."""
         return {"cpt": self.cpt, "sft": self.sft, "dpo": self.dpo}.get(stage)
 

@@ -21,9 +21,9 @@ def _loss_curves(run: RunMetrics) -> dict[str, list[tuple[float, float]]]:
     """Every loss curve in the run: training stages, then each distilled student."""
     curves: dict[str, list[LossPoint]] = {}
     for name in run.stage_order:
-        trained = run.trained(name)
-        if trained and trained.loss_curve:
-            curves[name] = trained.loss_curve
+        training = run.training(name)
+        if training and training.loss_curve:
+            curves[name] = training.loss_curve
         students = run.distill.students if name == "distill" and run.distill else {}
         for student, st in students.items():
             if st.train.loss_curve:

@@ -482,7 +482,7 @@ def _stage_section(run: RunMetrics, images: dict[str, str]) -> list[str]:
     lines += [_stage_row(run, name) for name in run.stage_order]
     lines += _img(images, "loss_curves") + _img(images, "funnel")
     final = next(
-        (t.eval_after for s in reversed(run.stage_order) if (t := run.trained(s)) and t.eval_after), None
+        (t.eval_after for s in reversed(run.stage_order) if (t := run.training(s)) and t.eval_after), None
     )
     if final:
         lines += [
@@ -499,7 +499,7 @@ def _stage_section(run: RunMetrics, images: dict[str, str]) -> list[str]:
 
 def _stage_row(run: RunMetrics, name: str) -> str:
     """A stage's status and wall time; for cpt/sft/dpo its tokens, losses, scores and notes."""
-    rec, t = run.stages[name], run.trained(name)
+    rec, t = run.stages[name], run.training(name)
     notes = []
     if isinstance(t, CptMetrics) and t.heldout_perplexity_before is not None:
         notes.append(
