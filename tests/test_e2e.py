@@ -79,7 +79,7 @@ def test_recipe_end_to_end(tiny_run):
         assert metrics["last_loss"] < metrics["first_loss"]
         assert metrics["tokens_seen"] > 0 and metrics["steps"] > 0
     # The aligned teacher is clearly better on the domain eval than the base tiny model.
-    base = cpt["eval_base"]["score"]
+    base = cpt["eval_before"]["score"]
     margin = 0.1 if recipe == FULL_QUALITY else 0.0
     assert sft["eval_after"]["score"] > base + margin
     assert dpo["eval_after"]["score"] > base + margin
@@ -354,6 +354,12 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
     report = (root / "report.md").read_text()
     for name in ("dpo", "student-s"):
         assert name in report
+    # Every priced model's Decision row is filled: a key renamed between a stage and the report
+    # would show "–" (the last cell, LoRA parity, is "–" for a model served as merged weights).
+    decision = report[report.index("## Decision") : report.index("\n## ", report.index("## Decision"))]
+    for name in cost["models"]:
+        row = next(line for line in decision.splitlines() if line.startswith(f"| {name} |"))
+        assert not [cell for cell in row.split("|")[1:-2] if "–" in cell], row
     assert _api_servers(runs) == []
 
     # `verticalft report` re-prices from what was measured, without serving anything.

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from verticalft import metrics as mx
 from verticalft.formatting import usd
 from verticalft.report import render, write_report
 from verticalft.rundir import RunDir, atomic_write_json
@@ -270,3 +271,210 @@ def test_unstable_repeats_are_flagged_not_priced_silently(manifest: dict[str, An
     text = render(manifest, "t")
     assert "⚠ repeats disagree" in _row(text, "student-s")
     assert "`student-s` concurrency 4" in _section(text, "Decision")
+
+
+# ---- the metrics contract: the stages' records in, every Decision cell out
+
+
+def _score(x: float) -> mx.Score:
+    return mx.Score(score=x, n=20, by_task={"extract": x}, by_difficulty={"1": x})
+
+
+def _point(c: int, out_tps: float, p50: float, p99: float) -> mx.BenchPoint:
+    return mx.BenchPoint(
+        max_concurrency=c,
+        duration=4.0,
+        output_throughput=out_tps,
+        input_throughput=2 * out_tps,
+        median_e2el_ms=p50,
+        p99_e2el_ms=p99,
+        median_ttft_ms=10.0,
+        p99_ttft_ms=20.0,
+        meets_slo=True,
+        decode_tpot_ms=2.0,
+        tpot_method="per-token chunks",
+    )
+
+
+def _bench_model(name: str, sweep: list[mx.BenchPoint]) -> mx.BenchModel:
+    return mx.BenchModel(
+        served_as="base + LoRA (--enable-lora)",
+        model=f"/{name}",
+        base_model="/sft",
+        adapter=f"/{name}/a",
+        weight_bytes=1_000_000,
+        gpus=1,
+        sweep=sweep,
+        operating_concurrency=4,
+        fit_point=None,
+        fit_runs=[],
+        parity=mx.Parity(prompts=16, identical=15, match_rate=0.9375),
+    )
+
+
+def _cost_model(
+    conc: int, effective: float, saturated: float, p50: float, p99: float, tps: float
+) -> mx.CostModel:
+    sonnet = mx.ApiComparison(
+        api_usd_per_m=6.0,
+        api_monthly_usd=900.0,
+        monthly_savings_usd=828.0,
+        payback_months=0.01,
+        break_even_daily_tokens=400_000,
+        effective_ratio=12.5,
+        saturated_ratio=40.0,
+    )
+    return mx.CostModel(
+        priced_at_concurrency=conc,
+        slo_met=True,
+        gpus=1,
+        token_seconds=None,
+        priced_mix=0.5,
+        mix_note=None,
+        input_usd_per_m=None,
+        output_usd_per_m=None,
+        capacity_tokens_per_s=400.0,
+        saturated_usd_per_m=saturated,
+        effective_usd_per_m=effective,
+        replicas=1,
+        replica_monthly_usd=72.0,
+        self_hosted_monthly_usd=72.0,
+        unstable_points=[],
+        output_tokens_per_s=tps,
+        p50_e2el_ms=p50,
+        p99_e2el_ms=p99,
+        p50_ttft_ms=10.0,
+        p99_ttft_ms=20.0,
+        compare={"claude-sonnet": sonnet},
+        decode_floor_ms=0.02,
+        measured_tpot_ms_at_1=2.0,
+        bandwidth_utilisation=0.01,
+        tpot_method_at_1="per-token chunks",
+    )
+
+
+def _records_manifest() -> dict[str, Any]:
+    """A manifest as the eval, bench and cost stages write it: their records through `to_dict`."""
+    ev = mx.EvalMetrics(
+        backend="vllm",
+        max_new_tokens=16,
+        items={"domain": 20},
+        teacher="dpo",
+        models={
+            "base": mx.EvalModel(role="base", path="/base", domain=_score(0.2)),
+            "dpo": mx.EvalModel(role="teacher", path="/dpo", domain=_score(0.6)),
+            "student-s": mx.EvalModel(
+                role="student",
+                path="/s",
+                domain=_score(0.45),
+                retention=mx.Retention(overall=0.75, by_task={"extract": 0.75}),
+            ),
+        },
+    )
+    bench = mx.BenchMetrics(
+        device=mx.BenchDevice(kind="cpu", name="test cpu", count=2),
+        concurrency=[1, 4],
+        input_len=64,
+        output_len=32,
+        fit_shape=mx.FitShape(input_len=16, output_len=32),
+        slo={"e2el_ms": 5000.0},
+        models={
+            "dpo": _bench_model("dpo", [_point(1, 100.0, 800.0, 900.0), _point(4, 300.2, 900.4, 1_800.2)]),
+            "student-s": _bench_model(
+                "s", [_point(1, 50.0, 1_000.0, 2_000.0), _point(4, 150.7, 1_234.4, 2_345.6)]
+            ),
+        },
+    )
+    assumptions = mx.CostAssumptions(
+        serve_gpu="cpu",
+        serve_usd_per_gpu_hour=0.1,
+        serve_gpu_bandwidth_tb_per_s=0.05,
+        serve_gpu_peak_tflops=1.0,
+        gpus_per_replica={"dpo": 1, "student-s": 1},
+        bench_device=bench.device,
+        throughput_scale=None,
+        train_gpu="cpu",
+        train_usd_per_gpu_hour=0.1,
+        training_gpus=1,
+        mfu={"sft": 0.3},
+        daily_tokens=5_000_000,
+        input_fraction=0.5,
+        peak_to_average=2.0,
+        hours_per_month=720,
+        other_upfront_usd=0.0,
+        api_prices={},
+        note="CPU run.",
+    )
+    cost = mx.CostMetrics(
+        assumptions=assumptions,
+        spend={},
+        upfront_usd=1.0,
+        models={
+            "dpo": _cost_model(4, 0.96, 0.076389, 900.4, 1_800.2, 300.2),
+            "student-s": _cost_model(4, 0.48, 0.152778, 1_234.4, 2_345.6, 150.7),
+        },
+    )
+    records = {"eval": ev, "bench": bench, "cost": cost}
+    return {
+        "stage_order": list(records),
+        "stages": {n: {"status": "done", "metrics": mx.to_dict(r)} for n, r in records.items()},
+    }
+
+
+def test_every_decision_cell_of_a_priced_model_comes_from_the_stages_records() -> None:
+    m = json.loads(json.dumps(_records_manifest()))  # as written to and read from manifest.json
+    text = render(m, "t")
+    # By hand: usd() gives 4 significant digits below $1 ($0.076389 → $0.07639, $0.48 → $0.48);
+    # latency and tok/s are rounded to whole numbers; parity is identical/prompts.
+    assert _row(text, "dpo") == (
+        "| dpo | teacher (final) | 0.600 | 1.000 | $0.96 | $0.07639 | 900 / 1,800 | 300 | 4 | 15/16 |"
+    )
+    assert _row(text, "student-s") == (
+        "| student-s | student | 0.450 | 0.750 | $0.48 | $0.1528 | 1,234 / 2,346 | 151 | 4 | 15/16 |"
+    )
+    # the unpriced base has no price cells to fill: "–" there is the truth, not a lost key
+    assert _row(text, "base") == "| base | base | 0.200 | – | – | – | – / – | – | – | – |"
+    assert (
+        "**student-s** keeps 75% of the teacher `dpo`'s domain score (0.450 vs 0.600) at 50% of its" in text
+    )
+
+
+def test_a_key_renamed_in_a_stage_fails_loudly_instead_of_rendering_a_dash(manifest: dict[str, Any]) -> None:
+    """Before the contract the report read `.get("effective_usd_per_m")` and showed "–"."""
+    priced = _cost(manifest)["models"]["student-s"]
+    priced["effective_usd_per_million"] = priced.pop("effective_usd_per_m")
+    with pytest.raises(
+        mx.MetricsError, match=r"stages\.cost\.metrics\.models\.student-s: no 'effective_usd_per_m'"
+    ):
+        render(manifest, "t")
+    # the writing side: a figure a stage adds without naming it in its record is refused too
+    figures = {
+        "loss_curve": [],
+        "first_loss": 1.0,
+        "last_loss": 0.5,
+        "tokens_seen": 10,
+        "steps": 1,
+        "train_seconds": 1.0,
+    }
+    assert mx.trained(figures, "sft")["tokens_seen"] == 10
+    with pytest.raises(mx.MetricsError, match=r"stages\.sft\.metrics: tokens_per_s not in TrainingMetrics"):
+        mx.trained({**figures, "tokens_per_s": 3.0}, "sft")
+
+
+def test_a_report_on_a_manifest_off_the_contract_names_the_file(
+    manifest: dict[str, Any], tmp_path: Path
+) -> None:
+    del _cost(manifest)["models"]["dpo"]["saturated_usd_per_m"]
+    with pytest.raises(
+        mx.MetricsError, match=r"manifest\.json: stages\.cost\.metrics\.models\.dpo: no 'saturated_usd_per_m'"
+    ):
+        _run(tmp_path, manifest)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_cpt_score_before_reads_eval_before_and_the_old_eval_base(manifest: dict[str, Any]) -> None:
+    cpt = manifest["stages"]["cpt"]["metrics"]
+    cpt["eval_base"]["score"] = 0.125  # a manifest written before the rename
+    assert "| 0.125 → – |" in _row(_section(render(manifest, "t"), "Stages"), "cpt")
+    cpt["eval_before"] = {**cpt.pop("eval_base"), "score": 0.25}  # as cpt writes it now
+    assert "| 0.250 → – |" in _row(_section(render(manifest, "t"), "Stages"), "cpt")

@@ -17,6 +17,7 @@ from verticalft.recipe import Recipe, RecipeError, Source, load_recipe
 if TYPE_CHECKING:
     from verticalft.formats import Kind
     from verticalft.preview import Rendered
+    from verticalft.rundir import RunDir
 
 # What `verticalft --help` says: for the user (the module docstring above is for developers).
 HELP = (
@@ -255,7 +256,6 @@ def run(
 
     rd = run_dir_for(r, profile, runs_dir)
     console.print(f"[bold]{r.name}[/] ({profile}) → {rd.root}")
-    from verticalft.report import write_report
 
     try:
         outcomes = run_recipe(r, rd, until=until, only=only, force=force, echo=console.print)
@@ -265,11 +265,11 @@ def run(
     except (StageFailed, DataError) as exc:
         err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
         if rd.manifest_path.exists():  # what did finish stays readable
-            console.print(f"report (up to the failure): {write_report(rd, f'{r.name} ({profile})')}")
+            console.print(f"report (up to the failure): {_write_report(rd, f'{r.name} ({profile})')}")
         raise typer.Exit(1) from None
 
     done = sum(o.status == "done" for o in outcomes)
-    report = write_report(rd, f"{r.name} ({profile})")
+    report = _write_report(rd, f"{r.name} ({profile})")
     console.print(
         f"[green]finished[/]: {done} stage(s) ran, {len(outcomes) - done} skipped — "
         f"manifest: {rd.manifest_path}"
@@ -284,7 +284,6 @@ def report(
     """Re-price (the cost stage, from what eval/bench measured) and rebuild report.md + plots."""
     r = _load(recipe, profile, overrides)
     from verticalft.pipeline import StageFailed, enabled_stages, run_dir_for, run_recipe
-    from verticalft.report import write_report
     from verticalft.stages.registry import stage
 
     rd = run_dir_for(r, profile, runs_dir)
@@ -298,7 +297,7 @@ def report(
         except StageFailed as exc:
             err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
             raise typer.Exit(1) from None
-    console.print(f"report: {write_report(rd, f'{r.name} ({profile})')}")
+    console.print(f"report: {_write_report(rd, f'{r.name} ({profile})')}")
 
 
 @app.command()
@@ -309,7 +308,6 @@ def route(
     no GPU. Try other targets with e.g. --set route.target='{max_usd_per_m: 0.5}'."""
     r = _load(recipe, profile, overrides)
     from verticalft.pipeline import StageFailed, run_dir_for, run_recipe
-    from verticalft.report import write_report
 
     rd = run_dir_for(r, profile, runs_dir)
     missing = [s for s in ("eval", "cost") if rd.record(s).status != "done"]
@@ -324,7 +322,7 @@ def route(
     except StageFailed as exc:
         err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
         raise typer.Exit(1) from None
-    console.print(f"report: {write_report(rd, f'{r.name} ({profile})')}")
+    console.print(f"report: {_write_report(rd, f'{r.name} ({profile})')}")
 
 
 @app.command()
@@ -348,6 +346,19 @@ def status(
             s, state, f"{rec.wall_time_s:.1f}s" if rec.wall_time_s else "", _key_metrics(rec.metrics)
         )
     console.print(table)
+
+
+def _write_report(rd: RunDir, title: str) -> str:
+    """report.md, or exit 1 naming the manifest key the metrics contract misses (a run written by
+    another version of the toolkit), instead of a traceback."""
+    from verticalft.metrics import MetricsError
+    from verticalft.report import write_report
+
+    try:
+        return write_report(rd, title)
+    except MetricsError as exc:
+        err_console.print(f"[bold red]error[/]: cannot build the report: {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _key_metrics(m: dict) -> str:

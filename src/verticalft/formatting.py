@@ -1,17 +1,21 @@
-"""Formatting shared by the report and its plots: numbers and dollars readable at any scale, and
-the manifest lookups both need (a stage's metrics, whether serving was measured on CPU)."""
+"""Formatting shared by the report and its plots: numbers and dollars readable at any scale."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    from verticalft.metrics import Score
 
 
-def score(m: dict[str, Any] | None) -> str:
-    return f"{m['score']:.3f}" if isinstance(m, dict) and isinstance(m.get("score"), int | float) else "–"
+def score(m: Score | None) -> str:
+    """A domain eval score as the report shows it ("–": not scored)."""
+    return f"{m.score:.3f}" if m is not None and is_num(m.score) else "–"
 
 
-def is_num(x: Any) -> bool:
+def is_num(x: Any) -> TypeGuard[float]:
+    """A finite number (not a bool): a figure that can be formatted and compared."""
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -30,13 +34,3 @@ def usd(x: Any) -> str:
         return f"{sign}${x:,.2f}"
     digits = max(2, 3 - math.floor(math.log10(x)))  # 4 significant digits, never 1e-05 notation
     return f"{sign}${f'{x:.{digits}f}'.rstrip('0').ljust(4, '0')}"
-
-
-def metrics_of(stages: dict[str, Any], name: str) -> dict[str, Any]:
-    """A stage's metrics from the manifest's `stages` ({} when the stage did not run)."""
-    return (stages.get(name) or {}).get("metrics") or {}
-
-
-def cpu_run(stages: dict[str, Any]) -> bool:
-    """Serving was measured on CPU: every $ and latency figure must say so."""
-    return (metrics_of(stages, "cost").get("assumptions") or {}).get("serve_gpu") == "cpu"

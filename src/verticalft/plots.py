@@ -13,27 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from verticalft.formatting import cpu_run, is_num, metrics_of, num, usd
+from verticalft.formatting import is_num, num, usd
+from verticalft.metrics import BenchPoint, CascadePoint, LossPoint, RunMetrics, load_run
 
 
-def _loss_curves(manifest: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+def _loss_curves(run: RunMetrics) -> dict[str, list[tuple[float, float]]]:
     """Every loss curve in the run: training stages, then each distilled student."""
-    stages = manifest.get("stages", {})
-    order = [s for s in manifest.get("stage_order", []) if s in stages] + [
-        s for s in stages if s not in manifest.get("stage_order", [])
-    ]
-    curves: dict[str, list[dict[str, Any]]] = {}
-    for name in order:
-        m = metrics_of(stages, name)
-        if m.get("loss_curve"):
-            curves[name] = m["loss_curve"]
-        for student, st in (m.get("students") or {}).items():
-            curve = (st.get("train") or {}).get("loss_curve")
-            if curve:
-                curves[f"{name}: {student}"] = curve
+    curves: dict[str, list[LossPoint]] = {}
+    for name in run.stage_order:
+        training = run.training(name)
+        if training and training.loss_curve:
+            curves[name] = training.loss_curve
+        students = run.distill.students if name == "distill" and run.distill else {}
+        for student, st in students.items():
+            if st.train.loss_curve:
+                curves[f"{name}: {student}"] = st.train.loss_curve
     out = {}
     for label, curve in curves.items():
-        pts = [(p["step"], p["loss"]) for p in curve if is_num(p.get("step")) and is_num(p.get("loss"))]
+        pts = [(p.step, p.loss) for p in curve if is_num(p.step) and is_num(p.loss)]
         if pts:
             out[label] = pts
     return out
@@ -56,10 +53,10 @@ def _save(fig: Any, path: Path, title: str) -> Path:
     return path
 
 
-def _plot_loss(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+def _plot_loss(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    curves = _loss_curves(manifest)
+    curves = _loss_curves(run)
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -74,13 +71,15 @@ def _plot_loss(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None
     return _save(fig, path, title)
 
 
-def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+def _plot_latency(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    bench = metrics_of(manifest.get("stages", {}), "bench")
+    if run.bench is None:
+        return None
+    bench = run.bench
     models = {
-        n: sorted((p for p in b.get("sweep") or [] if is_num(p.get("output_throughput"))), key=_conc)
-        for n, b in (bench.get("models") or {}).items()
+        n: sorted((p for p in b.sweep if is_num(p.output_throughput)), key=_conc)
+        for n, b in bench.models.items()
     }
     models = {n: s for n, s in models.items() if s}
     if not models:
@@ -88,9 +87,12 @@ def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, sweep) in enumerate(models.items()):
         color = f"C{i}"
-        x = [p["output_throughput"] for p in sweep]
         for key, style, tag in (("median_e2el_ms", "-o", "p50"), ("p99_e2el_ms", "--s", "p99")):
-            pts = [(xi, p[key], p) for xi, p in zip(x, sweep, strict=True) if is_num(p.get(key))]
+            pts = [
+                (xi, yi, p)
+                for p in sweep
+                if is_num(xi := p.output_throughput) and is_num(yi := getattr(p, key))
+            ]
             if not pts:
                 continue
             ax.plot(
@@ -104,13 +106,13 @@ def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
             if tag == "p50":
                 for xi, yi, p in pts:
                     ax.annotate(
-                        f"c={p.get('max_concurrency')}",
+                        f"c={p.max_concurrency}",
                         (xi, yi),
                         textcoords="offset points",
                         xytext=(4, -10),
                         fontsize=7,
                     )
-    slo = (bench.get("slo") or {}).get("e2el_ms")
+    slo = bench.slo.get("e2el_ms")
     if is_num(slo):
         ax.axhline(slo, color="grey", linestyle=":", label="e2e latency SLO")
     ax.set_xlabel("output tokens/s")
@@ -122,24 +124,23 @@ def _plot_latency(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     return _save(fig, path, title)
 
 
-def _conc(p: dict[str, Any]) -> float:
-    c = p.get("max_concurrency")
+def _conc(p: BenchPoint) -> float:
+    c = p.max_concurrency
     return c if is_num(c) else math.inf
 
 
-def _plot_monthly(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+def _plot_monthly(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    cost = metrics_of(manifest.get("stages", {}), "cost")
-    priced = cost.get("models") or {}
+    if run.cost is None:
+        return None
+    priced = run.cost.models
     apis: dict[str, float] = {}
     for c in priced.values():
-        for api, x in (c.get("compare") or {}).items():
-            if is_num(x.get("api_monthly_usd")):
-                apis.setdefault(api, x["api_monthly_usd"])
-    hosted = {
-        n: c["self_hosted_monthly_usd"] for n, c in priced.items() if is_num(c.get("self_hosted_monthly_usd"))
-    }
+        for api, x in c.compare.items():
+            if is_num(x.api_monthly_usd):
+                apis.setdefault(api, x.api_monthly_usd)
+    hosted = {n: c.self_hosted_monthly_usd for n, c in priced.items() if is_num(c.self_hosted_monthly_usd)}
     if not hosted:
         return None
     labels = [f"{a} (API)" for a in apis] + [f"{n} (self-hosted)" for n in hosted]
@@ -153,24 +154,21 @@ def _plot_monthly(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
         ax.annotate(usd(v), (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("USD per month")
-    daily = (cost.get("assumptions") or {}).get("daily_tokens")
+    daily = run.cost.assumptions.daily_tokens
     title = f"Monthly cost at {num(daily, '{:,.0f}')} tokens/day{suffix}"
     ax.set_title(title)
     return _save(fig, path, title)
 
 
-def _plot_quality(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+def _plot_quality(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    stages = manifest.get("stages", {})
-    ev = metrics_of(stages, "eval").get("models") or {}
-    priced = metrics_of(stages, "cost").get("models") or {}
+    ev = run.eval.models if run.eval else {}
+    priced = run.cost.models if run.cost else {}
     pts = [
-        (n, priced[n]["effective_usd_per_m"], ev[n]["domain"]["score"])
+        (n, x, ev[n].domain.score)
         for n in ev
-        if n in priced
-        and is_num(priced[n].get("effective_usd_per_m"))
-        and is_num((ev[n].get("domain") or {}).get("score"))
+        if n in priced and is_num(x := priced[n].effective_usd_per_m) and is_num(ev[n].domain.score)
     ]
     if not pts:
         return None
@@ -191,28 +189,32 @@ def _plot_quality(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     return _save(fig, path, title)
 
 
-def _plot_routing(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+def _xy(points: list[CascadePoint]) -> tuple[list[float], list[float]]:
+    """$/1M and quality of the points that have both (an unpriceable point has no $/1M)."""
+    priced = [(x, p.quality) for p in points if is_num(x := p.usd_per_m) and is_num(p.quality)]
+    return [x for x, _ in priced], [y for _, y in priced]
+
+
+def _plot_routing(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     """Quality vs effective $/1M on the report half: each model alone, each cascade's thresholds
     (dots), its frontier (line) and the chosen point (star)."""
     import matplotlib.pyplot as plt
 
-    m = metrics_of(manifest.get("stages", {}), "route")
-    cascades, singles = m.get("cascades") or {}, m.get("singles") or {}
-    ok = lambda p: is_num(p.get("usd_per_m")) and is_num(p.get("quality"))  # noqa: E731
+    if run.route is None:
+        return None
+    cascades, singles = run.route.cascades, run.route.singles
     if not cascades and not singles:
         return None
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
     for i, (name, cas) in enumerate(cascades.items()):
         color = f"C{i}"
-        pts = [p for p in cas.get("points") or [] if ok(p)]
-        ax.scatter([p["usd_per_m"] for p in pts], [p["quality"] for p in pts], color=color, s=8, alpha=0.35)
-        front = sorted((p for p in cas.get("frontier") or [] if ok(p)), key=lambda p: p["usd_per_m"])
-        ax.plot([p["usd_per_m"] for p in front], [p["quality"] for p in front], color=color, label=name)
-        ch = cas.get("chosen") or {}
-        if ok(ch):
+        ax.scatter(*_xy(cas.points), color=color, s=8, alpha=0.35)
+        ax.plot(*_xy(sorted(cas.frontier, key=lambda p: p.usd_per_m or 0.0)), color=color, label=name)
+        ch_x, ch_y = _xy([cas.chosen])
+        if ch_x:
             ax.scatter(
-                [ch["usd_per_m"]],
-                [ch["quality"]],
+                ch_x,
+                ch_y,
                 color=color,
                 marker="*",
                 s=180,
@@ -220,14 +222,11 @@ def _plot_routing(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
                 zorder=5,
             )
     for name, p in singles.items():
-        if ok(p):
-            ax.scatter([p["usd_per_m"]], [p["quality"]], color="black", marker="s", s=30, zorder=4)
-            ax.annotate(
-                name, (p["usd_per_m"], p["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=8
-            )
-    xs = [p["usd_per_m"] for p in singles.values() if ok(p)] + [
-        p["usd_per_m"] for cas in cascades.values() for p in cas.get("points") or [] if ok(p)
-    ]
+        x, y = _xy([p])
+        if x:
+            ax.scatter(x, y, color="black", marker="s", s=30, zorder=4)
+            ax.annotate(name, (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    xs = _xy(list(singles.values()))[0] + [x for cas in cascades.values() for x in _xy(cas.points)[0]]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 30:
         ax.set_xscale("log")
     ax.set_xlabel("effective $ per 1M tokens (escalations pay both tiers)")
@@ -241,20 +240,19 @@ def _plot_routing(manifest: dict[str, Any], path: Path, suffix: str) -> Path | N
     return _save(fig, path, title)
 
 
-def _plot_calibration(manifest: dict[str, Any], path: Path, suffix: str) -> Path | None:
+def _plot_calibration(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     """Reliability diagram: per confidence bin, accuracy against mean confidence, per model."""
     import matplotlib.pyplot as plt
 
-    cal = metrics_of(manifest.get("stages", {}), "route").get("calibration") or {}
-    cal = {n: x for n, x in cal.items() if x.get("bins")}
+    cal = {n: x for n, x in (run.route.calibration if run.route else {}).items() if x.bins}
     if not cal:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for i, (name, x) in enumerate(cal.items()):
-        bins = x["bins"]
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=f"C{i}",
-                label=f"{name} (ECE {num(x.get('ece'), '{:.3f}')})")  # fmt: skip
+        bins = x.bins
+        ax.plot([b.confidence for b in bins], [b.accuracy for b in bins], marker="o", color=f"C{i}",
+                label=f"{name} (ECE {num(x.ece, '{:.3f}')})")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (mean over the bin)")
@@ -266,7 +264,7 @@ def _plot_calibration(manifest: dict[str, Any], path: Path, suffix: str) -> Path
     return _save(fig, path, title)
 
 
-PLOTS: dict[str, Callable[[dict[str, Any], Path, str], Path | None]] = {
+PLOTS: dict[str, Callable[[RunMetrics, Path, str], Path | None]] = {
     "quality_vs_cost": _plot_quality,
     "routing_frontier": _plot_routing,
     "calibration": _plot_calibration,
@@ -285,11 +283,12 @@ def write_plots(manifest: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    suffix = " (CPU figures)" if cpu_run(manifest.get("stages", {})) else ""
+    run = load_run(manifest)
+    suffix = " (CPU figures)" if run.cpu else ""
     out: dict[str, Path] = {}
     for name, plot in PLOTS.items():
         try:
-            path = plot(manifest, Path(out_dir) / f"{name}.png", suffix)
+            path = plot(run, Path(out_dir) / f"{name}.png", suffix)
         except Exception as exc:  # noqa: BLE001 - see docstring
             warnings.warn(f"report: could not draw {name}.png: {exc!r}", stacklevel=2)
             continue

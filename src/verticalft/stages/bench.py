@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from verticalft.chat_templates import chosen_template_path
+from verticalft.metrics import BenchModel, BenchPoint, FitRun, Parity, from_dict, to_dict
 from verticalft.recipe import BenchStage
 from verticalft.rundir import atomic_write_json
 from verticalft.serving.benchmark import (
@@ -128,7 +129,7 @@ def reference_answers(
     return outs[name].texts
 
 
-def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) -> dict[str, Any]:
+def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) -> Parity:
     """Greedy answers of base + LoRA on the server vs the merged weights, on the first n eval items
     (each sent as its chat: `scoring.item_messages`)."""
     from verticalft.distill.generate import generate_openai
@@ -147,16 +148,16 @@ def parity_check(ctx: StageContext, server: ManagedServer, m: RunModel, n: int) 
     ]
     merged = reference_answers(ctx, m.name, m.path, items, max_new)
     same = [a == b for a, b in zip(served, merged, strict=True)]
-    return {
-        "prompts": len(items),
-        "identical": sum(same),
-        "match_rate": round(sum(same) / len(same), 4) if same else None,
-        "mismatches": [
+    return Parity(
+        prompts=len(items),
+        identical=sum(same),
+        match_rate=round(sum(same) / len(same), 4) if same else None,
+        mismatches=[
             {"prompt": item_text(it)[-80:], "lora": a, "merged": b}
             for it, a, b, ok in zip(items, served, merged, same, strict=True)
             if not ok
         ][:5],
-    }
+    )
 
 
 def measure(
@@ -231,14 +232,10 @@ def fit_runs(
     return out
 
 
-def bench_unit(
-    ctx: StageContext, client: BenchClient, unit: Unit, by_name: dict[str, RunModel], teacher: str | None
-) -> dict[str, dict[str, Any]]:
+def server_command(ctx: StageContext, unit: Unit, *, label: str, port: int, gpus: int) -> list[str]:
+    """The `vllm serve` command of one unit: tensor parallelism, its LoRA adapters, the run's
+    chat template, and a context long enough for both request shapes."""
     cfg = ctx.stage_section(BenchStage)
-    served = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
-    label = served[0] if unit.base_name else f"{served[0]}-base"
-    gpus = max(cfg.gpus_for(n, n == teacher) for n in served)
-    port = free_port()
     extra = list(cfg.server_args)
     if gpus > 1:
         extra += ["--tensor-parallel-size", str(gpus)]
@@ -251,44 +248,68 @@ def bench_unit(
         ]
     # The base folder carries its own template: a template the recipe chose is passed explicitly.
     template = chosen_template_path(ctx.recipe.models.chat_template)
+    fit = cfg.fit()
+    return vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
+                        max_model_len=cfg.max_model_len or max(cfg.input_len, fit.input_len) + max(cfg.output_len, fit.output_len) + 64,
+                        extra_args=extra, chat_template=template,
+                        chat_template_kwargs=ctx.recipe.models.chat_template_kwargs)  # fmt: skip
+
+
+def bench_model(
+    ctx: StageContext,
+    client: BenchClient,
+    server: ManagedServer,
+    unit: Unit,
+    *,
+    m: RunModel,
+    gpus: int,
+    served: list[str],
+) -> BenchModel:
+    """One served model: the concurrency sweep, the second request shape at the priced
+    concurrency (for the token-cost fit) and, for an adapter, the train/serve parity check."""
+    cfg = ctx.stage_section(BenchStage)
     shape, fit = (cfg.input_len, cfg.output_len), cfg.fit()
-    cmd = vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
-                       max_model_len=cfg.max_model_len or max(shape[0], fit.input_len) + max(shape[1], fit.output_len) + 64,
-                       extra_args=extra, chat_template=template,
-                       chat_template_kwargs=ctx.recipe.models.chat_template_kwargs)  # fmt: skip
+    sweep = [
+        measure(ctx, client, server, m.name, unit.base_path, c, shape, "concurrency") for c in cfg.concurrency
+    ]
+    op = operating_point(sweep)
+    # the second shape at the concurrency prices are quoted at (best throughput if no SLO point)
+    priced = op or max(sweep, key=lambda p: p["output_throughput"] or 0)
+    second = (fit.input_len, fit.output_len)
+    fit_point = measure(ctx, client, server, m.name, unit.base_path, priced["max_concurrency"], second, "fit")
+    lora = m.name in unit.loras
+    return BenchModel(
+        served_as="base + LoRA (--enable-lora)" if lora else "merged weights",
+        model=m.path,
+        base_model=unit.base_path if lora else None,
+        adapter=unit.loras.get(m.name),
+        weight_bytes=weight_bytes(unit.base_path, unit.loras.get(m.name)),
+        gpus=gpus,
+        sweep=[from_dict(BenchPoint, p, f"bench.{m.name}.sweep") for p in sweep],
+        operating_concurrency=op["max_concurrency"] if op else None,
+        fit_point=from_dict(BenchPoint, fit_point, f"bench.{m.name}.fit_point"),
+        fit_runs=[FitRun(**r) for r in fit_runs(priced, fit_point, [shape, second])],
+        shared_server_with=[s for s in served if s != m.name],
+        parity=parity_check(ctx, server, m, cfg.parity_prompts) if lora and cfg.parity_prompts else None,
+    )
+
+
+def bench_unit(
+    ctx: StageContext, client: BenchClient, unit: Unit, *, by_name: dict[str, RunModel], teacher: str | None
+) -> dict[str, BenchModel]:
+    """Start one server for the unit, benchmark every model it serves, stop it."""
+    cfg = ctx.stage_section(BenchStage)
+    served = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
+    label = served[0] if unit.base_name else f"{served[0]}-base"
+    gpus = max(cfg.gpus_for(n, n == teacher) for n in served)
+    port = free_port()
+    cmd = server_command(ctx, unit, label=label, port=port, gpus=gpus)
     log = ctx.dir / (served[0]) / "server.log"
     logger.info(f"  server for {', '.join(served)} on 127.0.0.1:{port} (log: {log})")
     results = {}
     with ManagedServer(cmd, port, log, env=cfg.env, startup_timeout=cfg.startup_timeout_s) as server:
         for name in served:
-            sweep = [
-                measure(ctx, client, server, name, unit.base_path, c, shape, "concurrency")
-                for c in cfg.concurrency
-            ]
-            op = operating_point(sweep)
-            # the second shape at the concurrency prices are quoted at (best throughput if no SLO point)
-            priced = op or max(sweep, key=lambda p: p["output_throughput"] or 0)
-            second = (fit.input_len, fit.output_len)
-            fit_point = measure(
-                ctx, client, server, name, unit.base_path, priced["max_concurrency"], second, "fit"
-            )
-            m = by_name[name]
-            lora = name in unit.loras
-            results[name] = {
-                "served_as": "base + LoRA (--enable-lora)" if lora else "merged weights",
-                "model": m.path,
-                "base_model": unit.base_path if lora else None,
-                "adapter": unit.loras.get(name),
-                "weight_bytes": weight_bytes(unit.base_path, unit.loras.get(name)),
-                "gpus": gpus,
-                "sweep": sweep,
-                "operating_concurrency": op["max_concurrency"] if op else None,
-                "fit_point": fit_point,
-                "fit_runs": fit_runs(priced, fit_point, [shape, second]),
-                "shared_server_with": [s for s in served if s != name],
-            }
-            if lora and cfg.parity_prompts:
-                results[name]["parity"] = parity_check(ctx, server, m, cfg.parity_prompts)
+            results[name] = bench_model(ctx, client, server, unit, m=by_name[name], gpus=gpus, served=served)
         server.check_alive()
     return results
 
@@ -300,21 +321,24 @@ def run(ctx: StageContext) -> StageResult:
     units, merged_because = plan_units(selected, cfg.lora)
     by_name = {m.name: m for m in selected}
     teacher = final_teacher(models)
-    results: dict[str, Any] = {}
+    results: dict[str, BenchModel] = {}
     todo = []
     for unit in units:
         names = ([unit.base_name] if unit.base_name else []) + list(unit.loras)
         done = ctx.dir / names[0] / "result.json"
         if ctx.resume and done.is_file():
             logger.info(f"  {', '.join(names)}: benchmarked in an earlier attempt (reused)")
-            results |= json.loads(done.read_text())
+            reused = json.loads(done.read_text())
+            results |= {n: from_dict(BenchModel, r, f"{done}: {n}") for n, r in reused.items()}
         else:
             todo.append((unit, done))
     if todo:
         with BenchClient(ctx.dir / "client.log") as client:
             for unit, done in todo:
-                unit_results = bench_unit(ctx, client, unit, by_name, teacher.name if teacher else None)
-                atomic_write_json(done, unit_results)  # last: this unit is complete
+                unit_results = bench_unit(
+                    ctx, client, unit, by_name=by_name, teacher=teacher.name if teacher else None
+                )
+                atomic_write_json(done, to_dict(unit_results))  # last: this unit is complete
                 results |= unit_results
     from verticalft.serving.device import serving_device
 
@@ -328,12 +352,12 @@ def run(ctx: StageContext) -> StageResult:
         "min_seconds": cfg.min_seconds,
         "slo": cfg.slo.model_dump(),
         "served_merged_because": merged_because,
-        "models": results,
+        "models": to_dict(results),
     }
     outputs = {name: str(ctx.dir / name) for name in results}
     summary = "; ".join(
-        f"{n}: {max(p['output_throughput'] for p in r['sweep']):.0f} tok/s peak"
-        + (f", LoRA parity {r['parity']['identical']}/{r['parity']['prompts']}" if "parity" in r else "")
+        f"{n}: {max(p.output_throughput or 0.0 for p in r.sweep):.0f} tok/s peak"
+        + (f", LoRA parity {r.parity.identical}/{r.parity.prompts}" if r.parity else "")
         for n, r in results.items()
     )
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from verticalft.data import load_texts, mix_replay
+from verticalft.metrics import CptMetrics, score_of, to_dict, trained
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.recipe import CptStage
 from verticalft.stages.base import StageContext, StageResult
@@ -27,17 +28,18 @@ def run(ctx: StageContext) -> StageResult:
     loss_before = (done.measured_before or {}).get("eval_loss")  # None without data.heldout
     loss_after = (done.measured_after or {}).get("eval_loss")
     ppl_before, ppl_after = perplexity(loss_before), perplexity(loss_after)
-    metrics = done.metrics | {
-        "domain_docs": n_domain,
-        "replay_docs": len(train) - n_domain,
-        "eval_loss_before": loss_before,
-        "eval_loss": loss_after,
-        "heldout_perplexity_before": ppl_before,
-        "heldout_perplexity_after": ppl_after,
-        "eval_base": done.eval_before,
-    }
-    summary = f"held-out perplexity {ppl_before} → {ppl_after}, {metrics['tokens_seen']:,} tokens"
-    return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)
+    record = CptMetrics(
+        **trained(done.metrics, "cpt"),
+        domain_docs=n_domain,
+        replay_docs=len(train) - n_domain,
+        eval_loss_before=loss_before,
+        eval_loss=loss_after,
+        heldout_perplexity_before=ppl_before,
+        heldout_perplexity_after=ppl_after,
+        eval_before=score_of(done.eval_before),
+    )
+    summary = f"held-out perplexity {ppl_before} → {ppl_after}, {record.tokens_seen:,} tokens"
+    return StageResult(outputs=done.outputs, metrics=to_dict(record), summary=summary)
 
 
 def _train_texts(ctx: StageContext) -> tuple[Any, int]:

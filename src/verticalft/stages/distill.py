@@ -48,6 +48,7 @@ from verticalft.distill.teacher import (
     teacher_path,
 )
 from verticalft.launch import FailedOnAnotherRank, any_rank, is_main_process, rank, world_size
+from verticalft.metrics import DistillMetrics, from_dict, to_dict
 from verticalft.models import load_tokenizer
 from verticalft.pruning import pruning_record
 from verticalft.recipe import DistillStage
@@ -123,14 +124,17 @@ def run(ctx: StageContext) -> StageResult:
         gc.collect()
 
     metrics["students"] = {n: {k: v for k, v in r.items() if k != "outputs"} for n, r in results.items()}
+    if failures:
+        metrics["failed_students"] = failures
     outputs = {f"{n}/{k}": v for n, r in results.items() for k, v in r["outputs"].items()}
     outputs.update({n: r["outputs"].get("model", "") for n, r in results.items()})
     summary = f"teacher {fmt_score(side.eval)}; " + ", ".join(
         f"{n} {fmt_score(r['eval'])} (retention {r['retention']})" for n, r in results.items()
     )
-    result = StageResult(outputs=outputs, metrics=metrics, summary=summary)
+    # checked against the contract before it is written: a figure renamed here fails this run
+    record = from_dict(DistillMetrics, metrics, "stages.distill.metrics", strict=True)
+    result = StageResult(outputs=outputs, metrics=to_dict(record), summary=summary)
     if failures:
-        metrics["failed_students"] = failures
         raise PartialFailure(
             f"{len(failures)} of {len(studs)} students failed: "
             + "; ".join(f"{n}: {e}" for n, e in failures.items())

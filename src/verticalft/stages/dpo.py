@@ -11,6 +11,7 @@ from typing import Any
 
 from verticalft.chat_templates import with_template_kwargs
 from verticalft.data import split_sets
+from verticalft.metrics import DpoMetrics, score_of, to_dict, trained
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.recipe import DpoStage
 from verticalft.stages.base import StageContext, StageResult
@@ -64,16 +65,17 @@ def run(ctx: StageContext) -> StageResult:
         ),
     )
     rewards_before, rewards_after = done.measured_before or {}, done.measured_after or {}
-    metrics = done.metrics | {
-        "preference_eval_before": rewards_before,
-        "preference_eval_after": rewards_after,
-        "reward_accuracy": rewards_after.get("rewards/accuracies"),
-        "reward_margin": rewards_after.get("rewards/margins"),
-        "eval_before": done.eval_before,
-        "eval_after": done.eval_after,
-    }
+    record = DpoMetrics(
+        **trained(done.metrics, "dpo"),
+        preference_eval_before=rewards_before,
+        preference_eval_after=rewards_after,
+        reward_accuracy=rewards_after.get("rewards/accuracies"),
+        reward_margin=rewards_after.get("rewards/margins"),
+        eval_before=score_of(done.eval_before),
+        eval_after=score_of(done.eval_after),
+    )
     summary = (
-        f"reward accuracy {metrics['reward_accuracy']}, margin {metrics['reward_margin']}, "
+        f"reward accuracy {record.reward_accuracy}, margin {record.reward_margin}, "
         f"eval score {fmt_score(done.eval_before)} → {fmt_score(done.eval_after)}"
     )
-    return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)
+    return StageResult(outputs=done.outputs, metrics=to_dict(record), summary=summary)

@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 from verticalft.data import DataError
+from verticalft.metrics import EvalMetrics, EvalModel, Retention, Score, to_dict
 from verticalft.recipe import EvalStage
 from verticalft.rundir import atomic_write_text
 from verticalft.scoring import confidence, item_fields, item_messages, load_items, score_items, summarise
@@ -120,12 +121,64 @@ def check_gates(gates: Any, scores: dict[str, Any], teacher: str, base: str | No
     return failed
 
 
-def run(ctx: StageContext) -> StageResult:
+def eval_sets(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
+    """The items of each set the recipe names: `domain` (data.eval, required) and `general`."""
     cfg, ev = ctx.stage_section(EvalStage), ctx.recipe.evaluation
     sets = {"domain": ctx.recipe.data.eval, "general": ctx.recipe.data.general_eval}
     items = {k: load_items(src, cfg.max_items or ev.max_items) for k, src in sets.items() if src is not None}
     if not items.get("domain"):
         raise DataError("stages.eval: data.eval has no items to score")
+    return items
+
+
+def score_model(
+    m: RunModel, gen: dict[str, list[Any]], items: dict[str, list[dict[str, Any]]], tolerance: float
+) -> tuple[EvalModel, list[str]]:
+    """One model's scores per set, and its answers as JSONL lines (one per item, every set in order)."""
+    scores: dict[str, Score] = {}
+    lines, start = [], 0
+    logps_all = gen.get("mean_logprobs") or [None] * len(gen["texts"])
+    for set_name, rows in items.items():
+        span = slice(start, start + len(rows))
+        texts, reasons, logps = gen["texts"][span], gen["finish_reasons"][span], logps_all[span]
+        start += len(rows)
+        correct = score_items(rows, texts, tolerance)
+        scores[set_name] = Score(**summarise(rows, correct))
+        lines += [
+            json.dumps(
+                {
+                    "set": set_name,
+                    "id": it.get("id"),
+                    "task": it.get("task"),
+                    "kind": it["kind"],
+                    **item_fields(it),  # prompt (and system / messages): the item's key
+                    "answer": it["answer"],
+                    "prediction": text,
+                    "finish_reason": why,
+                    "correct": ok,
+                    "mean_logprob": lp,
+                    "confidence": confidence(lp),
+                }
+            )  # fmt: skip
+            for it, text, why, ok, lp in zip(rows, texts, reasons, correct, logps, strict=True)
+        ]
+    return EvalModel(role=m.role, path=m.path, domain=scores["domain"], general=scores.get("general")), lines
+
+
+def add_retention(scores: dict[str, EvalModel], teacher: str | None) -> None:
+    """Each student's retention of the final teacher's domain score, and each model's general
+    score against the base's (forgetting)."""
+    for s in scores.values():
+        if s.role == "student" and teacher:
+            s.retention = Retention(**retention(to_dict(s.domain), to_dict(scores[teacher].domain)))
+        if s.general is not None and "base" in scores:
+            base_general = scores["base"].general.score if scores["base"].general else 0.0
+            s.general_retention = round(s.general.score / base_general, 4) if base_general else None
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg, ev = ctx.stage_section(EvalStage), ctx.recipe.evaluation
+    items = eval_sets(ctx)
     models = models_in_run(ctx, cfg.include_base)
     teacher = final_teacher(models)
     backend = pick_backend(cfg.backend)
@@ -134,63 +187,29 @@ def run(ctx: StageContext) -> StageResult:
     logger.info(f"  eval: {', '.join(m.name for m in models)} on {len(chats)} prompts via {backend}")
     generations = generate_all(ctx, models, chats, backend, max_new)
 
-    scores: dict[str, Any] = {}
+    scores: dict[str, EvalModel] = {}
     outputs: dict[str, str] = {}
     for m in models:
-        gen, start = generations[m.name], 0
-        per_model: dict[str, Any] = {"role": m.role, "path": m.path}
-        lines = []
-        for set_name, rows in items.items():
-            texts = gen["texts"][start : start + len(rows)]
-            reasons = gen["finish_reasons"][start : start + len(rows)]
-            logps = (gen.get("mean_logprobs") or [None] * len(gen["texts"]))[start : start + len(rows)]
-            start += len(rows)
-            correct = score_items(rows, texts, ev.numeric_tolerance)
-            per_model[set_name] = summarise(rows, correct)
-            lines += [
-                json.dumps(
-                    {
-                        "set": set_name,
-                        "id": it.get("id"),
-                        "task": it.get("task"),
-                        "kind": it["kind"],
-                        **item_fields(it),  # prompt (and system / messages): the item's key
-                        "answer": it["answer"],
-                        "prediction": text,
-                        "finish_reason": why,
-                        "correct": ok,
-                        "mean_logprob": lp,
-                        "confidence": confidence(lp),
-                    }
-                )  # fmt: skip
-                for it, text, why, ok, lp in zip(rows, texts, reasons, correct, logps, strict=True)
-            ]
+        scores[m.name], lines = score_model(m, generations[m.name], items, ev.numeric_tolerance)
         atomic_write_text(ctx.dir / f"{m.name}.jsonl", "\n".join(lines) + "\n")
         outputs[m.name] = str(ctx.dir / f"{m.name}.jsonl")
-        scores[m.name] = per_model
-    for s in scores.values():
-        if s["role"] == "student" and teacher:
-            s["retention"] = retention(s["domain"], scores[teacher.name]["domain"])
-        if "general" in s and "base" in scores:
-            base_general = scores["base"]["general"]["score"]
-            s["general_retention"] = round(s["general"]["score"] / base_general, 4) if base_general else None
-    metrics = {
-        "backend": backend,
-        "max_new_tokens": max_new,
-        "items": {k: len(v) for k, v in items.items()},
-        "teacher": teacher.name if teacher else None,
-        "models": scores,
-    }
+    add_retention(scores, teacher.name if teacher else None)
+    record = EvalMetrics(
+        backend=backend,
+        max_new_tokens=max_new,
+        items={k: len(v) for k, v in items.items()},
+        teacher=teacher.name if teacher else None,
+        models=scores,
+    )
     summary = ", ".join(
-        f"{n} {s['domain']['score']:.3f}"
-        + (f" (ret {s['retention']['overall']})" if "retention" in s else "")
+        f"{n} {s.domain.score:.3f}" + (f" (ret {s.retention.overall})" if s.retention else "")
         for n, s in scores.items()
     )
-    failed = check_gates(
-        cfg.gates, scores, teacher.name if teacher else "", "base" if "base" in scores else None
+    record.gates_failed = check_gates(
+        cfg.gates, to_dict(scores), teacher.name if teacher else "", "base" if "base" in scores else None
     )
-    result = StageResult(outputs=outputs, metrics=metrics, summary=summary)
-    if failed:
-        metrics["gates_failed"] = failed
+    result = StageResult(outputs=outputs, metrics=to_dict(record), summary=summary)
+    if record.gates_failed:
+        failed = record.gates_failed
         raise PartialFailure("eval gates failed (stages.eval.gates):\n  - " + "\n  - ".join(failed), result)
     return result

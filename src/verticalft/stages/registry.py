@@ -77,7 +77,6 @@ class Stage:
     training: Training | None = None
     serving: bool = False  # GPU time on the serving side (the GPU check, the cost stage's spend)
     derived: bool = False  # recomputed from what eval/bench measured by `verticalft report`
-    score_before_key: str = "eval_before"  # its metric with the domain score before training
     report_notes: Callable[[dict[str, Any]], list[str]] = lambda metrics: []  # the report's notes cell
     entry: str = ""  # `module:function` of its run; default `verticalft.stages.<name>:run`
 
@@ -173,7 +172,6 @@ STAGES: tuple[Stage, ...] = (
             leaves_model=True,
             trains_on="corpus",
         ),
-        score_before_key="eval_base",
     ),
     Stage(
         name="sft",

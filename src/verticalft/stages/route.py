@@ -21,6 +21,16 @@ from typing import Any
 from verticalft import pricing as c
 from verticalft import routing as r
 from verticalft.data import DataError, parse_jsonl
+from verticalft.metrics import (
+    Calibration,
+    CalibrationBin,
+    Cascade,
+    CascadePoint,
+    RouteItems,
+    RouteMetrics,
+    from_dict,
+    to_dict,
+)
 from verticalft.rundir import atomic_write_json
 from verticalft.scoring import item_key, item_text, load_items, score_answer
 from verticalft.stages.base import StageContext, StageResult
@@ -84,18 +94,19 @@ def tier_for(
     )
 
 
-def point_dict(p: r.CascadePoint) -> dict[str, Any]:
-    return {
-        "thresholds": [None if t == float("inf") else round(t, 6) for t in p.thresholds],
-        "quality": round(p.quality, 4),
-        "shares": [round(s, 4) for s in p.shares],
-        "usd_per_m": None if p.usd_per_m == float("inf") else round(p.usd_per_m, 6),
-    }
+def point_record(p: r.CascadePoint) -> CascadePoint:
+    """A point as the manifest records it: ∞ (never answers, cannot be priced) as None."""
+    return CascadePoint(
+        thresholds=[None if t == float("inf") else round(t, 6) for t in p.thresholds],
+        quality=round(p.quality, 4),
+        shares=[round(s, 4) for s in p.shares],
+        usd_per_m=None if p.usd_per_m == float("inf") else round(p.usd_per_m, 6),
+    )
 
 
 def route_cascade(
     names: list[str], tiers: list[r.Tier], pick: list[int], report: list[int], daily: float, target: Any
-) -> dict[str, Any]:
+) -> Cascade:
     """Thresholds chosen on `pick`, reported on `report`, with the report half's frontier."""
     top = tiers[-1]
     top_pick = r.simulate([top], [], pick, daily)
@@ -107,18 +118,18 @@ def route_cascade(
     chosen, met = r.choose(points, min_quality=min_q, max_usd_per_m=target.max_usd_per_m)
     reported = r.simulate(tiers, chosen.thresholds, report, daily)
     seen = r.frontier(tiers, report, daily, grid=[r.candidate_thresholds(t, pick) for t in tiers[:-1]])
-    return {
-        "tiers": names,
-        "target": {k: v for k, v in target.model_dump().items() if v is not None},
-        "target_quality_on_pick_half": None if min_q is None else round(min_q, 4),
-        "target_met_on_pick_half": met,
-        "chosen_on_pick_half": point_dict(chosen),
-        "chosen": point_dict(reported),
-        "sentence": r.describe(names, reported, top_report.quality, top_report.usd_per_m),
-        "last_tier_alone": point_dict(top_report),
-        "frontier": [point_dict(p) for p in r.pareto(seen)],
-        "points": [point_dict(p) for p in seen],
-    }
+    return Cascade(
+        tiers=names,
+        target={k: v for k, v in target.model_dump().items() if v is not None},
+        target_quality_on_pick_half=None if min_q is None else round(min_q, 4),
+        target_met_on_pick_half=met,
+        chosen_on_pick_half=point_record(chosen),
+        chosen=point_record(reported),
+        sentence=r.describe(names, reported, top_report.quality, top_report.usd_per_m),
+        last_tier_alone=point_record(top_report),
+        frontier=[point_record(p) for p in r.pareto(seen)],
+        points=[point_record(p) for p in seen],
+    )
 
 
 def with_teacher(cascades: list[list[str]], teacher: str | None) -> list[list[str]]:
@@ -168,7 +179,7 @@ def run(ctx: StageContext) -> StageResult:
     singles = {}
     for name in [n for n in rows if n in priced or n.startswith("api:")]:
         alone = r.simulate([tier_for(ctx, name, rows, priced)], [], report, daily)
-        singles[name] = point_dict(alone)
+        singles[name] = point_record(alone)
     routes = {}
     for cas in cascades:
         tiers = [tier_for(ctx, n, rows, priced) for n in cas]
@@ -178,15 +189,19 @@ def run(ctx: StageContext) -> StageResult:
         ece, bins = r.expected_calibration_error(
             [x.get("confidence") for x in model_rows], [bool(x["correct"]) for x in model_rows]
         )
-        calibration[name] = {"ece": None if ece is None else round(ece, 4), "bins": bins}
-    metrics = {
-        "items": {"pick": len(pick), "report": len(report)},
-        "daily_tokens": daily,
-        "singles": singles,
-        "cascades": routes,
-        "calibration": calibration,
-    }
+        calibration[name] = Calibration(
+            ece=None if ece is None else round(ece, 4),
+            bins=[from_dict(CalibrationBin, b, f"route: {name} bin") for b in bins],
+        )
+    record = RouteMetrics(
+        items=RouteItems(pick=len(pick), report=len(report)),
+        daily_tokens=daily,
+        singles=singles,
+        cascades=routes,
+        calibration=calibration,
+    )
+    metrics = to_dict(record)
     ctx.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(ctx.dir / "route.json", metrics)
-    summary = "; ".join(f"{k}: {v['sentence']}" for k, v in routes.items()) or "no cascade to route"
+    summary = "; ".join(f"{k}: {v.sentence}" for k, v in routes.items()) or "no cascade to route"
     return StageResult(outputs={"route": str(ctx.dir / "route.json")}, metrics=metrics, summary=summary)

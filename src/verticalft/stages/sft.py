@@ -15,6 +15,7 @@ from typing import Any
 
 from verticalft.chat_templates import assistant_masks, has_generation_markers, with_template_kwargs
 from verticalft.data import split_sets
+from verticalft.metrics import SftMetrics, score_of, to_dict, trained
 from verticalft.models import load_tokenizer, lora_config
 from verticalft.recipe import SftStage
 from verticalft.stages.base import StageContext, StageResult
@@ -32,18 +33,19 @@ def run(ctx: StageContext) -> StageResult:
     done = train_model(ctx, _job(cfg, base=base, tokenizer=tokenizer, split=split, marked=marked))
     if done.measured_after is None:  # never: the trainer always gets the held-out split
         raise RuntimeError("sft: the trainer was given no held-out split to measure")
-    metrics = done.metrics | {
-        "eval_loss": done.measured_after["eval_loss"],
-        "eval_before": done.eval_before,
-        "eval_after": done.eval_after,
-        "quantization": cfg.quantization,
-        "train_examples": len(split["train"]),
-    }
+    record = SftMetrics(
+        **trained(done.metrics, "sft"),
+        eval_loss=done.measured_after["eval_loss"],
+        eval_before=score_of(done.eval_before),
+        eval_after=score_of(done.eval_after),
+        quantization=cfg.quantization,
+        train_examples=len(split["train"]),
+    )
     summary = (
         f"eval score {fmt_score(done.eval_before)} → {fmt_score(done.eval_after)}, "
-        f"eval loss {metrics['eval_loss']:.4f}"
+        f"eval loss {record.eval_loss:.4f}"
     )
-    return StageResult(outputs=done.outputs, metrics=metrics, summary=summary)
+    return StageResult(outputs=done.outputs, metrics=to_dict(record), summary=summary)
 
 
 def _split(ctx: StageContext, tokenizer: Any, *, marked: bool) -> dict[str, Any]:
