@@ -104,24 +104,9 @@ def run(ctx: StageContext) -> StageResult:
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
     for name in results:
         logger.info(f"  student {name}: done in an earlier attempt of this stage (kept)")
-    failures: dict[str, str] = {}
-    for name, path in todo.items():
-        sctx = ctx.sub(name)
-        logger.info(f"  student {name}: {cfg.kind} distillation from {t_path}")
-        error: Exception | None = None
-        try:  # one student's failure must not lose the others
-            results[name] = _train_student(
-                sctx, path, t_path=t_path, tokenizer=tokenizer, contexts=contexts, side=side, fp=fp
-            )
-        except Exception as exc:
-            error = exc
-        # every rank gives the student up together (one rank moving on alone hangs the others)
-        if any_rank(error is not None):
-            results.pop(name, None)
-            failures[name] = _record_failure(
-                sctx, name, error or FailedOnAnotherRank("failed on another rank")
-            )
-        gc.collect()
+    failures = _train_students(
+        ctx, todo, results=results, t_path=t_path, tokenizer=tokenizer, contexts=contexts, side=side, fp=fp
+    )
 
     metrics["students"] = {n: {k: v for k, v in r.items() if k != "outputs"} for n, r in results.items()}
     if failures:
@@ -240,6 +225,41 @@ def _record_failure(sctx: StageContext, name: str, exc: Exception) -> str:
     log.write_text("".join(traceback.format_exception(exc)))
     logger.error(f"  student {name} FAILED on rank {rank()}: {message} (traceback: {log})")
     return message
+
+
+def _train_students(
+    ctx: StageContext,
+    todo: dict[str, str],
+    *,
+    results: dict[str, Any],
+    t_path: str,
+    tokenizer: Any,
+    contexts: list[list[dict[str, str]]],
+    side: TeacherSide,
+    fp: str,
+) -> dict[str, str]:
+    """Train each student still to do into `results`; one student's failure must not lose the
+    others, so a failure is recorded (and returned, name → error) and the loop goes on."""
+    cfg = ctx.stage_section(DistillStage)
+    failures: dict[str, str] = {}
+    for name, path in todo.items():
+        sctx = ctx.sub(name)
+        logger.info(f"  student {name}: {cfg.kind} distillation from {t_path}")
+        error: Exception | None = None
+        try:
+            results[name] = _train_student(
+                sctx, path, t_path=t_path, tokenizer=tokenizer, contexts=contexts, side=side, fp=fp
+            )
+        except Exception as exc:
+            error = exc
+        # every rank gives the student up together (one rank moving on alone hangs the others)
+        if any_rank(error is not None):
+            results.pop(name, None)
+            failures[name] = _record_failure(
+                sctx, name, error or FailedOnAnotherRank("failed on another rank")
+            )
+        gc.collect()
+    return failures
 
 
 def _fingerprint(ctx: StageContext) -> str:

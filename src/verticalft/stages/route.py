@@ -157,6 +157,44 @@ def run(ctx: StageContext) -> StageResult:
     students = [n for n, m in (ev.metrics.get("models") or {}).items() if m.get("role") == "student"]
     cascades = cfg.cascades or [[s, "teacher"] for s in students if s in priced]
     cascades = with_teacher(cascades, teacher)
+    _add_api_rows(ctx, cascades, rows=rows, items=items, models=list(ev.outputs))
+    pick, report = r.split_halves([item_key(it) for it in items])
+    daily = ctx.recipe.cost.daily_tokens
+    singles = {}
+    for name in [n for n in rows if n in priced or n.startswith("api:")]:
+        alone = r.simulate([tier_for(ctx, name, rows, priced)], [], report, daily)
+        singles[name] = point_record(alone)
+    routes = {}
+    for cas in cascades:
+        tiers = [tier_for(ctx, n, rows, priced) for n in cas]
+        routes[" → ".join(cas)] = route_cascade(cas, tiers, pick, report, daily, cfg.target)
+    calibration = {name: _calibration(name, model_rows) for name, model_rows in rows.items()}
+    record = RouteMetrics(
+        items=RouteItems(pick=len(pick), report=len(report)),
+        daily_tokens=daily,
+        singles=singles,
+        cascades=routes,
+        calibration=calibration,
+    )
+    metrics = to_dict(record)
+    ctx.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(ctx.dir / "route.json", metrics)
+    summary = "; ".join(f"{k}: {v.sentence}" for k, v in routes.items()) or "no cascade to route"
+    return StageResult(outputs={"route": str(ctx.dir / "route.json")}, metrics=metrics, summary=summary)
+
+
+def _add_api_rows(
+    ctx: StageContext,
+    cascades: list[list[str]],
+    *,
+    rows: dict[str, list[dict[str, Any]]],
+    items: list[dict[str, Any]],
+    models: list[str],
+) -> None:
+    """Score each `api:<name>` tier's recorded answers (route.apis.<name>.answers) on the eval
+    items into `rows`, so an API can stand in a cascade beside the run's own models; a tier that
+    is neither an API with answers nor an evaluated model is an error naming what exists."""
+    cfg = ctx.recipe.route
     for cas in cascades:
         for n in cas:
             if n.startswith("api:") and n not in rows:
@@ -173,35 +211,15 @@ def run(ctx: StageContext) -> StageResult:
                     api, cfg.apis[api].answers, scored, ctx.recipe.evaluation.numeric_tolerance
                 )
             elif n not in rows:
-                raise ValueError(f"route: '{n}' has no eval answers; models: {', '.join(ev.outputs)}")
-    pick, report = r.split_halves([item_key(it) for it in items])
-    daily = ctx.recipe.cost.daily_tokens
-    singles = {}
-    for name in [n for n in rows if n in priced or n.startswith("api:")]:
-        alone = r.simulate([tier_for(ctx, name, rows, priced)], [], report, daily)
-        singles[name] = point_record(alone)
-    routes = {}
-    for cas in cascades:
-        tiers = [tier_for(ctx, n, rows, priced) for n in cas]
-        routes[" → ".join(cas)] = route_cascade(cas, tiers, pick, report, daily, cfg.target)
-    calibration = {}
-    for name, model_rows in rows.items():
-        ece, bins = r.expected_calibration_error(
-            [x.get("confidence") for x in model_rows], [bool(x["correct"]) for x in model_rows]
-        )
-        calibration[name] = Calibration(
-            ece=None if ece is None else round(ece, 4),
-            bins=[from_dict(CalibrationBin, b, f"route: {name} bin") for b in bins],
-        )
-    record = RouteMetrics(
-        items=RouteItems(pick=len(pick), report=len(report)),
-        daily_tokens=daily,
-        singles=singles,
-        cascades=routes,
-        calibration=calibration,
+                raise ValueError(f"route: '{n}' has no eval answers; models: {', '.join(models)}")
+
+
+def _calibration(name: str, model_rows: list[dict[str, Any]]) -> Calibration:
+    """Expected calibration error of one model's confidences against its correct answers."""
+    ece, bins = r.expected_calibration_error(
+        [x.get("confidence") for x in model_rows], [bool(x["correct"]) for x in model_rows]
     )
-    metrics = to_dict(record)
-    ctx.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(ctx.dir / "route.json", metrics)
-    summary = "; ".join(f"{k}: {v.sentence}" for k, v in routes.items()) or "no cascade to route"
-    return StageResult(outputs={"route": str(ctx.dir / "route.json")}, metrics=metrics, summary=summary)
+    return Calibration(
+        ece=None if ece is None else round(ece, 4),
+        bins=[from_dict(CalibrationBin, b, f"route: {name} bin") for b in bins],
+    )
