@@ -95,6 +95,7 @@ def test_training_records_pass_through_curation(curated):
         assert "messages" in rows[0] if name == "sft" else {"prompt", "chosen", "rejected"} <= set(rows[0])
 
 
+@pytest.mark.slow  # two curate runs, one starting a Ray cluster: 11 CPU-seconds + Ray's workers
 def test_local_and_ray_executors_write_identical_bytes(tmp_path):
     local = curate(tmp_path / "local", overrides=("stages.curate.num_workers=2",))
     ray = curate(tmp_path / "ray", overrides=("stages.curate.executor=ray", "stages.curate.num_workers=2"))
