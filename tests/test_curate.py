@@ -175,6 +175,7 @@ def test_curate_failure_is_a_stage_error(tmp_path):
         run_recipe(r, RunDir(tmp_path), only=["curate"], until="curate", echo=lambda s: None)
 
 
+@pytest.mark.slow  # a second curate run of the sample: 9-15 s wall beside other work
 def test_a_capped_audit_sample_is_the_first_records_per_reason(curated, tmp_path):
     # With max_dropped_per_reason the drops are cut per shard and folded as shards finish (so
     # the driver never holds them all); the result must be what cutting the full list gives.
