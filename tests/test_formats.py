@@ -198,6 +198,7 @@ def validate(tmp_path: Path, sft: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # two `verticalft validate` processes: 21 CPU-seconds
 def test_validate_says_the_detected_format_and_exits_2_on_unusable_rows(tmp_path):
     ok = validate(tmp_path, write_jsonl(tmp_path / "sharegpt.jsonl", [SHAREGPT] * 3))
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -221,6 +222,7 @@ def _run_curate(tmp_path: Path, sft: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a `verticalft run` process: 10 CPU-seconds
 def test_run_stops_before_any_work_on_a_set_no_format_fits(tmp_path):
     """Before: curate kept 0 rows of it and succeeded; sft then died after curate and CPT."""
     bad = tmp_path / "bad.jsonl"
@@ -232,6 +234,7 @@ def test_run_stops_before_any_work_on_a_set_no_format_fits(tmp_path):
     assert not (tmp_path / "runs/finance/tiny/curate").exists()  # nothing ran
 
 
+@pytest.mark.slow  # a `verticalft run` process through curate: 16 CPU-seconds
 def test_curate_fails_when_a_set_keeps_no_row_and_says_why(tmp_path):
     """Readable rows that every record rule drops (empty answers): curate stops, naming the reason."""
     empty = tmp_path / "empty_answers.jsonl"

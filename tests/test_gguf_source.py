@@ -164,6 +164,7 @@ def test_broken_gguf_refs_are_validate_problems_with_their_key_paths(broken, tmp
     assert len(problems) == 6
 
 
+@pytest.mark.slow  # a `verticalft validate` process: 10 CPU-seconds
 def test_cli_validate_lists_gguf_problems_and_exits_2(broken):
     proc = subprocess.run(
         [

@@ -20,6 +20,7 @@ import pytest
 from verticalft.models import train_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test runs `verticalft` processes: ~23 CPU-seconds each
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 GEMMA_ID, BASE_ID, MISSING_ID = "acme/gemma-shaped-2b", "acme/base-no-template", "acme/gemma-shpaed-2b"
 # google/gemma-2b's config.json (the keys that size it); it leaves tie_word_embeddings out (GemmaConfig ties)

@@ -45,7 +45,7 @@ if os.environ.get("RANK") is not None:
 
 SETS = [
     "stages.distill.teacher.model=tiny://teacher",  # no cpt/sft/dpo needed
-    "stages.distill.students=[tiny://student-s,tiny://student-m]",
+    "models.students=[tiny://student-s,tiny://student-m]",  # the tiny profile builds student-s only
     "stages.distill.max_examples=64",
     "stages.distill.trainer.max_steps=4",
     "evaluation.batch_size=8",  # the teacher's batch: 64 examples → 8 parts of 8

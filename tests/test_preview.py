@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from verticalft.models import train_tiny_tokenizer
 from verticalft.preview import corpus_example, preference_example, sft_example
 
@@ -57,6 +59,7 @@ def test_preference_answers_are_what_follows_the_rendered_prompt():
     assert doc.tokens == doc.trained == n and doc.note.startswith(f"{(n + 15) // 16} block(s) of 16")
 
 
+@pytest.mark.slow  # a `verticalft preview` process: 12 CPU-seconds
 def test_preview_command_on_the_tiny_profile(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "verticalft.cli", "preview", "recipes/finance.yaml", "-p", "tiny", "-n", "1",

@@ -88,6 +88,7 @@ def test_a_trainer_key_the_stage_manages_names_what_controls_it(stage, key, cont
     assert controller in problems[f"stages.{stage}.trainer.{key}"]
 
 
+@pytest.mark.slow  # a `verticalft validate` process: 11 CPU-seconds
 def test_cli_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "verticalft.cli", "validate", str(_bad_recipe(tmp_path))],

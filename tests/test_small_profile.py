@@ -32,6 +32,7 @@ SMOKE = [
     "stages.bench.concurrency=[2]",
     "stages.bench.num_prompts=4",
     "stages.bench.min_seconds=0",  # smoke: no re-run of short points (tests/test_e2e.py checks sizing)
+    "stages.bench.repeats=1",  # and one measurement per point (tests/test_e2e.py checks repeats)
 ]
 
 
