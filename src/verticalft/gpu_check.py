@@ -149,9 +149,12 @@ class Check:
         from verticalft.models import build_tiny_models, load_model
 
         folder = build_tiny_models(
-            self.runs / "placement", ["revenue rose", "net income fell"] * 50,
-            {"m": {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256}}, 512, 0,
-        )["m"]  # fmt: skip
+            self.runs / "placement",
+            ["revenue rose", "net income fell"] * 50,
+            {"m": {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256}},
+            512,
+            0,
+        )["m"]
         os.environ["LOCAL_RANK"] = "0"
         try:
             model = load_model(folder, "nf4")
@@ -255,8 +258,11 @@ class Check:
             self.step(name, fn)
         ok = all(r[1] for r in self.results)
         total = sum(r[2] for r in self.results)
-        print(f"{'PASS' if ok else 'FAIL'}  {total:6.1f}s  gpu-check ({sum(r[1] for r in self.results)}/"
-              f"{len(self.results)} steps)", flush=True)  # fmt: skip
+        print(
+            f"{'PASS' if ok else 'FAIL'}  {total:6.1f}s  gpu-check ({sum(r[1] for r in self.results)}/"
+            f"{len(self.results)} steps)",
+            flush=True,
+        )
         return ok
 
 

@@ -522,10 +522,14 @@ def assumption_notes(recipe: Any, arch: Arch) -> list[str]:
         "DPO adds a reference forward 2·N·D"
     )
     notes.append(
-        "MFU: " + ", ".join(f"{m} {mfu_for(c, m):.0%}" for m in MFU_DEFAULTS)
-        + (" (the recipe's compute.mfu)" if isinstance(c.mfu, int | float) else
-           " (defaults: full from the Llama 3 report's 38–43 %; the others assumed — set compute.mfu)")
-    )  # fmt: skip
+        "MFU: "
+        + ", ".join(f"{m} {mfu_for(c, m):.0%}" for m in MFU_DEFAULTS)
+        + (
+            " (the recipe's compute.mfu)"
+            if isinstance(c.mfu, int | float)
+            else " (defaults: full from the Llama 3 report's 38–43 %; the others assumed — set compute.mfu)"
+        )
+    )
     if c.launcher == "accelerate":
         notes.append(
             "launch: "
@@ -582,8 +586,20 @@ def plan_training_stage(
         sequences_per_example=2 if training.pairs else 1,  # chosen + rejected
     )
     fits = mem["total"] <= gpu.vram_gb * 0.95
-    row = StagePlan(stage, recipe.models.teacher, arch.params, method, tokens, flops, hours, hours * price,
-                    mem, mem["total"], fits, arch.active_params)  # fmt: skip
+    row = StagePlan(
+        stage,
+        recipe.models.teacher,
+        arch.params,
+        method,
+        tokens,
+        flops,
+        hours,
+        hours * price,
+        mem,
+        mem["total"],
+        fits,
+        arch.active_params,
+    )
     warnings = []
     if not fits:
         warnings.append(
@@ -611,8 +627,9 @@ def plan_distill(
     teacher_mem = inference_memory_gb(teacher, cfg.teacher.quantization, cfg.max_length, micro)
     beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
     if not beside:
-        plan_teacher_pass(recipe, teacher=teacher, teacher_mem=teacher_mem, tokens=tokens, gpu=gpu, price=price,
-                          plan=plan)  # fmt: skip
+        plan_teacher_pass(
+            recipe, teacher=teacher, teacher_mem=teacher_mem, tokens=tokens, gpu=gpu, price=price, plan=plan
+        )
     from verticalft.pruning import is_prune, prune_name
 
     cut_from = (
@@ -626,8 +643,19 @@ def plan_distill(
         if arch is None:
             plan.warnings.append(f"distill: size of student {ref} unknown ({unknown})")
             continue
-        plan_student(recipe, ref=ref, name=name, arch=arch, teacher=teacher, teacher_mem=teacher_mem,
-                     trained=trained, beside=beside, gpu=gpu, price=price, plan=plan)  # fmt: skip
+        plan_student(
+            recipe,
+            ref=ref,
+            name=name,
+            arch=arch,
+            teacher=teacher,
+            teacher_mem=teacher_mem,
+            trained=trained,
+            beside=beside,
+            gpu=gpu,
+            price=price,
+            plan=plan,
+        )
     plan.notes.append(
         "distill memory: "
         + (
@@ -674,7 +702,7 @@ def plan_teacher_pass(
             teacher_mem,
             teacher_mem <= gpu.vram_gb * 0.95,
             teacher.active_params,
-        )  # fmt: skip
+        )
     )
 
 
@@ -729,7 +757,7 @@ def plan_student(
             mem["total"],
             fits,
             arch.active_params,
-        )  # fmt: skip
+        )
     )
     if not fits:
         plan.warnings.append(

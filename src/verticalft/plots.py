@@ -251,8 +251,13 @@ def _plot_calibration(run: RunMetrics, path: Path, suffix: str) -> Path | None:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for i, (name, x) in enumerate(cal.items()):
         bins = x.bins
-        ax.plot([b.confidence for b in bins], [b.accuracy for b in bins], marker="o", color=f"C{i}",
-                label=f"{name} (ECE {num(x.ece, '{:.3f}')})")  # fmt: skip
+        ax.plot(
+            [b.confidence for b in bins],
+            [b.accuracy for b in bins],
+            marker="o",
+            color=f"C{i}",
+            label=f"{name} (ECE {num(x.ece, '{:.3f}')})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (mean over the bin)")

@@ -195,8 +195,13 @@ class RunDir:
 
     def log_attempt(self, stage: str, status: str, seconds: float, fingerprint: str = "") -> None:
         """Append one attempt (done | failed | killed) to `attempts.jsonl`."""
-        entry = {"stage": stage, "status": status, "seconds": round(seconds, 2), "fingerprint": fingerprint,
-                 "at": _now()}  # fmt: skip
+        entry = {
+            "stage": stage,
+            "status": status,
+            "seconds": round(seconds, 2),
+            "fingerprint": fingerprint,
+            "at": _now(),
+        }
         with self._lock(), self.attempts_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -248,7 +253,7 @@ class RunDir:
                 "t0": time.time(),
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
-            },  # fmt: skip
+            },
         )
         record = StageRecord(status="running", fingerprint=fp, inputs=inputs, started_at=_now())
         self.update(stage, record)

@@ -261,6 +261,16 @@ register(
         ),
     )
 )
-register(Filter("semantic_relevance", SemanticRelevanceFilter, lambda cfg: BatchStep(
-    semantic.SemanticRelevance(semantic.SemanticRules(tuple(cfg.seeds), tuple(cfg.seed_texts), cfg.min_similarity,
-                                                      cfg.max_chars)).semantic_reasons)))  # fmt: skip
+register(
+    Filter(
+        "semantic_relevance",
+        SemanticRelevanceFilter,
+        lambda cfg: BatchStep(
+            semantic.SemanticRelevance(
+                semantic.SemanticRules(
+                    tuple(cfg.seeds), tuple(cfg.seed_texts), cfg.min_similarity, cfg.max_chars
+                )
+            ).semantic_reasons
+        ),
+    )
+)

@@ -129,8 +129,15 @@ def _dedup_and_decontaminate(
     for r in kept:
         if r["id"] in dups:
             funnel.record("prompt_dedup", "duplicate_prompt")
-            dropped.append({"id": r["id"], "row": r, "step": f"{name}.prompt_dedup", "reason": "duplicate_prompt",
-                            "detail": dups[r["id"]]})  # fmt: skip
+            dropped.append(
+                {
+                    "id": r["id"],
+                    "row": r,
+                    "step": f"{name}.prompt_dedup",
+                    "reason": "duplicate_prompt",
+                    "detail": dups[r["id"]],
+                }
+            )
             continue
         funnel.record("prompt_dedup", None)
         m = index.match(records.fields_of(r)["prompt"]) if index is not None else None
@@ -138,8 +145,15 @@ def _dedup_and_decontaminate(
             flagged += 1
         if m is not None and mode == "drop":
             funnel.record("decontaminate", "contains_eval_item")
-            dropped.append({"id": r["id"], "row": r, "step": f"{name}.decontaminate",
-                            "reason": "contains_eval_item", "detail": m.eval_id})  # fmt: skip
+            dropped.append(
+                {
+                    "id": r["id"],
+                    "row": r,
+                    "step": f"{name}.decontaminate",
+                    "reason": "contains_eval_item",
+                    "detail": m.eval_id,
+                }
+            )
             continue
         funnel.record("decontaminate", None)
         survivors.append(r)

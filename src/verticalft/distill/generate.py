@@ -52,9 +52,14 @@ def generate_vllm(
     from verticalft.serving.offline import Job, generate
 
     job = Job(
-        "teacher", model_path, chats, max_new_tokens, temperature,
-        chat_template=chat_template, chat_template_kwargs=dict(chat_template_kwargs or {}),
-    )  # fmt: skip
+        "teacher",
+        model_path,
+        chats,
+        max_new_tokens,
+        temperature,
+        chat_template=chat_template,
+        chat_template_kwargs=dict(chat_template_kwargs or {}),
+    )
     o = generate([job], work_dir, engine_args or {"enforce_eager": True}, env)["teacher"]
     return [Generation(t, r) for t, r in zip(o.texts, o.finish_reasons, strict=True)]
 

@@ -122,9 +122,16 @@ def train_logits(
 
     done = train_model(
         sctx,
-        _job(sctx, path, tokenizer, SFTConfig, make_trainer,
-             defaults={"learning_rate": 1e-4}, managed={"remove_unused_columns": False}),
-    )  # fmt: skip
+        _job(
+            sctx,
+            path,
+            tokenizer,
+            SFTConfig,
+            make_trainer,
+            defaults={"learning_rate": 1e-4},
+            managed={"remove_unused_columns": False},
+        ),
+    )
     kd = done.trainer.kd_log
     done.metrics["distill_loss_first"] = round(kd[0], 5) if kd else None
     done.metrics["distill_loss_last"] = round(sum(kd[-10:]) / len(kd[-10:]), 5) if kd else None
@@ -142,7 +149,10 @@ def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dic
     return train_model(
         sctx,
         _job(
-            sctx, path, tokenizer, SFTConfig,
+            sctx,
+            path,
+            tokenizer,
+            SFTConfig,
             lambda model, args: SFTTrainer(
                 model=model,
                 args=args,
@@ -153,7 +163,7 @@ def train_sequence(sctx: StageContext, path: str, tokenizer: Any, rows: list[dic
             defaults={"learning_rate": 1e-4},
             managed={"max_length": cfg.max_length, "packing": False, "assistant_only_loss": True},
         ),
-    )  # fmt: skip
+    )
 
 
 def train_on_policy(
@@ -175,7 +185,10 @@ def train_on_policy(
     return train_model(
         sctx,
         _job(
-            sctx, path, tokenizer, DistillationConfig,
+            sctx,
+            path,
+            tokenizer,
+            DistillationConfig,
             lambda model, args: DistillationTrainer(
                 model=model,
                 teacher_model=teacher,
@@ -192,7 +205,7 @@ def train_on_policy(
                 "chat_template_kwargs": dict(sctx.recipe.models.chat_template_kwargs) or None,
             },
         ),
-    )  # fmt: skip
+    )
 
 
 def _teacher_init_kwargs(quantization: str) -> dict[str, Any]:

@@ -238,9 +238,16 @@ def teacher_generations(
             model_path=path,
         )
         out = g.generate_vllm(
-            path, contexts, gen.max_new_tokens, gen.temperature, ctx.dir / "vllm",
-            args or None, ev.env if ev else None, tokenizer.chat_template, kwargs,
-        )  # fmt: skip
+            path,
+            contexts,
+            gen.max_new_tokens,
+            gen.temperature,
+            ctx.dir / "vllm",
+            args or None,
+            ev.env if ev else None,
+            tokenizer.chat_template,
+            kwargs,
+        )
     else:
         out = g.generate_hf(teacher, tokenizer, contexts, gen.max_new_tokens, gen.batch_size, kwargs)
     return out, backend

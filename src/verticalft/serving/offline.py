@@ -129,9 +129,13 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         )
         lora = LoRARequest(job.name, 1, job.lora) if job.lora else None
         outs = llm.chat(
-            job.chats, params, use_tqdm=True, lora_request=lora, chat_template=job.chat_template,
+            job.chats,
+            params,
+            use_tqdm=True,
+            lora_request=lora,
+            chat_template=job.chat_template,
             chat_template_kwargs=job.chat_template_kwargs or None,
-        )  # fmt: skip
+        )
         results[job.name] = {
             "texts": [o.outputs[0].text for o in outs],
             "finish_reasons": [o.outputs[0].finish_reason or "stop" for o in outs],

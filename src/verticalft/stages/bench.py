@@ -121,7 +121,7 @@ def reference_answers(
                 chat_template=chosen_template(ctx.recipe.models.chat_template),
                 chat_template_kwargs=ctx.recipe.models.chat_template_kwargs,
             )
-        ],  # fmt: skip
+        ],
         ctx.dir / name / "parity",
         cfg.engine_args if cfg else {},
         cfg.env if cfg else {},
@@ -210,11 +210,13 @@ def measure(
     point["sizing"] = sizing
     each = ", ".join(f"{p['output_throughput']:.1f}" for p in repeats)
     tpot = point.get("decode_tpot_ms")
-    logger.info(f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out, {n} requests, "
-                f"{point['duration']:.1f} s): {point['output_throughput']:.1f} output tok/s (repeats {each}), "
-                f"p50 TTFT {point['median_ttft_ms']:.1f} ms, TPOT "
-                + (f"{tpot:.2f} ms ({point['tpot_method']})" if tpot is not None else "–")
-                + ("  [repeats disagree]" if point["unstable"] else ""))  # fmt: skip
+    logger.info(
+        f"    {name} @ concurrency {c} ({shape[0]} in / {shape[1]} out, {n} requests, "
+        f"{point['duration']:.1f} s): {point['output_throughput']:.1f} output tok/s (repeats {each}), "
+        f"p50 TTFT {point['median_ttft_ms']:.1f} ms, TPOT "
+        + (f"{tpot:.2f} ms ({point['tpot_method']})" if tpot is not None else "–")
+        + ("  [repeats disagree]" if point["unstable"] else "")
+    )
     return point
 
 
@@ -226,9 +228,15 @@ def fit_runs(
     out = []
     for p, shape in zip((point, fit_point), shapes, strict=True):
         for r in p["repeats"]:
-            out.append({"input_len": shape[0], "output_len": shape[1], "duration": r["duration"],
-                        "total_input_tokens": r.get("total_input_tokens"),
-                        "total_output_tokens": r.get("total_output_tokens")})  # fmt: skip
+            out.append(
+                {
+                    "input_len": shape[0],
+                    "output_len": shape[1],
+                    "duration": r["duration"],
+                    "total_input_tokens": r.get("total_input_tokens"),
+                    "total_output_tokens": r.get("total_output_tokens"),
+                }
+            )
     return out
 
 
@@ -249,10 +257,17 @@ def server_command(ctx: StageContext, unit: Unit, *, label: str, port: int, gpus
     # The base folder carries its own template: a template the recipe chose is passed explicitly.
     template = chosen_template_path(ctx.recipe.models.chat_template)
     fit = cfg.fit()
-    return vllm_command(unit.base_path, port, served_name=unit.base_name or label, lora_modules=unit.loras,
-                        max_model_len=cfg.max_model_len or max(cfg.input_len, fit.input_len) + max(cfg.output_len, fit.output_len) + 64,
-                        extra_args=extra, chat_template=template,
-                        chat_template_kwargs=ctx.recipe.models.chat_template_kwargs)  # fmt: skip
+    return vllm_command(
+        unit.base_path,
+        port,
+        served_name=unit.base_name or label,
+        lora_modules=unit.loras,
+        max_model_len=cfg.max_model_len
+        or max(cfg.input_len, fit.input_len) + max(cfg.output_len, fit.output_len) + 64,
+        extra_args=extra,
+        chat_template=template,
+        chat_template_kwargs=ctx.recipe.models.chat_template_kwargs,
+    )
 
 
 def bench_model(

@@ -170,8 +170,11 @@ def _write_audit(
     """`dropped/*.parquet` (every drop, or the first `max_dropped_per_reason` of each reason),
     `quarantine.jsonl` and `flagged.jsonl`; returns the quarantined rows as written (PII redacted
     when `cfg.pii`), which the metrics sample."""
-    write_parts([dropped_row(r, cfg.pii) for r in sample_dropped(dropped, cfg.max_dropped_per_reason)],
-                out / "dropped", max(cfg.shard_size, 1))  # fmt: skip
+    write_parts(
+        [dropped_row(r, cfg.pii) for r in sample_dropped(dropped, cfg.max_dropped_per_reason)],
+        out / "dropped",
+        max(cfg.shard_size, 1),
+    )
     if cfg.pii:
         quarantined = [dataclasses.replace(q, raw=pii.redact(q.raw).text) for q in quarantined]
     # sorted keys: the local and Ray runs write the same bytes; ASCII: raw rows may hold surrogates

@@ -43,31 +43,58 @@ def generate_all(
 ) -> dict[str, dict[str, list[Any]]]:
     """Greedy completions of every chat (an item's messages: `scoring.item_messages`) by every
     model: {model: {texts, finish_reasons, mean_logprobs}}."""
+    if backend == "vllm":
+        return _generate_vllm(ctx, models, chats, max_new_tokens=max_new_tokens)
+    return _generate_hf(ctx, models, chats, max_new_tokens=max_new_tokens)
+
+
+def _generate_vllm(
+    ctx: StageContext, models: list[RunModel], chats: list[list[dict[str, str]]], *, max_new_tokens: int
+) -> dict[str, dict[str, list[Any]]]:
+    """Every model through vLLM offline (`serving.offline.generate`), each sized like the bench."""
+    from verticalft.chat_templates import chosen_template
+    from verticalft.serving.offline import Job, generate
+    from verticalft.serving.sizing import engine_args_for
+
     cfg = ctx.stage_section(EvalStage)
     kwargs = ctx.recipe.models.chat_template_kwargs  # template variables, e.g. enable_thinking: false
-    if backend == "vllm":
-        from verticalft.chat_templates import chosen_template
-        from verticalft.serving.offline import Job, generate
-        from verticalft.serving.sizing import engine_args_for
 
-        # a trained folder carries the run's template; the base folder its own (renders the same
-        # text, unless the recipe chose another template: then every model gets that one)
-        template = chosen_template(ctx.recipe.models.chat_template)
-        jobs = [
-            Job(m.name, m.path, chats, max_new_tokens, chat_template=template, chat_template_kwargs=kwargs,
-                engine_args=engine_args_for(ctx.recipe, m.name, teacher_sized=m.role != "student",
-                                            prompts=chats, max_new_tokens=max_new_tokens,
-                                            explicit=cfg.engine_args, model_path=m.path))
-            for m in models
-        ]  # fmt: skip
-        logger.info(
-            f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})"
+    # a trained folder carries the run's template; the base folder its own (renders the same
+    # text, unless the recipe chose another template: then every model gets that one)
+    template = chosen_template(ctx.recipe.models.chat_template)
+    jobs = [
+        Job(
+            m.name,
+            m.path,
+            chats,
+            max_new_tokens,
+            chat_template=template,
+            chat_template_kwargs=kwargs,
+            engine_args=engine_args_for(
+                ctx.recipe,
+                m.name,
+                teacher_sized=m.role != "student",
+                prompts=chats,
+                max_new_tokens=max_new_tokens,
+                explicit=cfg.engine_args,
+                model_path=m.path,
+            ),
         )
-        outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
-        return {
-            n: {"texts": o.texts, "finish_reasons": o.finish_reasons, "mean_logprobs": o.mean_logprobs}
-            for n, o in outs.items()
-        }
+        for m in models
+    ]
+    logger.info(f"  vLLM offline: {len(models)} models × {len(chats)} prompts (log: {ctx.dir / 'vllm.log'})")
+    outs = generate(jobs, ctx.dir, cfg.engine_args, cfg.env)
+    return {
+        n: {"texts": o.texts, "finish_reasons": o.finish_reasons, "mean_logprobs": o.mean_logprobs}
+        for n, o in outs.items()
+    }
+
+
+def _generate_hf(
+    ctx: StageContext, models: list[RunModel], chats: list[list[dict[str, str]]], *, max_new_tokens: int
+) -> dict[str, dict[str, list[Any]]]:
+    """The transformers fallback: one model loaded at a time, batched greedy generation."""
+    kwargs = ctx.recipe.models.chat_template_kwargs
     import gc
 
     from verticalft.models import load_model, load_tokenizer
@@ -159,7 +186,7 @@ def score_model(
                     "mean_logprob": lp,
                     "confidence": confidence(lp),
                 }
-            )  # fmt: skip
+            )
             for it, text, why, ok, lp in zip(rows, texts, reasons, correct, logps, strict=True)
         ]
     return EvalModel(role=m.role, path=m.path, domain=scores["domain"], general=scores.get("general")), lines
