@@ -41,7 +41,14 @@ def test_training_cost_and_payback():
 
 
 def test_comparison_with_an_api():
-    c = compare_to_api("claude-sonnet", 5e6, 3.0, 15.0, self_hosted_monthly_usd=1620, upfront_usd=4100)
+    c = compare_to_api(
+        "claude-sonnet",
+        daily_tokens=5e6,
+        input_usd_per_m=3.0,
+        output_usd_per_m=15.0,
+        self_hosted_monthly_usd=1620,
+        upfront_usd=4100,
+    )
     assert c.api_monthly_usd == pytest.approx(1350)
     assert c.monthly_savings_usd == pytest.approx(-270)
     assert math.isinf(c.payback_months)  # at 5M tokens/day one L40S does not pay for itself

@@ -67,6 +67,7 @@ class Comparison:
 
 def compare_to_api(
     name: str,
+    *,
     daily_tokens: float,
     input_usd_per_m: float,
     output_usd_per_m: float,

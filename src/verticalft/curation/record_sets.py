@@ -40,7 +40,9 @@ def curate_records(
     kept, pii_counts = _apply_record_rules(rows, name, cfg, funnel, dropped)
     mode = getattr(cfg.decontaminate, name)
     index = _eval_index(kept, cfg, eval_items, corpus_freq) if mode != "off" else None
-    survivors, flagged = _dedup_and_decontaminate(kept, name, cfg, index, mode, funnel, dropped)
+    survivors, flagged = _dedup_and_decontaminate(
+        kept, name, cfg=cfg, index=index, mode=mode, funnel=funnel, dropped=dropped
+    )
     funnel.check()
     per_source = _write_per_source(survivors, origin, len(sources), out / name)
     return {
@@ -113,6 +115,7 @@ def _eval_index(
 def _dedup_and_decontaminate(
     kept: list[dict[str, Any]],
     name: str,
+    *,
     cfg: CurateStage,
     index: EvalIndex | None,
     mode: str,

@@ -132,6 +132,7 @@ class ShardSummaries:
 
 def run_shards(
     shards: list[InputShard],
+    *,
     cfg_json: str,
     eval_json: str,
     folder: Path,

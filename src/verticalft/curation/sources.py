@@ -203,6 +203,7 @@ def _problem(row: dict[str, Any], field: str, required: tuple[str, ...]) -> str 
 def _record(
     row: dict[str, Any],
     source: Source,
+    *,
     required: tuple[str, ...],
     file: str,
     line: int,
@@ -277,7 +278,7 @@ def _jsonl_records(
             if isinstance(row, str):
                 yield Quarantined(str(path), line, row, _raw(raw))
             else:
-                yield _record(row, source, required, str(path), line, stem, raw)
+                yield _record(row, source, required=required, file=str(path), line=line, stem=stem, raw=raw)
     except DataError as exc:  # a truncated .jsonl.gz: the rows before it stand, the rest is lost
         yield Quarantined(str(path), 0, str(exc), "")
 
@@ -313,7 +314,7 @@ def _json_records(
                 str(path), n, f"expected a JSON object, got {type(row).__name__}", _raw(_dump(row))
             )
         else:
-            yield _record(row, source, required, str(path), n, _stem(path))
+            yield _record(row, source, required=required, file=str(path), line=n, stem=_stem(path))
 
 
 def _parquet_records(
@@ -332,7 +333,7 @@ def _parquet_records(
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):  # never the whole file in memory
         for row in batch.to_pylist():
             n += 1
-            yield _record(row, source, required, str(path), n, path.stem)
+            yield _record(row, source, required=required, file=str(path), line=n, stem=path.stem)
 
 
 def _csv_records(
@@ -377,7 +378,13 @@ def _csv_records(
                 )
                 continue
             yield _record(
-                dict(zip(header, cells, strict=True)), source, required, str(path), start, path.stem, raw
+                dict(zip(header, cells, strict=True)),
+                source,
+                required=required,
+                file=str(path),
+                line=start,
+                stem=path.stem,
+                raw=raw,
             )
 
 
@@ -425,7 +432,16 @@ def _page_record(
         row = html
     if not required and not row["text"].strip():
         return Quarantined(str(path), 0, "no text (empty page)", _raw(data[:RAW_CHARS]))
-    return _record(row, source, required, str(path), 0, path.stem, data[: 4 * RAW_CHARS], page_id=rel)
+    return _record(
+        row,
+        source,
+        required=required,
+        file=str(path),
+        line=0,
+        stem=path.stem,
+        raw=data[: 4 * RAW_CHARS],
+        page_id=rel,
+    )
 
 
 def _html_row(data: bytes) -> dict[str, Any] | None:
@@ -473,7 +489,7 @@ def _dataset_records(
         for n, row in enumerate(rows, start=1):
             if n == 1 and columns is None:
                 _check_columns(where, row, source, required)
-            yield _record(row, source, required, where, n, stem)
+            yield _record(row, source, required=required, file=where, line=n, stem=stem)
     except DataError:
         raise
     except Exception as exc:  # a stream breaks while read (network, a bad file): said plainly

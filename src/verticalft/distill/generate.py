@@ -38,6 +38,7 @@ Chat = list[dict[str, str]]  # chat messages: an optional system turn, earlier t
 def generate_vllm(
     model_path: str,
     chats: list[Chat],
+    *,
     max_new_tokens: int,
     temperature: float,
     work_dir: Path,

@@ -240,13 +240,13 @@ def teacher_generations(
         out = g.generate_vllm(
             path,
             contexts,
-            gen.max_new_tokens,
-            gen.temperature,
-            ctx.dir / "vllm",
-            args or None,
-            ev.env if ev else None,
-            tokenizer.chat_template,
-            kwargs,
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            work_dir=ctx.dir / "vllm",
+            engine_args=args or None,
+            env=ev.env if ev else None,
+            chat_template=tokenizer.chat_template,
+            chat_template_kwargs=kwargs,
         )
     else:
         out = g.generate_hf(teacher, tokenizer, contexts, gen.max_new_tokens, gen.batch_size, kwargs)

@@ -164,6 +164,7 @@ def measure(
     ctx: StageContext,
     client: BenchClient,
     server: ManagedServer,
+    *,
     name: str,
     tokenizer: str,
     c: int,
@@ -285,13 +286,25 @@ def bench_model(
     cfg = ctx.stage_section(BenchStage)
     shape, fit = (cfg.input_len, cfg.output_len), cfg.fit()
     sweep = [
-        measure(ctx, client, server, m.name, unit.base_path, c, shape, "concurrency") for c in cfg.concurrency
+        measure(
+            ctx, client, server, name=m.name, tokenizer=unit.base_path, c=c, shape=shape, tag="concurrency"
+        )
+        for c in cfg.concurrency
     ]
     op = operating_point(sweep)
     # the second shape at the concurrency prices are quoted at (best throughput if no SLO point)
     priced = op or max(sweep, key=lambda p: p["output_throughput"] or 0)
     second = (fit.input_len, fit.output_len)
-    fit_point = measure(ctx, client, server, m.name, unit.base_path, priced["max_concurrency"], second, "fit")
+    fit_point = measure(
+        ctx,
+        client,
+        server,
+        name=m.name,
+        tokenizer=unit.base_path,
+        c=priced["max_concurrency"],
+        shape=second,
+        tag="fit",
+    )
     lora = m.name in unit.loras
     return BenchModel(
         served_as="base + LoRA (--enable-lora)" if lora else "merged weights",

@@ -191,7 +191,15 @@ def compare_apis(cfg: Any, capacity: float, bill: Bill, upfront: float) -> dict[
     for api, price in cfg.compare.items():
         p_in, p_out = c.api_price(api, price.input_usd_per_m, price.output_usd_per_m)
         api_per_m = c.api_usd_per_million(p_in, p_out, cfg.input_fraction)
-        cmp = c.compare_to_api(api, cfg.daily_tokens, p_in, p_out, bill.monthly, upfront, cfg.input_fraction)
+        cmp = c.compare_to_api(
+            api,
+            daily_tokens=cfg.daily_tokens,
+            input_usd_per_m=p_in,
+            output_usd_per_m=p_out,
+            self_hosted_monthly_usd=bill.monthly,
+            upfront_usd=upfront,
+            input_fraction=cfg.input_fraction,
+        )
         be = c.break_even_daily_tokens(bill.replica_monthly, capacity, api_per_m, cfg.peak_to_average)
         out[api] = ApiComparison(
             api_usd_per_m=round(api_per_m, 4),

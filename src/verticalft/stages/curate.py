@@ -109,7 +109,15 @@ def _corpus(
     drop ends in the summaries' `dropped`, and the funnel is checked."""
     merged = ShardSummaries(cfg.max_dropped_per_reason)
     with executors.session(cfg.executor, cfg.num_workers):
-        run_shards(shards, cfg_json, eval_json, out / "shards", cfg.executor, cfg.num_workers, merged)
+        run_shards(
+            shards,
+            cfg_json=cfg_json,
+            eval_json=eval_json,
+            folder=out / "shards",
+            executor=cfg.executor,
+            workers=cfg.num_workers,
+            summaries=merged,
+        )
         corpus = corpus_steps(
             cfg,
             shards=out / "shards",
