@@ -336,3 +336,27 @@ def test_two_files_of_the_same_name_keep_every_row_with_distinct_ids(tmp_path):
     twice = write_jsonl(tmp_path / "c.jsonl", [{**chat(0, "x"), "id": "q7"}, {**chat(1, "x"), "id": "q7"}])
     out = [item for _, item in indexed_records([SetSource(path=str(twice))], ("messages",))]
     assert out[0]["id"] == "q7" and isinstance(out[1], Quarantined) and "duplicate id 'q7'" in out[1].error
+
+
+def test_a_network_error_of_the_hub_client_is_offline_however_deep():
+    """huggingface_hub 2.x raises through httpx2 (not httpx, which a fresh `make setup` lacks): a
+    connect error wrapped twice is still the network's; a bad value is not."""
+    import httpx2
+
+    from verticalft.data import offline
+
+    def wrapped() -> BaseException:
+        try:
+            try:
+                raise httpx2.ConnectError("[Errno 101] Network is unreachable")
+            except httpx2.ConnectError as inner:
+                raise OSError("could not reach the Hub") from inner
+        except OSError as middle:
+            try:
+                raise RuntimeError("load_dataset failed") from middle
+            except RuntimeError as outer:
+                return outer
+
+    assert offline(wrapped()) is True
+    assert offline(TimeoutError()) is True
+    assert offline(ValueError("no such config")) is False

@@ -12,6 +12,8 @@ a set of several sources is read, weighted and concatenated by `load_sets`.
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.util
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -154,14 +156,24 @@ def hf_error(source: Source, exc: Exception) -> DataError:
 
 def offline(exc: BaseException) -> bool:
     """Whether a failure (or what caused it) is the network's: then nothing is known of the dataset."""
-    import httpx
-
+    network: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, *http_transport_errors())
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ConnectionError | TimeoutError | httpx.TransportError):
+        if isinstance(seen, network):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def http_transport_errors() -> tuple[type[BaseException], ...]:
+    """The transport errors of the HTTP clients the Hub libraries call through: huggingface_hub 2.x
+    uses `httpx2`, older stacks and vLLM's OpenAI client `httpx`; either may be absent (a fresh
+    `make setup` has httpx2 only), so each is looked for rather than imported."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        if importlib.util.find_spec(name) is not None:
+            found.append(importlib.import_module(name).TransportError)
+    return tuple(found)
 
 
 def stream_rows(kwargs_json: str) -> Iterator[dict[str, Any]]:
