@@ -18,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import types
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "ApiComparison",
@@ -64,7 +67,7 @@ __all__ = [
     "trained",
 ]
 
-R = TypeVar("R")
+R = TypeVar("R", bound="DataclassInstance")  # a record class of this module
 
 
 class MetricsError(ValueError):
@@ -566,12 +569,12 @@ def from_dict(cls: type[R], data: Any, where: str = "metrics", *, strict: bool =
     if not isinstance(data, dict):
         raise MetricsError(f"{where}: expected an object ({cls.__name__}), got {type(data).__name__}")
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if strict and unknown and "extra" not in names:
         raise MetricsError(f"{where}: {', '.join(unknown)} not in {cls.__name__} (verticalft.metrics)")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if f.name == "extra":
             values["extra"] = {k: v for k, v in data.items() if k not in names}
         elif f.name in data:
