@@ -22,6 +22,8 @@ from verticalft.serving.server import lora_problem, lora_rank_arg, vllm_command
 from verticalft.stages.bench import plan_units, select_models
 from verticalft.stages.run_models import RunModel
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _point(c, tput, goodput=None, failed=0, req=10.0):
     return {"max_concurrency": c, "output_throughput": tput, "request_throughput": req, "request_goodput": goodput,
@@ -251,3 +253,35 @@ def test_a_short_point_is_resized_to_last_the_minimum():
         result_dir=Path("."),
         result_file="r.json",
     )
+
+
+def test_every_repeat_of_a_point_runs_the_count_its_first_run_sized(tmp_path):
+    """min_seconds 2, 32 requests configured. First run 2.5 s: long enough, no resize. Second run
+    1.5 s: a repeat, not a sizing run — it is kept as it is, so both repeats ran 32 requests (a
+    resize after the first repeat gave repeats of 32 and 107 requests, compared as one point)."""
+    from types import SimpleNamespace
+
+    from verticalft.recipe import load_recipe
+    from verticalft.rundir import RunDir
+    from verticalft.stages.base import StageContext
+    from verticalft.stages.bench import measure
+
+    recipe = load_recipe(
+        ROOT / "recipes/finance.yaml",
+        "tiny",
+        ["stages.bench.num_prompts=32", "stages.bench.min_seconds=2", "stages.bench.repeats=2"],
+    )
+    durations, asked = iter([2.5, 1.5]), []
+
+    class Client:
+        def run_point(self, server, argv, log):
+            n = int(argv[argv.index("--num-prompts") + 1])
+            asked.append(n)
+            return {"completed": n, "failed": 0, "duration": next(durations), "output_throughput": 10.0 * n,
+                    "request_throughput": 1.0, "max_concurrency": 1, "median_ttft_ms": 5.0}  # fmt: skip
+
+    server = SimpleNamespace(base_url="http://127.0.0.1:1", log_path=tmp_path / "server.log")
+    ctx = StageContext(recipe, RunDir(tmp_path), "bench")
+    point = measure(ctx, Client(), server, name="m", tokenizer="t", c=1, shape=(8, 8), tag="concurrency")
+    assert asked == [32, 32]
+    assert [r["num_prompts"] for r in point["repeats"]] == [32, 32] and point["sizing"] is None

@@ -197,7 +197,9 @@ def measure(
         point = summarise(client.run_point(server, argv, ctx.dir / name / f"{stem}.log"), slo)
         assert_no_failures(point, name, server)
         point["num_prompts"] = n
-        more = prompts_for(n, point["duration"] or 0.0, cfg.min_seconds, configured) if sizing is None else n
+        # only the first run sizes the point: every repeat then runs the same number of requests
+        first = sizing is None and not repeats
+        more = prompts_for(n, point["duration"] or 0.0, cfg.min_seconds, configured) if first else n
         if more > n:  # too short to repeat well: this run sized the point, the repeats start over
             sizing = {"num_prompts": n, "duration": point["duration"], "resized_to": more}
             for suffix in (".json", ".log"):  # kept beside the real repeats as `<stem>-sizing`
