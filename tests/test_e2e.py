@@ -180,6 +180,79 @@ def _distill(runs, *sets, check=True):
     return vft(*args, *[x for s in fast for x in ("--set", s)], check=check)
 
 
+PHASES = (
+    "stages.distill.phases=[{name: heal, data: [corpus, replay], max_tokens: 3000}, "
+    "{name: task, data: sft, max_steps: 4}]"
+)
+
+
+def test_distill_phases_heal_on_documents_then_train_on_sft_and_resume(tiny_run, tmp_path):
+    """A pruned student through two phases: documents packed as CPT packs them (every token a
+    target) up to a token budget, then the SFT conversations from the model the first phase saved;
+    each phase scored and cached once; a run killed after the first phase keeps it."""
+    recipe, shared = tiny_run
+    if recipe != "finance":
+        pytest.skip("the phases run on one recipe (CI time); the stage is recipe-agnostic")
+    runs = copy_runs(shared, tmp_path / "runs")
+    root = runs / recipe / "tiny" / "distill"
+    student = "pruned-1L-influence"
+    sets = [
+        PHASES,
+        'stages.distill.students=["prune://teacher?layers=1"]',
+        "stages.distill.trainer.save_steps=2",
+    ]
+    args = ["run", "recipes/finance.yaml", "-p", "tiny", "--until", "distill", "--runs-dir", str(runs)]
+    args += [x for s in ["stages.distill.max_examples=40", *sets] for x in ("--set", s)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verticalft.cli", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    heal_done = root / student / "heal" / "PHASE_DONE.json"
+    deadline = time.time() + 600
+    while not heal_done.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert heal_done.exists(), "the first phase did not finish"
+    os.killpg(proc.pid, signal.SIGKILL)  # killed in (or right before) the second phase
+    proc.wait()
+
+    out = vft(*args).stdout
+    assert f"student {student}, phase heal: done in an earlier attempt (kept)" in out
+    d = manifest(runs, recipe)["distill"]
+    m, heal_saved = d["metrics"], json.loads(heal_done.read_text())["record"]
+    heal, task = m["students"][student]["phases"]
+    assert (heal["name"], heal["data"], task["name"], task["data"]) == (
+        "heal",
+        "corpus+replay",
+        "task",
+        "sft",
+    )
+    # the budget: rows in order until their tokens reach 3,000 (the last row whole, rows ≤ 256 tokens)
+    assert 3000 <= heal["tokens"] < 3000 + 256
+    assert (
+        heal["target_tokens"] == heal["tokens"] - heal["examples"]
+    )  # each row's first token predicts nothing
+    assert task["train"]["steps"] == 4 and task["examples"] == 40
+    # the second phase trained from the first one's model; the student is the second one's
+    task_done = json.loads((root / student / "task" / "PHASE_DONE.json").read_text())["record"]
+    assert task_done["outputs"]["base_model"] == heal_saved["outputs"]["model"]
+    assert d["outputs"][student] == task_done["outputs"]["model"]
+    # one cache per phase input: the documents' holds every target token of the distinct rows
+    caches = m["caches"]
+    assert set(caches) == {"corpus+replay (3e+03 tokens)", "sft"}
+    assert caches["corpus+replay (3e+03 tokens)"]["tokens"] == heal["target_tokens"]
+    teacher = m["teacher_eval"]
+    for p in (heal, task):
+        assert p["score"] == p["eval"]["score"]
+        assert p["retention_by_task"] == {
+            t: (round(p["eval"]["by_task"][t] / s, 4) if s else None) for t, s in teacher["by_task"].items()
+        }
+    assert m["students"][student]["score"] == task["score"]
+
+
 def test_distill_every_kind_after_the_teacher(tiny_run, tmp_path):
     recipe, shared = tiny_run
     if recipe != "finance":
@@ -212,7 +285,7 @@ def test_distill_every_kind_after_the_teacher(tiny_run, tmp_path):
         assert s["retention"] == (round(s["score"] / teacher, 4) if teacher else None)
         assert s["train"]["distill_loss_last"] < s["train"]["distill_loss_first"]
         assert s["teacher_in_memory"] is False
-    assert m["cache"]["k"] == 64 and m["cache"]["bytes_per_token"] < 1024
+    assert m["caches"]["sft"]["k"] == 64 and m["caches"]["sft"]["bytes_per_token"] < 1024
     assert m["vocab_preflight"]["student-s"]["verdict"] == "identical"
 
     for kind in ("sequence", "on_policy"):

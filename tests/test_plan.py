@@ -139,7 +139,7 @@ def test_plan_shows_teacher_and_student_memory_by_distill_kind():
     cached = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
     online = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.distill.cache=false"]))
     rows = {s.stage: s for s in cached.stages}
-    teacher = rows["distill: teacher top-k cache"]
+    teacher = rows["distill: teacher top-k cache: sft"]
     student = next(s for name, s in rows.items() if name.startswith("distill: Qwen3-8B"))
     assert "teacher" not in student.memory and teacher.memory_gb_per_gpu > 15  # 32B in NF4 ≈ 17 GB
     online_student = next(s for s in online.stages if s.stage.startswith("distill: Qwen3-8B"))
@@ -284,3 +284,23 @@ def test_deepseek_latent_attention_is_said_not_sized(tmp_path):
                                                     "kv_lora_rank": 512, "n_routed_experts": 256}))  # fmt: skip
     plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=[f"models.teacher={folder}"]))
     assert plan.stages == [] and "latent attention" in plan.warnings[-1]
+
+
+def test_plan_prices_each_distill_phase_and_its_cache_by_hand():
+    # finance.yaml: a `domain` phase of 2e9 tokens of corpus+replay, then `task` on the SFT set
+    # (2.5e7 planned tokens × num_train_epochs 2); QLoRA with gradient checkpointing: 4·N·D + 2·N·D.
+    plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
+    rows = {s.stage: s for s in plan.stages}
+    domain, task = (
+        rows["distill: Qwen3-8B/domain (logits, cache)"],
+        rows["distill: Qwen3-8B/task (logits, cache)"],
+    )
+    assert domain.tokens == 2e9 and domain.flops == pytest.approx(6 * domain.active_params * 2e9)
+    assert task.tokens == 2.5e7 * 2 and task.flops == pytest.approx(6 * task.active_params * 5e7)
+    # the teacher covers each phase input's distinct rows once: 2e9 document tokens (the corpus
+    # holds far more), the 2.5e7 SFT tokens; a forward is 2·N·D
+    docs, sft = rows["distill: teacher top-k cache: corpus+replay"], rows["distill: teacher top-k cache: sft"]
+    assert (docs.tokens, sft.tokens) == (2e9, 2.5e7)
+    assert docs.flops == pytest.approx(2 * docs.active_params * 2e9)
+    # on disk: per target token 64 int32 ids (Qwen3's 151,669 ids > 65,536) + 64 fp16 + one fp32
+    assert any("corpus+replay" in n and "on disk at most ~776.0 GB" in n for n in plan.notes)

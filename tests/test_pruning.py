@@ -249,5 +249,7 @@ def test_plan_sizes_a_pruned_smollm2_student_by_hand():
     student = SMOL_EMBED + 10 * SMOL_LAYER + 576
     assert teacher == 134_515_008  # the published ~134.5M
     assert rows["sft"].params == teacher
-    assert rows["distill: pruned-10L-influence (logits, cache)"].params == student == 63_713_088
+    # a pruned student heals on the corpus, then trains on sft (DistillStage.phases_for): one row each
+    assert rows["distill: pruned-10L-influence/heal (logits, cache)"].params == student == 63_713_088
+    assert rows["distill: pruned-10L-influence/task (logits, cache)"].params == student
     assert teacher - student == 20 * SMOL_LAYER

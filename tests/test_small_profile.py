@@ -26,7 +26,9 @@ SMOKE = [
     "stages.dpo.eval_fraction=0.02",
     'models.students=["prune://teacher?layers=8"]',
     "stages.distill.max_examples=24",
-    "stages.distill.trainer.max_steps=3",
+    # both phases of a pruned student, CPU-smoke sized: 8 packed document rows of 256 tokens (one
+    # step of 8), then 3 steps on the conversations
+    "stages.distill.phases=[{name: heal, data: [corpus, replay], max_tokens: 2048}, {name: task, data: sft, max_steps: 3}]",
     "evaluation.max_items=8",
     "stages.eval.max_items=24",
     "stages.bench.concurrency=[2]",
@@ -72,12 +74,17 @@ def test_the_real_template_masks_assistant_tokens_in_every_trainer(small_run):
         folder = Path(m[stage]["outputs"].get("adapter") or m[stage]["outputs"]["model"])
         template = (folder / "chat_template.jinja").read_text()
         assert re.search(r"{%-? generation -?%}", template) and "<|im_start|>" in template
-    # The distillation cache holds response tokens only, at the real vocabulary.
+    # The distillation caches hold target tokens only, at the real vocabulary: the assistant
+    # tokens of the conversations, every token but each row's first of the packed documents.
     d = m["distill"]["metrics"]
+    sft, docs = d["caches"]["sft"], d["caches"]["corpus+replay (2.05e+03 tokens)"]
     # 49,152 ids fit uint16: 64 × 2 B ids + 64 × 2 B fp16 log-probs + 4 B tail = 260 B/token (+ offsets)
-    assert d["cache"]["tokens"] > 0 and 260 <= d["cache"]["bytes_per_token"] < 300
+    assert sft["tokens"] > 0 and 260 <= sft["bytes_per_token"] < 300
+    assert (docs["examples"], docs["tokens"]) == (8, 8 * 255)
     s = d["students"][STUDENT]
-    assert s["train"]["steps"] == 3 and s["score"] is not None
+    heal, task = s["phases"]
+    assert (heal["tokens"], heal["train"]["steps"], task["train"]["steps"]) == (2048, 1, 3)
+    assert s["train"]["steps"] == 3 and s["score"] == task["score"] is not None
 
 
 def test_pruned_student_is_served_and_priced(small_run):

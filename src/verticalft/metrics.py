@@ -159,8 +159,29 @@ class StudentTraining(TrainingMetrics):
 
 
 @dataclass(kw_only=True)
+class PhaseMetrics:
+    """One phase of a student's logit distillation (`stages.distill.phases`), as it ran: its data
+    and budget, its loss settings, its trainer run and the student's score right after it."""
+
+    name: str
+    data: str  # corpus+replay | sft | a source's path (recipe.DistillPhase.label)
+    examples: int  # distinct rows: packed document rows or conversations
+    tokens: int  # student input tokens trained on: the unit of `max_tokens`
+    target_tokens: int  # of which distillation targets (every token of a document, assistant tokens)
+    loss: str
+    temperature: float
+    ce_weight: float
+    train: StudentTraining
+    eval: Score | None
+    score: float | None
+    retention: float | None  # vs the teacher's score, after this phase
+    retention_by_task: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class StudentMetrics:
-    """`distill.students.student_result` (less its outputs) + where the teacher lived."""
+    """`distill.students.student_result` (less its outputs) + where the teacher lived; with
+    phases, `eval`, `score`, `retention` and `train` are the last phase's."""
 
     eval: Score | None
     score: float | None
@@ -168,6 +189,7 @@ class StudentMetrics:
     train: StudentTraining
     peak_rss_mb: float | None
     teacher_in_memory: bool
+    phases: list[PhaseMetrics] = sometimes(factory=list)  # logits: every phase, in order
 
 
 @dataclass(kw_only=True)
@@ -192,7 +214,10 @@ class DistillMetrics:
     vocab_preflight: Any
     failed_students: dict[str, str] = sometimes(factory=dict)
     pruning: dict[str, Any] = sometimes(factory=dict)
-    cache: TeacherCache | None = sometimes(None)  # logits with `cache: true`
+    # logits with `cache: true`: one cache per phase data (recipe.DistillPhase.label); runs from
+    # before phases wrote `cache` (the SFT conversations' one), still read
+    caches: dict[str, TeacherCache] = sometimes(factory=dict)
+    cache: TeacherCache | None = sometimes(None)
     generations: dict[str, Any] | None = sometimes(None)  # sequence: the teacher answers kept and dropped
 
 

@@ -616,21 +616,29 @@ def plan_distill(
     recipe: Any, teacher: Arch, gpu: Gpu, price: float, plan: Plan, specs: dict[str, Any]
 ) -> None:
     """One row for the teacher pass (cache / generation) and one per student, memory by kind."""
+    from verticalft.pruning import is_prune, prune_name
+
     cfg = recipe.stages.distill
     micro = int(cfg.trainer.get("per_device_train_batch_size", 8))
-    # The teacher sees each (first `max_examples`) conversation once; students train on them as
-    # their trainer block says (epochs or max_steps).
-    tokens, examples = source_tokens(recipe.data.sft), source_examples(recipe.data.sft)
-    if cfg.max_examples and examples and cfg.max_examples < examples:
-        tokens, examples = tokens * cfg.max_examples / examples, cfg.max_examples
-    trained = trained_tokens(cfg.trainer, tokens, examples, cfg.max_length, recipe.compute.training_gpus)
+    has = {"has_corpus": bool(recipe.data.corpus), "has_replay": recipe.data.replay is not None}
+    refs = cfg.students or recipe.models.students
+    student_phases = {ref: cfg.phases_for(ref, **has) for ref in refs}
+    # The teacher sees each phase input's distinct rows once (shared by every phase reading them)
+    inputs = {cfg.input_key(p): p for ps in student_phases.values() for p in ps}
     teacher_mem = inference_memory_gb(teacher, cfg.teacher.quantization, cfg.max_length, micro)
     beside = cfg.kind == "on_policy" or (cfg.kind == "logits" and not cfg.cache)
     if not beside:
-        plan_teacher_pass(
-            recipe, teacher=teacher, teacher_mem=teacher_mem, tokens=tokens, gpu=gpu, price=price, plan=plan
-        )
-    from verticalft.pruning import is_prune, prune_name
+        for phase in inputs.values():
+            plan_teacher_pass(
+                recipe,
+                teacher=teacher,
+                teacher_mem=teacher_mem,
+                tokens=phase_tokens(recipe, phase)[0],
+                gpu=gpu,
+                price=price,
+                plan=plan,
+                data=phase.label if len(inputs) > 1 else None,
+            )
 
     cut_from = (
         resolve_arch(cfg.teacher.model, recipe.tiny.vocab_size, specs) if cfg.teacher.model else teacher
@@ -643,19 +651,22 @@ def plan_distill(
         if arch is None:
             plan.warnings.append(f"distill: size of student {ref} unknown ({unknown})")
             continue
-        plan_student(
-            recipe,
-            ref=ref,
-            name=name,
-            arch=arch,
-            teacher=teacher,
-            teacher_mem=teacher_mem,
-            trained=trained,
-            beside=beside,
-            gpu=gpu,
-            price=price,
-            plan=plan,
-        )
+        phases = student_phases[ref]
+        for i, phase in enumerate(phases):
+            plan_student(
+                recipe,
+                ref=ref,
+                name=name if len(phases) == 1 else f"{name}/{phase.name}",
+                arch=arch,
+                teacher=teacher,
+                teacher_mem=teacher_mem,
+                trained=phase_tokens(recipe, phase)[1],
+                beside=beside,
+                gpu=gpu,
+                price=price,
+                plan=plan,
+                note=i == 0,
+            )
     plan.notes.append(
         "distill memory: "
         + (
@@ -666,21 +677,61 @@ def plan_distill(
     )
 
 
+def phase_tokens(recipe: Any, phase: Any) -> tuple[float, float]:
+    """(tokens of the phase's distinct rows — what the teacher's pass covers —, tokens a student
+    trains on in it): the conversations (first `max_examples`) or the documents (corpus, replay
+    at its ratio, sources) up to the phase's `max_tokens`, else the trainer block's schedule with
+    the phase's keys over it."""
+    cfg, d = recipe.stages.distill, recipe.data
+    if phase.reads_conversations:
+        tokens, examples = source_tokens(d.sft), source_examples(d.sft)
+        if cfg.max_examples and examples and cfg.max_examples < examples:
+            tokens, examples = tokens * cfg.max_examples / examples, cfg.max_examples
+    else:
+        names = set(x for x in phase.data if isinstance(x, str))
+        tokens = sum(source_tokens(x) for x in phase.data if not isinstance(x, str))
+        corpus = sum(source_tokens(x) for x in d.corpus) if "corpus" in names else 0.0
+        tokens += corpus
+        if "replay" in names and d.replay is not None:  # mixed at its ratio, as cpt mixes it
+            tokens += corpus * d.replay.ratio / (1 - d.replay.ratio) if corpus else source_tokens(d.replay)
+        examples = None  # packed rows fill max_length
+    if phase.max_tokens is not None:
+        return min(tokens, phase.max_tokens), float(phase.max_tokens)
+    trainer = {**cfg.trainer, **phase.trainer_overrides()}
+    return tokens, trained_tokens(trainer, tokens, examples, cfg.max_length, recipe.compute.training_gpus)
+
+
 def plan_teacher_pass(
-    recipe: Any, *, teacher: Arch, teacher_mem: float, tokens: float, gpu: Gpu, price: float, plan: Plan
+    recipe: Any,
+    *,
+    teacher: Arch,
+    teacher_mem: float,
+    tokens: float,
+    gpu: Gpu,
+    price: float,
+    plan: Plan,
+    data: str | None = None,
 ) -> None:
     """The teacher's pass before the students train (top-k cache or generated answers): its row,
-    its wall time, and a warning when the other ranks would time out waiting for it."""
+    its wall time, and a warning when the other ranks would time out waiting for it. `data`: which
+    phase input it covers, where the phases read more than one."""
     cfg, c = recipe.stages.distill, recipe.compute
     what = "top-k cache" if cfg.kind == "logits" else "generation"
+    what += f": {data}" if data else ""
     flops = 2.0 * teacher.active_params * tokens
     hours = gpu_hours(flops, gpu, mfu_for(c, "inference"))
     ranks = c.training_gpus if cfg.kind == "logits" else 1  # the cache is built in parts by every rank
     wall_min = hours * 60 / ranks
+    disk = ""
+    if cfg.kind == "logits":
+        # distill/cache.py per target token: k ids (uint16 below 65,536 ids, else int32), k fp16
+        # log-probs, one fp32 tail; documents make every token a target, conversations fewer
+        id_bytes = 2 if teacher.vocab <= 65536 else 4
+        disk = f"; on disk at most ~{tokens * (cfg.top_k * (id_bytes + 2) + 4) / 1e9:,.1f} GB"
     plan.notes.append(
         f"distill: the teacher {what} takes {hours:.2f} GPU-hours, "
         + (f"built in parts by each of the {ranks} ranks (its own teacher copy): " if ranks > 1 else "")
-        + f"~{wall_min:.1f} min wall"
+        + f"~{wall_min:.1f} min wall{disk}"
     )
     if wall_min > c.timeout_minutes:
         plan.warnings.append(
@@ -719,9 +770,11 @@ def plan_student(
     gpu: Gpu,
     price: float,
     plan: Plan,
+    note: bool = True,
 ) -> None:
-    """One student's row: its training FLOPs (plus the teacher's forward when it sits beside),
-    its memory per GPU by distillation kind, and a warning when it does not fit."""
+    """One student's row (one per phase): its training FLOPs (plus the teacher's forward when it
+    sits beside), its memory per GPU by distillation kind, and a warning when it does not fit;
+    `note`: add the memory-by-kind note (once per student)."""
     cfg = recipe.stages.distill
     t = cfg.trainer
     ckpt = bool(t.get("gradient_checkpointing", False))
@@ -730,11 +783,12 @@ def plan_student(
         arch, cfg.method, seq_len=cfg.max_length, micro_batch=micro, checkpointing=ckpt, lora_r=cfg.lora.r
     )
     alone, both = mem["total"], round(mem["total"] + teacher_mem, 1)
-    plan.notes.append(
-        f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
-        f"then student {alone:.1f} GB; logits online: {both} GB; sequence: teacher {teacher_mem:.1f} GB "
-        f"(generation; vLLM adds KV cache), then {alone:.1f} GB; on_policy: {both} GB"
-    )
+    if note:
+        plan.notes.append(
+            f"distill memory per GPU for {name} by kind — logits+cache: teacher {teacher_mem:.1f} GB, "
+            f"then student {alone:.1f} GB; logits online: {both} GB; sequence: teacher {teacher_mem:.1f} GB "
+            f"(generation; vLLM adds KV cache), then {alone:.1f} GB; on_policy: {both} GB"
+        )
     if beside:
         mem = {**mem, "teacher": teacher_mem, "total": round(mem["total"] + teacher_mem, 3)}
     flops = training_flops(arch.active_params, trained, cfg.method, ckpt)

@@ -129,8 +129,9 @@ class SetSource(Source):
 
 
 def _one_or_many(value: Any) -> Any:
-    """A set given as one mapping (every recipe before sets took lists) is a list of one."""
-    return [value] if isinstance(value, dict) else value
+    """A set given as one mapping (every recipe before sets took lists) is a list of one; so is a
+    distill phase's data given as one name."""
+    return [value] if isinstance(value, (dict, str)) else value
 
 
 SetSources = Annotated[Annotated[list[SetSource], Field(min_length=1)] | None, BeforeValidator(_one_or_many)]
@@ -340,6 +341,71 @@ class TeacherGeneration(Strict):
     batch_size: int = Field(default=32, ge=1)
 
 
+PhaseData = Literal["corpus", "replay", "sft"]
+
+
+class DistillPhase(Strict):
+    """One phase of a student's distillation: its data, its budget and its loss settings.
+
+    Minitron's order for a pruned student: first heal it on general/domain text (logit KD over
+    packed documents, every token a target), then distil on the task's conversations. The phases
+    run in order, each starting from the model the previous one saved, each scored after it."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="folder name: distill/<student>/<name>/")
+    data: Annotated[list[PhaseData | Source], Field(min_length=1), BeforeValidator(_one_or_many)] = Field(
+        description="corpus (curated when curate ran), replay (mixed at data.replay.ratio), sft, or a "
+        "text source {path, license}; documents are packed into max_length rows"
+    )
+    max_tokens: float | None = Field(
+        default=None,
+        gt=0,
+        description="student training tokens (input tokens) of this phase: the data is cycled up to it; "
+        "default: the trainer block's schedule",
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps instead of max_tokens")
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "tv"] | None = Field(
+        default=None, description="default: stages.distill.loss"
+    )
+    beta: float | None = Field(default=None, ge=0.0, le=1.0, description="default: stages.distill.beta")
+    temperature: float | None = Field(default=None, gt=0.0, description="default: stages.distill.temperature")
+    ce_weight: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="default: stages.distill.ce_weight"
+    )
+    trainer: TrainerBlock = Field(
+        default_factory=dict,
+        description="keys over stages.distill.trainer for this phase (e.g. learning_rate)",
+    )
+
+    @property
+    def label(self) -> str:
+        """What the phase reads, in a word: `corpus+replay`, `sft`, or a source's path."""
+        return "+".join(d if isinstance(d, str) else d.path for d in self.data)
+
+    @property
+    def reads_conversations(self) -> bool:
+        return self.data == ["sft"]
+
+    def trainer_overrides(self) -> dict[str, Any]:
+        """The phase's own trainer keys over the stage's block, then its budget: a token budget is
+        one pass over its rows (distill.phases.budget_rows cycles them), a step budget `max_steps`."""
+        keys = dict(self.trainer)
+        if self.max_tokens is not None:
+            keys.update(num_train_epochs=1, max_steps=-1)
+        elif self.max_steps is not None:
+            keys["max_steps"] = self.max_steps
+        return keys
+
+    @model_validator(mode="after")
+    def _one_budget_one_kind(self) -> DistillPhase:
+        if self.max_tokens is not None and self.max_steps is not None:
+            raise ValueError("give max_tokens or max_steps, not both")
+        if "sft" in self.data and len(self.data) > 1:
+            raise ValueError(
+                "a phase reads conversations (sft) or documents (corpus, replay, sources), not both"
+            )
+        return self
+
+
 class DistillStage(LaunchedStage):
     """Teacher → students: on teacher-written answers (sequence), on its logits, or on-policy."""
 
@@ -358,6 +424,11 @@ class DistillStage(LaunchedStage):
     method: Literal["full", "lora", "qlora"] = Field(default="qlora", description="how each student trains")
     lora: Lora = Field(default_factory=Lora)
     max_length: int = Field(default=2048, ge=16)
+    phases: list[DistillPhase] | None = Field(
+        default=None,
+        description="logits: ordered phases for every student (the other kinds train on sft alone); "
+        "default: a prune:// student heals on corpus (+ replay) then trains on sft, any other on sft",
+    )
     teacher: DistillTeacher = Field(default_factory=DistillTeacher)
     generation: TeacherGeneration = Field(default_factory=TeacherGeneration)
     trainer: TrainerBlock = Field(
@@ -365,12 +436,50 @@ class DistillStage(LaunchedStage):
         description="TrainingArguments / TRL config keys, passed through (validate checks them)",
     )
 
+    def phases_for(self, ref: str, *, has_corpus: bool, has_replay: bool) -> list[DistillPhase]:
+        """A student's phases: the recipe's; else, for a pruned student with a corpus, `heal`
+        (corpus + replay, the trainer block's schedule) then `task` (sft); else the one phase
+        every kind had before phases."""
+        from verticalft.pruning import is_prune
+
+        task = DistillPhase(name="task", data=["sft"])
+        if self.kind != "logits":  # phases are logit distillation's (the stage says it ignores them)
+            return [task]
+        if self.phases:
+            return list(self.phases)
+        if is_prune(ref) and has_corpus:
+            heal = DistillPhase(name="heal", data=["corpus", "replay"] if has_replay else ["corpus"])
+            return [heal, task]
+        return [task]
+
+    def phase_settings(self, phase: DistillPhase) -> dict[str, Any]:
+        """The phase's loss settings, the stage's where the phase leaves one unset."""
+        return {
+            "loss": phase.loss or self.loss,
+            "temperature": phase.temperature if phase.temperature is not None else self.temperature,
+            "beta": phase.beta if phase.beta is not None else self.beta,
+            "ce_weight": phase.ce_weight if phase.ce_weight is not None else self.ce_weight,
+        }
+
+    def input_key(self, phase: DistillPhase) -> str:
+        """Which rows and which teacher cache a phase needs, as a name: phases (of any student)
+        with the same key share both. Documents are read up to the phase's token budget only, so
+        the budget is part of the key; the cache holds log-probs at the phase's temperature."""
+        key = phase.label
+        if not phase.reads_conversations and phase.max_tokens is not None:
+            key += f" ({phase.max_tokens:.3g} tokens)"
+        temperature = self.phase_settings(phase)["temperature"]
+        return key if temperature == self.temperature else f"{key} T={temperature:g}"
+
     @model_validator(mode="after")
     def _kind_fits(self) -> DistillStage:
         if self.kind == "on_policy" and self.loss == "tv":
             raise ValueError(
                 "on_policy uses TRL's generalized JSD: loss must be forward_kl, reverse_kl or jsd"
             )
+        names = [p.name for p in self.phases or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases: names must differ ({', '.join(names)})")
         if self.teacher.endpoint and self.kind != "sequence":
             raise ValueError(
                 "an endpoint teacher returns text, not logits: use kind: sequence (or drop teacher.endpoint)"
@@ -929,20 +1038,28 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
         if spec.training is None:
             continue
         block = (stages.get(spec.name) or {}) if isinstance(stages.get(spec.name) or {}, dict) else {}
-        trainer = block.get("trainer") or {}
-        if not isinstance(trainer, dict) or not trainer:
-            continue
-        cls = spec.training.config_for(block)
-        fields = trainer_config_fields(cls)
-        managed = spec.training.managed
-        for key in trainer:
-            path = f"stages.{spec.name}.trainer.{key}"
-            if key in managed:
-                problems.append(Problem(path=path, message=f"set by verticalft from {managed[key]}"))
-            elif key not in fields:
-                problems.append(
-                    Problem(path=path, message=f"not a field of trl.{cls}{did_you_mean(key, fields)}")
-                )
+        # the stage's block, and each distill phase's keys laid over it
+        phases = block.get("phases")
+        phases = phases if isinstance(phases, list) else []
+        blocks = [(f"stages.{spec.name}.trainer", block.get("trainer"))] + [
+            (f"stages.{spec.name}.phases.{i}.trainer", p.get("trainer"))
+            for i, p in enumerate(phases)
+            if isinstance(p, dict)
+        ]
+        for where, trainer in blocks:
+            if not isinstance(trainer, dict) or not trainer:
+                continue
+            cls = spec.training.config_for(block)
+            fields = trainer_config_fields(cls)
+            managed = spec.training.managed
+            for key in trainer:
+                path = f"{where}.{key}"
+                if key in managed:
+                    problems.append(Problem(path=path, message=f"set by verticalft from {managed[key]}"))
+                elif key not in fields:
+                    problems.append(
+                        Problem(path=path, message=f"not a field of trl.{cls}{did_you_mean(key, fields)}")
+                    )
     return problems
 
 

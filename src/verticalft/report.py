@@ -522,30 +522,56 @@ def _distill_section(m: DistillMetrics | None) -> list[str]:
     """Teacher vs each student: eval score and retention (student / teacher)."""
     if m is None or (not m.students and not m.failed_students):
         return []
-    cache = m.cache
+    caches = m.caches or ({"sft": m.cache} if m.cache else {})
     lines = [
         "",
-        f"## Distillation ({m.kind}{', teacher top-k cache' if cache else ''})",
+        f"## Distillation ({m.kind}{', teacher top-k cache' if caches else ''})",
         "",
         "| model | eval score | retention | train time | peak RSS | teacher in memory |",
         "|---|---|---|---|---|---|",
         f"| teacher `{m.teacher}` | {score(m.teacher_eval)} | 1.000 | – | – | – |",
     ]
     for name, st in m.students.items():
+        seconds = sum(p.train.train_seconds for p in st.phases) if st.phases else st.train.train_seconds
         lines.append(
             f"| {name} | {score(st.eval)} | {num(st.retention, '{:.3f}')} "
-            f"| {num(st.train.train_seconds, '{:.0f}s')} | {num(st.peak_rss_mb, '{:,.0f} MB')} "
+            f"| {num(seconds, '{:.0f}s')} | {num(st.peak_rss_mb, '{:,.0f} MB')} "
             f"| {'yes' if st.teacher_in_memory else 'no'} |"
         )
     for name, err in m.failed_students.items():
         lines.append(f"| {name} | failed: {err} | – | – | – | – |")
-    if cache:
+    lines += _phase_table(m)
+    for data, cache in caches.items():
         lines += [
             "",
-            f"Teacher cache: top-{cache.k} of {cache.tokens:,} response tokens, "
+            f"Teacher cache ({data}): top-{cache.k} of {cache.tokens:,} target tokens, "
             f"{cache.bytes_per_token} bytes/token, built in {cache.build_seconds}s "
             f"(0 s = reused).",
         ]
+    return lines
+
+
+def _phase_table(m: DistillMetrics) -> list[str]:
+    """Retention after every phase of every student, overall and per task: where a student loses
+    what the teacher knows (pruning, then each phase's data), and which phase brings it back."""
+    tasks = sorted(m.teacher_eval.by_task) if m.teacher_eval else []
+    rows = [(name, p) for name, st in m.students.items() for p in st.phases]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Retention after each phase (student score / teacher score), overall and per task:",
+        "",
+        "| student | phase | data | student tokens | score | retention | "
+        + "".join(f"{t} | " for t in tasks),
+        "|---|---|---|---|---|---|" + "---|" * len(tasks),
+    ]
+    for name, p in rows:
+        per_task = "".join(f"{num(p.retention_by_task.get(t), '{:.3f}')} | " for t in tasks)
+        lines.append(
+            f"| {name} | {p.name} | {p.data} | {p.tokens:,} | {score(p.eval)} "
+            f"| {num(p.retention, '{:.3f}')} | {per_task}"
+        )
     return lines
 
 

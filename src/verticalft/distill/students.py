@@ -12,7 +12,7 @@ from typing import Any
 from verticalft.distill.teacher import conversations, teacher_path
 from verticalft.models import lora_config
 from verticalft.pruning import FORMAT, build_pruned, is_prune, parse_prune, prune_name, pruning_record
-from verticalft.recipe import DistillStage
+from verticalft.recipe import DistillPhase, DistillStage
 from verticalft.stages.base import StageContext
 from verticalft.stages.training import Trained, TrainingJob, train_model
 
@@ -91,10 +91,14 @@ def train_logits(
     *,
     tokenizer: Any,
     examples: list[dict[str, Any]],
+    rows: list[int],
     vocab: int,
     teacher: Any,
     cache: Any,
+    phase: DistillPhase,
 ) -> Trained:
+    """One phase of logit distillation: the student on `rows` (indices into `examples`, which the
+    cache covers: `phases.budget_rows`), with the phase's loss settings and trainer keys."""
     from datasets import Dataset
     from peft import get_peft_model
     from trl import SFTConfig
@@ -103,8 +107,9 @@ def train_logits(
     from verticalft.distill.trainer import LogitDistillTrainer, LossSettings
 
     cfg = sctx.stage_section(DistillStage)
-    data = Dataset.from_list([{**ex, "example_index": i} for i, ex in enumerate(examples)])
-    settings = LossSettings(cfg.loss, cfg.temperature, cfg.beta, cfg.ce_weight, vocab)
+    data = Dataset.from_list([{**examples[i], "example_index": i} for i in rows])
+    s = cfg.phase_settings(phase)
+    loss = LossSettings(s["loss"], s["temperature"], s["beta"], s["ce_weight"], vocab)
     peft = _peft(sctx, tokenizer)
 
     def make_trainer(model: Any, args: Any) -> Any:
@@ -115,7 +120,7 @@ def train_logits(
             train_dataset=data,
             data_collator=DistillCollator(tokenizer.pad_token_id),
             processing_class=tokenizer,
-            settings=settings,
+            settings=loss,
             teacher=None if cache is not None else teacher,
             cache=cache,
         )
@@ -130,6 +135,7 @@ def train_logits(
             make_trainer,
             defaults={"learning_rate": 1e-4},
             managed={"remove_unused_columns": False},
+            overrides=phase.trainer_overrides(),
         ),
     )
     kd = done.trainer.kd_log

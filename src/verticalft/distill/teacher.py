@@ -61,7 +61,12 @@ def load_teacher(ctx: StageContext, path: str) -> Any:
 
 
 def build_cache(
-    ctx: StageContext, teacher: Any, tokenizer: Any, examples: list[dict[str, Any]], vocab: int
+    ctx: StageContext,
+    teacher: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    vocab: int,
+    temperature: float | None = None,
 ) -> tuple[Any, float]:
     """(cache, seconds this rank spent building its parts): reused when its key matches (0 s).
 
@@ -70,19 +75,21 @@ def build_cache(
     while the others wait (`main_process_first`, with `compute.timeout_minutes`). Finished parts
     survive a crash: a rerun builds only the missing ones. A failure on one rank stops every
     rank (`agree_or_raise`) instead of leaving the others at the barrier.
-    `teacher` may be None: it is loaded if this rank has parts to build.
+    `teacher` may be None: it is loaded if this rank has parts to build. `temperature`: the
+    phase's (default: the stage's); the cached log-probs are taken at it.
     """
     from verticalft.distill import cache as tc
 
     cfg = ctx.stage_section(DistillStage)
-    identity, root = _cache_root(ctx, tokenizer, examples)
+    temperature = cfg.temperature if temperature is None else temperature
+    identity, root = _cache_root(ctx, tokenizer, examples, temperature)
     # every rank takes the same branch: a rank that saw DONE must not skip the barrier below
     if not any_rank(not tc.is_complete(root)):
         logger.info(f"  teacher cache: reusing {root} (rank {rank()})")
         return tc.TeacherCache(root), 0.0
     ranges = tc.part_ranges(len(examples), ctx.recipe.evaluation.batch_size)
     parts_dir = root.with_name(root.name + ".parts")
-    meta = {"teacher": identity, "temperature": cfg.temperature, "vocab_size": vocab}
+    meta = {"teacher": identity, "temperature": temperature, "vocab_size": vocab}
     t0, error = time.time(), None
     try:
         _build_parts_of_rank(
@@ -96,7 +103,9 @@ def build_cache(
     return tc.TeacherCache(root), seconds
 
 
-def _cache_root(ctx: StageContext, tokenizer: Any, examples: list[dict[str, Any]]) -> tuple[str, Path]:
+def _cache_root(
+    ctx: StageContext, tokenizer: Any, examples: list[dict[str, Any]], temperature: float
+) -> tuple[str, Path]:
     """(teacher identity, cache folder): the key covers the teacher (its run fingerprint when a stage
     of this run made it), the tokenizer, the examples, top-k and temperature.
 
@@ -110,7 +119,7 @@ def _cache_root(ctx: StageContext, tokenizer: Any, examples: list[dict[str, Any]
     newest_first = reversed(model_stages())
     producer = next((s for s in newest_first if ctx.run.output(s, "model") == t_path), None)
     identity = tc.teacher_identity(t_path, ctx.run.record(producer).fingerprint if producer else None)
-    key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, cfg.temperature)
+    key = tc.cache_key(identity, tokenizer, examples, cfg.top_k, temperature)
     root = ctx.run.root / "teacher_cache" / key
     root.parent.mkdir(parents=True, exist_ok=True)
     return identity, root
@@ -147,7 +156,7 @@ def _build_parts_of_rank(
             teacher,
             examples[a:b],
             k=k,
-            temperature=cfg.temperature,
+            temperature=meta["temperature"],
             batch_size=batch,
             vocab_size=vocab,
             pad_id=tokenizer.pad_token_id,

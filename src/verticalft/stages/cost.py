@@ -87,8 +87,10 @@ def spend(ctx: StageContext, train_price: float, serve_price: float) -> dict[str
             "planned_usd": round(plan_usd, 2) if plan_usd else None,
         }
         if stage == "distill":
-            cache = ctx.run.record(stage).metrics.get("cache") or {}
-            line["of_which_cache_build_s"] = cache.get("build_seconds")
+            m = ctx.run.record(stage).metrics
+            caches = list((m.get("caches") or {}).values()) or ([m["cache"]] if m.get("cache") else [])
+            built = [c["build_seconds"] for c in caches if c.get("build_seconds") is not None]
+            line["of_which_cache_build_s"] = round(sum(built), 2) if built else None
         out[stage] = line
     return out
 

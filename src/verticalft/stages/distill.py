@@ -28,7 +28,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from verticalft.distill.phases import budget_rows, phase_examples, tokens_of
 from verticalft.distill.students import (
+    student_name,
     student_result,
     students,
     train_logits,
@@ -51,7 +53,7 @@ from verticalft.launch import FailedOnAnotherRank, any_rank, is_main_process, ra
 from verticalft.metrics import DistillMetrics, from_dict, to_dict
 from verticalft.models import load_tokenizer
 from verticalft.pruning import pruning_record
-from verticalft.recipe import DistillStage
+from verticalft.recipe import DistillPhase, DistillStage
 from verticalft.rundir import atomic_write_json
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
 from verticalft.stages.training import PeakRss, fmt_score, quick_eval
@@ -61,6 +63,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["STUDENT_DONE", "run"]
 
 STUDENT_DONE = "STUDENT_DONE.json"
+PHASE_DONE = "PHASE_DONE.json"
+
+
+@dataclass
+class PhaseInput:
+    """One phase input (`DistillStage.input_key`): its distinct rows and, with `cache: true`, the
+    teacher's top-k cache over them (distill/cache.py), shared by every phase that reads it."""
+
+    examples: list[dict[str, list[int]]]
+    cache: Any = None
+    build_seconds: float = 0.0  # this rank's share of the cache build (0: reused)
+    build_peak_rss_mb: float | None = None
 
 
 @dataclass
@@ -69,11 +83,10 @@ class TeacherSide:
 
     teacher: Any = None  # the loaded teacher, only where a student needs it in memory (online logits)
     eval: dict[str, Any] | None = None  # its quick eval (rank 0), the base of every retention
+    # logits: each student's phases, and per phase input (`DistillStage.input_key`) its rows and cache,
     # built only when a student is to train (none: left empty)
-    examples: list[dict[str, list[int]]] = field(
-        default_factory=list
-    )  # logits: tokenized conversations + masks
-    cache: Any = None  # logits with `cache: true`: the top-k cache (distill/cache.py)
+    phases: dict[str, list[DistillPhase]] = field(default_factory=dict)
+    inputs: dict[str, PhaseInput] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)  # sequence: the teacher's curated answers
 
     @property
@@ -94,11 +107,15 @@ def run(ctx: StageContext) -> StageResult:
     # sequence / on_policy: each conversation up to its final assistant turn, system turn included
     contexts = prompt_contexts(convs)
 
+    if cfg.phases and cfg.kind != "logits":
+        logger.warning(
+            f"  stages.distill.phases: logit distillation's; kind {cfg.kind} trains on the SFT set alone"
+        )
     metrics: dict[str, Any] = {"kind": cfg.kind, "teacher": t_path, "vocab_preflight": vocab}
     if pruned := {n: r for n, p in studs.items() if (r := pruning_record(p))}:
         metrics["pruning"] = pruned  # kept layers and their block influence, per pruned student
     side = _teacher_side(
-        ctx, t_path, tokenizer=tokenizer, convs=convs, contexts=contexts, any_todo=bool(todo), metrics=metrics
+        ctx, t_path, tokenizer=tokenizer, convs=convs, contexts=contexts, todo=list(todo), metrics=metrics
     )
 
     results: dict[str, Any] = {n: _student_result(ctx, n) for n in studs if n not in todo}
@@ -136,13 +153,14 @@ def _teacher_side(
     tokenizer: Any,
     convs: list[list[dict[str, str]]],
     contexts: list[list[dict[str, str]]],
-    any_todo: bool,
+    todo: list[str],
     metrics: dict[str, Any],
 ) -> TeacherSide:
-    """Load and score the teacher, then build what the students need from it (the logit cache or
-    the curated answers) and unload it when no student needs it in memory."""
+    """Load and score the teacher, then build what the students still to train need from it (each
+    phase's rows and logit cache, or the curated answers) and unload it when no student needs it
+    in memory."""
     cfg = ctx.stage_section(DistillStage)
-    side = TeacherSide()
+    side, any_todo = TeacherSide(phases=student_phases(ctx)), bool(todo)
     # Under a launcher only rank 0 scores the teacher (it writes the results); with a cache every
     # rank loads it for its share of the parts (build_cache); online logits need it everywhere.
     needed_here = is_main_process() or (cfg.kind == "logits" and not cfg.cache)
@@ -155,20 +173,10 @@ def _teacher_side(
         teacher = None
         free_gpu_memory()
     if any_todo and cfg.kind == "logits":
-        from verticalft.distill.batching import chat_example
-
-        kwargs = ctx.recipe.models.chat_template_kwargs
-        side.examples = [chat_example(tokenizer, m, cfg.max_length, kwargs) for m in convs]
+        side.inputs = _phase_inputs(ctx, teacher, tokenizer=tokenizer, convs=convs, side=side, todo=todo)
         if cfg.cache:
-            with PeakRss() as mem:
-                side.cache, build_s = build_cache(ctx, teacher, tokenizer, side.examples, len(tokenizer))
-            metrics["cache"] = {
-                **{k: side.cache.meta[k] for k in ("k", "tokens", "examples", "bytes_per_token")},
-                "path": str(side.cache.root),
-                "build_seconds": build_s,
-                "build_peak_rss_mb": mem.mb,
-            }
-            teacher = None  # students train from the cache alone
+            metrics["caches"] = {key: _cache_record(inp) for key, inp in side.inputs.items()}
+            teacher = None  # students train from the caches alone
             free_gpu_memory()  # every rank's teacher copy, before its student loads
     elif any_todo and cfg.kind == "sequence":
         side.rows, metrics["generations"] = sequence_rows(ctx, teacher, tokenizer, contexts)
@@ -178,6 +186,61 @@ def _teacher_side(
     side.teacher = teacher
     gc.collect()
     return side
+
+
+def student_phases(ctx: StageContext) -> dict[str, list[DistillPhase]]:
+    """Each student's phases (`DistillStage.phases_for`: the recipe's, else by the kind of student)."""
+    recipe, cfg = ctx.recipe, ctx.stage_section(DistillStage)
+    has_corpus = bool(ctx.curated_corpus() or recipe.data.corpus)
+    return {
+        student_name(ref): cfg.phases_for(
+            ref, has_corpus=has_corpus, has_replay=recipe.data.replay is not None
+        )
+        for ref in cfg.students or recipe.models.students
+    }
+
+
+def _phase_inputs(
+    ctx: StageContext,
+    teacher: Any,
+    *,
+    tokenizer: Any,
+    convs: list[list[dict[str, str]]],
+    side: TeacherSide,
+    todo: list[str],
+) -> dict[str, PhaseInput]:
+    """The rows of every phase input the students still to train read, and (`cache: true`) the
+    teacher's cache over each, built with the phase's temperature; each once however many
+    phases share it."""
+    cfg = ctx.stage_section(DistillStage)
+    needed = {cfg.input_key(p): p for name in todo for p in side.phases[name]}
+    inputs: dict[str, PhaseInput] = {}
+    for key, phase in needed.items():
+        examples = phase_examples(ctx, phase, tokenizer=tokenizer, convs=convs)
+        inputs[key] = inp = PhaseInput(examples)
+        if cfg.cache:
+            logger.info(f"  teacher cache for {key}: {len(examples):,} rows")
+            with PeakRss() as mem:
+                inp.cache, inp.build_seconds = build_cache(
+                    ctx,
+                    teacher,
+                    tokenizer,
+                    examples,
+                    len(tokenizer),
+                    cfg.phase_settings(phase)["temperature"],
+                )
+            inp.build_peak_rss_mb = mem.mb
+    return inputs
+
+
+def _cache_record(inp: PhaseInput) -> dict[str, Any]:
+    c = inp.cache
+    return {
+        **{k: c.meta[k] for k in ("k", "tokens", "examples", "bytes_per_token")},
+        "path": str(c.root),
+        "build_seconds": inp.build_seconds,
+        "build_peak_rss_mb": inp.build_peak_rss_mb,
+    }
 
 
 def _train_student(
@@ -193,27 +256,96 @@ def _train_student(
     """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
     kind = sctx.stage_section(DistillStage).kind
     if kind == "logits":
-        done = train_logits(
-            sctx,
-            path,
-            tokenizer=tokenizer,
-            examples=side.examples,
-            vocab=len(tokenizer),
-            teacher=side.teacher,
-            cache=side.cache,
-        )
+        result = _train_phases(sctx, path, tokenizer=tokenizer, side=side, fp=fp)
     elif kind == "sequence":
-        done = train_sequence(sctx, path, tokenizer, side.rows)
+        result = student_result(train_sequence(sctx, path, tokenizer, side.rows), side.score)
     else:
-        done = train_on_policy(sctx, path, tokenizer, t_path, contexts)
-    result = {
-        **student_result(done, side.score),
-        "teacher_in_memory": kind == "on_policy" or (kind == "logits" and side.cache is None),
-    }
+        result = student_result(train_on_policy(sctx, path, tokenizer, t_path, contexts), side.score)
+    result["teacher_in_memory"] = kind == "on_policy" or (kind == "logits" and side.teacher is not None)
     if is_main_process():  # one set of results under a launcher
         atomic_write_json(sctx.dir / "result.json", result)
         atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
     return result
+
+
+def _train_phases(
+    sctx: StageContext, path: str, *, tokenizer: Any, side: TeacherSide, fp: str
+) -> dict[str, Any]:
+    """A student's logit phases in order, each from the model the one before saved and scored
+    after it; with several phases each trains in `distill/<student>/<phase>/`, and a rerun keeps
+    the phases a killed attempt finished (their `PHASE_DONE.json`)."""
+    cfg = sctx.stage_section(DistillStage)
+    name = sctx.subdir or ""
+    phases, model, done_phases = side.phases[name], path, []
+    for phase in phases:
+        pctx = sctx if len(phases) == 1 else sctx.sub(f"{name}/{phase.name}")
+        record = _phase_done(pctx, fp) if len(phases) > 1 else None
+        if record is None:
+            inp = side.inputs[cfg.input_key(phase)]
+            rows = budget_rows(inp.examples, phase.max_tokens)
+            logger.info(f"  student {name}, phase {phase.name}: {phase.label}, {len(rows):,} rows")
+            done = train_logits(
+                pctx,
+                model,
+                tokenizer=tokenizer,
+                examples=inp.examples,
+                rows=rows,
+                vocab=len(tokenizer),
+                teacher=side.teacher,
+                cache=inp.cache,
+                phase=phase,
+            )
+            record = _phase_record(cfg, phase, done, examples=inp.examples, rows=rows, teacher_eval=side.eval)
+            if len(phases) > 1 and is_main_process():
+                atomic_write_json(pctx.dir / PHASE_DONE, {"fingerprint": fp, "record": record})
+        else:
+            logger.info(f"  student {name}, phase {phase.name}: done in an earlier attempt (kept)")
+        model = record["outputs"]["model"]
+        done_phases.append(record)
+    last = done_phases[-1]
+    return {
+        **{k: last[k] for k in ("outputs", "eval", "score", "retention", "train")},
+        "peak_rss_mb": max((p["train"]["peak_rss_mb"] or 0 for p in done_phases), default=None),
+        "phases": [{k: v for k, v in p.items() if k != "outputs"} for p in done_phases],
+    }
+
+
+def _phase_record(
+    cfg: DistillStage,
+    phase: DistillPhase,
+    done: Any,
+    *,
+    examples: list[dict[str, list[int]]],
+    rows: list[int],
+    teacher_eval: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One phase as `metrics.PhaseMetrics` (plus its outputs): the student's score after it and
+    its retention overall and per task against the teacher's."""
+    base = student_result(done, teacher_eval["score"] if teacher_eval else None)
+    s = cfg.phase_settings(phase)
+    by_task = (base["eval"] or {}).get("by_task", {})
+    teacher_tasks = (teacher_eval or {}).get("by_task", {})
+    tokens = tokens_of(examples, rows)
+    return {
+        "name": phase.name,
+        "data": phase.label,
+        "examples": len(set(rows)),
+        "tokens": tokens[0],
+        "target_tokens": tokens[1],
+        **{k: s[k] for k in ("loss", "temperature", "ce_weight")},
+        **{k: base[k] for k in ("outputs", "eval", "score", "retention", "train")},
+        "retention_by_task": {
+            t: round(by_task[t] / ts, 4) if ts and t in by_task else None for t, ts in teacher_tasks.items()
+        },
+    }
+
+
+def _phase_done(pctx: StageContext, fp: str) -> dict[str, Any] | None:
+    marker = pctx.dir / PHASE_DONE
+    if not (fp and marker.exists()):
+        return None
+    saved = json.loads(marker.read_text())
+    return saved["record"] if saved.get("fingerprint") == fp else None
 
 
 def _record_failure(sctx: StageContext, name: str, exc: Exception) -> str:

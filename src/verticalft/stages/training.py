@@ -37,6 +37,8 @@ class TrainingJob:
     # (model, args) → trainer: the stage's TRL trainer with its datasets and PEFT config
     make_trainer: Callable[[Any, Any], Any]
     defaults: dict[str, Any] = field(default_factory=dict)  # toolkit defaults (the recipe overrides)
+    # keys over the recipe's block for this job alone (a distill phase's own schedule and budget)
+    overrides: dict[str, Any] = field(default_factory=dict)
     managed: dict[str, Any] = field(default_factory=dict)  # set by the stage (validate rejects them)
     is_peft: bool = True  # save a PEFT adapter (else the full model)
     merge: bool = True  # merge the adapter into a full folder for later stages
@@ -76,7 +78,9 @@ def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
     """
     sharded = is_sharded_run()
     measure_before = job.measure is not None and job.measure_before
-    args = trainer_config(ctx, job.config_cls, defaults=job.defaults, managed=job.managed)
+    args = trainer_config(
+        ctx, job.config_cls, defaults=job.defaults, managed=job.managed, overrides=job.overrides
+    )
     model = _on_every_rank(
         lambda: load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code),
         f"loading {job.model_path}",
@@ -149,9 +153,14 @@ class PeakRss:
 
 # --------------------------------------------------------------------------- trainer glue
 def trainer_config(
-    ctx: StageContext, config_cls: type, defaults: dict[str, Any], managed: dict[str, Any]
+    ctx: StageContext,
+    config_cls: type,
+    defaults: dict[str, Any],
+    managed: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Build a TRL config: toolkit defaults < the recipe's `trainer:` block < managed keys.
+    """Build a TRL config: toolkit defaults < the recipe's `trainer:` block < the job's overrides
+    (a distill phase's keys, also from the recipe) < managed keys.
 
     Managed keys (output dir, lengths, packing …) come from the stage's own recipe fields and
     are rejected in `trainer:` at validation time, so nothing is silently overridden.
@@ -182,6 +191,7 @@ def trainer_config(
         "bf16": _bf16_ok(),
         **defaults,
         **block,
+        **(overrides or {}),
         **managed,
         "output_dir": str(ctx.checkpoints),
     }
