@@ -200,6 +200,8 @@ def test_distill_phases_heal_on_documents_then_train_on_sft_and_resume(tiny_run,
         PHASES,
         'stages.distill.students=["prune://teacher?layers=1"]',
         "stages.distill.trainer.save_steps=2",
+        "data.eval_rephrased={path: data_pipelines/finance/sample/eval_rephrased.jsonl, license: cc-by-4.0}",
+        "evaluation.max_items=30",
     ]
     args = ["run", "recipes/finance.yaml", "-p", "tiny", "--until", "distill", "--runs-dir", str(runs)]
     args += [x for s in ["stages.distill.max_examples=40", *sets] for x in ("--set", s)]
@@ -251,6 +253,12 @@ def test_distill_phases_heal_on_documents_then_train_on_sft_and_resume(tiny_run,
             t: (round(p["eval"]["by_task"][t] / s, 4) if s else None) for t, s in teacher["by_task"].items()
         }
     assert m["students"][student]["score"] == task["score"]
+    # the final student and the teacher on the rephrased items too (the first 30, like the eval's)
+    s, t = m["students"][student], m["teacher_eval_rephrased"]
+    assert t["n"] == s["eval_rephrased"]["n"] == teacher["n"] == 30
+    assert s["retention_rephrased"] == (
+        round(s["eval_rephrased"]["score"] / t["score"], 4) if t["score"] else None
+    )
 
 
 def test_distill_every_kind_after_the_teacher(tiny_run, tmp_path):

@@ -478,3 +478,29 @@ def test_cpt_score_before_reads_eval_before_and_the_old_eval_base(manifest: dict
     assert "| 0.125 → – |" in _row(_section(render(manifest, "t"), "Stages"), "cpt")
     cpt["eval_before"] = {**cpt.pop("eval_base"), "score": 0.25}  # as cpt writes it now
     assert "| 0.250 → – |" in _row(_section(render(manifest, "t"), "Stages"), "cpt")
+
+
+def test_distillation_shows_retention_after_each_phase_per_task(manifest: dict[str, Any]) -> None:
+    d = manifest["stages"]["distill"]["metrics"]
+    student = d["students"]["student-s"]
+    # the teacher's per-task scores in the fixture: change 0.7391, extract 0.0, operating_income
+    # 0.0294, txn_category 0.2794 (score 0.27)
+    heal = {"name": "heal", "data": "corpus+replay", "examples": 10, "tokens": 2560, "target_tokens": 2550,
+            "loss": "forward_kl", "temperature": 1.0, "ce_weight": 0.5, "train": student["train"],
+            "eval": {"score": 0.135, "n": 200, "by_task": {"change": 0.3696}}, "score": 0.135, "retention": 0.5,
+            "retention_by_task": {"change": 0.5, "extract": None, "operating_income": 0.0, "txn_category": 0.0}}  # fmt: skip
+    task = {**heal, "name": "task", "data": "sft", "tokens": 4000, "eval": {"score": 0.27}, "score": 0.27, "retention": 1.0,
+            "retention_by_task": {"change": 1.0, "extract": None, "operating_income": 1.0, "txn_category": 1.0}}  # fmt: skip
+    student["phases"] = [heal, task]
+    d["caches"] = {"corpus+replay (2.56e+03 tokens)": d.pop("cache")}
+    d["teacher_eval_rephrased"] = {"score": 0.2, "n": 40}
+    student["eval_rephrased"], student["retention_rephrased"] = {"score": 0.1, "n": 40}, 0.5
+    text = render(manifest, "t")
+    assert "| student | phase | data | student tokens | score | retention | change | extract | " in text
+    assert "| student-s | heal | corpus+replay | 2,560 | 0.135 | 0.500 | 0.500 | – | 0.000 | 0.000 | " in text
+    assert "| student-s | task | sft | 4,000 | 0.270 | 1.000 | 1.000 | – | 1.000 | 1.000 | " in text
+    assert "Teacher cache (corpus+replay (2.56e+03 tokens)): top-64 of 7,699 target tokens" in text
+    assert "teacher 0.200; student-m – (retention –), student-s 0.100 (retention 0.500)." in text
+    # the student's train time is the sum over its phases
+    section = _section(text, "Distillation (logits, teacher top-k cache)")
+    assert f"| {2 * student['train']['train_seconds']:.0f}s |" in _row(section, "student-s")

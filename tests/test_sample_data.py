@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def _rows(path):
 def test_committed_sample_is_what_the_builder_writes(domain, tmp_path):
     _builder(domain).main(tmp_path)
     for f in sorted((ROOT / "data_pipelines" / domain / "sample").glob("*.jsonl")):
+        if f.name == "eval_rephrased.jsonl":  # rephrase_eval.py's (test below)
+            continue
         assert (tmp_path / f.name).read_bytes() == f.read_bytes(), f.name
 
 
@@ -69,3 +72,30 @@ def test_planted_cards_pass_luhn():
     digits = [int(c) for c in card]
     total = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
     assert total % 10 == 0
+
+
+def test_the_rephrased_finance_eval_asks_the_same_items_in_other_words(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "rephrase", ROOT / "data_pipelines/finance/rephrase_eval.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sample = ROOT / "data_pipelines/finance/sample"
+    (tmp_path / "eval.jsonl").write_text((sample / "eval.jsonl").read_text())
+    mod.main(tmp_path)
+    # the shipped file is the script's output
+    assert (tmp_path / "eval_rephrased.jsonl").read_text() == (sample / "eval_rephrased.jsonl").read_text()
+    before = [json.loads(x) for x in (sample / "eval.jsonl").read_text().splitlines()]
+    after = [json.loads(x) for x in (sample / "eval_rephrased.jsonl").read_text().splitlines()]
+    drop = lambda r: {k: v for k, v in r.items() if k != "prompt"}  # noqa: E731
+    assert [drop(r) for r in after] == [drop(r) for r in before]
+    for old, new in zip(before, after, strict=True):
+        assert old["prompt"] != new["prompt"]
+        # every figure and name the question needs is still in it (by hand: the numbers)
+        assert sorted(re.findall(r"\d+(?:\.\d+)?", old["prompt"])) == sorted(
+            re.findall(r"\d+(?:\.\d+)?", new["prompt"])
+        )
+    by_hand = "Operating costs came to $70M against net revenue of $74M. How much operating income is that, in millions of dollars?\nAnswer:"
+    assert after[0]["prompt"] == by_hand and after[0]["answer"] == "4"
+    with pytest.raises(ValueError, match="fin-x: prompt does not match the change template"):
+        mod.rephrase({"id": "fin-x", "task": "change", "prompt": "Up or down?"})

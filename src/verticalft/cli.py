@@ -150,10 +150,13 @@ def data_set_check(r: Recipe) -> tuple[list[str], list[str], list[str]]:
     sets: list[tuple[Kind | Literal["eval"], list[Source]]] = [
         (name, getattr(r.data, name) or []) for name in set_names
     ]
-    for name, sources in [*sets, ("eval", [r.data.eval] if r.data.eval else [])]:
+    evals = [(k, getattr(r.data, k)) for k in ("eval", "eval_rephrased")]
+    checked: list[tuple[str, Kind | Literal["eval"], list[Source]]] = [(n, n, s) for n, s in sets]
+    checked += [(k, "eval", [s] if s else []) for k, s in evals]
+    for name, kind, sources in checked:
         for i, source in enumerate(sources):
             key = f"data.{name}" + (f".{i}" if len(sources) > 1 else "")
-            line, bad, note = _source_check(key, name, source)
+            line, bad, note = _source_check(key, kind, source)
             lines += [line] if line else []
             problems += bad
             notes += [note] if note else []

@@ -207,8 +207,9 @@ class Check:
         rec = self.vft("distill")["distill"]
         m = rec["metrics"]
         s = m["students"]["student-s"]
-        assert rec["status"] == "done" and m["cache"]["tokens"] > 0 and s["train"]["steps"] == 4
-        return f"cache {m['cache']['tokens']:,} tokens in {m['cache']['build_seconds']}s; student-s score {s['score']}"
+        cache = m["caches"]["sft"]
+        assert rec["status"] == "done" and cache["tokens"] > 0 and s["train"]["steps"] == 4
+        return f"cache {cache['tokens']:,} tokens in {cache['build_seconds']}s; student-s score {s['score']}"
 
     def eval(self) -> str:
         backend = "vllm" if importlib.util.find_spec("vllm") else "hf"

@@ -190,6 +190,9 @@ class StudentMetrics:
     peak_rss_mb: float | None
     teacher_in_memory: bool
     phases: list[PhaseMetrics] = sometimes(factory=list)  # logits: every phase, in order
+    # with data.eval_rephrased: the final student on it, and its retention vs the teacher's
+    eval_rephrased: Score | None = sometimes(None)
+    retention_rephrased: float | None = sometimes(None)
 
 
 @dataclass(kw_only=True)
@@ -211,6 +214,7 @@ class DistillMetrics:
     teacher: str
     teacher_eval: Score | None
     students: dict[str, StudentMetrics] = field(default_factory=dict)
+    teacher_eval_rephrased: Score | None = sometimes(None)  # with data.eval_rephrased
     vocab_preflight: Any
     failed_students: dict[str, str] = sometimes(factory=dict)
     pruning: dict[str, Any] = sometimes(factory=dict)

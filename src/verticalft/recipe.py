@@ -159,6 +159,11 @@ class Data(Strict):
         default=None, description="prompt / chosen / rejected: one source or a list of them"
     )
     eval: Source | None = Field(default=None, description="prompt / answer / task / kind / difficulty")
+    eval_rephrased: Source | None = Field(
+        default=None,
+        description="the eval's tasks asked in words unlike the training data's (same format): distill "
+        "reports each student's retention on it too, so a student that learned the phrasing shows up",
+    )
     general_eval: Source | None = Field(
         default=None,
         description="general-capability set in the eval format (e.g. a slice of MMLU as `choice` items): "

@@ -541,6 +541,17 @@ def _distill_section(m: DistillMetrics | None) -> list[str]:
     for name, err in m.failed_students.items():
         lines.append(f"| {name} | failed: {err} | – | – | – | – |")
     lines += _phase_table(m)
+    if m.teacher_eval_rephrased:
+        lines += [
+            "",
+            f"On the rephrased eval set (data.eval_rephrased, {m.teacher_eval_rephrased.n} items: the tasks "
+            f"asked unlike the training data): teacher {score(m.teacher_eval_rephrased)}; "
+            + ", ".join(
+                f"{n} {score(st.eval_rephrased)} (retention {num(st.retention_rephrased, '{:.3f}')})"
+                for n, st in m.students.items()
+            )
+            + ".",
+        ]
     for data, cache in caches.items():
         lines += [
             "",

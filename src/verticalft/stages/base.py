@@ -124,10 +124,12 @@ class StageContext:
         path = self.run.output("curate", "corpus")
         return [Source(path=path, license="curated")] if path else None
 
-    def eval_items(self) -> list[dict[str, Any]]:
-        """The recipe's eval items (checked, as the eval stage reads them) for the quick eval."""
+    def eval_items(self, rephrased: bool = False) -> list[dict[str, Any]]:
+        """The recipe's eval items (checked, as the eval stage reads them) for the quick eval;
+        `rephrased`: those of `data.eval_rephrased` ([] when the recipe names none)."""
         from verticalft.scoring import load_items
 
-        if self.recipe.data.eval is None:
+        source = self.recipe.data.eval_rephrased if rephrased else self.recipe.data.eval
+        if source is None:
             return []
-        return load_items(self.recipe.data.eval, self.recipe.evaluation.max_items)
+        return load_items(source, self.recipe.evaluation.max_items)

@@ -83,6 +83,7 @@ class TeacherSide:
 
     teacher: Any = None  # the loaded teacher, only where a student needs it in memory (online logits)
     eval: dict[str, Any] | None = None  # its quick eval (rank 0), the base of every retention
+    eval_rephrased: dict[str, Any] | None = None  # the same on data.eval_rephrased, when named
     # logits: each student's phases, and per phase input (`DistillStage.input_key`) its rows and cache,
     # built only when a student is to train (none: left empty)
     phases: dict[str, list[DistillPhase]] = field(default_factory=dict)
@@ -167,7 +168,11 @@ def _teacher_side(
     teacher = load_teacher(ctx, t_path) if cfg.teacher.endpoint is None and needed_here else None
     if is_main_process():
         side.eval = quick_eval(ctx, teacher, tokenizer) if teacher is not None else recorded_teacher_eval(ctx)
+    if is_main_process() and teacher is not None:
+        side.eval_rephrased = quick_eval(ctx, teacher, tokenizer, rephrased=True)
     metrics["teacher_eval"] = side.eval
+    if side.eval_rephrased:
+        metrics["teacher_eval_rephrased"] = side.eval_rephrased
     if teacher is not None and cfg.kind == "sequence" and not generates_in_process(ctx):
         # scored; the answers come from a vLLM child (or an endpoint) that needs this GPU memory
         teacher = None
@@ -256,27 +261,44 @@ def _train_student(
     """Train one student by the recipe's kind; its result and done marker (rank 0) in its folder."""
     kind = sctx.stage_section(DistillStage).kind
     if kind == "logits":
-        result = _train_phases(sctx, path, tokenizer=tokenizer, side=side, fp=fp)
-    elif kind == "sequence":
-        result = student_result(train_sequence(sctx, path, tokenizer, side.rows), side.score)
+        result, model = _train_phases(sctx, path, tokenizer=tokenizer, side=side, fp=fp)
     else:
-        result = student_result(train_on_policy(sctx, path, tokenizer, t_path, contexts), side.score)
+        if kind == "sequence":
+            done = train_sequence(sctx, path, tokenizer, side.rows)
+        else:
+            done = train_on_policy(sctx, path, tokenizer, t_path, contexts)
+        result, model = student_result(done, side.score), done.trainer.model
     result["teacher_in_memory"] = kind == "on_policy" or (kind == "logits" and side.teacher is not None)
+    result.update(_rephrased(sctx, model, tokenizer, side.eval_rephrased))
     if is_main_process():  # one set of results under a launcher
         atomic_write_json(sctx.dir / "result.json", result)
         atomic_write_json(sctx.dir / STUDENT_DONE, {"fingerprint": fp})
     return result
 
 
+def _rephrased(
+    sctx: StageContext, model: Any, tokenizer: Any, teacher: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The trained student on data.eval_rephrased and its retention there ({} without the set, or
+    when the model is not at hand: a final phase kept from an earlier attempt)."""
+    if teacher is None or model is None:
+        return {}
+    summary = quick_eval(sctx, model, tokenizer, rephrased=True)
+    if summary is None:
+        return {}
+    retention = round(summary["score"] / teacher["score"], 4) if teacher["score"] else None
+    return {"eval_rephrased": summary, "retention_rephrased": retention}
+
+
 def _train_phases(
     sctx: StageContext, path: str, *, tokenizer: Any, side: TeacherSide, fp: str
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Any]:
     """A student's logit phases in order, each from the model the one before saved and scored
     after it; with several phases each trains in `distill/<student>/<phase>/`, and a rerun keeps
     the phases a killed attempt finished (their `PHASE_DONE.json`)."""
     cfg = sctx.stage_section(DistillStage)
     name = sctx.subdir or ""
-    phases, model, done_phases = side.phases[name], path, []
+    phases, model, done_phases, trained = side.phases[name], path, [], None
     for phase in phases:
         pctx = sctx if len(phases) == 1 else sctx.sub(f"{name}/{phase.name}")
         record = _phase_done(pctx, fp) if len(phases) > 1 else None
@@ -296,10 +318,12 @@ def _train_phases(
                 phase=phase,
             )
             record = _phase_record(cfg, phase, done, examples=inp.examples, rows=rows, teacher_eval=side.eval)
+            trained = done.trainer.model
             if len(phases) > 1 and is_main_process():
                 atomic_write_json(pctx.dir / PHASE_DONE, {"fingerprint": fp, "record": record})
         else:
             logger.info(f"  student {name}, phase {phase.name}: done in an earlier attempt (kept)")
+            trained = None
         model = record["outputs"]["model"]
         done_phases.append(record)
     last = done_phases[-1]
@@ -307,7 +331,7 @@ def _train_phases(
         **{k: last[k] for k in ("outputs", "eval", "score", "retention", "train")},
         "peak_rss_mb": max((p["train"]["peak_rss_mb"] or 0 for p in done_phases), default=None),
         "phases": [{k: v for k, v in p.items() if k != "outputs"} for p in done_phases],
-    }
+    }, trained
 
 
 def _phase_record(

@@ -256,9 +256,10 @@ def perplexity(eval_loss: float | None) -> float | None:
 
 
 def quick_eval(
-    ctx: StageContext, model: Any, tokenizer: Any, every_rank: bool = False
+    ctx: StageContext, model: Any, tokenizer: Any, every_rank: bool = False, rephrased: bool = False
 ) -> dict[str, Any] | None:
-    """Domain eval score of `model` on the recipe's eval set, returned on rank 0 only.
+    """Domain eval score of `model` on the recipe's eval set (`rephrased`: on data.eval_rephrased),
+    returned on rank 0 only.
 
     Rank 0 alone generates, unless `every_rank`: a model sharded by FSDP/ZeRO-3 gathers its
     weights in every forward, so every rank must generate the same batches (transformers then
@@ -266,7 +267,7 @@ def quick_eval(
     """
     from verticalft.scoring import evaluate_model
 
-    items = ctx.eval_items()
+    items = ctx.eval_items(rephrased)
     if not items or not (is_main_process() or every_rank):
         return None
     ev = ctx.recipe.evaluation
