@@ -122,6 +122,29 @@ def test_top_k_keeps_the_tail_mass_explicitly():
     assert errs[0] > errs[1] > errs[2]
 
 
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_a_student_confident_on_the_teachers_ids_keeps_finite_gradients(kind):
+    # The student puts all but e^-40 of its mass on one of the teacher's ids: Σ top-k rounds to 1
+    # in fp32. Its tail bucket must still be log of the mass outside (≈ -40 + log(V - k)), and the
+    # gradient finite: log(1 - Σ top-k) = log 0 made every weight NaN after ~20 steps of a real run.
+    t = logits(4, V, seed=21)
+    ids, top, tail = teacher_topk(t, 8, 1.0)
+    s = torch.zeros(4, V)
+    s.scatter_(-1, ids[:, :1], 40.0)  # one teacher id at +40, the other V - 1 ids at 0
+    s.requires_grad_(True)
+    per = topk_divergence(s, ids, top, kind=kind, teacher_tail_log=tail)
+    per.sum().backward()
+    assert torch.isfinite(per).all() and torch.isfinite(s.grad).all()
+    # by hand, forward KL: Σ p_i (log p_i − log q_i) over the k ids and the tail bucket, where the
+    # student's log q = x_i − log(e^40 + (V − 1)), its tail (V − k) ids at 0
+    log_z = math.log(math.exp(40.0) + V - 1)
+    q = torch.where(ids == ids[:, :1], 40.0 - log_z, -log_z)
+    q = torch.cat([q, torch.full((4, 1), math.log(V - 8) - log_z)], dim=-1)
+    p = torch.cat([top, tail.unsqueeze(-1)], dim=-1)
+    if kind == "forward_kl":
+        assert torch.allclose(per, (p.exp() * (p - q)).sum(-1), rtol=1e-5)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("T", [1.0, 2.0])
 def test_matches_trl_generalized_jsd(beta, T):

@@ -151,14 +151,19 @@ def topk_divergence(
 ) -> torch.Tensor:
     """Per-position divergence over the teacher's k ids + the tail bucket (no T², no mean)."""
     s_full = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    s_top = s_full.gather(-1, teacher_ids.long())
+    ids = teacher_ids.long()
+    s_top = s_full.gather(-1, ids)
+    # The student's tail is the log-sum of its probabilities outside the k ids, not log(1 - Σ top-k):
+    # once a confident student puts all but ~1e-8 of its mass on the k ids, Σ top-k rounds to 1 in
+    # fp32, log(1 - 1) = -inf, and its gradient (0 · inf) turns every weight into NaN.
+    s_tail = s_full.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
     t_top = teacher_topk_log.float()
     t_buckets = (
         with_tail(t_top)
         if teacher_tail_log is None
         else torch.cat([t_top, teacher_tail_log.float().unsqueeze(-1)], dim=-1)
     )
-    return bucket_divergence(with_tail(s_top), t_buckets, kind, beta)
+    return bucket_divergence(torch.cat([s_top, s_tail], dim=-1), t_buckets, kind, beta)
 
 
 def topk_distill_loss(
