@@ -303,7 +303,7 @@ def test_sequence_teacher_is_scored_then_freed_before_a_vllm_child(backend, tmp_
         tokenizer=tokenizer,
         convs=[],
         contexts=[[{"role": "user", "content": "What was revenue?"}]],
-        any_todo=True,
+        todo=["student-s"],
         metrics=metrics,
     )
     assert metrics["teacher_eval"] is not None and len(refs) == 1  # loaded once, scored
