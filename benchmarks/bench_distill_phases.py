@@ -12,6 +12,8 @@ Options (issue 27):
   c-10L  b with the 10-layer student (influence)
   d-jsd  b with JSD (beta 0.5) instead of forward KL, in both phases
   d-rkl  b with reverse KL
+b and c-10L train in one stage run, last (the small profile's own two students and phases), so
+that `verticalft run ... -p small --only eval bench cost route` on the same folder prices them.
 Each option is the real distill stage (`verticalft run --only distill --force`) on the same run
 folder, with `--set` overrides only; the teacher, its caches (built by the first option that
 needs them, reused after: their build time is reported apart), the eval items and every trainer
@@ -49,31 +51,36 @@ def phases(budget: int, loss: str | None = None, heal: bool = True) -> str:
 
 
 def options(budget: int) -> dict[str, dict[str, Any]]:
-    influence16 = PRUNE.format(layers=16, by="influence")
+    """The options in the order they run; `b` trains its 16-layer student and c-10L's 10-layer one
+    in one stage run (the same phases, one teacher pass), last, so that the run folder ends with
+    the small profile's own distillation for the eval, bench and cost stages after it."""
+    influence16, influence10 = (PRUNE.format(layers=n, by="influence") for n in (16, 10))
+    even16 = PRUNE.format(layers=16, by="even")
     return {
-        "a": {"what": "sft only", "student": influence16, "phases": phases(budget, heal=False)},
-        "b": {"what": "corpus+replay → sft", "student": influence16, "phases": phases(budget)},
+        "a": {"what": "sft only", "students": {"a": influence16}, "phases": phases(budget, heal=False)},
         "c-even": {
             "what": "b, 16 layers pruned evenly",
-            "student": PRUNE.format(layers=16, by="even"),
+            "students": {"c-even": even16},
             "phases": phases(budget),
-        },  # fmt: skip
-        "c-10L": {
-            "what": "b, 10 layers (influence)",
-            "student": PRUNE.format(layers=10, by="influence"),
-            "phases": phases(budget),
-        },  # fmt: skip
-        "d-jsd": {"what": "b with JSD", "student": influence16, "phases": phases(budget, "jsd")},
+        },
+        "d-jsd": {"what": "b with JSD", "students": {"d-jsd": influence16}, "phases": phases(budget, "jsd")},
         "d-rkl": {
             "what": "b with reverse KL",
-            "student": influence16,
+            "students": {"d-rkl": influence16},
             "phases": phases(budget, "reverse_kl"),
-        },
+        },  # fmt: skip
+        "b": {
+            "what": "corpus+replay → sft",
+            "students": {"b": influence16, "c-10L": influence10},
+            "phases": phases(budget),
+        },  # fmt: skip
     }
 
 
-def run_option(runs: Path, option: dict[str, Any], extra: list[str]) -> dict[str, Any]:
-    sets = [f'stages.distill.students=["{option["student"]}"]', f"stages.distill.phases={option['phases']}"]
+def run_option(runs: Path, option: dict[str, Any], extra: list[str]) -> dict[str, dict[str, Any]]:
+    """One distill stage run; a result per student, keyed by the option it measures."""
+    refs = ", ".join(f'"{r}"' for r in option["students"].values())
+    sets = [f"stages.distill.students=[{refs}]", f"stages.distill.phases={option['phases']}"]
     args = [RECIPE, "-p", "small", "--only", "distill", "--force", "--runs-dir", str(runs)]
     args += [x for s in sets + extra for x in ("--set", s)]
     t0 = time.time()
@@ -84,42 +91,58 @@ def run_option(runs: Path, option: dict[str, Any], extra: list[str]) -> dict[str
         capture_output=True,
         text=True,
     )
-    wall = time.time() - t0
+    wall = round(time.time() - t0, 1)
     if proc.returncode != 0:
         raise SystemExit(f"option failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     manifest = json.loads((runs / "finance" / "small" / "manifest.json").read_text())["stages"]["distill"]
     m = manifest["metrics"]
-    ((name, student),) = m["students"].items()
-    cache_s = sum(c["build_seconds"] for c in (m.get("caches") or {}).values())
-    return {
-        **option,
-        "student_name": name,
-        "teacher_score": m["teacher_eval"]["score"],
-        "teacher_by_task": m["teacher_eval"]["by_task"],
-        "score": student["score"],
-        "retention": student["retention"],
-        "retention_by_task": student["phases"][-1]["retention_by_task"],
-        "student_tokens": sum(p["tokens"] for p in student["phases"]),
-        "train_seconds": round(sum(p["train"]["train_seconds"] for p in student["phases"]), 1),
+    cache_s = round(sum(c["build_seconds"] for c in (m.get("caches") or {}).values()), 1)
+    stage = {
         "stage_seconds": manifest["wall_time_s"],
-        "of_which_cache_build_s": round(cache_s, 1),
-        "process_seconds": round(wall, 1),
-        "phases": [
-            {k: p[k] for k in ("name", "data", "tokens", "score", "retention", "retention_by_task", "loss")}
-            for p in student["phases"]
-        ],
+        "of_which_cache_build_s": cache_s,
+        "process_seconds": wall,
     }
+    out = {}
+    for (key, ref), name in zip(option["students"].items(), m["students"], strict=True):
+        student = m["students"][name]
+        out[key] = {
+            "what": option["what"],
+            "student": ref,
+            "phases_override": option["phases"],
+            "student_name": name,
+            "teacher_score": m["teacher_eval"]["score"],
+            "teacher_by_task": m["teacher_eval"]["by_task"],
+            "score": student["score"],
+            "retention": student["retention"],
+            "retention_by_task": student["phases"][-1]["retention_by_task"],
+            "retention_rephrased": student.get("retention_rephrased"),
+            "student_tokens": sum(p["tokens"] for p in student["phases"]),
+            "train_seconds": round(sum(p["train"]["train_seconds"] for p in student["phases"]), 1),
+            **stage,  # the whole stage: both students of option b
+            "phases": [
+                {
+                    k: p[k]
+                    for k in ("name", "data", "tokens", "score", "retention", "retention_by_task", "loss")
+                }
+                for p in student["phases"]
+            ],
+        }
+    return out
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     tasks = sorted(next(iter(results.values()))["teacher_by_task"])
-    head = "| option | what | student tokens | retention | " + " | ".join(tasks) + " | train s | stage s |"
-    lines = [head, "|" + "---|" * (6 + len(tasks))]
+    head = (
+        "| option | what | student tokens | retention | "
+        + " | ".join(tasks)
+        + " | rephrased | train s | stage s |"
+    )
+    lines = [head, "|" + "---|" * (7 + len(tasks))]
     for key, r in results.items():
         per_task = " | ".join(f"{r['retention_by_task'].get(t) or 0:.3f}" for t in tasks)
         lines.append(
             f"| {key} | {r['what']} | {r['student_tokens']:,} | {r['retention']:.3f} | {per_task} "
-            f"| {r['train_seconds']:.0f} | {r['stage_seconds']:.0f} |"
+            f"| {r.get('retention_rephrased') or 0:.3f} | {r['train_seconds']:.0f} | {r['stage_seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -138,13 +161,14 @@ def main() -> None:
     if args.out.exists():  # resume: keep the options measured before with the same budget
         before = json.loads(args.out.read_text())
         if before.get("budget") == args.budget:
-            results = {k: v for k, v in before["options"].items() if k in chosen}
+            results = before["options"]
     for key, option in chosen.items():
-        if key in results:
+        if all(k in results for k in option["students"]):
             continue
         print(f"option {key}: {option['what']} …", flush=True)
-        results[key] = run_option(args.runs_dir, option, args.set)
-        print(f"  retention {results[key]['retention']}, {results[key]['stage_seconds']}s", flush=True)
+        for k, r in run_option(args.runs_dir, option, args.set).items():
+            results[k] = r
+            print(f"  {k}: retention {r['retention']}, stage {r['stage_seconds']}s", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {**results_header("bench_distill_phases.py", sys.argv[1:], load), "budget": args.budget}
         args.out.write_text(json.dumps({**doc, "options": results}, indent=2) + "\n")
