@@ -12,8 +12,8 @@ Options (issue 27):
   c-10L  b with the 10-layer student (influence)
   d-jsd  b with JSD (beta 0.5) instead of forward KL, in both phases
   d-rkl  b with reverse KL
-b and c-10L train in one stage run, last (the small profile's own two students and phases), so
-that `verticalft run ... -p small --only eval bench cost route` on the same folder prices them.
+b and c-10L train in one stage run (the small profile's own two students and phases), so that
+`verticalft run ... -p small --only eval bench cost route` on a copy of the folder prices them.
 Each option is the real distill stage (`verticalft run --only distill --force`) on the same run
 folder, with `--set` overrides only; the teacher, its caches (built by the first option that
 needs them, reused after: their build time is reported apart), the eval items and every trainer
@@ -52,8 +52,8 @@ def phases(budget: int, loss: str | None = None, heal: bool = True) -> str:
 
 def options(budget: int) -> dict[str, dict[str, Any]]:
     """The options in the order they run; `b` trains its 16-layer student and c-10L's 10-layer one
-    in one stage run (the same phases, one teacher pass), last, so that the run folder ends with
-    the small profile's own distillation for the eval, bench and cost stages after it."""
+    in one stage run (the same phases, one teacher pass): the small profile's own distillation,
+    which the eval, bench and cost stages then price on a copy of the run folder."""
     influence16, influence10 = (PRUNE.format(layers=n, by="influence") for n in (16, 10))
     even16 = PRUNE.format(layers=16, by="even")
     return {
@@ -63,17 +63,17 @@ def options(budget: int) -> dict[str, dict[str, Any]]:
             "students": {"c-even": even16},
             "phases": phases(budget),
         },
+        "b": {
+            "what": "corpus+replay → sft",
+            "students": {"b": influence16, "c-10L": influence10},
+            "phases": phases(budget),
+        },
         "d-jsd": {"what": "b with JSD", "students": {"d-jsd": influence16}, "phases": phases(budget, "jsd")},
         "d-rkl": {
             "what": "b with reverse KL",
             "students": {"d-rkl": influence16},
             "phases": phases(budget, "reverse_kl"),
-        },  # fmt: skip
-        "b": {
-            "what": "corpus+replay → sft",
-            "students": {"b": influence16, "c-10L": influence10},
-            "phases": phases(budget),
-        },  # fmt: skip
+        },
     }
 
 

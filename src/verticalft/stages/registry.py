@@ -211,7 +211,8 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="distill",
-        inputs=lambda d: [*_or_absent(d.sft), d.eval],
+        # the phases read replay too (the corpus reaches distill through cpt's fingerprint)
+        inputs=lambda d: [*_or_absent(d.sft), d.eval, d.replay, d.eval_rephrased],
         checks_sets=("sft",),
         training=Training(
             config="SFTConfig",
