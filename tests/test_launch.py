@@ -272,7 +272,7 @@ def test_each_stage_runs_under_the_config_that_fits_it(tmp_path):
         if s.stage == "cpt"
     ]
     assert not cpt.fits and cpt.memory_gb_per_gpu > 16 * 32e9 / 1e9
-    (cache,) = [n for n in plan.notes if "teacher top-k cache takes" in n]
+    (cache,) = [n for n in plan.notes if "teacher top-k cache: sft takes" in n]
     # 1.53 GPU-hours of teacher forward over 64 ranks: 1.53 × 60 / 64 ≈ 1.4 minutes each
     assert "built in parts by each of the 64 ranks" in cache and "~1.4 min wall" in cache
 
