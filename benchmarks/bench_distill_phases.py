@@ -103,7 +103,10 @@ def run_option(runs: Path, option: dict[str, Any], extra: list[str]) -> dict[str
         "process_seconds": wall,
     }
     out = {}
-    for (key, ref), name in zip(option["students"].items(), m["students"], strict=True):
+    from verticalft.distill.students import student_name
+
+    for key, ref in option["students"].items():
+        name = student_name(ref)  # the manifest lists students in the order they finished
         student = m["students"][name]
         out[key] = {
             "what": option["what"],
