@@ -92,7 +92,7 @@ def test_bad_phases_are_every_problem_with_its_key_path():
     text = str(err.value)
     assert "stages.distill.phases.0" in text and "conversations (sft) or documents" in text
     assert "stages.distill.phases.1" in text and "max_tokens or max_steps, not both" in text
-    assert "stages.distill.phases.3.data" in text
+    assert "stages.distill.phases.3.data: Value error, 'corpuss' is not corpus, replay or sft" in text
     with pytest.raises(RecipeError) as err:
         load_recipe(
             FINANCE, "tiny", ["stages.distill.phases=[{name: b, data: sft, trainer: {learnin_rate: 1}}]"]

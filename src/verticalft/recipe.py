@@ -129,9 +129,8 @@ class SetSource(Source):
 
 
 def _one_or_many(value: Any) -> Any:
-    """A set given as one mapping (every recipe before sets took lists) is a list of one; so is a
-    distill phase's data given as one name."""
-    return [value] if isinstance(value, (dict, str)) else value
+    """A set given as one mapping (every recipe before sets took lists) is a list of one."""
+    return [value] if isinstance(value, dict) else value
 
 
 SetSources = Annotated[Annotated[list[SetSource], Field(min_length=1)] | None, BeforeValidator(_one_or_many)]
@@ -349,6 +348,16 @@ class TeacherGeneration(Strict):
 PhaseData = Literal["corpus", "replay", "sft"]
 
 
+def _phase_data(value: Any) -> Any:
+    """A phase's data as a list (one name alone is a list of one); a name that is none of the
+    three is said plainly, before pydantic's union error would name its internal branches."""
+    items = [value] if isinstance(value, (dict, str)) else value
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, str) and item not in ("corpus", "replay", "sft"):
+            raise ValueError(f"'{item}' is not corpus, replay or sft (a text source is {{path, license}})")
+    return items
+
+
 class DistillPhase(Strict):
     """One phase of a student's distillation: its data, its budget and its loss settings.
 
@@ -357,7 +366,7 @@ class DistillPhase(Strict):
     run in order, each starting from the model the previous one saved, each scored after it."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="folder name: distill/<student>/<name>/")
-    data: Annotated[list[PhaseData | Source], Field(min_length=1), BeforeValidator(_one_or_many)] = Field(
+    data: Annotated[list[PhaseData | Source], Field(min_length=1), BeforeValidator(_phase_data)] = Field(
         description="corpus (curated when curate ran), replay (mixed at data.replay.ratio), sft, or a "
         "text source {path, license}; documents are packed into max_length rows"
     )
