@@ -643,7 +643,7 @@ def plan_distill(
     cut_from = (
         resolve_arch(cfg.teacher.model, recipe.tiny.vocab_size, specs) if cfg.teacher.model else teacher
     )
-    for ref in cfg.students or recipe.models.students:
+    for ref in refs:
         if is_prune(ref):
             arch, name, unknown = pruned_arch(ref, cut_from), prune_name(ref), "its teacher's size is unknown"
         else:
