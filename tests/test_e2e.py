@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from verticalft.formatting import usd
 from verticalft.serving.benchmark import PER_TOKEN, POOLED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -460,3 +461,67 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run, tmp_path):
         "--set", "route.target={max_usd_per_m: 1000}")  # fmt: skip
     routed = manifest(runs, recipe)["route"]["metrics"]["cascades"]["student-s → dpo"]
     assert routed["target"] == {"max_usd_per_m": 1000.0} and routed["target_met_on_pick_half"] is True
+
+
+def test_quantized_student_is_measured_like_the_others_then_exported_with_a_card(tiny_run, tmp_path):
+    """stages.export end to end: the student quantized (W8A8 with llm-compressor, FP8 made but not
+    served on CPU), the W8A8 variant scored, benchmarked and priced beside the others, then every
+    chosen model in export/<name>/ with a Hub model card; push's dry run lists the files."""
+    recipe, shared = tiny_run
+    if recipe != "finance":
+        pytest.skip("one recipe (CI time); the stages are recipe-agnostic")
+    runs = copy_runs(shared, tmp_path / "runs")
+    root = runs / recipe / "tiny"
+    _distill(runs, "stages.distill.students=[tiny://student-s]")
+    vft("export", f"recipes/{recipe}.yaml", "-p", "tiny", "--runs-dir", str(runs),
+        "--set", "stages.bench.concurrency=[1]", "--set", "stages.bench.num_prompts=8",
+        "--set", "stages.bench.repeats=1", "--set", "stages.bench.fit_shape=null")  # fmt: skip
+    m = manifest(runs, recipe)
+    assert all(m[s]["status"] == "done" for s in ("quantize", "eval", "bench", "cost", "route", "export"))
+    variants = {v["name"]: v for v in m["quantize"]["metrics"]["variants"]}
+    assert set(variants) == {"student-s-w8a8", "student-s-fp8_dynamic"}
+    w8 = variants["student-s-w8a8"]
+    assert w8["served_here"] and not variants["student-s-fp8_dynamic"]["served_here"]
+    # int8 linear layers, bf16 embeddings: smaller than the fp32 student folder
+    assert w8["bytes"] < w8["source_bytes"]
+
+    scores = m["eval"]["metrics"]["models"]
+    assert "student-s-w8a8" in scores and "student-s-fp8_dynamic" not in scores
+    q = scores["student-s-w8a8"]
+    assert q["role"] == "student" and q["quantization"] == "W8A8" and q["quantized_from"] == "student-s"
+    teacher = m["eval"]["metrics"]["teacher"]
+    assert teacher == "dpo"  # a variant never becomes the teacher
+    assert q["retention"]["overall"] == round(q["domain"]["score"] / scores["dpo"]["domain"]["score"], 4)
+    rows = [json.loads(x) for x in (root / "eval" / "student-s-w8a8.jsonl").read_text().splitlines()]
+    assert len(rows) == m["eval"]["metrics"]["items"]["domain"]
+    bench = m["bench"]["metrics"]["models"]
+    assert set(bench) == {"dpo", "student-s", "student-s-w8a8"}
+    assert bench["student-s-w8a8"]["weight_bytes"] == w8["bytes"]
+    assert bench["student-s-w8a8"]["sweep"][0]["completed"] == 8
+    assert "student-s-w8a8" in m["cost"]["metrics"]["models"]
+
+    # export/: the student, its two variants (FP8 too: made, to be measured on a GPU); not the teacher
+    folders = m["export"]["outputs"]
+    assert set(folders) == {"student-s", "student-s-w8a8", "student-s-fp8_dynamic"}
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(Path(folders["student-s-w8a8"]) / "README.md")
+    assert card.data.base_model == "tiny://teacher" and "compressed-tensors" in card.data.tags
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results["domain score"] == q["domain"]["score"]
+    assert results["retention vs teacher"] == q["retention"]["overall"]
+    text = card.text
+    assert "W8A8" in text and "llm-compressor 0.14.0.1" in text and "## Recipe (resolved)" in text
+    effective = m["cost"]["metrics"]["models"]["student-s-w8a8"]["effective_usd_per_m"]
+    assert usd(effective) in text and "## Chat template" in text
+    fp8 = (Path(folders["student-s-fp8_dynamic"]) / "README.md").read_text()
+    assert "torch._scaled_mm" in fp8  # says why it was not measured here
+    # the weights are the quantize stage's files (hard links), loadable where they are
+    assert (Path(folders["student-s-w8a8"]) / "model.safetensors").stat().st_size == w8["bytes"]
+
+    out = vft("push", f"recipes/{recipe}.yaml", "-p", "tiny", "--runs-dir", str(runs), "--model",
+              "student-s-w8a8", "--repo", "acme/finance-student", "--dry-run").stdout  # fmt: skip
+    assert "would upload" in out and "acme/finance-student" in out and "README.md" in out
+    assert "model.safetensors" in out and "HF_TOKEN is NOT set" in out
+    report = (root / "report.md").read_text()
+    assert "student, W8A8 of student-s" in report

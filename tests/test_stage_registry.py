@@ -132,14 +132,16 @@ def test_the_groups_follow_the_descriptors():
         "sft",
         "dpo",
         "distill",
+        "quantize",
         "eval",
         "bench",
         "cost",
         "route",
+        "export",
     ]
     assert registry.model_stages() == ["cpt", "sft", "dpo"]
     assert registry.training_stages() == ["cpt", "sft", "dpo", "distill"]
-    assert registry.serving_stages() == ["eval", "bench"]
+    assert registry.serving_stages() == ["quantize", "eval", "bench"]
 
 
 def test_a_stage_reads_its_own_section_typed_and_is_told_when_it_is_absent(tmp_path):

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 HELP = (
     "Turn an open base model into a cheap, strong domain model: one recipe per vertical.\n\n"
     "Main commands: validate (check a recipe), plan (cost before anything runs), run (curate, cpt, "
-    "sft, dpo, distill, eval, bench, cost, route), status, report, new (scaffold a vertical).\n\n"
+    "sft, dpo, distill, quantize, eval, bench, cost, route, export), status, report, export (quantized "
+    "folders with model cards), push (to the Hub), new (scaffold a vertical).\n\n"
     "Try it on CPU in minutes: verticalft run recipes/finance.yaml -p tiny"
 )
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
@@ -273,6 +274,9 @@ def run(
 
     done = sum(o.status == "done" for o in outcomes)
     report = _write_report(rd, f"{r.name} ({profile})")
+    from verticalft.tracking import log_report
+
+    log_report(r, rd, Path(report))
     console.print(
         f"[green]finished[/]: {done} stage(s) ran, {len(outcomes) - done} skipped — "
         f"manifest: {rd.manifest_path}"
@@ -300,7 +304,109 @@ def report(
         except StageFailed as exc:
             err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
             raise typer.Exit(1) from None
+    written = _write_report(rd, f"{r.name} ({profile})")
+    from verticalft.tracking import log_report
+
+    log_report(r, rd, Path(written))
+    console.print(f"report: {written}")
+
+
+@app.command()
+def export(
+    recipe: Path,
+    profile: str = ProfileOpt,
+    model: list[str] = typer.Option(
+        None, "--model", help="A model of the run (default: stages.export.models)"
+    ),
+    overrides: list[str] = SetOpt,
+    runs_dir: Path = RunsOpt,
+) -> None:
+    """Quantize the chosen models (stages.export.schemes), measure the variants like every other
+    model (eval, bench, cost, route) and write export/<model>/ folders with their model cards."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    extra = [f"stages.export.models=[{', '.join(model)}]"] if model else []
+    r = _load(recipe, profile, [*(overrides or []), *extra])
+    if r.stages.export is None:
+        err_console.print(
+            f"[bold red]error[/]: {recipe} has no stages.export section (add one, or pass --model)"
+        )
+        raise typer.Exit(2)
+    from verticalft.data import DataError
+    from verticalft.pipeline import PreflightFailed, StageFailed, enabled_stages, run_dir_for, run_recipe
+    from verticalft.stages.quantize import QuantizeError
+
+    rd = run_dir_for(r, profile, runs_dir)
+    if not rd.manifest_path.exists():
+        err_console.print(f"[bold red]error[/]: no run at {rd.root}; run `verticalft run {recipe}` first")
+        raise typer.Exit(1)
+    after = ("quantize", "eval", "bench", "cost", "route", "export")
+    try:
+        run_recipe(r, rd, only=[s for s in enabled_stages(r) if s in after], echo=console.print)
+    except PreflightFailed as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except (StageFailed, DataError, QuantizeError) as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    for name, folder in sorted(rd.record("export").outputs.items()):
+        console.print(f"{name}: {folder}")
     console.print(f"report: {_write_report(rd, f'{r.name} ({profile})')}")
+
+
+@app.command()
+def push(
+    recipe: Path,
+    model: str = typer.Option(..., "--model", help="An exported model: export/<model>/"),
+    repo: str = typer.Option(..., "--repo", help="ORG/NAME on the Hub"),
+    private: bool = typer.Option(False, "--private", help="Create the repo private"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be sent; send nothing"),
+    profile: str = ProfileOpt,
+    overrides: list[str] = SetOpt,
+    runs_dir: Path = RunsOpt,
+) -> None:
+    """Upload an exported model folder (weights, tokenizer, model card) to the Hugging Face Hub.
+    The token is read from HF_TOKEN and never printed."""
+    r = _load(recipe, profile, overrides)
+    from verticalft.hub_push import PushError, files_to_send, token_from_env
+    from verticalft.hub_push import push as push_folder
+    from verticalft.pipeline import run_dir_for
+
+    rd = run_dir_for(r, profile, runs_dir)
+    folder = rd.output("export", model) if rd.manifest_path.exists() and rd.is_done("export") else None
+    if not folder:
+        done = rd.record("export").outputs if rd.manifest_path.exists() and rd.is_done("export") else {}
+        err_console.print(
+            f"[bold red]error[/]: no exported model '{model}' in {rd.root}"
+            + (
+                f"; exported: {', '.join(sorted(done))}"
+                if done
+                else f"; run `verticalft export {recipe}` first"
+            )
+        )
+        raise typer.Exit(2)
+    try:
+        files = files_to_send(Path(folder))
+    except PushError as exc:
+        err_console.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    total = sum(f.bytes for f in files)
+    console.print(
+        f"{'would upload' if dry_run else 'uploading'} {folder} → https://huggingface.co/{repo} "
+        f"({'private' if private else 'public'}), {len(files)} files, {total / 1e6:,.1f} MB:"
+    )
+    for f in files:
+        console.print(f"  {f.path}  {f.bytes / 1e6:,.3f} MB")
+    if dry_run:
+        console.print(
+            f"token: {'HF_TOKEN is set' if token_from_env() else 'HF_TOKEN is NOT set (needed to push)'}"
+        )
+        return
+    try:
+        url = push_folder(Path(folder), repo, private)
+    except PushError as exc:
+        err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"[green]pushed[/]: {url}")
 
 
 @app.command()

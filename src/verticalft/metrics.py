@@ -240,8 +240,10 @@ class EvalModel:
     path: str
     domain: Score
     general: Score | None = sometimes(None)
-    retention: Retention | None = sometimes(None)  # students: vs the final teacher
+    retention: Retention | None = sometimes(None)  # students and quantized variants: vs the final teacher
     general_retention: float | None = sometimes(None)  # vs the base on the general set (forgetting)
+    quantization: str | None = sometimes(None)  # a quantized variant (stages.export.schemes) …
+    quantized_from: str | None = sometimes(None)  # … of this model
 
 
 @dataclass(kw_only=True)

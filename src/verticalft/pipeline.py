@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from verticalft.cuda_preflight import gpu_problem
 from verticalft.data import source_files
@@ -26,6 +27,7 @@ from verticalft.recipe import Recipe, did_you_mean, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, atomic_write_text, fingerprint, hash_file
 from verticalft.stages import registry
 from verticalft.stages.base import PartialFailure, StageContext, StageResult
+from verticalft.tracking import Tracker, backend_problem, stage_environment, tracker_for
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
     if "distill" in stages:
         problems += distill_vocab_problems(recipe)
     problems += serving_problems(recipe, stages)
+    if tracking := backend_problem(recipe):
+        problems.append(tracking)
     return problems
 
 
@@ -436,20 +440,45 @@ def run_recipe(
     atomic_write_text(run.root / "recipe.resolved.yaml", recipe_to_yaml(recipe))
     run.set_meta(recipe=recipe.name, stage_order=stages)
     outcomes = []
-    for i, stage in enumerate(stages, start=1):
-        if only and stage not in only:
-            continue
-        forced = force is True or (isinstance(force, list) and stage in force)
-        head = f"[{i}/{len(stages)}] {stage}"
-        after = upstream_completions(run, stages, stage)
-        if run.is_done(stage, fps[stage], after) and not forced:
-            echo(f"{head}: done, inputs unchanged (skipped)")
-            outcomes.append(StageOutcome(stage, "skipped", 0.0, run.record(stage).outputs.get("model", "")))
-            continue
-        if forced:
-            run.begin_forced(stage)
-        outcomes.append(_run_stage(recipe, run, stage, fp=fps[stage], after=after, head=head, echo=echo))
+    tracker = tracker_for(recipe, run)
+    try:
+        for i, stage in enumerate(stages, start=1):
+            if only and stage not in only:
+                continue
+            forced = force is True or (isinstance(force, list) and stage in force)
+            head = f"[{i}/{len(stages)}] {stage}"
+            after = upstream_completions(run, stages, stage)
+            if run.is_done(stage, fps[stage], after) and not forced:
+                echo(f"{head}: done, inputs unchanged (skipped)")
+                outcomes.append(
+                    StageOutcome(stage, "skipped", 0.0, run.record(stage).outputs.get("model", ""))
+                )
+                continue
+            if forced:
+                run.begin_forced(stage)
+            outcomes.append(
+                _tracked_stage(recipe, run, stage, tracker, fp=fps[stage], after=after, head=head, echo=echo)
+            )
+    finally:
+        tracker.close()
     return outcomes
+
+
+def _tracked_stage(recipe: Recipe, run: RunDir, stage: str, tracker: Tracker, **kwargs: Any) -> StageOutcome:
+    """`_run_stage` inside its tracking run: the section logged first, the trainers pointed at it,
+    the manifest's figures (and the export's model cards) logged when it ends, failed or not."""
+    env = tracker.stage_started(stage, registry.stage(stage).section(recipe))
+    try:
+        with stage_environment(env):
+            outcome = _run_stage(recipe, run, stage, **kwargs)
+    except BaseException:
+        tracker.stage_ended(stage, run.record(stage).metrics, 0.0, failed=True)
+        raise
+    record = run.record(stage)
+    tracker.stage_ended(stage, record.metrics, record.wall_time_s or 0.0, failed=False)
+    if stage == "export":
+        tracker.artifacts([Path(p) / "README.md" for p in record.outputs.values()], stage=stage)
+    return outcome
 
 
 def selected_stages(recipe: Recipe, *, until: str | None, only: list[str] | None) -> list[str]:

@@ -717,6 +717,39 @@ class BenchStage(Strict):
         return g.get(name) or (g.get("teacher") if is_teacher else None) or 1
 
 
+Scheme = Literal["W8A8", "W4A16", "FP8_DYNAMIC"]
+
+
+class ExportStage(Strict):
+    """The models leave the run: quantized variants (llm-compressor, compressed-tensors format,
+    measured by eval/bench/cost/route like every other model) and one folder per model with a
+    model card, ready for `verticalft push`."""
+
+    models: list[str] | None = Field(
+        default=None,
+        description="default: the final teacher and every distilled student; names: teacher, cpt, sft, "
+        "dpo, `<student>`",
+    )
+    schemes: list[Scheme] = Field(
+        default_factory=lambda: list[Scheme](["W8A8"]),
+        description="compressed-tensors presets made with llm-compressor: W8A8 (INT8 weights and "
+        "activations, SmoothQuant + GPTQ), W4A16 (4-bit weights, GPTQ), FP8_DYNAMIC (data-free); [] "
+        "exports the bf16 folders only",
+    )
+    calibration_samples: int = Field(
+        default=256, ge=1, description="SFT conversations GPTQ/SmoothQuant calibrate on (the run's own)"
+    )
+    calibration_max_length: int = Field(default=1024, ge=16, description="tokens per calibration sample")
+    smoothing: float = Field(
+        default=0.8, ge=0.0, lt=1.0, description="SmoothQuant strength for W8A8 (0: GPTQ alone)"
+    )
+    python: str | None = Field(
+        default=None,
+        description="the interpreter that has llm-compressor (it pins other transformers/compressed-"
+        "tensors releases than vLLM); default: $VERTICALFT_EXPORT_PYTHON, else `<venv>-export`",
+    )
+
+
 class Stages(Strict):
     """The stages to run: a stage runs when its section is present."""
 
@@ -727,6 +760,7 @@ class Stages(Strict):
     distill: DistillStage | None = None
     eval: EvalStage | None = None
     bench: BenchStage | None = None
+    export: ExportStage | None = None
 
 
 # --------------------------------------------------------------------------- compute / cost
@@ -886,6 +920,25 @@ class Route(Strict):
         return self
 
 
+class Tracking(Strict):
+    """Where the run's settings and results are logged besides the manifest (tracking.py)."""
+
+    backend: Literal["mlflow", "tensorboard", "none"] = Field(
+        default="tensorboard",
+        description="mlflow: one run per pipeline, a nested run per stage (params, metrics, artifacts), each "
+        "trainer's loss curve nested under its stage; tensorboard: stage metrics as scalars in "
+        "<run>/tensorboard/ beside the trainers' events; none: nothing, the trainers report nowhere",
+    )
+    uri: str | None = Field(
+        default=None,
+        description="mlflow: the tracking URI (a team server http://…); default: an embedded SQLite store "
+        "`sqlite:///<run>/mlflow.db` that `mlflow ui --backend-store-uri` opens without a server",
+    )
+    experiment: str | None = Field(
+        default=None, description="mlflow experiment; default: <recipe name>/<profile>"
+    )
+
+
 class Evaluation(Strict):
     """Quick domain eval (greedy generation, exact/numeric match) recorded by training stages."""
 
@@ -910,6 +963,7 @@ class Recipe(Strict):
     cost: Cost = Field(default_factory=Cost)
     route: Route = Field(default_factory=Route)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    tracking: Tracking = Field(default_factory=Tracking)
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-profile overlays laid over the recipe (`-p <profile>`)"
     )

@@ -133,6 +133,8 @@ def _decision_row(run: RunMetrics, name: str, general: bool) -> str:
     b = run.bench.models.get(name) if run.bench else None
     students = run.distill.students if run.distill else {}
     role = (e.role if e else None) or ("student" if name in students else "–")
+    if e and e.quantization:
+        role = f"{role}, {e.quantization} of {e.quantized_from}"
     if run.eval and name == run.eval.teacher:
         role, ret = "teacher (final)", "1.000"
     else:

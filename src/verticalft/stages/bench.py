@@ -41,7 +41,7 @@ from verticalft.serving.benchmark import (
 )
 from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
 from verticalft.stages.base import StageContext, StageResult
-from verticalft.stages.run_models import RunModel, final_teacher, models_in_run
+from verticalft.stages.run_models import RunModel, final_teacher, models_in_run, select_models
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +53,6 @@ class Unit:
     base_path: str
     base_name: str | None = None  # benchmarked when a selected model *is* the base
     loras: dict[str, str] = field(default_factory=dict)
-
-
-def select_models(requested: list[str] | None, models: list[RunModel]) -> list[RunModel]:
-    """The recipe's `bench.models` (names; `teacher` = the final teacher), default: final teacher
-    + every student. Unknown names list the available ones."""
-    by_name = {m.name: m for m in models}
-    teacher = final_teacher(models)
-    if teacher:
-        by_name.setdefault("teacher", teacher)
-    if requested is None:
-        return [m for m in [teacher, *(m for m in models if m.role == "student")] if m]
-    unknown = [n for n in requested if n not in by_name]
-    if unknown:
-        raise ValueError(
-            f"stages.bench.models: {', '.join(unknown)} not in this run; available: {', '.join(by_name)}"
-        )
-    return list({by_name[n].name: by_name[n] for n in requested}.values())
 
 
 def plan_units(models: list[RunModel], use_lora: bool) -> tuple[list[Unit], dict[str, str]]:
@@ -347,7 +330,7 @@ def bench_unit(
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.stage_section(BenchStage)
     models = models_in_run(ctx, include_base=True)
-    selected = select_models(cfg.models, models)
+    selected = select_models(cfg.models, models, "stages.bench.models")
     units, merged_because = plan_units(selected, cfg.lora)
     by_name = {m.name: m for m in selected}
     teacher = final_teacher(models)

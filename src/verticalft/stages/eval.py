@@ -189,14 +189,17 @@ def score_model(
             )
             for it, text, why, ok, lp in zip(rows, texts, reasons, correct, logps, strict=True)
         ]
-    return EvalModel(role=m.role, path=m.path, domain=scores["domain"], general=scores.get("general")), lines
+    model = EvalModel(role=m.role, path=m.path, domain=scores["domain"], general=scores.get("general"))
+    if m.quantization:
+        model.quantization, model.quantized_from = m.quantization, m.quantized_from
+    return model, lines
 
 
 def add_retention(scores: dict[str, EvalModel], teacher: str | None) -> None:
-    """Each student's retention of the final teacher's domain score, and each model's general
-    score against the base's (forgetting)."""
+    """Each student's (and quantized variant's) retention of the final teacher's domain score, and
+    each model's general score against the base's (forgetting)."""
     for s in scores.values():
-        if s.role == "student" and teacher:
+        if (s.role == "student" or s.quantization) and teacher:
             s.retention = Retention(**retention(to_dict(s.domain), to_dict(scores[teacher].domain)))
         if s.general is not None and "base" in scores:
             base_general = scores["base"].general.score if scores["base"].general else 0.0

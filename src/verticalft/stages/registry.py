@@ -116,6 +116,13 @@ def _curate_seeds(recipe: Recipe) -> list[str]:
     return [p for b in blocks if isinstance(b, SemanticRelevanceFilter) for p in b.seeds]
 
 
+def _export_section(recipe: Recipe) -> dict[str, Any]:
+    """stages.export less the interpreter that runs llm-compressor (it does not change the output)."""
+    ex = recipe.stages.export
+    assert ex is not None, "the section of a stage that is not enabled"
+    return ex.model_dump(exclude={"python"})
+
+
 def _or_absent(sources: list[SetSource] | None) -> list[Source | None]:
     """A set's sources, or [None] for a set the recipe leaves out (see `Stage.inputs`)."""
     return [*sources] if sources else [None]
@@ -127,6 +134,14 @@ def _curate_notes(m: dict[str, Any]) -> list[str]:
     return [
         f"{m['read']:,} docs → {m['kept']:,} kept, {m['dropped']:,} dropped, "
         f"{m['quarantined']} quarantined ([curation report](curate/report.md))"
+    ]
+
+
+def _quantize_notes(m: dict[str, Any]) -> list[str]:
+    return [
+        f"{v['name']}: {v['bytes'] / max(v['source_bytes'], 1):.2f}× the bf16 weights, {v['seconds']:.0f} s"
+        + ("" if v["served_here"] else " — not measured here: " + str(v["not_served_because"]))
+        for v in m.get("variants", [])
     ]
 
 
@@ -231,6 +246,14 @@ STAGES: tuple[Stage, ...] = (
             method=lambda s: s.method,
         ),
     ),
+    Stage(
+        name="quantize",  # before eval: the variants are measured like every other model
+        inputs=lambda d: [*_or_absent(d.sft)],  # GPTQ/SmoothQuant calibrate on the SFT conversations
+        enabled_when=lambda r: r.stages.export is not None and bool(r.stages.export.schemes),
+        section_from=_export_section,
+        serving=True,  # one GPU's time, charged like eval's
+        report_notes=_quantize_notes,
+    ),
     Stage(name="eval", inputs=lambda d: [d.eval, d.general_eval], serving=True),
     Stage(name="bench", inputs=lambda d: [d.eval], serving=True),
     Stage(
@@ -249,6 +272,14 @@ STAGES: tuple[Stage, ...] = (
         # an API tier's answers are an input like the data files
         extra_files=lambda r: [a.answers for a in r.route.apis.values()],
         derived=True,
+    ),
+    Stage(
+        name="export",  # last: the model cards quote eval, bench, cost and route
+        inputs=lambda d: [],
+        section_from=_export_section,
+        report_notes=lambda m: [
+            f"{len(m.get('folders', {}))} model folders with their cards (export/<model>/README.md)"
+        ],
     ),
 )
 

@@ -24,6 +24,7 @@ from typing import Any
 from verticalft.launch import agree_or_raise, has_gpu, is_fsdp_run, is_main_process, is_sharded_run
 from verticalft.models import fit_trainable_dtype, keep_4bit_trainable, load_model
 from verticalft.stages.base import StageContext
+from verticalft.tracking import report_to
 
 
 @dataclass
@@ -175,7 +176,7 @@ def trainer_config(
         "save_steps": 50,
         "save_total_limit": 2,
         "logging_steps": 5,
-        "report_to": ["tensorboard"],
+        "report_to": report_to(ctx.recipe),  # TensorBoard + the tracking backend's integration
         "include_num_input_tokens_seen": "non_padding",
         "use_cpu": not has_gpu(),
         "dataloader_num_workers": 0,
