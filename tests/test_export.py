@@ -153,3 +153,22 @@ def test_export_and_push_say_what_is_missing_and_exit_2(tmp_path):
                 "--repo", "acme/x", "--dry-run")  # fmt: skip
     assert proc.returncode == 2 and "no exported model 'student-s'" in proc.stderr
     assert "verticalft export recipes/finance.yaml" in proc.stderr
+
+
+def test_a_quantized_folder_is_served_in_bf16_on_cpu_only(tmp_path):
+    """vLLM's CPU INT8 kernel refuses fp32 activations (the tiny/small profiles serve in fp32)."""
+    from verticalft.recipe import load_recipe
+    from verticalft.serving.sizing import quantized_cpu_dtype
+
+    plain, quantized = tmp_path / "plain", tmp_path / "w8a8"
+    plain.mkdir()
+    quantized.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (quantized / "config.json").write_text(
+        json.dumps({"quantization_config": {"quant_method": "compressed-tensors"}})
+    )
+    cpu = load_recipe(ROOT / "recipes/finance.yaml", "tiny")
+    gpu = load_recipe(ROOT / "recipes/finance.yaml")
+    assert quantized_cpu_dtype(cpu, str(quantized)) == "bfloat16"
+    assert quantized_cpu_dtype(cpu, str(plain)) is None
+    assert quantized_cpu_dtype(gpu, str(quantized)) is None

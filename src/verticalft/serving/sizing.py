@@ -100,3 +100,22 @@ def engine_args_for(
         limit = model_context_limit(model_path, recipe.models.trust_remote_code) if model_path else None
         derived["max_model_len"] = context_length(prompts, max_new_tokens, limit)
     return {**derived, **explicit}
+
+
+def quantized_cpu_dtype(recipe: Recipe, model_path: str) -> str | None:
+    """ "bfloat16" for a compressed-tensors (quantized) folder served on CPU, else None.
+
+    Why: vLLM 0.32's CPU INT8 kernel takes bf16/fp16 activations only — a W8A8 folder served at
+    the CPU profiles' `--dtype float32` fails with "int8_scaled_mm_with_quant: expect A to be
+    bfloat16 or half" (measured) — so a quantized variant computes in bf16 on CPU while the
+    profiles serve the other models in fp32. On a GPU every model keeps the recipe's dtype."""
+    import json
+    from pathlib import Path
+
+    if recipe.compute.gpu != "cpu":
+        return None
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return None
+    quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+    return "bfloat16" if quant.get("quant_method") == "compressed-tensors" else None

@@ -40,6 +40,7 @@ from verticalft.serving.benchmark import (
     summarise,
 )
 from verticalft.serving.server import ManagedServer, free_port, lora_problem, lora_rank_arg, vllm_command
+from verticalft.serving.sizing import quantized_cpu_dtype
 from verticalft.stages.base import StageContext, StageResult
 from verticalft.stages.run_models import RunModel, final_teacher, models_in_run, select_models
 
@@ -231,6 +232,8 @@ def server_command(ctx: StageContext, unit: Unit, *, label: str, port: int, gpus
     chat template, and a context long enough for both request shapes."""
     cfg = ctx.stage_section(BenchStage)
     extra = list(cfg.server_args)
+    if dtype := quantized_cpu_dtype(ctx.recipe, unit.base_path):
+        extra += ["--dtype", dtype]  # a quantized variant on CPU computes in bf16 (its docstring)
     if gpus > 1:
         extra += ["--tensor-parallel-size", str(gpus)]
     if unit.loras:

@@ -54,7 +54,7 @@ def _generate_vllm(
     """Every model through vLLM offline (`serving.offline.generate`), each sized like the bench."""
     from verticalft.chat_templates import chosen_template
     from verticalft.serving.offline import Job, generate
-    from verticalft.serving.sizing import engine_args_for
+    from verticalft.serving.sizing import engine_args_for, quantized_cpu_dtype
 
     cfg = ctx.stage_section(EvalStage)
     kwargs = ctx.recipe.models.chat_template_kwargs  # template variables, e.g. enable_thinking: false
@@ -62,6 +62,20 @@ def _generate_vllm(
     # a trained folder carries the run's template; the base folder its own (renders the same
     # text, unless the recipe chose another template: then every model gets that one)
     template = chosen_template(ctx.recipe.models.chat_template)
+
+    def engine_args(m: RunModel) -> dict[str, Any]:
+        found = engine_args_for(
+            ctx.recipe,
+            m.name,
+            teacher_sized=m.role != "student",
+            prompts=chats,
+            max_new_tokens=max_new_tokens,
+            explicit=cfg.engine_args,
+            model_path=m.path,
+        )
+        dtype = quantized_cpu_dtype(ctx.recipe, m.path)  # a quantized variant on CPU: bf16 (its docstring)
+        return {**found, "dtype": dtype} if dtype else found
+
     jobs = [
         Job(
             m.name,
@@ -70,15 +84,7 @@ def _generate_vllm(
             max_new_tokens,
             chat_template=template,
             chat_template_kwargs=kwargs,
-            engine_args=engine_args_for(
-                ctx.recipe,
-                m.name,
-                teacher_sized=m.role != "student",
-                prompts=chats,
-                max_new_tokens=max_new_tokens,
-                explicit=cfg.engine_args,
-                model_path=m.path,
-            ),
+            engine_args=engine_args(m),
         )
         for m in models
     ]

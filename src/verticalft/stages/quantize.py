@@ -8,10 +8,11 @@ compressed-tensors folder that vLLM loads as it is. llm-compressor runs in its o
 takes the role of its model.
 
 Not every scheme is served by every vLLM backend. On CPU, vLLM 0.32 serves W8A8 INT8 through
-`CPUInt8ScaledMMLinearKernel` (oneDNN) and W4A16 through `CPUWNA16LinearKernel`; for FP8_DYNAMIC
-it selects `ChannelWiseTorchFP8ScaledMMLinearKernel` (torch._scaled_mm), which did not finish one
-request in vLLM's 5-minute RPC timeout on this project's CPU (Sapphire Rapids, measured
-2026-12-07). Such a variant is still made and exported, and the metrics say why it was not
+`CPUInt8ScaledMMLinearKernel` (oneDNN; measured: SmolLM2-135M answers) and W4A16 (GPTQ,
+pack-quantized) through `CPUWNA16LinearKernel` (measured on the tiny teacher: it loads and serves); for FP8_DYNAMIC it selects
+`ChannelWiseTorchFP8ScaledMMLinearKernel` (torch._scaled_mm), which did not finish one request of
+SmolLM2-135M in vLLM's 5-minute RPC timeout on this project's 2-core CPU (Sapphire Rapids; measured
+2026-12-07 with a training run beside it). Such a variant is still made and exported, and the metrics say why it was not
 measured here. The `export` stage (stages/export.py) writes the folders and their cards.
 """
 
