@@ -497,7 +497,8 @@ def test_quantized_student_is_measured_like_the_others_then_exported_with_a_card
     bench = m["bench"]["metrics"]["models"]
     assert set(bench) == {"dpo", "student-s", "student-s-w8a8"}
     assert bench["student-s-w8a8"]["weight_bytes"] == w8["bytes"]
-    assert bench["student-s-w8a8"]["sweep"][0]["completed"] == 8
+    point = bench["student-s-w8a8"]["sweep"][0]  # 8 requests, or more when resized (min_seconds)
+    assert point["completed"] == point["num_prompts"] >= 8 and point["failed"] == 0
     assert "student-s-w8a8" in m["cost"]["metrics"]["models"]
 
     # export/: the student, its two variants (FP8 too: made, to be measured on a GPU); not the teacher

@@ -90,7 +90,7 @@ def model_card(ctx: StageContext, m: RunModel) -> str:
         "",
         f"# {r.name} / {m.name}",
         "",
-        f"{r.description.strip() or r.name}: {what} ({m.role}), made by verticalft from `{r.models.teacher}`.",
+        f"{r.description.strip().rstrip('.') or r.name}: {what} ({m.role}), made by verticalft from `{r.models.teacher}`.",
         "",
         "## Results",
         "",
@@ -113,7 +113,7 @@ def model_card(ctx: StageContext, m: RunModel) -> str:
     if priced:
         volume = cost.get("assumptions", {}).get("daily_tokens")
         lines.append(
-            f"| $/1M tokens, effective at {num(volume)} tokens/day | {usd(priced.get('effective_usd_per_m'))} |"
+            f"| $/1M tokens, effective at {num(volume, '{:,.0f}')} tokens/day | {usd(priced.get('effective_usd_per_m'))} |"
         )
         lines.append(f"| $/1M tokens, saturated | {usd(priced.get('saturated_usd_per_m'))} |")
         gpu = cost.get("assumptions", {}).get("serve_gpu")
@@ -141,7 +141,7 @@ def model_card(ctx: StageContext, m: RunModel) -> str:
                 if v["calibration_samples"]
                 else ", data-free."
             ),
-            f"- Weights: {v['bytes'] / 1e6:,.1f} MB ({v['bytes'] / max(v['source_bytes'], 1):.2f}× the bf16 folder).",
+            f"- Weights: {v['bytes'] / 1e6:,.1f} MB ({v['bytes'] / max(v['source_bytes'], 1):.2f}× the unquantized folder).",
         ]
         if r.compute.gpu == "cpu" and v.get("served_here"):
             lines.append("- Measured on CPU in bfloat16 (vLLM's CPU INT8 kernel takes bf16 activations only).")

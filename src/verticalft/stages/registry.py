@@ -139,7 +139,7 @@ def _curate_notes(m: dict[str, Any]) -> list[str]:
 
 def _quantize_notes(m: dict[str, Any]) -> list[str]:
     return [
-        f"{v['name']}: {v['bytes'] / max(v['source_bytes'], 1):.2f}× the bf16 weights, {v['seconds']:.0f} s"
+        f"{v['name']}: {v['bytes'] / max(v['source_bytes'], 1):.2f}× the unquantized weights, {v['seconds']:.0f} s"
         + ("" if v["served_here"] else " — not measured here: " + str(v["not_served_because"]))
         for v in m.get("variants", [])
     ]
