@@ -12,15 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_profile_adds_the_tiny_models_stage():
-    full = ["curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost", "route"]
+    full = ["curate", "cpt", "sft", "dpo", "distill", "quantize", "eval", "bench", "cost", "route", "export"]
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml", "tiny")) == ["tiny_models", *full]
     assert enabled_stages(load_recipe(ROOT / "recipes/finance.yaml")) == full
     # cost prices what eval/bench measured: without them there is nothing to price
     r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.eval=null", "stages.bench=null"])
-    assert enabled_stages(r)[-1] == "distill"
+    assert enabled_stages(r)[-2:] == ["quantize", "export"]
     # route needs answers (eval) and prices (bench): without bench, cost prices the spend alone
     r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.bench=null"])
-    assert enabled_stages(r)[-2:] == ["eval", "cost"]
+    assert enabled_stages(r)[-3:] == ["eval", "cost", "export"]
+    # no scheme: nothing to quantize, the export of the bf16 folders still runs
+    r = load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.export.schemes=[]"])
+    assert "quantize" not in enabled_stages(r) and enabled_stages(r)[-1] == "export"
 
 
 def test_preflight_lists_every_missing_file_before_any_work(tmp_path):
@@ -169,7 +172,10 @@ def test_only_with_an_unknown_stage_is_exit_2_with_the_stage_names(tmp_path):
     )
     assert result.exit_code == 2
     assert "--only: unknown stage 'sfft' (did you mean 'sft'?)" in result.output
-    assert "stages: tiny_models, curate, cpt, sft, dpo, distill, eval, bench, cost, route" in result.output
+    assert (
+        "stages: tiny_models, curate, cpt, sft, dpo, distill, quantize, eval, bench, cost, route, export"
+        in result.output
+    )
     assert not (tmp_path / "finance" / "tiny" / "recipe.resolved.yaml").exists()  # nothing ran
 
 

@@ -144,7 +144,9 @@ def model_card(ctx: StageContext, m: RunModel) -> str:
             f"- Weights: {v['bytes'] / 1e6:,.1f} MB ({v['bytes'] / max(v['source_bytes'], 1):.2f}× the unquantized folder).",
         ]
         if r.compute.gpu == "cpu" and v.get("served_here"):
-            lines.append("- Measured on CPU in bfloat16 (vLLM's CPU INT8 kernel takes bf16 activations only).")
+            lines.append(
+                "- Measured on CPU in bfloat16 (vLLM's CPU INT8 kernel takes bf16 activations only)."
+            )
         if v.get("not_served_because"):
             lines.append(f"- Not measured on the export machine: {v['not_served_because']}.")
     lines += ["", "## Data", "", "| set | source | licence |", "|---|---|---|"]

@@ -477,7 +477,9 @@ def _tracked_stage(recipe: Recipe, run: RunDir, stage: str, tracker: Tracker, **
     record = run.record(stage)
     tracker.stage_ended(stage, record.metrics, record.wall_time_s or 0.0, failed=False)
     if stage == "export":
-        tracker.artifacts([Path(p) / "README.md" for p in record.outputs.values()], stage=stage)
+        tracker.artifacts(
+            [Path(p) / "README.md" for p in record.outputs.values()], stage=stage, by_folder=True
+        )
     return outcome
 
 

@@ -94,8 +94,9 @@ class Tracker:
     def stage_ended(self, stage: str, metrics: Mapping[str, Any], wall_time_s: float, failed: bool) -> None:
         pass
 
-    def artifacts(self, paths: list[Path], stage: str | None = None) -> None:
-        pass
+    def artifacts(self, paths: list[Path], stage: str | None = None, by_folder: bool = False) -> None:
+        """Files or folders on the pipeline's run (or `stage`'s last run); `by_folder`: each file
+        under the name of its folder (the export's README.md of every model)."""
 
     def close(self) -> None:
         pass
@@ -131,6 +132,7 @@ class MlflowTracker(Tracker):
             try:
                 if self.client.get_run(known).info.experiment_id == self.experiment_id:
                     self.client.update_run(known, status="RUNNING")
+                    self._killed_attempts(known)
                     return str(known)
             except self._mlflow.exceptions.MlflowException:
                 pass  # another store (tracking.uri changed): start anew there
@@ -147,6 +149,14 @@ class MlflowTracker(Tracker):
             }
         )
         return str(created.info.run_id)
+
+    def _killed_attempts(self, parent: str) -> None:
+        """A stage run still RUNNING under a pipeline run that is starting again was killed with
+        its process (SIGKILL, SIGTERM): mark it so, as the manifest does."""
+        for r in self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+        ):
+            self.client.set_terminated(r.info.run_id, status="KILLED")
 
     def stage_started(self, stage: str, section: Mapping[str, Any]) -> dict[str, str]:
         from mlflow.entities import Param
@@ -184,7 +194,7 @@ class MlflowTracker(Tracker):
             self.client.log_batch(rid, metrics=points[i : i + 1000])
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
 
-    def artifacts(self, paths: list[Path], stage: str | None = None) -> None:
+    def artifacts(self, paths: list[Path], stage: str | None = None, by_folder: bool = False) -> None:
         rid = self.parent if stage is None else self._last_stage_run(stage)
         if rid is None:
             return
@@ -192,7 +202,7 @@ class MlflowTracker(Tracker):
             if p.is_dir():
                 self.client.log_artifacts(rid, str(p), artifact_path=p.name)
             elif p.is_file():
-                self.client.log_artifact(rid, str(p))
+                self.client.log_artifact(rid, str(p), artifact_path=p.parent.name if by_folder else None)
 
     def _last_stage_run(self, stage: str) -> str | None:
         runs = self.client.search_runs(
