@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,17 @@ def test_recipe_outside_recipes_gets_the_shared_profile_under_its_own(tmp_path, 
     monkeypatch.chdir(tmp_path)
     r = load_recipe(copy, "tiny")
     assert r.stages.curate.shard_size == 300
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_trainer_reporting_to_an_integration_that_is_not_installed_fails_validation():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(
+            ROOT / "recipes/finance.yaml", "tiny", ["stages.sft.trainer.report_to=[tensorboard, wandb]"]
+        )
+    assert "stages.sft.trainer.report_to: wandb is not installed here" in str(err.value)
+    assert "tensorboard is not" not in str(err.value)
+    ok = load_recipe(
+        ROOT / "recipes/finance.yaml", "tiny", ["stages.sft.trainer.report_to=[tensorboard, mlflow]"]
+    )
+    assert ok.stages.sft.trainer["report_to"] == ["tensorboard", "mlflow"]

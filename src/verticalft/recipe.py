@@ -1128,7 +1128,26 @@ def _trainer_problems(raw: dict[str, Any]) -> list[Problem]:
                     problems.append(
                         Problem(path=path, message=f"not a field of trl.{cls}{did_you_mean(key, fields)}")
                     )
+                elif key == "report_to":
+                    problems += _report_to_problems(path, trainer[key])
     return problems
+
+
+def _report_to_problems(path: str, value: Any) -> list[Problem]:
+    """Integrations `report_to` names that transformers cannot find here: the trainer would fail
+    at its first step, after the model is loaded (it used to pass validation with wandb absent)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    available = set(get_available_reporting_integrations())
+    return [
+        Problem(
+            path=path,
+            message=f"{n} is not installed here: install it, or set tracking.backend (mlflow, tensorboard)",
+        )
+        for n in names
+        if isinstance(n, str) and n not in ("none", "all") and n not in available
+    ]
 
 
 def _model_ref_problems(recipe: Recipe) -> list[Problem]:
