@@ -15,7 +15,7 @@ from pathlib import Path
 from verticalft.rundir import atomic_write_text
 from verticalft.stages.base import StageContext, StageResult
 from verticalft.stages.quantize import chosen_models, export_section
-from verticalft.stages.run_models import RunModel, models_in_run
+from verticalft.stages.run_models import models_in_run, quantized_variants
 
 
 def link_folder(src: Path, dst: Path) -> None:
@@ -36,23 +36,11 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg = export_section(ctx)
     chosen = {m.name for m in chosen_models(ctx, cfg)}
-    everything = models_in_run(ctx, include_base=True)
-    roles = {m.name: m.role for m in everything}
-    q = ctx.run.record("quantize").metrics.get("variants", []) if ctx.run.is_done("quantize") else []
-    # the variants this machine could not serve are exported too (to be measured on a GPU)
-    unserved = [
-        RunModel(
-            v["name"],
-            roles.get(v["model"], "student"),
-            v["path"],
-            quantization=v["scheme"],
-            quantized_from=v["model"],
-        )
-        for v in q
-        if not v["served_here"]
-    ]
+    full = [m for m in models_in_run(ctx, include_base=True) if m.quantization is None]
+    # every variant, those this machine could not serve too (to be measured on a GPU)
+    everything = full + quantized_variants(ctx, full, served_only=False)
     outputs = {}
-    for m in [*everything, *unserved]:
+    for m in everything:
         if m.name not in chosen and m.quantized_from not in chosen:
             continue
         folder = ctx.dir / m.name

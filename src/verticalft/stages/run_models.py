@@ -42,15 +42,16 @@ def models_in_run(ctx: StageContext, include_base: bool = True) -> list[RunModel
     return found + quantized_variants(ctx, found)
 
 
-def quantized_variants(ctx: StageContext, models: list[RunModel]) -> list[RunModel]:
-    """The quantize stage's variants that this machine's vLLM serves (the others are listed in
-    its metrics with the reason), each with the role of the model it was made from."""
+def quantized_variants(ctx: StageContext, models: list[RunModel], served_only: bool = True) -> list[RunModel]:
+    """The quantize stage's variants of `models`, each with the role of the model it was made
+    from: those this machine's vLLM serves (what eval and bench measure; the others are listed in
+    its metrics with the reason), or all of them (`served_only=False`: what export writes)."""
     if not ctx.run.is_done("quantize"):
         return []
     roles = {m.name: m.role for m in models}
     out = []
     for v in ctx.run.record("quantize").metrics.get("variants", []):
-        if v.get("served_here") and v["model"] in roles:
+        if (v.get("served_here") or not served_only) and v["model"] in roles:
             out.append(
                 RunModel(
                     v["name"],
