@@ -1,5 +1,5 @@
 # verticalft — every target installs what it needs first (`setup` is idempotent).
-#   make demo                      the finance playbook end to end, PROFILE=tiny, CPU, ~6 min of stages
+#   make demo                      the finance playbook end to end, PROFILE=tiny, CPU (~6 min of stages before quantize/export)
 #   make demo-small                the same on a real pretrained model (SmolLM2-135M-Instruct), PROFILE=small
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make test-fast                 the tests not marked slow: the loop while editing
@@ -9,6 +9,7 @@
 #                                  ARGS="--set stages.distill.kind=sequence" passes CLI options through
 #   make <domain>-plan|-status|-validate
 #   make gpu-check                 the GPU paths on one NVIDIA GPU in minutes (ARGS=--cpu: a CPU dry run)
+#   make setup-export              llm-compressor in its own .venv-export (the quantize stage; demo/test need it)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv

@@ -35,6 +35,10 @@ SMOKE = [
     "stages.bench.num_prompts=4",
     "stages.bench.min_seconds=0",  # smoke: no re-run of short points (tests/test_e2e.py checks sizing)
     "stages.bench.repeats=1",  # and one measurement per point (tests/test_e2e.py checks repeats)
+    # the W8A8 variant of the smoke's student (GPTQ on 8 conversations of 128 tokens)
+    f"stages.export.models=[{STUDENT}]",
+    "stages.export.calibration_samples=8",
+    "stages.export.calibration_max_length=128",
 ]
 
 
@@ -54,7 +58,19 @@ def small_run(tmp_path_factory):
 
 def test_every_stage_runs_on_the_real_model(small_run):
     root, m = small_run
-    stages = ("curate", "cpt", "sft", "dpo", "distill", "eval", "bench", "cost", "route")
+    stages = (
+        "curate",
+        "cpt",
+        "sft",
+        "dpo",
+        "distill",
+        "quantize",
+        "eval",
+        "bench",
+        "cost",
+        "route",
+        "export",
+    )
     assert {s: m[s]["status"] for s in stages} == dict.fromkeys(stages, "done")
     assert (root / "report.md").is_file()
     # The base model is the converted GGUF: SmolLM2's shape, an ordinary HF folder.
@@ -105,3 +121,10 @@ def test_pruned_student_is_served_and_priced(small_run):
     assert f"{STUDENT} → dpo" in routed
     scores = m["eval"]["metrics"]["models"]
     assert {"base", "cpt", "sft", "dpo", STUDENT} <= set(scores)
+    # its W8A8 variant (llm-compressor on the real model) is scored, served and priced beside it
+    variant = f"{STUDENT}-w8a8"
+    assert scores[variant]["quantization"] == "W8A8" and 0.0 <= scores[variant]["domain"]["score"] <= 1.0
+    assert [p["completed"] for p in bench[variant]["sweep"]] == [4]
+    assert bench[variant]["weight_bytes"] < bench[STUDENT]["weight_bytes"]
+    assert cost[variant]["saturated_usd_per_m"] > 0
+    assert (root / "export" / variant / "README.md").is_file()
