@@ -1,5 +1,5 @@
 # verticalft — every target installs what it needs first (`setup` is idempotent).
-#   make demo                      the finance playbook end to end, PROFILE=tiny, CPU (~6 min of stages before quantize/export)
+#   make demo                      the finance playbook end to end, PROFILE=tiny, CPU, ~8 min of stages
 #   make demo-small                the same on a real pretrained model (SmolLM2-135M-Instruct), PROFILE=small
 #   make test                      the whole suite (runs every recipe end to end with PROFILE=tiny)
 #   make test-fast                 the tests not marked slow: the loop while editing
