@@ -466,7 +466,7 @@ def run_recipe(
 
 def _tracked_stage(recipe: Recipe, run: RunDir, stage: str, tracker: Tracker, **kwargs: Any) -> StageOutcome:
     """`_run_stage` inside its tracking run: the section logged first, the trainers pointed at it,
-    the manifest's figures (and the export's model cards) logged when it ends, failed or not."""
+    the manifest's figures (and the files its descriptor names, `Stage.artifacts`) logged when it ends, failed or not."""
     env = tracker.stage_started(stage, registry.stage(stage).section(recipe))
     try:
         with stage_environment(env):
@@ -476,10 +476,8 @@ def _tracked_stage(recipe: Recipe, run: RunDir, stage: str, tracker: Tracker, **
         raise
     record = run.record(stage)
     tracker.stage_ended(stage, record.metrics, record.wall_time_s or 0.0, failed=False)
-    if stage == "export":
-        tracker.artifacts(
-            [Path(p) / "README.md" for p in record.outputs.values()], stage=stage, by_folder=True
-        )
+    if files := registry.stage(stage).artifacts(record.outputs):
+        tracker.artifacts([Path(f) for f in files], stage=stage, by_folder=True)
     return outcome
 
 

@@ -79,6 +79,8 @@ class Stage:
     derived: bool = False  # recomputed from what eval/bench measured by `verticalft report`
     report_notes: Callable[[dict[str, Any]], list[str]] = lambda metrics: []  # the report's notes cell
     entry: str = ""  # `module:function` of its run; default `verticalft.stages.<name>:run`
+    # files of its outputs a tracking backend keeps as artifacts, each under its folder's name
+    artifacts: Callable[[dict[str, str]], list[str]] = lambda outputs: []
 
     def enabled(self, recipe: Recipe) -> bool:
         if self.enabled_when is not None:
