@@ -390,6 +390,20 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run, tmp_path):
     assert len(rows) == ev["items"]["domain"] and {"prediction", "correct"} <= set(rows[0])
     # vLLM's logprobs give each answer a confidence: a mean token probability, in (0, 1]
     assert all(0.0 < r["confidence"] <= 1.0 and r["mean_logprob"] <= 0.0 for r in rows)
+    # General ability: lm-eval's CLI per model (the tiny profile's first 24 questions); its own
+    # results file holds each figure, and retention vs the base is the ratio of its accuracies.
+    general = ev["general_eval"]
+    assert general["backend"] == "hf" and general["samples"] == {"verticalft_general_mc": 24}
+    acc = {}
+    for name, s in scores.items():
+        (found,) = (root / "eval" / "general" / name / "lm_eval").rglob("results_*.json")
+        acc[name] = json.loads(found.read_text())["results"]["verticalft_general_mc"]["acc,none"]
+        assert s["lm_eval"] == {"verticalft_general_mc": round(acc[name], 4)}
+        command = general["commands"][name]
+        assert command.split()[1:4] == ["-m", "lm_eval", "run"] and "--limit 24" in command
+    assert acc["base"] > 0, "a 4-way choice on 24 questions: chance is 6 right"
+    for name, s in scores.items():
+        assert s["general_retention"] == round(acc[name] / acc["base"], 4)
 
     bench = m["bench"]["metrics"]["models"]
     assert set(bench) == {"dpo", "student-s"}
@@ -434,6 +448,7 @@ def test_eval_bench_cost_report_with_real_vllm_servers(tiny_run, tmp_path):
     report = (root / "report.md").read_text()
     for name in ("dpo", "student-s"):
         assert name in report
+    assert "## General ability (lm-evaluation-harness)" in report and general["commands"]["base"] in report
     # Every priced model's Decision row is filled: a key renamed between a stage and the report
     # would show "–" (the last cell, LoRA parity, is "–" for a model served as merged weights).
     decision = report[report.index("## Decision") : report.index("\n## ", report.index("## Decision"))]
@@ -474,6 +489,7 @@ def test_quantized_student_is_measured_like_the_others_then_exported_with_a_card
     root = runs / recipe / "tiny"
     _distill(runs, "stages.distill.students=[tiny://student-s]")
     vft("export", f"recipes/{recipe}.yaml", "-p", "tiny", "--runs-dir", str(runs),
+        "--set", "stages.eval.general=null",  # lm-eval: test_eval_bench_cost_report_… (CI time)
         "--set", "stages.bench.concurrency=[1]", "--set", "stages.bench.num_prompts=8",
         "--set", "stages.bench.repeats=1", "--set", "stages.bench.fit_shape=null")  # fmt: skip
     m = manifest(runs, recipe)

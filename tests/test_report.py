@@ -504,3 +504,30 @@ def test_distillation_shows_retention_after_each_phase_per_task(manifest: dict[s
     # the student's train time is the sum over its phases
     section = _section(text, "Distillation (logits, teacher top-k cache)")
     assert f"| {2 * student['train']['train_seconds']:.0f}s |" in _row(section, "student-s")
+
+
+def test_general_ability_table_and_decision_column_from_lm_eval(manifest: dict[str, Any]) -> None:
+    ev = manifest["stages"]["eval"]["metrics"]
+    accs = {"base": (0.5, 0.25), "dpo": (0.4, 0.25), "student-s": (0.3, 0.15)}  # two tasks each
+    for name, (a, b) in accs.items():
+        ev["models"][name]["lm_eval"] = {"arc_easy": a, "verticalft_general_mc": b}
+        ev["models"][name]["general_retention"] = round((a + b) / 2 / 0.375, 4)
+    ev["general_eval"] = {
+        "backend": "hf",
+        "tasks": ["arc_easy", "verticalft_general_mc"],
+        "metric": "acc",
+        "limit": None,
+        "samples": {"arc_easy": 2376, "verticalft_general_mc": 300},
+        "commands": {"base": "python -m lm_eval run --model hf --model_args pretrained=base"},
+        "seconds": {"base": 12.0},
+    }
+    text = render(manifest, "t")
+    table = _section(text, "General ability (lm-evaluation-harness)")
+    assert "arc_easy: 2376 items" in table and "python -m lm_eval run --model hf" in table
+    # mean of the two tasks, and its ratio to the base's mean (0.375): by hand
+    assert "| base | 0.500 | 0.250 | 0.375 | 1.000 |" in table
+    assert "| dpo | 0.400 | 0.250 | 0.325 | 0.867 |" in table
+    assert "| student-s | 0.300 | 0.150 | 0.225 | 0.600 |" in table
+    assert "| cpt |" not in table  # not scored on lm-eval: no row
+    assert "general retention vs base" in _section(text, "Decision")
+    assert "| 0.867 |" in _row(text, "dpo")

@@ -31,6 +31,7 @@ SMOKE = [
     "stages.distill.phases=[{name: heal, data: [corpus, replay], max_tokens: 2048}, {name: task, data: sft, max_steps: 3}]",
     "evaluation.max_items=8",
     "stages.eval.max_items=24",
+    "stages.eval.general.limit=24",  # lm-eval on the first 24 general questions
     "stages.bench.concurrency=[2]",
     "stages.bench.num_prompts=4",
     "stages.bench.min_seconds=0",  # smoke: no re-run of short points (tests/test_e2e.py checks sizing)
@@ -128,3 +129,7 @@ def test_pruned_student_is_served_and_priced(small_run):
     assert bench[variant]["weight_bytes"] < bench[STUDENT]["weight_bytes"]
     assert cost[variant]["saturated_usd_per_m"] > 0
     assert (root / "export" / variant / "README.md").is_file()
+    # lm-eval's general questions on the real model, its compressed-tensors variant included
+    general = m["eval"]["metrics"]["general_eval"]
+    assert general["samples"] == {"verticalft_general_mc": 24} and set(general["commands"]) == set(scores)
+    assert all(0.0 <= s["lm_eval"]["verticalft_general_mc"] <= 1.0 for s in scores.values())

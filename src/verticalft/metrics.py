@@ -44,6 +44,7 @@ __all__ = [
     "EvalModel",
     "FitRun",
     "FitShape",
+    "GeneralEvalRecord",
     "LossPoint",
     "MetricsError",
     "Parity",
@@ -244,6 +245,20 @@ class EvalModel:
     general_retention: float | None = sometimes(None)  # vs the base on the general set (forgetting)
     quantization: str | None = sometimes(None)  # a quantized variant (stages.export.schemes) …
     quantized_from: str | None = sometimes(None)  # … of this model
+    lm_eval: dict[str, float] | None = sometimes(None)  # stages.eval.general: task → its metric
+
+
+@dataclass(kw_only=True)
+class GeneralEvalRecord:
+    """How the lm-eval tasks were run (stages.eval.general): the command line per model."""
+
+    backend: str  # lm-eval's model type: hf | vllm
+    tasks: list[str]
+    metric: str
+    limit: int | None
+    samples: dict[str, int]  # task → items scored
+    commands: dict[str, str]  # model → the lm-eval command line it ran (shell-quoted)
+    seconds: dict[str, float]  # model → wall time of its lm-eval run
 
 
 @dataclass(kw_only=True)
@@ -253,6 +268,7 @@ class EvalMetrics:
     items: dict[str, int]  # per set (domain, general): items scored
     teacher: str | None  # the final teacher's name
     models: dict[str, EvalModel]
+    general_eval: GeneralEvalRecord | None = sometimes(None)
     gates_failed: list[str] = sometimes(factory=list)
 
 

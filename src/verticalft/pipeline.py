@@ -118,6 +118,7 @@ def preflight(recipe: Recipe, stages: list[str], pending: list[str] | None = Non
     if "distill" in stages:
         problems += distill_vocab_problems(recipe)
     problems += serving_problems(recipe, stages)
+    problems += general_eval_problems(recipe, stages)
     if tracking := backend_problem(recipe):
         problems.append(tracking)
     return problems
@@ -167,6 +168,15 @@ def serving_problems(recipe: Recipe, stages: list[str]) -> list[str]:
     if "eval" in stages and recipe.stages.eval is not None and recipe.stages.eval.backend == "vllm":
         needs.append(f"stages.eval.backend=vllm: {fix}, or use backend: auto|hf")
     return needs
+
+
+def general_eval_problems(recipe: Recipe, stages: list[str]) -> list[str]:
+    """lm-eval missing, or its task folder, when the eval stage will run lm-eval tasks."""
+    from verticalft.general_eval import problems
+
+    if "eval" not in stages or recipe.stages.eval is None:
+        return []
+    return problems(recipe.stages.eval.general)
 
 
 def chat_template_problems(recipe: Recipe, stages: list[str]) -> list[str]:

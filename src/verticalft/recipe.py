@@ -610,7 +610,47 @@ class Gates(Strict):
         default=None, gt=0.0, description="each student's score / the teacher's"
     )
     min_general_retention: float | None = Field(
-        default=None, gt=0.0, description="final teacher / base on the general set"
+        default=None,
+        gt=0.0,
+        description="final teacher / base on the general set (lm-eval tasks when stages.eval.general is set)",
+    )
+
+
+class GeneralEval(Strict):
+    """General ability on lm-evaluation-harness tasks (`general_eval.py`): every model of the run
+    is scored by lm-eval itself; the mean of `metric` over the tasks, divided by the base model's,
+    is each model's general retention (the gate `min_general_retention` reads it)."""
+
+    tasks: list[str] = Field(
+        default_factory=lambda: ["verticalft_general_mc"],
+        min_length=1,
+        description="lm-eval task names: the shipped verticalft_general_mc (300 general questions, "
+        "CC0), tasks in include_path, or lm-eval's own (their datasets must be in the HF cache: "
+        "lm-eval runs offline)",
+    )
+    include_path: str | None = Field(
+        default="data_pipelines/general/lm_eval",
+        description="a folder of lm-eval task YAMLs (lm-eval's --include_path); lm-eval runs with "
+        "it as its working directory, so relative data_files in them load from it",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description="the first N items of each task (lm-eval's --limit)"
+    )
+    num_fewshot: int | None = Field(default=None, ge=0, description="default: each task's own")
+    metric: str = Field(default="acc", description="the task metric general retention averages")
+    backend: Literal["auto", "vllm", "hf"] = Field(
+        default="auto",
+        description="lm-eval's model type. auto: vllm with a CUDA GPU and vLLM installed, else hf "
+        "(on CPU a vLLM engine takes a minute to start per model, transformers seconds)",
+    )
+    batch_size: int | Literal["auto"] = Field(default=8, description="lm-eval's --batch_size")
+    apply_chat_template: bool = Field(
+        default=False, description="render each request with the model's chat template"
+    )
+    model_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="added to lm-eval's --model_args, e.g. {gpu_memory_utilization: 0.8} (default "
+        "dtype: float32 on CPU, the model's own on a GPU)",
     )
 
 
@@ -625,6 +665,9 @@ class EvalStage(Strict):
     max_new_tokens: int | None = Field(default=None, ge=1, description="default: evaluation.max_new_tokens")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM(...)")
     env: dict[str, str] = Field(default_factory=dict, description="environment of the vLLM process")
+    general: GeneralEval | None = Field(
+        default=None, description="general ability on lm-evaluation-harness tasks (none: not measured)"
+    )
     gates: Gates = Field(default_factory=Gates)
 
 
@@ -923,11 +966,17 @@ class Route(Strict):
 class Tracking(Strict):
     """Where the run's settings and results are logged besides the manifest (tracking.py)."""
 
-    backend: Literal["mlflow", "tensorboard", "none"] = Field(
+    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = Field(
         default="tensorboard",
         description="mlflow: one run per pipeline, a nested run per stage (params, metrics, artifacts), each "
-        "trainer's loss curve nested under its stage; tensorboard: stage metrics as scalars in "
+        "trainer's loss curve nested under its stage; wandb: a run per stage in one group per pipeline, "
+        "the trainers' runs in it; tensorboard: stage metrics as scalars in "
         "<run>/tensorboard/ beside the trainers' events; none: nothing, the trainers report nowhere",
+    )
+    wandb_mode: Literal["offline", "online"] = Field(
+        default="offline",
+        description="wandb: offline writes <run>/wandb/ for a later `wandb sync`; online needs "
+        "WANDB_API_KEY in the environment (or `wandb login`)",
     )
     uri: str | None = Field(
         default=None,
@@ -935,7 +984,9 @@ class Tracking(Strict):
         "`sqlite:///<run>/mlflow.db` that `mlflow ui --backend-store-uri` opens without a server",
     )
     experiment: str | None = Field(
-        default=None, description="mlflow experiment; default: <recipe name>/<profile>"
+        default=None,
+        description="mlflow experiment (default: <recipe name>/<profile>) or wandb project (default: the "
+        "recipe name; the group is <recipe name>/<profile>)",
     )
 
 

@@ -28,6 +28,7 @@ from verticalft.metrics import (
     CptMetrics,
     DistillMetrics,
     DpoMetrics,
+    EvalMetrics,
     MetricsError,
     RouteMetrics,
     RunMetrics,
@@ -71,6 +72,7 @@ def render(manifest: dict[str, Any], title: str, images: dict[str, str] | None =
     decision = _decision_section(run, images)
     lines += decision
     lines += _routing_section(run.route, images)
+    lines += _general_section(run.eval)
     lines += _assumptions_section(run, note_shown=bool(decision))
     lines += _physical_section(run, images)
     lines += _training_cost_section(run.cost)
@@ -103,7 +105,7 @@ def _decision_section(run: RunMetrics, images: dict[str, str]) -> list[str]:
         lines += [f"> **{'CPU figures. ' if run.cpu else ''}Note:** {note}", ""]
     evaluated = run.eval.models if run.eval else {}
     # the column once models were scored on the general set against the base (eval.general_retention)
-    general = "base" in evaluated and any(m.general is not None for m in evaluated.values())
+    general = "base" in evaluated and any(m.general is not None or m.lm_eval for m in evaluated.values())
     lines += _decision_header(general)
     lines += [_decision_row(run, name, general) for name in names]
     lines += _decision_notes(run)
@@ -177,6 +179,42 @@ def _decision_notes(run: RunMetrics) -> list[str]:
             "⚠ **Benchmark repeats disagree** by more than the allowed spread at: "
             + "; ".join(f"`{n}` concurrency {', '.join(map(str, v))}" for n, v in unstable.items())
             + " — the slower repeat is priced; see the bench sweep for each repeat.",
+        ]
+    return lines
+
+
+def _general_section(ev: EvalMetrics | None) -> list[str]:
+    """Each model on the lm-eval tasks (stages.eval.general): the metric per task, the mean, and
+    the mean against the base model's; then the lm-eval command line of one model."""
+    g = ev.general_eval if ev else None
+    if ev is None or g is None:
+        return []
+    tasks = g.tasks
+    lines = [
+        "",
+        "## General ability (lm-evaluation-harness)",
+        "",
+        f"`{g.metric}` on each task ({', '.join(f'{t}: {g.samples.get(t, 0)} items' for t in tasks)}; lm-eval "
+        f"`{g.backend}` model); retention = the model's mean / the base model's.",
+        "",
+        "| model | " + " | ".join(tasks) + " | mean | retention vs base |",
+        "|---|" + "---:|" * (len(tasks) + 2),
+    ]
+    for name, m in ev.models.items():
+        if not m.lm_eval:
+            continue
+        mean = sum(m.lm_eval.values()) / len(m.lm_eval)
+        cells = " | ".join(num(m.lm_eval.get(t), "{:.3f}") for t in tasks)
+        lines.append(f"| {name} | {cells} | {mean:.3f} | {num(m.general_retention, '{:.3f}')} |")
+    first = next(iter(g.commands.items()), None)
+    if first:
+        lines += [
+            "",
+            f"lm-eval's command for `{first[0]}` (the others differ in the model path):",
+            "",
+            "```",
+            first[1],
+            "```",
         ]
     return lines
 

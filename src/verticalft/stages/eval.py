@@ -12,7 +12,9 @@ prompt (and system / messages), answer, prediction, finish reason,
 correct, and the model's confidence in its answer — the geometric-mean probability of its tokens,
 which the route stage uses to decide when a student escalates) and puts per model the overall / per-task / per-difficulty scores in the manifest,
 with retention = student / final teacher (overall and per task) and, on the general set,
-retention = model / base (forgetting). Gates (`stages.eval.gates`) are checked after every result
+retention = model / base (forgetting). `stages.eval.general` scores every model on
+lm-evaluation-harness tasks too (`general_eval`: lm-eval's own CLI per model), and the general
+retention is then lm-eval's mean over the tasks / the base's. Gates (`stages.eval.gates`) are checked after every result
 is saved: a failed gate fails the stage with what fell short, and the report still shows it.
 """
 
@@ -23,7 +25,7 @@ import logging
 from typing import Any
 
 from verticalft.data import DataError
-from verticalft.metrics import EvalMetrics, EvalModel, Retention, Score, to_dict
+from verticalft.metrics import EvalMetrics, EvalModel, GeneralEvalRecord, Retention, Score, to_dict
 from verticalft.recipe import EvalStage
 from verticalft.rundir import atomic_write_text
 from verticalft.scoring import confidence, item_fields, item_messages, load_items, score_items, summarise
@@ -212,6 +214,40 @@ def add_retention(scores: dict[str, EvalModel], teacher: str | None) -> None:
             s.general_retention = round(s.general.score / base_general, 4) if base_general else None
 
 
+def general_ability(
+    ctx: StageContext, models: list[RunModel], scores: dict[str, EvalModel]
+) -> GeneralEvalRecord | None:
+    """Every model on the lm-eval tasks of `stages.eval.general` (`general_eval`), one lm-eval run
+    each in `eval/general/<model>/`; each model's general retention = its mean / the base's."""
+    from verticalft import general_eval
+
+    cfg = ctx.stage_section(EvalStage).general
+    if cfg is None:
+        return None
+    backend = general_eval.pick_backend(cfg.backend)
+    runs: dict[str, general_eval.GeneralResult] = {}
+    for m in models:
+        logger.info(
+            f"  lm-eval ({backend}): {m.name} on {', '.join(cfg.tasks)} (log: {ctx.dir / 'general' / m.name})"
+        )
+        runs[m.name] = general_eval.evaluate(cfg, m.path, ctx.dir / "general" / m.name, backend)
+        scores[m.name].lm_eval = {k: round(v, 4) for k, v in runs[m.name].scores.items()}
+    if "base" in runs:
+        base = general_eval.mean(runs["base"].scores)
+        for name, r in runs.items():
+            scores[name].general_retention = round(general_eval.mean(r.scores) / base, 4) if base else None
+    first = next(iter(runs.values()))
+    return GeneralEvalRecord(
+        backend=backend,
+        tasks=cfg.tasks,
+        metric=cfg.metric,
+        limit=cfg.limit,
+        samples=first.samples,
+        commands={n: r.command for n, r in runs.items()},
+        seconds={n: r.seconds for n, r in runs.items()},
+    )
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg, ev = ctx.stage_section(EvalStage), ctx.recipe.evaluation
     items = eval_sets(ctx)
@@ -230,6 +266,7 @@ def run(ctx: StageContext) -> StageResult:
         atomic_write_text(ctx.dir / f"{m.name}.jsonl", "\n".join(lines) + "\n")
         outputs[m.name] = str(ctx.dir / f"{m.name}.jsonl")
     add_retention(scores, teacher.name if teacher else None)
+    general = general_ability(ctx, models, scores)  # lm-eval's figures replace data.general_eval's retention
     record = EvalMetrics(
         backend=backend,
         max_new_tokens=max_new,
@@ -237,6 +274,8 @@ def run(ctx: StageContext) -> StageResult:
         teacher=teacher.name if teacher else None,
         models=scores,
     )
+    if general is not None:
+        record.general_eval = general
     summary = ", ".join(
         f"{n} {s.domain.score:.3f}" + (f" (ret {s.retention.overall})" if s.retention else "")
         for n, s in scores.items()
