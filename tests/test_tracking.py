@@ -107,3 +107,90 @@ def test_a_run_logs_one_pipeline_run_with_a_nested_run_per_stage_into_a_local_ml
         text=True,
     )
     assert listed.returncode == 0 and "curate" in listed.stdout, listed.stderr[-2000:]
+
+
+def _wandb_records(path: Path):
+    """The records of a W&B offline run's transaction log (`run-<id>.wandb`: a ':W&B' header, then
+    LevelDB-log framed chunks in 32 KiB blocks, each record a wandb_internal_pb2.Record) — read
+    with W&B's own protobuf classes, since wandb ships no reader for offline runs."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        buf = chunk if kind in (1, 2) else buf + chunk  # FULL / FIRST start a record
+        if kind in (1, 4):  # FULL / LAST end it
+            record = Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def _wandb_run(folder: Path) -> dict:
+    """One offline run: its group, job type, name, config, history rows by step, exit code."""
+    out: dict = {"history": {}, "config": {}, "artifacts": []}
+    for r in _wandb_records(next(folder.glob("run-*.wandb"))):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out.update(group=r.run.run_group, job_type=r.run.job_type, name=r.run.display_name)
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "history":
+            row = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
+            out["history"].setdefault(r.history.step.num, {}).update(row)
+        elif kind == "artifact":
+            out["artifacts"].append((r.artifact.name, r.artifact.type))
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
+    return out
+
+
+@pytest.mark.slow
+def test_a_run_logs_a_wandb_run_per_stage_offline_with_the_trainers_in_its_group(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["run", "recipes/finance.yaml", "-p", "tiny", "--until", "cpt", "--runs-dir", str(runs),
+            "--set", "tracking.backend=wandb", "--set", "stages.cpt.trainer.max_steps=3",
+            "--set", "stages.cpt.trainer.logging_steps=1", "--set", "evaluation.max_items=4"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "verticalft.cli", *args],
+        cwd=ROOT,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = runs / "finance" / "tiny"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["tracking"] == {"backend": "wandb", "project": "finance", "group": "finance/tiny"}
+    found = [_wandb_run(f) for f in sorted((root / "wandb").glob("offline-run-*"))]
+    assert {r["group"] for r in found} == {"finance/tiny"}
+    by_job = {r["job_type"]: r for r in found}
+    assert {"tiny_models", "curate", "cpt", "cpt/trainer", "artifacts"} <= set(by_job)
+    curate, m = by_job["curate"], manifest["stages"]["curate"]["metrics"]
+    assert curate["exit_code"] == 0 and curate["config"]["shard_size"] == "300"
+    assert curate["history"][0]["kept"] == m["kept"] and curate["history"][0]["read"] == m["read"]
+    cpt = by_job["cpt"]
+    assert cpt["config"]["trainer.max_steps"] == "3"
+    c = manifest["stages"]["cpt"]["metrics"]
+    assert cpt["history"][0]["heldout_perplexity_after"] == pytest.approx(c["heldout_perplexity_after"])
+    # the trainer's own loss curve: transformers' WandbCallback, in the pipeline's group
+    trainer = by_job["cpt/trainer"]
+    losses = {
+        row["train/global_step"]: row["train/loss"]
+        for row in trainer["history"].values()
+        if "train/loss" in row
+    }
+    assert sorted(losses) == [1, 2, 3] and all(v > 0 for v in losses.values())
+    assert ("finance-tiny-report", "report") in by_job["artifacts"]["artifacts"]
+    # wandb's service process stopped with the run
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(root) not in ps

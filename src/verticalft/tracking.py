@@ -12,6 +12,10 @@ Backends:
 - `mlflow`: MlflowClient on `tracking.uri`, default an embedded SQLite store in the run
   directory (`sqlite:///<run>/mlflow.db`, artifacts beside it): `mlflow ui --backend-store-uri
   sqlite:///<run>/mlflow.db` opens it with no server; a team server's URI works the same way.
+- `wandb`: W&B has no nested runs, so each stage attempt is a run of its own in one group per
+  pipeline (`<recipe>/<profile>`, job type = the stage), the trainers' runs in the same group;
+  `offline` (the default) writes `<run>/wandb/offline-run-*` that `wandb sync` uploads later,
+  `online` needs WANDB_API_KEY (or `wandb login`). The key is read by wandb from the environment.
 - `tensorboard`: the stage metrics as scalars in `<run>/tensorboard/` beside the trainers' events.
 - `none`: nothing is logged (the trainers report to no integration either).
 The URI is never written to the manifest (it may carry credentials); only the run ids are.
@@ -43,7 +47,7 @@ def report_to(recipe: Recipe) -> list[str]:
     backend = recipe.tracking.backend
     if backend == "none":
         return ["none"]
-    return ["tensorboard", "mlflow"] if backend == "mlflow" else ["tensorboard"]
+    return ["tensorboard", backend] if backend in ("mlflow", "wandb") else ["tensorboard"]
 
 
 def flat_params(section: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -238,10 +242,85 @@ class TensorboardTracker(Tracker):
             self.writer.close()
 
 
+class WandbTracker(Tracker):
+    """A W&B run per stage attempt (config: the section; metrics: the manifest's, the sweep
+    concurrency as the step), grouped by pipeline; artifacts in a run of their own."""
+
+    def __init__(self, recipe: Recipe, run: RunDir) -> None:
+        import wandb
+
+        self.wandb, self.root = wandb, run.root.resolve()
+        self.project = recipe.tracking.experiment or recipe.name
+        self.group = f"{recipe.name}/{run.root.name}"
+        self.mode = recipe.tracking.wandb_mode
+        # wandb reads its settings from the environment once per process (its first init): set
+        # them before that, so a trainer's own wandb.init in this process gets them too
+        os.environ.update({"WANDB_MODE": self.mode, "WANDB_DIR": str(self.root)})
+        self.sections: dict[str, dict[str, str]] = {}
+        run.set_meta(tracking={"backend": "wandb", "project": self.project, "group": self.group})
+
+    def _init(self, name: str, job_type: str, config: Mapping[str, Any] | None = None) -> Any:
+        if self.wandb.run is not None:  # a trainer's run left open in this process: it is over
+            self.wandb.run.finish()
+        return self.wandb.init(
+            project=self.project,
+            group=self.group,
+            job_type=job_type,
+            name=name,
+            dir=str(self.root),
+            mode=self.mode,
+            config=dict(config or {}),
+            reinit="create_new",
+        )
+
+    def stage_started(self, stage: str, section: Mapping[str, Any]) -> dict[str, str]:
+        self.sections[stage] = flat_params(section)
+        # transformers' WandbCallback calls wandb.init(), which takes group and job type from the
+        # environment below — read once per wandb session: end this process's session, so an
+        # in-process trainer starts one with them (a launched one starts fresh anyway)
+        self.wandb.teardown()
+        return {
+            "WANDB_PROJECT": self.project,
+            "WANDB_RUN_GROUP": self.group,
+            "WANDB_JOB_TYPE": f"{stage}/trainer",
+            "WANDB_DIR": str(self.root),
+            "WANDB_MODE": self.mode,
+        }
+
+    def stage_ended(self, stage: str, metrics: Mapping[str, Any], wall_time_s: float, failed: bool) -> None:
+        run = self._init(stage, stage, self.sections.pop(stage, None))
+        steps: dict[int, dict[str, float]] = {}
+        for key, value, step in flat_metrics({**metrics, "wall_time_s": wall_time_s}):
+            steps.setdefault(step, {})[key] = value
+        for step in sorted(steps):  # W&B steps only go forward
+            run.log(steps[step], step=step)
+        run.finish(exit_code=1 if failed else 0)
+
+    def artifacts(self, paths: list[Path], stage: str | None = None, by_folder: bool = False) -> None:
+        found = [p for p in paths if p.exists()]
+        if not found:
+            return
+        what = stage or "report"
+        run = self._init(f"{what} artifacts", "artifacts")
+        artifact = self.wandb.Artifact(re.sub(r"[^0-9A-Za-z_.-]", "-", f"{self.group}-{what}"), type=what)
+        for p in found:
+            if p.is_dir():
+                artifact.add_dir(str(p), name=p.name)
+            else:
+                artifact.add_file(str(p), name=f"{p.parent.name}/{p.name}" if by_folder else p.name)
+        run.log_artifact(artifact)
+        run.finish()
+
+    def close(self) -> None:
+        self.wandb.teardown()  # stops wandb's service process: nothing left behind
+
+
 def tracker_for(recipe: Recipe, run: RunDir) -> Tracker:
     backend = recipe.tracking.backend
     if backend == "mlflow":
         return MlflowTracker(recipe, run)
+    if backend == "wandb":
+        return WandbTracker(recipe, run)
     if backend == "tensorboard":
         return TensorboardTracker(run)
     return Tracker()
@@ -251,8 +330,9 @@ def backend_problem(recipe: Recipe) -> str | None:
     """Why the chosen backend cannot run here (its package is missing), with the install line."""
     import importlib.util
 
-    if recipe.tracking.backend == "mlflow" and importlib.util.find_spec("mlflow") is None:
-        return "tracking.backend: mlflow is not installed: pip install 'verticalft[mlflow]'"
+    backend = recipe.tracking.backend
+    if backend in ("mlflow", "wandb") and importlib.util.find_spec(backend) is None:
+        return f"tracking.backend: {backend} is not installed: pip install 'verticalft[{backend}]'"
     return None
 
 
