@@ -12,8 +12,13 @@ the spot, the shipped sample data, no hub access), set the way a GPU node runs i
 4. cpt: full-parameter under `accelerate launch` with the shipped fsdp2 config, one process —
    held-out loss before and after, the final save (FULL state dict), the saved folder reloaded;
 5. distill: the teacher top-k cache (NF4 teacher) and one logit-distilled QLoRA student;
-6. eval: every model of the run (vLLM when installed, else transformers);
-7. a Qwen3-style template: TRL's qwen3 training template with `<think>` an ordinary token,
+6. eval: every model of the run (vLLM when installed, else transformers; lm-eval's general
+   questions when lm-eval is installed);
+7. quantize: llm-compressor's W8A8 (SmoothQuant + GPTQ) and FP8_DYNAMIC of the student, the W8A8
+   folder reloaded by transformers (compressed-tensors) on this device for one forward pass —
+   llm-compressor from this Python when it has it (its wheels: llmcompressor, compressed-tensors,
+   loguru, auto-round, py-cpuinfo, nvidia-ml-py, ~2 MB), else `make setup-export`'s interpreter;
+8. a Qwen3-style template: TRL's qwen3 training template with `<think>` an ordinary token,
    rendered with `enable_thinking: false`, and its answer scored past the think block.
 
 Prints PASS/FAIL and seconds per step. It runs on the machine's own torch/CUDA: install the
@@ -213,11 +218,49 @@ class Check:
 
     def eval(self) -> str:
         backend = "vllm" if importlib.util.find_spec("vllm") else "hf"
-        extra = (f"stages.eval.backend={backend}", "stages.eval.gates.min_retention=null")
-        rec = self.vft("eval", extra=extra)["eval"]
-        scores = {n: r["domain"]["score"] for n, r in rec["metrics"].get("models", {}).items()}
+        extra = [f"stages.eval.backend={backend}", "stages.eval.gates.min_retention=null"]
+        general = importlib.util.find_spec("lm_eval") is not None
+        if not general:
+            extra.append("stages.eval.general=null")  # the device machine's Python lacks lm-eval
+        rec = self.vft("eval", extra=tuple(extra))["eval"]
+        models = rec["metrics"].get("models", {})
+        scores = {n: r["domain"]["score"] for n, r in models.items()}
         assert rec["status"] == "done" and scores, "no model scored"
-        return f"{backend}: " + ", ".join(f"{n} {s}" for n, s in scores.items())
+        lm_eval = (
+            f"; lm-eval general: {len([m for m in models.values() if m.get('lm_eval')])} models"
+            if general
+            else ""
+        )
+        return f"{backend}: " + ", ".join(f"{n} {s}" for n, s in scores.items()) + lm_eval
+
+    def quantize(self) -> str:
+        """W8A8 and FP8_DYNAMIC of the student with llm-compressor; the W8A8 folder reloaded."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        extra = [
+            "stages.export.models=[student-s]",
+            "stages.export.schemes=[W8A8, FP8_DYNAMIC]",
+            "stages.export.calibration_samples=16",
+            "stages.export.calibration_max_length=256",
+        ]
+        if importlib.util.find_spec("llmcompressor") is not None:
+            extra.append(f"stages.export.python={sys.executable}")
+        rec = self.vft("quantize", extra=tuple(extra))["quantize"]
+        variants = {v["name"]: v for v in rec["metrics"]["variants"]}
+        assert rec["status"] == "done" and set(variants) == {"student-s-w8a8", "student-s-fp8_dynamic"}
+        w8 = variants["student-s-w8a8"]
+        device = "cpu" if self.cpu else "cuda"
+        model = AutoModelForCausalLM.from_pretrained(rec["outputs"]["student-s-w8a8"], device_map=device)
+        qc = model.config.quantization_config
+        fmt = qc.get("format") if isinstance(qc, dict) else getattr(qc, "format", None)
+        x = torch.tensor([[1, 2, 3, 4]], device=device)
+        loss = model(input_ids=x, labels=x).loss
+        assert torch.isfinite(loss), "the W8A8 model's loss is not finite"
+        return (
+            f"W8A8 {w8['bytes']:,} B (from {w8['source_bytes']:,} B) in {w8['seconds']}s, FP8 "
+            f"{variants['student-s-fp8_dynamic']['bytes']:,} B; W8A8 ({fmt}) reloaded on {device}, loss {loss.item():.3f}"
+        )
 
     def think_template(self) -> str:
         """TRL's qwen3 training template, `<think>` an ordinary added token, scored past the block."""
@@ -254,6 +297,7 @@ class Check:
             ),
             ("distill (teacher cache + logit student)", self.distill),
             ("eval", self.eval),
+            ("quantize (llm-compressor W8A8 + FP8, reloaded)", self.quantize),
             ("Qwen3-style template scored", self.think_template),
         ]:
             self.step(name, fn)
