@@ -304,3 +304,23 @@ def test_plan_prices_each_distill_phase_and_its_cache_by_hand():
     assert docs.flops == pytest.approx(2 * docs.active_params * 2e9)
     # on disk: per target token 64 int32 ids (Qwen3's 151,669 ids > 65,536) + 64 fp16 + one fp32
     assert any("corpus+replay" in n and "on disk at most ~776.0 GB" in n for n in plan.notes)
+
+
+def test_quantize_rows_count_two_calibration_forwards_and_the_gptq_hessians_by_hand():
+    # finance.yaml: stages.export {schemes: [W8A8, FP8_DYNAMIC], calibration_samples: 512} and the
+    # default calibration_max_length 1024 → 524,288 calibration tokens per model
+    plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
+    rows = {s.stage: s for s in plan.stages}
+    assert {"quantize: dpo W8A8", "quantize: Qwen3-8B W8A8", "quantize: Qwen3-14B W8A8"} <= set(rows)
+    w8 = rows["quantize: Qwen3-8B W8A8"]
+    tokens = 512 * 1024
+    # Qwen3-8B: hidden 4096, 32 heads × 128, MLP 12288, 36 layers. Per layer the Hessians of
+    # q, k, v, gate, up (4096²), o (4096²) and down (12288²): 6·4096² + 12288² elements
+    per_layer = 6 * 4096**2 + 12288**2
+    assert per_layer == 251_658_240
+    assert w8.tokens == tokens and w8.method == "GPTQ + SmoothQuant"
+    assert w8.flops == pytest.approx(4 * w8.active_params * tokens + 2 * per_layer * tokens * 36)
+    assert w8.memory["GPTQ Hessians"] == pytest.approx(per_layer * 4 / 1e9, abs=1e-3)  # fp32
+    fp8 = rows["quantize: Qwen3-8B FP8_DYNAMIC"]
+    assert fp8.method == "data-free" and fp8.flops == 0 and fp8.tokens == 0
+    assert any(n.startswith("quantize dpo: the bf16 model") for n in plan.notes)

@@ -501,6 +501,8 @@ def plan_recipe(recipe: Any) -> Plan:
             plan.warnings += warnings
     if recipe.stages.distill is not None:
         plan_distill(recipe, arch, gpu, price, plan, specs)
+    if recipe.stages.export is not None:
+        plan_quantize(recipe, arch, gpu, price, plan, specs)
     return plan
 
 
@@ -819,3 +821,103 @@ def plan_student(
             f"but {gpu.name} has {gpu.vram_gb:.0f} GB — use cache: true (teacher not in memory), "
             "teacher.quantization: nf4, method: qlora, or a smaller max_length / batch"
         )
+
+
+def gptq_hessian_elements(arch: Arch) -> int:
+    """fp32 elements of the GPTQ Hessians (in × in per `nn.Linear`) llm-compressor holds while it
+    calibrates one decoder layer: q, k, v, gate, up read the hidden state, o the attention output,
+    down the MLP's; a MoE layer has one set per expert (and its shared expert)."""
+    h, attn_out = arch.hidden, arch.heads * arch.head_dim
+    attention = 3 * h * h + attn_out * attn_out
+    if not arch.is_moe:
+        return attention + 2 * h * h + arch.intermediate**2
+    experts = arch.experts * (2 * h * h + arch.expert_intermediate**2)
+    shared = 2 * h * h + arch.shared_intermediate**2 if arch.shared_intermediate else 0
+    return attention + experts + shared
+
+
+def quantize_rows(
+    arch: Arch, scheme: str, samples: int, max_length: int
+) -> tuple[float, float, dict[str, float]]:
+    """(calibration tokens, FLOPs, GPU memory in GB) of one llm-compressor run (quantize_job.py).
+
+    GPTQ schemes (W8A8 with SmoothQuant, W4A16) use llm-compressor's sequential pipeline: the model
+    stays in host memory, one decoder layer at a time is on the GPU, and the calibration set runs
+    through it twice (once for the hooks, once to pass the quantized layer's outputs on): 2 forwards
+    = 4·N·D, plus each Hessian's accumulation, 2·in² per token per Linear. FP8_DYNAMIC is data-free:
+    no calibration pass, weights rounded where they are."""
+    if scheme in ("FP8_DYNAMIC", "FP8_BLOCK"):
+        return 0.0, 0.0, {}
+    tokens = float(samples * max_length)
+    hessians = gptq_hessian_elements(arch)
+    flops = 4.0 * arch.active_params * tokens + 2.0 * hessians * tokens * arch.layers
+    layer_weights = (arch.params - arch.embedding_params) / arch.layers * 2.0
+    # one sample's hidden states and MLP activations in bf16 (batch size 1)
+    activations = 2.0 * max_length * (2 * arch.hidden + 2 * arch.mlp_width)
+    mem = {
+        "layer weights": layer_weights / 1e9,
+        "GPTQ Hessians": hessians * 4.0 / 1e9,
+        "activations": activations / 1e9,
+    }
+    return tokens, flops, {k: round(v, 3) for k, v in mem.items()}
+
+
+def plan_quantize(
+    recipe: Any, teacher: Arch, gpu: Gpu, price: float, plan: Plan, specs: dict[str, Any]
+) -> None:
+    """One row per exported model and scheme (stages.export): llm-compressor on one GPU, with the
+    host memory it needs in a note."""
+    from verticalft.pruning import is_prune, prune_name
+
+    cfg = recipe.stages.export
+    refs = (recipe.stages.distill.students if recipe.stages.distill else None) or recipe.models.students
+    students = {prune_name(r) if is_prune(r) else r.split("/")[-1]: r for r in refs}
+    finals = [s for s in ("dpo", "sft", "cpt") if getattr(recipe.stages, s) is not None][:1] or ["teacher"]
+    names = cfg.models or [*finals, *students]
+    for name in names:
+        arch: Arch | None
+        if name in ("teacher", "cpt", "sft", "dpo"):
+            arch, ref = teacher, recipe.models.teacher
+        elif name in students:
+            ref = students[name]
+            arch = (
+                pruned_arch(ref, teacher)
+                if is_prune(ref)
+                else arch_lookup(ref, recipe.tiny.vocab_size, specs)[0]
+            )
+        else:
+            plan.warnings.append(f"quantize: stages.export.models names '{name}', not a model of this run")
+            continue
+        if arch is None:
+            plan.warnings.append(f"quantize: size of {ref} unknown")
+            continue
+        host = arch.params * 2.0 + cfg.calibration_samples * cfg.calibration_max_length * arch.hidden * 2.0
+        plan.notes.append(
+            f"quantize {name}: the bf16 model and the cached calibration activations sit in host memory "
+            f"(~{host / 1e9:,.1f} GB); llm-compressor moves one decoder layer at a time to the GPU "
+            "(its GPU-hours count FLOPs only: not those transfers, nor GPTQ's column-by-column solve)"
+        )
+        for scheme in cfg.schemes:
+            tokens, flops, mem = quantize_rows(
+                arch, scheme, cfg.calibration_samples, cfg.calibration_max_length
+            )
+            hours = gpu_hours(flops, gpu, mfu_for(recipe.compute, "inference"))
+            total = round(sum(mem.values()), 3)
+            plan.stages.append(
+                StagePlan(
+                    f"quantize: {name} {scheme}",
+                    ref,
+                    arch.params,
+                    "GPTQ" + (" + SmoothQuant" if scheme.startswith("W8A8") and cfg.smoothing > 0 else "")
+                    if tokens
+                    else "data-free",
+                    tokens,
+                    flops,
+                    hours,
+                    hours * price,
+                    mem,
+                    total,
+                    total <= gpu.vram_gb * 0.95,
+                    arch.active_params,
+                )
+            )
