@@ -251,9 +251,9 @@ class Check:
         assert rec["status"] == "done" and set(variants) == {"student-s-w8a8", "student-s-fp8_dynamic"}
         w8 = variants["student-s-w8a8"]
         device = "cpu" if self.cpu else "cuda"
-        model = AutoModelForCausalLM.from_pretrained(rec["outputs"]["student-s-w8a8"], device_map=device)
-        qc = model.config.quantization_config
-        fmt = qc.get("format") if isinstance(qc, dict) else getattr(qc, "format", None)
+        folder = Path(rec["outputs"]["student-s-w8a8"])
+        fmt = json.loads((folder / "config.json").read_text())["quantization_config"]["format"]
+        model = AutoModelForCausalLM.from_pretrained(folder, device_map=device)
         x = torch.tensor([[1, 2, 3, 4]], device=device)
         loss = model(input_ids=x, labels=x).loss
         assert torch.isfinite(loss), "the W8A8 model's loss is not finite"
