@@ -133,3 +133,6 @@ def test_pruned_student_is_served_and_priced(small_run):
     general = m["eval"]["metrics"]["general_eval"]
     assert general["samples"] == {"verticalft_general_mc": 24} and set(general["commands"]) == set(scores)
     assert all(0.0 <= s["lm_eval"]["verticalft_general_mc"] <= 1.0 for s in scores.values())
+    acc = scores[variant]["lm_eval"]["verticalft_general_mc"]
+    card = (root / "export" / variant / "README.md").read_text()
+    assert f"| lm-eval `verticalft_general_mc` acc | {acc:.3f} on 24 items |" in card

@@ -110,6 +110,10 @@ def model_card(ctx: StageContext, m: RunModel) -> str:
     lines.append(
         f"| general retention vs the base model | {num(gen, '{:.3f}') if gen is not None else '– (no general set in the recipe)'} |"
     )
+    general = ev_all.get("general_eval") or {}
+    for task, value in (ev.get("lm_eval") or {}).items():  # lm-evaluation-harness (stages.eval.general)
+        items = general.get("samples", {}).get(task, "–")
+        lines.append(f"| lm-eval `{task}` {general.get('metric', 'acc')} | {value:.3f} on {items} items |")
     if priced:
         volume = cost.get("assumptions", {}).get("daily_tokens")
         lines.append(
