@@ -211,7 +211,9 @@ def test_several_nodes_without_a_rendezvous_is_a_clear_error(tmp_path, monkeypat
     for key in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MASTER_PORT", "29500")
-    with pytest.raises(ValueError, match="compute.nodes=8: set NODE_RANK, MASTER_ADDR on every node"):
+    from verticalft.nodes import NodeError
+
+    with pytest.raises(NodeError, match="compute.nodes=8: set NODE_RANK, MASTER_ADDR on every node"):
         launch_command(load_recipe(FINANCE), RunDir(tmp_path), "cpt", resume=False)
 
 

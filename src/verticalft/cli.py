@@ -261,6 +261,13 @@ def run(
     rd = run_dir_for(r, profile, runs_dir)
     console.print(f"[bold]{r.name}[/] ({profile}) → {rd.root}")
 
+    from verticalft.nodes import NodeError, this_node
+
+    try:
+        node = this_node(r.compute.nodes)
+    except NodeError:
+        node = None  # run_recipe says what is wrong (exit 2)
+    follower = node is not None and not node.leads  # writes nothing: no report, no tracking
     try:
         outcomes = run_recipe(r, rd, until=until, only=only, force=force, echo=console.print)
     except PreflightFailed as exc:  # nothing ran: fix the input or the machine (exit 2, like validate)
@@ -268,10 +275,15 @@ def run(
         raise typer.Exit(2) from None
     except (StageFailed, DataError) as exc:
         err_console.print(f"[bold red]error[/]: {exc}", highlight=False)
-        if rd.manifest_path.exists():  # what did finish stays readable
+        if rd.manifest_path.exists() and not follower:  # what did finish stays readable
             console.print(f"report (up to the failure): {_write_report(rd, f'{r.name} ({profile})')}")
         raise typer.Exit(1) from None
 
+    if follower:
+        console.print(
+            f"[green]finished[/]: node {node.rank if node else '?'}'s part (node 0 writes the report)"
+        )
+        return
     done = sum(o.status == "done" for o in outcomes)
     report = _write_report(rd, f"{r.name} ({profile})")
     from verticalft.tracking import log_report

@@ -246,24 +246,22 @@ def stage_accelerate_config(recipe: Recipe, run: RunDir, stage: str) -> Path:
 
 
 def rendezvous(nodes: int) -> dict[str, str] | None:
-    """Multi-node: this node's rank and the main node's address, from the environment variables
-    every cluster scheduler sets or a user exports on each node (NODE_RANK, MASTER_ADDR,
-    MASTER_PORT); None on one node. Missing ones are an error that names them."""
-    if nodes == 1:
+    """Multi-node: this node's rank and node 0's address for the launcher (`nodes.this_node`:
+    Slurm's variables, or NODE_RANK/MASTER_ADDR/MASTER_PORT); None on one node."""
+    from verticalft.nodes import this_node
+
+    node = this_node(nodes)
+    if node is None:
         return None
-    names = ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
-    missing = [n for n in names if not os.environ.get(n)]
-    if missing:
-        raise ValueError(
-            f"compute.nodes={nodes}: set {', '.join(missing)} on every node (NODE_RANK 0..{nodes - 1}, "
-            "MASTER_ADDR/MASTER_PORT of node 0) and run the same `verticalft run` command on each"
-        )
-    return {n: os.environ[n] for n in names}
+    return {"NODE_RANK": str(node.rank), "MASTER_ADDR": node.master_addr, "MASTER_PORT": node.master_port}
 
 
-def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> list[str]:
+def launch_command(
+    recipe: Recipe, run: RunDir, stage: str, resume: bool, write_config: bool = True
+) -> list[str]:
     """The torchrun / accelerate command that runs `verticalft.worker` for one stage on this node:
-    `gpus_per_node` processes here, `nodes × gpus_per_node` in all."""
+    `gpus_per_node` processes here, `nodes × gpus_per_node` in all. `write_config=False` (a node
+    other than 0): use the accelerate config node 0 wrote, write nothing."""
     c = recipe.compute
     worker = ["-m", "verticalft.worker", "--run-dir", str(run.root), "--stage", stage] + (
         ["--resume"] if resume else []
@@ -280,7 +278,11 @@ def launch_command(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> lis
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(stage_accelerate_config(recipe, run, stage)),
+        str(
+            stage_accelerate_config(recipe, run, stage)
+            if write_config
+            else run.stage_dir(stage) / "accelerate_config.yaml"
+        ),
         "--num_processes",  # accelerate counts processes over all machines
         str(c.world_size),
         "--num_machines",

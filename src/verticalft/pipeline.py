@@ -2,7 +2,9 @@
 
 Training stages run in this process (`launcher: none`) or under `torchrun` / `accelerate launch`
 (`verticalft.worker` is the per-process entry point). Either way this process owns the manifest:
-it marks the stage running, waits, then writes outputs, metrics and the done-marker last.
+it marks the stage running, waits, then writes outputs, metrics and the done-marker last. On
+several nodes (`compute.nodes` > 1) only node 0's process does; the others follow its word and
+start their share of each launch (`nodes.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from verticalft.cuda_preflight import gpu_problem
 from verticalft.data import source_files
 from verticalft.launch import has_gpu, launch_command
+from verticalft.nodes import Follower, Leader, Node, NodeError, this_node
 from verticalft.procs import die_with_parent
 from verticalft.recipe import Recipe, did_you_mean, recipe_to_yaml
 from verticalft.rundir import RunDir, atomic_write_json, atomic_write_text, fingerprint, hash_file
@@ -358,7 +361,28 @@ def run_stage_in_process(ctx: StageContext) -> StageResult:
     return registry.stage(ctx.stage).run(ctx)
 
 
-def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> StageResult:
+def _launch(cmd: list[str], gone: Callable[[], str | None] = lambda: None) -> tuple[int, str | None]:
+    """Run a launch command to its end; `gone` (polled) names a node that stopped answering, and
+    then the launch is stopped rather than left waiting for it: (exit code, why it was stopped)."""
+    logger.info(f"  launching: {' '.join(cmd)}")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent())  # torchrun stops its workers
+    while proc.poll() is None:
+        if why := gone():
+            proc.terminate()  # torchrun / accelerate pass it on to their workers
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return proc.returncode, why
+        time.sleep(1.0)
+    return proc.returncode, None
+
+
+def _run_launched(
+    recipe: Recipe, run: RunDir, stage: str, resume: bool, leader: Leader | None = None
+) -> StageResult:
     result_path = run.stage_dir(stage) / RESULT_FILE
     result_path.unlink(missing_ok=True)
     cmd = launch_command(recipe, run, stage, resume)
@@ -367,17 +391,20 @@ def _run_launched(recipe: Recipe, run: RunDir, stage: str, resume: bool) -> Stag
             "  note: `accelerate launch --cpu` starts one process unless MPI is set up; for multi-process "
             "CPU training use compute.launcher=torchrun"
         )
-    logger.info(f"  launching: {' '.join(cmd)}")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent())  # torchrun stops its workers
+    if leader is not None:
+        returncode, stopped = _launch(cmd, lambda: leader.gone(stage))
+        if returncode != 0:
+            raise StageFailed(f"{stage}: {stopped or leader.why_launch_failed(stage)}")
+    else:
+        returncode, _ = _launch(cmd)
     if not result_path.exists():
-        raise StageFailed(f"{stage}: launched workers exited with code {proc.returncode}")
+        raise StageFailed(f"{stage}: launched workers exited with code {returncode}")
     data = json.loads(result_path.read_text())
     result = StageResult(outputs=data["outputs"], metrics=data["metrics"], summary=data.get("summary", ""))
     if data.get("failed"):  # some units (students) failed: the others are kept
         raise PartialFailure(data["failed"], result)
-    if proc.returncode != 0:
-        raise StageFailed(f"{stage}: launched workers exited with code {proc.returncode}")
+    if returncode != 0:
+        raise StageFailed(f"{stage}: launched workers exited with code {returncode}")
     return result
 
 
@@ -446,10 +473,21 @@ def run_recipe(
         raise PreflightFailed("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     for note in preflight_notes(recipe, to_run):
         echo(f"note: {note}")
+    try:
+        node = this_node(recipe.compute.nodes)
+    except NodeError as exc:
+        raise PreflightFailed(f"cannot start:\n  - {exc}") from exc
+    if node is not None and not node.leads:
+        return follow(recipe, run, node, echo)
     # read by every launched rank (worker.py): never half written
     atomic_write_text(run.root / "recipe.resolved.yaml", recipe_to_yaml(recipe))
     run.set_meta(recipe=recipe.name, stage_order=stages)
-    outcomes = []
+    leader = None
+    if node is not None:
+        leader = Leader(run.root, node, recipe.compute.node_timeout_s)
+        echo(f"node 0 of {node.nodes}: waiting for the other nodes in {run.root / 'nodes'}")
+        leader.start(to_run, wait_s=recipe.compute.timeout_minutes * 60)
+    outcomes: list[StageOutcome] = []
     tracker = tracker_for(recipe, run)
     try:
         for i, stage in enumerate(stages, start=1):
@@ -460,6 +498,8 @@ def run_recipe(
             after = upstream_completions(run, stages, stage)
             if run.is_done(stage, fps[stage], after) and not forced:
                 echo(f"{head}: done, inputs unchanged (skipped)")
+                if leader:
+                    leader.stage(stage, "skip", "done")
                 outcomes.append(
                     StageOutcome(stage, "skipped", 0.0, run.record(stage).outputs.get("model", ""))
                 )
@@ -467,10 +507,50 @@ def run_recipe(
             if forced:
                 run.begin_forced(stage)
             outcomes.append(
-                _tracked_stage(recipe, run, stage, tracker, fp=fps[stage], after=after, head=head, echo=echo)
+                _tracked_stage(
+                    recipe,
+                    run,
+                    stage,
+                    tracker,
+                    fp=fps[stage],
+                    after=after,
+                    head=head,
+                    echo=echo,
+                    leader=leader,
+                )
             )
     finally:
         tracker.close()
+        if leader:
+            leader.finish(ok=len(outcomes) == len(to_run))
+    return outcomes
+
+
+def follow(recipe: Recipe, run: RunDir, node: Node, echo: Callable[[str], None]) -> list[StageOutcome]:
+    """A node other than 0 (`nodes.py`): its share of every launched stage, node 0's word on the
+    rest; it writes no manifest, marker or model of its own. Node 0 failing is this node's failure."""
+    follower = Follower(run.root, node, recipe.compute.node_timeout_s)
+    echo(f"node {node.rank} of {node.nodes}: joining node 0 ({node.master_addr}) in {run.root / 'nodes'}")
+    outcomes = []
+    try:
+        stages = follower.join(wait_s=recipe.compute.timeout_minutes * 60)
+        for i, stage in enumerate(stages, start=1):
+            head = f"node {node.rank}: [{i}/{len(stages)}] {stage}"
+            word = follower.wait_for(stage, ("running", "done", "failed"))
+            if word["action"] == "launch" and word["state"] == "running":
+                echo(f"{head}: launching this node's share")
+                cmd = launch_command(recipe, run, stage, bool(word["resume"]), write_config=False)
+                follower.launched(stage, _launch(cmd, follower.leader_gone)[0])
+            word = follower.wait_for(stage, ("done", "failed"))
+            if word["state"] == "failed":
+                raise StageFailed(f"{stage} failed (node 0): {word.get('error') or 'see node 0'}")
+            status = "skipped" if word["action"] == "skip" else "done"
+            echo(f"{head}: {'done on node 0' if word['action'] != 'launch' else 'done'}")
+            outcomes.append(StageOutcome(stage, status, 0.0, f"node {node.rank}"))
+    except NodeError as exc:
+        raise StageFailed(str(exc)) from exc
+    finally:
+        follower.stop()
     return outcomes
 
 
@@ -478,12 +558,17 @@ def _tracked_stage(recipe: Recipe, run: RunDir, stage: str, tracker: Tracker, **
     """`_run_stage` inside its tracking run: the section logged first, the trainers pointed at it,
     the manifest's figures (and the files its descriptor names, `Stage.artifacts`) logged when it ends, failed or not."""
     env = tracker.stage_started(stage, registry.stage(stage).section(recipe))
+    leader: Leader | None = kwargs.get("leader")
     try:
         with stage_environment(env):
             outcome = _run_stage(recipe, run, stage, **kwargs)
-    except BaseException:
+    except BaseException as exc:
         tracker.stage_ended(stage, run.record(stage).metrics, 0.0, failed=True)
+        if leader:
+            leader.stage(stage, _action(recipe, stage), "failed", error=str(exc))
         raise
+    if leader:
+        leader.stage(stage, _action(recipe, stage), "done")
     record = run.record(stage)
     tracker.stage_ended(stage, record.metrics, record.wall_time_s or 0.0, failed=False)
     if files := registry.stage(stage).artifacts(record.outputs):
@@ -512,15 +597,19 @@ def _run_stage(
     after: dict[str, str | None],
     head: str,
     echo: Callable[[str], None],
+    leader: Leader | None = None,
 ) -> StageOutcome:
     """One stage that must run: begun in the manifest (resuming a killed attempt), run in this
-    process or under the launcher, its record finished, or failed and re-raised as StageFailed."""
+    process or under the launcher, its record finished, or failed and re-raised as StageFailed.
+    `leader`: node 0 of several, which tells the other nodes first (a launch: their share)."""
     record, resumable = run.begin(stage, fp, inputs={"fingerprint": fp})
     echo(f"{head}: running{' (resuming a killed attempt)' if resumable else ''} → {run.stage_dir(stage)}")
+    if leader:
+        leader.stage(stage, _action(recipe, stage), "running", resume=resumable)
     t0 = time.time()
     try:
-        if registry.stage(stage).training is not None and recipe.compute.launcher != "none":
-            result = _run_launched(recipe, run, stage, resumable)
+        if _action(recipe, stage) == "launch":
+            result = _run_launched(recipe, run, stage, resumable, leader)
         else:
             result = run_stage_in_process(StageContext(recipe, run, stage, resume=resumable))
     except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
@@ -538,6 +627,12 @@ def _run_stage(
     run.log_attempt(stage, "done", record.wall_time_s, fp)
     echo(f"{head}: done in {record.wall_time_s:.1f}s — {result.summary}")
     return StageOutcome(stage, "done", record.wall_time_s, result.summary)
+
+
+def _action(recipe: Recipe, stage: str) -> str:
+    """launch: the stage runs under torchrun / accelerate (every node takes part); local: here."""
+    launched = registry.stage(stage).training is not None and recipe.compute.launcher != "none"
+    return "launch" if launched else "local"
 
 
 def write_worker_result(run: RunDir, stage: str, result: StageResult, failed: str | None = None) -> None:

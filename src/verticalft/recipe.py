@@ -832,7 +832,11 @@ class Compute(Strict):
         description="a name in pricing.GPUS (price, memory, FLOP/s), e.g. h100-sxm, l40s, cpu",
     )
     nodes: int = Field(
-        default=1, ge=1, description="> 1: run on every node with NODE_RANK/MASTER_ADDR/MASTER_PORT set"
+        default=1,
+        ge=1,
+        description="> 1: the same `verticalft run` on every node (Slurm's SLURM_NODEID/SLURM_JOB_NODELIST, "
+        "or NODE_RANK/MASTER_ADDR/MASTER_PORT), the run directory on storage every node sees; node 0 "
+        "leads (nodes.py)",
     )
     gpus_per_node: int = Field(
         default=1, ge=1, description="= processes per node (on a CPU machine: processes)"
@@ -856,6 +860,13 @@ class Compute(Strict):
         default=120.0,
         gt=0,
         description="how long a rank waits at a barrier for the others (torch's default is 10 minutes)",
+    )
+
+    node_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="several nodes: a node whose heartbeat (in <run>/nodes/) has not moved for this long "
+        "is gone, and the run fails naming it",
     )
 
     @property
