@@ -162,6 +162,21 @@ def test_qlora_under_sharding_stores_4bit_weights_in_the_compute_dtype(on_gpus, 
         assert "device_map" not in kw  # transformers refuses a device_map under ZeRO-3
 
 
+def test_full_parameter_fsdp_loads_the_fp32_masters_accelerate_would_cast_to(on_gpus):
+    import torch
+
+    from verticalft.models import load_kwargs
+
+    on_gpus.setenv("ACCELERATE_USE_FSDP", "true")
+    # every weight trains: fp32 at load, so accelerate's FSDP2 upcast has nothing to write on the
+    # ranks that hold empty tensors (models.load_kwargs)
+    assert load_kwargs("none", full=True)["dtype"] == torch.float32
+    assert load_kwargs("none")["dtype"] == torch.bfloat16  # LoRA: the frozen base stays 16-bit
+    assert load_kwargs("none", inference=True, full=True)["dtype"] == torch.bfloat16  # a teacher
+    on_gpus.delenv("ACCELERATE_USE_FSDP")
+    assert load_kwargs("none", full=True)["dtype"] == torch.bfloat16  # DDP keeps the model's dtype
+
+
 def test_a_teacher_loads_whole_onto_its_ranks_gpu(on_gpus):
     from verticalft.models import load_kwargs
 

@@ -324,3 +324,19 @@ def test_quantize_rows_count_two_calibration_forwards_and_the_gptq_hessians_by_h
     fp8 = rows["quantize: Qwen3-8B FP8_DYNAMIC"]
     assert fp8.method == "data-free" and fp8.flops == 0 and fp8.tokens == 0
     assert any(n.startswith("quantize dpo: the bf16 model") for n in plan.notes)
+
+
+def test_host_memory_per_node_of_the_weights_as_they_load_by_hand():
+    plan = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml"))
+    rows = {s.stage: s for s in plan.stages}
+    # cpt: full-parameter under fsdp2 with cpu_ram_efficient_loading: local rank 0 alone holds
+    # the fp32 masters (4 bytes × 32.8B); the other 7 ranks' empty tensors are never written
+    assert rows["cpt"].host_gb_per_node == round(4 * rows["cpt"].params / 1e9, 1)
+    assert rows["sft"].host_gb_per_node == 0.0  # QLoRA: quantized onto each GPU as it loads
+    # LoRA under plain DDP: each of the 8 ranks reads the bf16 model on the host first
+    ddp = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=["stages.sft.quantization=none"]))
+    sft = next(s for s in ddp.stages if s.stage == "sft")
+    assert sft.host_gb_per_node == round(2 * sft.params * 8 / 1e9, 1)
+    # one process (launcher none): no launch, no column
+    one = plan_recipe(load_recipe(ROOT / "recipes/finance.yaml", overrides=["compute.launcher=none"]))
+    assert next(s for s in one.stages if s.stage == "cpt").host_gb_per_node is None

@@ -215,6 +215,7 @@ def plan(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt)
         "GPU-hours",
         "USD",
         "mem/GPU",
+        "host/node",
         "fits",
     ):
         table.add_column(col, justify="right" if col not in ("stage", "model", "method") else "left")
@@ -230,6 +231,7 @@ def plan(recipe: Path, profile: str = ProfileOpt, overrides: list[str] = SetOpt)
             f"{s.gpu_hours:,.3g}",
             f"${s.usd:,.2f}",
             f"{s.memory_gb_per_gpu:,.2f} GB",
+            f"{s.host_gb_per_node:,.1f} GB" if s.host_gb_per_node is not None else "–",
             "[green]yes[/]" if s.fits else "[red]NO[/]",
         )
     console.print(table)

@@ -147,9 +147,19 @@ def quantization_config(kind: str, sharded: bool = False) -> Any:
 
 
 def load_kwargs(
-    quantization: str = "none", trust_remote_code: bool = False, inference: bool = False
+    quantization: str = "none", trust_remote_code: bool = False, inference: bool = False, full: bool = False
 ) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for a training or teacher model in this process.
+
+    Full-parameter training under FSDP (`full`) loads in fp32: accelerate's FSDP2 `prepare` casts
+    every trainable low-precision parameter to fp32 master weights before sharding (its
+    fsdp_utils, "Upcast to fp32 master weights"), on every rank. With
+    `fsdp_cpu_ram_efficient_loading` only local rank 0 reads the weights and the others hold
+    uninitialised `torch.empty` tensors — which that cast would write, fp32, on each of them:
+    ~4 bytes × parameters per rank (131 GB for a 32B model, ×8 per node). Loaded in fp32 there is
+    nothing to cast: rank 0 holds the one fp32 copy that is then sharded, the other ranks' empty
+    tensors stay untouched (no resident memory), and training is the same (fp32 masters, bf16
+    compute through FSDP's mixed-precision policy).
 
     A 4-bit model is quantized as it loads, onto the device it loads to, so it is placed there:
     - DDP and FSDP on GPUs: each rank on its own GPU, `device_map={"": LOCAL_RANK}` (TRL's
@@ -167,6 +177,10 @@ def load_kwargs(
     sharded = is_fsdp_run() or is_deepspeed_run()
     qconfig = quantization_config(quantization, sharded=sharded)
     kwargs: dict[str, Any] = {"dtype": training_dtype(), "trust_remote_code": trust_remote_code}
+    if full and is_fsdp_run() and qconfig is None and not inference:
+        import torch
+
+        kwargs["dtype"] = torch.float32  # the masters accelerate would cast to anyway (docstring)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["dtype"] = qconfig.bnb_4bit_compute_dtype
@@ -236,13 +250,17 @@ def load_tokenizer(
 
 
 def load_model(
-    path: str, quantization: str = "none", trust_remote_code: bool = False, inference: bool = False
+    path: str,
+    quantization: str = "none",
+    trust_remote_code: bool = False,
+    inference: bool = False,
+    full: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM from an HF id or folder, optionally 4-bit quantized with bitsandbytes,
-    placed for the launcher this process runs under (`load_kwargs`)."""
+    placed for the launcher this process runs under (`load_kwargs`; `full`: every weight trains)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = load_kwargs(quantization, trust_remote_code, inference)
+    kwargs = load_kwargs(quantization, trust_remote_code, inference, full)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 

@@ -324,6 +324,7 @@ class StagePlan:
     memory_gb_per_gpu: float
     fits: bool
     active_params: int = 0  # a MoE model's parameters per token (FLOPs); 0: all of `params`
+    host_gb_per_node: float | None = None  # host memory the weights take as they load (launched stages)
 
 
 @dataclass
@@ -588,6 +589,7 @@ def plan_training_stage(
         sequences_per_example=2 if training.pairs else 1,  # chosen + rejected
     )
     fits = mem["total"] <= gpu.vram_gb * 0.95
+    host = load_host_gb(recipe, stage, arch, method) if recipe.compute.launcher != "none" else None
     row = StagePlan(
         stage,
         recipe.models.teacher,
@@ -601,6 +603,7 @@ def plan_training_stage(
         mem["total"],
         fits,
         arch.active_params,
+        host,
     )
     warnings = []
     if not fits:
@@ -612,6 +615,36 @@ def plan_training_stage(
     if tokens == 0:
         warnings.append(f"{stage}: no token count (declare `tokens:` on its data source)")
     return row, warnings
+
+
+def load_host_gb(recipe: Any, stage: str, arch: Arch, method: str) -> float:
+    """Host memory (GB per node) a launched training stage's weights take while they load.
+
+    - QLoRA: each rank quantizes onto its GPU as transformers reads the checkpoint shard by
+      shard: no model-sized host copy (0 here).
+    - FSDP (`fsdp_cpu_ram_efficient_loading`, the shipped config): local rank 0 alone reads the
+      weights, the others hold untouched empty tensors; full-parameter training loads them in fp32
+      (models.load_kwargs: no upcast left to write on the other ranks) → 4 bytes × parameters, LoRA
+      in bf16 → 2. (Before the fp32 load, accelerate's upcast wrote fp32 on every rank:
+      gpus_per_node × 4 + 2 bytes × parameters.)
+    - DeepSpeed ZeRO-3: each rank materialises its partition: 2 bytes × parameters / ranks, per rank.
+    - DDP: every rank loads the bf16 model on the host before the Trainer moves it to its GPU.
+    """
+    from verticalft.launch import accelerate_config_path, stage_accelerate_choice, stage_shards_weights
+
+    c = recipe.compute
+    if method == "qlora":
+        return 0.0
+    if stage_shards_weights(recipe, stage):
+        import yaml
+
+        engine = (
+            yaml.safe_load(accelerate_config_path(stage_accelerate_choice(recipe, stage)).read_text()) or {}
+        ).get("distributed_type")
+        if engine == "DEEPSPEED":
+            return round(2.0 * arch.params / c.world_size * c.gpus_per_node / 1e9, 1)
+        return round((4.0 if method == "full" else 2.0) * arch.params / 1e9, 1)
+    return round(2.0 * arch.params * c.gpus_per_node / 1e9, 1)
 
 
 def plan_distill(

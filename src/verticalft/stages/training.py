@@ -83,7 +83,9 @@ def train_model(ctx: StageContext, job: TrainingJob) -> Trained:
         ctx, job.config_cls, defaults=job.defaults, managed=job.managed, overrides=job.overrides
     )
     model = _on_every_rank(
-        lambda: load_model(job.model_path, job.quantization, ctx.recipe.models.trust_remote_code),
+        lambda: load_model(
+            job.model_path, job.quantization, ctx.recipe.models.trust_remote_code, full=not job.is_peft
+        ),
         f"loading {job.model_path}",
     )
     keep_4bit_trainable(model)  # else the quick eval leaves 4-bit weights in a layout with no backward
