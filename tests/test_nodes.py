@@ -101,12 +101,24 @@ def _start(rank: int, runs: Path, port: int, log: Path) -> subprocess.Popen:
     )
 
 
+@pytest.fixture
+def started():
+    """Every orchestrator a test starts, killed with its process group at the end, pass or fail."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 @pytest.mark.slow
-def test_two_nodes_run_cpt_sft_distill_once_and_a_killed_node_is_named(tmp_path):
+def test_two_nodes_run_cpt_sft_distill_once_and_a_killed_node_is_named(tmp_path, started):
     runs, port = tmp_path / "runs", _free_port()
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     follower = _start(1, runs, port, logs[1])  # the order nodes start in does not matter
     leader = _start(0, runs, port, logs[0])
+    started += [follower, leader]
     assert leader.wait(timeout=900) == 0, logs[0].read_text()[-4000:]
     assert follower.wait(timeout=120) == 0, logs[1].read_text()[-4000:]
     out0, out1 = logs[0].read_text(), logs[1].read_text()
@@ -134,6 +146,7 @@ def test_two_nodes_run_cpt_sft_distill_once_and_a_killed_node_is_named(tmp_path)
     port = _free_port()
     follower = _start(1, runs, port, logs[1])
     leader = _start(0, runs, port, logs[0])
+    started += [follower, leader]
     share = root / "nodes" / "stage-cpt.json"
     deadline = time.time() + 600
     while not (share.exists() and '"running"' in share.read_text() and "launching" in logs[1].read_text()):
